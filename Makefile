@@ -1,0 +1,40 @@
+# Developer entry points. `make run` and `make test` are the README's two set-up commands.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= export,dev,loadtest
+
+.PHONY: venv system-deps run zoo serve test lint typecheck unit clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[$(EXTRAS)]'
+	touch $@
+
+# Debian packages the tests use for real (a Prometheus server and promtool).
+system-deps:
+	bash scripts/install-system-deps.sh
+
+# The main job on the embedded default: the offline stage on scikit-learn's digits.
+run: venv
+	$(BIN)/python -m export zoo --dataset digits --out out/digits-zoo
+
+zoo: run
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q
+
+test: venv system-deps lint typecheck unit
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Offline half: train teachers and compact students, export them to ONNX, write a model repo."""

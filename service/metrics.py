@@ -1,0 +1,111 @@
+"""Prometheus metrics of the service, on a registry owned by the app (never the global one).
+
+The metric names below are a contract with deploy/ (Grafana dashboards, alert rules): rename
+one and the dashboards' PromQL must follow.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "rocketserve"
+
+# 0.1 ms .. 10 s, roughly 2-2.5x apart: fine enough for sub-millisecond CPU models, wide
+# enough for timeouts. Histograms (not summaries) so quantiles aggregate across replicas.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+MODEL_LABELS = ("model", "version")
+
+
+class ServiceMetrics:
+    """All metrics of one app instance, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests",
+            "Prediction requests by model, version and HTTP status code.",
+            [*MODEL_LABELS, "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            f"{PREFIX}_request_latency_seconds",
+            "End-to-end latency of a prediction request (decode, queue, inference, encode).",
+            MODEL_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            f"{PREFIX}_queue_wait_seconds",
+            "Time an input waited in the batcher queue before its batch started.",
+            MODEL_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            f"{PREFIX}_inference_seconds",
+            "ONNX Runtime time of one batch.",
+            MODEL_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size",
+            "Number of inputs in each batch sent to ONNX Runtime.",
+            MODEL_LABELS,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            f"{PREFIX}_queue_depth",
+            "Inputs waiting in the batcher queue.",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.queue_capacity = Gauge(
+            f"{PREFIX}_queue_capacity",
+            "Maximum inputs the batcher queue accepts (max_queue_size).",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}_in_flight_requests",
+            "Prediction requests being handled right now.",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            f"{PREFIX}_model_info",
+            "Constant 1 per served model version, with its descriptive labels.",
+            [*MODEL_LABELS, "method", "architecture", "precision", "provider"],
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            f"{PREFIX}_model_ready",
+            "1 when the model version is loaded and warm, else 0.",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.model_top1 = Gauge(
+            f"{PREFIX}_model_top1_accuracy",
+            "Offline top-1 accuracy (fraction) measured with ONNX Runtime on the test split.",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.model_params = Gauge(
+            f"{PREFIX}_model_parameters",
+            "Number of parameters of the model.",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.model_macs = Gauge(
+            f"{PREFIX}_model_macs",
+            "Multiply-accumulates per image.",
+            MODEL_LABELS,
+            registry=r,
+        )
