@@ -1,0 +1,1 @@
+"""Tests of the load tests and the serving benchmark."""
