@@ -1,0 +1,69 @@
+"""``python -m service --model-repository DIR [--host] [--port] [--workers]``: run the service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.model_card import ModelRepositoryError, model_dirs, read_manifest
+from service.settings import ENV_PREFIX, Settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; each overrides its ROCKETSERVE_* variable."""
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve a model repository over HTTP. Every setting can also be given as a "
+        f"{ENV_PREFIX}<NAME> environment variable (see README).",
+    )
+    parser.add_argument("--model-repository", help="model repository folder")
+    parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="TCP port (default 8000)")
+    parser.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
+    parser.add_argument("--default-model", help="model used when a request names none")
+    parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    return parser.parse_args(argv)
+
+
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    field = f"{ENV_PREFIX}{where.upper()}" if where else "settings"
+    return f"invalid setting {field}: {first['msg']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate settings and repository, then run uvicorn with the app factory."""
+    args = parse_args(argv)
+    for key, value in vars(args).items():
+        if value is not None:
+            # The factory (in every worker process) reads its settings from the environment.
+            os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
+    try:
+        settings = Settings()  # type: ignore[call-arg]  # model_repository comes from the env
+        for model_dir in model_dirs(settings.model_repository):
+            read_manifest(model_dir)
+    except ValidationError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except ModelRepositoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        "service.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""App factory: ``create_app(settings)`` builds a FastAPI app whose lifespan loads the models."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.errors import install_error_handlers
+from service.metrics import ServiceMetrics
+from service.registry import ModelRegistry
+from service.routes import ServiceState, router
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """Serves a rocketserve model repository with ONNX Runtime and dynamic batching.
+
+POST /predict takes multipart images (field `file`), JSON `{"image"|"images"|"tensor"}` or a raw
+`image/*` body; errors are `{"error": {"code", "message"}}` with a 4xx status for client mistakes.
+"""
+
+
+def create_app(
+    settings: Settings,
+    registry: ModelRegistry | None = None,
+    metrics: ServiceMetrics | None = None,
+) -> FastAPI:
+    """A new app; models load in its lifespan unless a loaded ``registry`` is given."""
+    if registry is not None:
+        metrics = registry.metrics
+    state = ServiceState(settings, metrics or ServiceMetrics())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if registry is not None:
+            state.registry = registry
+        else:
+            state.registry = await asyncio.to_thread(ModelRegistry.load, settings, state.metrics)
+        state.registry.start()
+        log.info("ready: %d model version(s)", len(state.registry.all()))
+        try:
+            yield
+        finally:
+            await state.registry.close()
+
+    app = FastAPI(title="rocketserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = state
+    install_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory``: settings come from ROCKETSERVE_* variables."""
+    settings = Settings()  # type: ignore[call-arg]  # model_repository comes from the env
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    return create_app(settings)

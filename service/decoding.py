@@ -1,0 +1,263 @@
+"""Read a /predict body (multipart, JSON image/images/tensor, raw image/*) into a model batch.
+
+Everything that can be wrong with a request is found here, before it is queued, so a bad request
+never fails a batch: the size limit is enforced while the body streams in, an image's declared
+pixel count is checked before it is decoded, and tensors are checked for shape, dtype and
+finiteness.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from service.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from service.model_card import InputSpec
+from service.preprocess import preprocess_image
+
+# Formats Pillow may decode: the common photo/scan formats, nothing exotic to attack.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+JSON_KEYS = frozenset({"image", "images", "tensor", "model", "top_k"})
+
+
+@dataclass
+class PredictRequest:
+    """What a /predict body asks for, before model-specific decoding."""
+
+    model: str | None = None
+    top_k: Any = None
+    images: list[bytes] = field(default_factory=list)
+    tensor: Any = None
+
+
+async def read_body(chunks: AsyncIterator[bytes], limit: int, declared: str | None) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"body of {declared} bytes is over the limit of {limit} bytes", code="body_too_large"
+        )
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes", code="body_too_large")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def parse_body(content_type: str | None, body: bytes) -> PredictRequest:
+    """Split a body into model, top_k and images or tensor according to its content type."""
+    if not body:
+        raise BadRequest("the request body is empty", code="empty_body")
+    media, options = parse_options_header(content_type or "")
+    media_type = media.decode("latin-1").lower()
+    if media_type == "multipart/form-data":
+        return _parse_multipart(body, options.get(b"boundary"))
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return _parse_json(body)
+    if media_type.startswith("image/"):
+        return PredictRequest(images=[body])
+    raise UnsupportedMediaType(
+        f"content type {media_type or '(none)'!r} is not supported; send multipart/form-data, "
+        "application/json or an image/* body",
+        code="unsupported_media_type",
+    )
+
+
+def _parse_multipart(body: bytes, boundary: bytes | None) -> PredictRequest:
+    if not boundary:
+        raise BadRequest("multipart body without a boundary", code="invalid_multipart")
+    parts: list[tuple[str, bytes]] = []
+    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "data": []}
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["field"].lower()] = state["value"]
+        state["field"], state["value"] = b"", b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        state["data"].append(data[start:end])
+
+    def on_part_end() -> None:
+        _, opts = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        name = opts.get(b"name", b"").decode("utf-8", "replace")
+        parts.append((name, b"".join(state["data"])))
+        state["headers"], state["data"] = {}, []
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise BadRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from None
+    request = PredictRequest()
+    for name, data in parts:
+        if name == "file":
+            request.images.append(data)
+        elif name == "model":
+            request.model = data.decode("utf-8", "replace").strip()
+        elif name == "top_k":
+            request.top_k = data.decode("utf-8", "replace").strip()
+        else:
+            raise Unprocessable(
+                f"unknown form field {name!r}; use 'file', 'model', 'top_k'", code="unknown_field"
+            )
+    if not request.images:
+        raise BadRequest("multipart body has no 'file' field", code="missing_input")
+    return request
+
+
+def _parse_json(body: bytes) -> PredictRequest:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise Unprocessable("JSON body must be an object", code="invalid_json")
+    unknown = set(data) - JSON_KEYS
+    if unknown:
+        raise Unprocessable(
+            f"unknown JSON field(s) {sorted(unknown)}; allowed: {sorted(JSON_KEYS)}",
+            code="unknown_field",
+        )
+    given = [k for k in ("image", "images", "tensor") if k in data]
+    if len(given) != 1:
+        raise Unprocessable(
+            "JSON body needs exactly one of 'image', 'images' or 'tensor'", code="missing_input"
+        )
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise Unprocessable("'model' must be a string", code="invalid_model")
+    request = PredictRequest(model=model, top_k=data.get("top_k"))
+    if "tensor" in data:
+        request.tensor = data["tensor"]
+        return request
+    encoded = [data["image"]] if "image" in data else data["images"]
+    if not isinstance(encoded, list) or not encoded:
+        raise Unprocessable("'images' must be a non-empty list of strings", code="missing_input")
+    request.images = [_b64(item, i) for i, item in enumerate(encoded)]
+    return request
+
+
+def _b64(item: Any, index: int) -> bytes:
+    if not isinstance(item, str):
+        raise Unprocessable(f"image {index} must be a base64 string", code="invalid_base64")
+    if item.startswith("data:"):
+        item = item.partition(",")[2]
+    try:
+        return base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"image {index} is not valid base64", code="invalid_base64") from None
+
+
+def parse_top_k(raw: Any, default: int, n_labels: int) -> int:
+    """top_k as an int in 1..n_labels, else 422."""
+    if raw is None or raw == "":
+        return min(default, n_labels)
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+        raise Unprocessable("top_k must be an integer", code="invalid_top_k")
+    try:
+        k = int(raw)
+    except ValueError:
+        raise Unprocessable(
+            f"top_k must be an integer, got {raw!r}", code="invalid_top_k"
+        ) from None
+    if not 1 <= k <= n_labels:
+        raise Unprocessable(
+            f"top_k must be between 1 and {n_labels} (the number of labels), got {k}",
+            code="invalid_top_k",
+        )
+    return k
+
+
+def decode_image(data: bytes, max_pixels: int, what: str = "image") -> Image.Image:
+    """Open and fully decode one image; its declared size is checked before decoding."""
+    if not data:
+        raise BadRequest(f"{what} is empty", code="empty_image")
+    try:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"{what}: {exc}", code="image_too_large") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        raise BadRequest(
+            f"{what} is not a readable image (supported: {', '.join(IMAGE_FORMATS)})",
+            code="invalid_image",
+        ) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"{what} declares {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} (refused before decoding)",
+            code="image_too_large",
+        )
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadRequest(f"{what} is truncated or corrupt: {exc}", code="invalid_image") from None
+    return image
+
+
+def images_to_batch(images: list[bytes], spec: InputSpec, max_pixels: int) -> np.ndarray:
+    """Decode and preprocess encoded images into the model's batch [N, C, H, W]."""
+    arrays = []
+    for i, data in enumerate(images):
+        what = "image" if len(images) == 1 else f"image {i}"
+        arrays.append(preprocess_image(decode_image(data, max_pixels, what), spec))
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+
+
+def tensor_to_batch(value: Any, spec: InputSpec) -> np.ndarray:
+    """Check an already preprocessed tensor ([C,H,W] or [N,C,H,W]) and return it as a batch."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        raise Unprocessable(
+            "tensor is not a rectangular array of numbers", code="invalid_tensor"
+        ) from None
+    if arr.dtype.kind not in "iuf":
+        raise Unprocessable(
+            f"tensor must hold numbers, got {arr.dtype.name} values", code="invalid_tensor"
+        )
+    want = tuple(spec.shape)
+    if arr.ndim == 3:
+        arr = arr[None]
+    elif arr.ndim != 4:
+        raise Unprocessable(
+            f"tensor must have rank 3 [C,H,W] or 4 [N,C,H,W], got rank {arr.ndim}",
+            code="invalid_tensor",
+        )
+    if tuple(arr.shape[1:]) != want or arr.shape[0] < 1:
+        raise Unprocessable(
+            f"tensor shape {list(arr.shape)} does not match the model's [N, {want[0]}, "
+            f"{want[1]}, {want[2]}] (N >= 1)",
+            code="invalid_tensor",
+        )
+    batch = np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype))
+    if not np.isfinite(batch).all():
+        raise Unprocessable("tensor contains NaN or infinity", code="invalid_tensor")
+    return batch

@@ -1,0 +1,112 @@
+"""Service settings: pydantic-settings read from ROCKETSERVE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ROCKETSERVE_"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each field is also ``ROCKETSERVE_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    model_repository: Path = Field(
+        description="Folder of the model repository (<name>/manifest.json, <name>/<v>/model.onnx)."
+    )
+    host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on.")
+    workers: int = Field(1, ge=1, le=64, description="Number of uvicorn worker processes.")
+    default_model: str | None = Field(
+        None,
+        description="Model served when a request names none (name or name:version); "
+        "by default the first model of the repository in name order.",
+    )
+    provider: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="ONNX Runtime execution provider: 'auto' takes CUDA when onnxruntime-gpu "
+        "and a GPU are present, else CPU; 'cuda' fails at start-up without them.",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, le=256, description="ONNX Runtime intra-op threads per session (0 = ORT default)."
+    )
+    inference_workers: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Batches run at the same time per model (threads of its dedicated executor).",
+    )
+    batching: bool = Field(
+        True, description="Merge concurrent requests into batches; off runs each request alone."
+    )
+    max_batch_size: int = Field(
+        32, ge=1, le=4096, description="Most inputs (images) one batch sent to ONNX Runtime holds."
+    )
+    max_queue_delay_ms: float = Field(
+        2.0,
+        ge=0,
+        le=10_000,
+        description="Longest a batch waits for more inputs after its first input was queued.",
+    )
+    max_queue_size: int = Field(
+        512,
+        ge=1,
+        le=1_000_000,
+        description="Most inputs waiting per model; beyond it requests get 503 with Retry-After.",
+    )
+    request_timeout_ms: float = Field(
+        10_000,
+        gt=0,
+        description="Deadline of a prediction, queue time included; past it the answer is 504.",
+    )
+    retry_after_s: int = Field(
+        1, ge=0, description="Retry-After header (seconds) sent with 503 when a queue is full."
+    )
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted; checked while the body streams in (413).",
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Largest declared width*height of an image; bigger ones are refused "
+        "before decoding (decompression-bomb guard, 413).",
+    )
+    max_inputs_per_request: int = Field(
+        32, ge=1, description="Most images or tensors one request may carry (413 beyond)."
+    )
+    default_top_k: int = Field(5, ge=1, description="Predictions per input when top_k is absent.")
+    warmup_runs: int = Field(
+        3, ge=0, le=1000, description="Inference runs per model version before it is ready."
+    )
+    latency_window: int = Field(
+        1024,
+        ge=16,
+        description="Recent requests per model version used for the live p50/p99 in /models.",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the service and uvicorn."
+    )
+    access_log: bool = Field(
+        False, description="uvicorn access log (off: keeps the hot path lean)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.batching and self.max_inputs_per_request > self.max_batch_size:
+            raise ValueError(
+                f"max_inputs_per_request ({self.max_inputs_per_request}) must not exceed "
+                f"max_batch_size ({self.max_batch_size}) when batching is on"
+            )
+        if self.max_queue_size < self.max_inputs_per_request:
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be at least "
+                f"max_inputs_per_request ({self.max_inputs_per_request})"
+            )
+        return self
