@@ -1,0 +1,1 @@
+"""Tests of deploy/, the Dockerfile and the compose files."""
