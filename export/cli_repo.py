@@ -1,0 +1,213 @@
+"""Subcommands onnx, evaluate, verify and zoo of ``python -m export``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.model_card import ModelRepositoryError
+
+# Errors a user can cause (bad paths, bad data, failed parity): one line, non-zero exit.
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ModelRepositoryError,
+    OSError,
+    ValueError,
+    RuntimeError,
+    yaml.YAMLError,
+)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The user-facing error types, including those of the training half when importable."""
+    extra: list[type[BaseException]] = []
+    try:
+        from export.checkpoint import ArtifactError
+        from export.data import DatasetError
+
+        extra += [ArtifactError, DatasetError]
+    except ImportError:  # pragma: no cover - training half not installed
+        pass
+    return (*_USER_ERRORS, *extra)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def _profile_settings(args: argparse.Namespace) -> Any:
+    from export.evaluate import default_threads, machine_description, pick_provider
+    from export.repository import ProfileSettings
+
+    return ProfileSettings(
+        provider=pick_provider(args.provider),
+        threads=args.threads or default_threads(),
+        machine=machine_description(),
+        min_runs=args.profile_runs,
+        min_seconds=0.3 if args.profile_runs >= 50 else 0.0,
+    )
+
+
+def _add_profile_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
+    parser.add_argument("--provider", default="auto", help="auto, CPUExecutionProvider, ...")
+    parser.add_argument(
+        "--profile-runs", type=int, default=50, help="timed runs per batch size (default 50)"
+    )
+
+
+def cmd_onnx(args: argparse.Namespace) -> int:
+    """Export a trained artifact to ONNX with a parity check; optionally publish it."""
+    from export.checkpoint import load_trained
+    from export.data import load_dataset
+    from export.onnx_export import export_with_parity
+    from export.quantize import make_variant
+    from export.repository import ArtifactInfo, EvalData, publish, training_info
+    from service.model_card import InputSpec
+
+    model, meta = load_trained(args.checkpoint)
+    splits = load_dataset(meta.dataset, args.data_dir or meta.config.get("data_dir"))
+    spec = InputSpec.model_validate(meta.input_spec)
+    out = args.out or Path(args.checkpoint).with_suffix(".onnx")
+    report = export_with_parity(
+        model, out, spec, splits.test_images, opset=args.opset, atol=args.atol
+    )
+    print(f"{out}: {report.summary()}")
+    if args.repo is None:
+        return 0
+    name = args.name or f"{meta.dataset}-{meta.method}-{meta.arch}".lower()
+    info = ArtifactInfo(
+        name=name, labels=tuple(meta.labels), input=spec, training=training_info(meta)
+    )
+    data = EvalData(meta.dataset, splits.test_images, splits.test_labels)
+    settings = _profile_settings(args)
+    jobs = [(info, out)]
+    for precision in args.variants:
+        variant = out.with_name(f"{out.stem}-{precision}.onnx")
+        make_variant(precision, out, variant, splits.train_images, spec)
+        derived = replace(info, name=f"{name}-{precision}", precision=precision, derived_from=name)
+        jobs.append((derived, variant))
+    for job_info, path in jobs:
+        card = publish(args.repo, job_info, path, data, settings)
+        print(f"{args.repo / card.name}: version {card.version}, top-1 {card.metrics.top1:.2%}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Re-measure every model of a repository; rewrite its manifests and the report."""
+    from export.data import load_dataset
+    from export.report import write_report
+    from export.repository import EvalData, load_cards, remeasure
+    from service.model_card import model_dirs, read_manifest
+
+    settings = _profile_settings(args)
+    data_cache: dict[str, EvalData] = {}
+    for model_dir in model_dirs(args.repo):
+        card = read_manifest(model_dir)
+        name = card.metrics.dataset
+        if name not in data_cache:
+            splits = load_dataset(name, args.data_dir or card.training.config.get("data_dir"))
+            data_cache[name] = EvalData(name, splits.test_images, splits.test_labels)
+        new = remeasure(model_dir, data_cache[name], settings)
+        print(
+            f"{new.name}: top-1 {card.metrics.top1:.2%} -> {new.metrics.top1:.2%}, "
+            f"p50 b1 {card.profile.rows[0].p50_ms:.3f} -> {new.profile.rows[0].p50_ms:.3f} ms"
+        )
+    cards = load_cards(args.repo)
+    title = f"Model zoo: {', '.join(sorted({c.metrics.dataset for c in cards}))}"
+    report, pareto = write_report(args.repo, cards, title)
+    print(f"wrote {report} and {pareto}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check schema, hashes, version folders and that every version loads in ONNX Runtime."""
+    from export.repository import verify_repository
+
+    n_models, n_versions, problems = verify_repository(args.repo, load=not args.no_load)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{args.repo}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.repo}: ok ({n_models} models, {n_versions} versions)")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    """Train, export, measure and publish the whole zoo of a data set."""
+    from export.zoo import ZooOptions, run_zoo
+
+    opts = ZooOptions(
+        data_dir=args.data_dir,
+        max_epochs=args.max_epochs,
+        max_train_images=args.max_train_images,
+        profile_runs=args.profile_runs,
+        threads=args.threads or None,
+        provider=args.provider,
+        only=tuple(args.only or ()),
+        work_dir=args.work_dir,
+    )
+    result = run_zoo(args.dataset, args.out, opts, config_file=args.config)
+    print(f"{len(result.cards)} model versions in {args.out} ({result.wall_time_s:.1f}s)")
+    return 0
+
+
+def _guard(func: Any) -> Any:
+    """Turn expected errors into a one-line message and exit status 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args))
+        except _user_errors() as exc:
+            return _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+
+    run.__doc__ = func.__doc__
+    return run
+
+
+def register(sub: Any) -> None:
+    """Add the onnx, evaluate, verify and zoo subcommands to an argparse subparsers object."""
+    p = sub.add_parser("onnx", help=cmd_onnx.__doc__, description=cmd_onnx.__doc__)
+    p.add_argument("checkpoint", type=Path, help="trained artifact (export.checkpoint)")
+    p.add_argument("--out", type=Path, help="ONNX file to write (default: beside the artifact)")
+    p.add_argument("--data-dir", help="data set folder (default: from the artifact's config)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--atol", type=float, default=1e-4, help="max |logit diff| allowed")
+    p.add_argument("--repo", type=Path, help="also measure and publish into this repository")
+    p.add_argument("--name", help="model name in the repository")
+    p.add_argument(
+        "--variants", nargs="*", default=[], choices=["int8", "fp16"], help="with --repo"
+    )
+    _add_profile_args(p)
+    p.set_defaults(func=_guard(cmd_onnx))
+
+    p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__)
+    p.add_argument("repo", type=Path)
+    p.add_argument("--data-dir", help="data set folder (default: from each card's config)")
+    _add_profile_args(p)
+    p.set_defaults(func=_guard(cmd_evaluate))
+
+    p = sub.add_parser("verify", help=cmd_verify.__doc__, description=cmd_verify.__doc__)
+    p.add_argument("repo", type=Path)
+    p.add_argument("--no-load", action="store_true", help="skip loading in ONNX Runtime")
+    p.set_defaults(func=_guard(cmd_verify))
+
+    p = sub.add_parser("zoo", help=cmd_zoo.__doc__, description=cmd_zoo.__doc__)
+    p.add_argument("--dataset", required=True, choices=["digits", "cifar10"])
+    p.add_argument("--out", type=Path, required=True, help="model repository to write")
+    p.add_argument("--data-dir", help="data set folder (cifar10)")
+    p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
+    p.add_argument("--max-epochs", type=float, help="cap every entry's epochs (smoke runs)")
+    p.add_argument("--max-train-images", type=int, help="cap the training images")
+    p.add_argument("--profile-runs", type=int, help="timed runs per batch size (default: config)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: config/all)")
+    p.add_argument("--provider", default=None, help="ONNX Runtime provider (default: config)")
+    p.add_argument("--only", nargs="*", help="entry names to run (the teacher always runs)")
+    p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
+    p.set_defaults(func=_guard(cmd_zoo))

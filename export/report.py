@@ -1,0 +1,146 @@
+"""REPORT.md (every model sorted by latency) and pareto.png (accuracy against latency)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.model_card import ModelCard, ProfileRow
+
+REPORT_FILENAME = "REPORT.md"
+PARETO_FILENAME = "pareto.png"
+
+
+def _row(card: ModelCard, batch_size: int) -> ProfileRow | None:
+    return next((r for r in card.profile.rows if r.batch_size == batch_size), None)
+
+
+def latency_ms(card: ModelCard) -> float:
+    """p50 latency of one image (batch 1), the x axis of the trade-off."""
+    row = _row(card, 1)
+    return row.p50_ms if row else float("inf")
+
+
+def pareto_front(cards: Sequence[ModelCard]) -> set[str]:
+    """Names of the models no other model beats on both top-1 and batch-1 latency."""
+    front: set[str] = set()
+    best = -1.0
+    for card in sorted(cards, key=lambda c: (latency_ms(c), -c.metrics.top1)):
+        if card.metrics.top1 > best:
+            front.add(card.name)
+            best = card.metrics.top1
+    return front
+
+
+def _human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
+
+
+def _ms(row: ProfileRow | None, attr: str) -> str:
+    return "n/a" if row is None else f"{getattr(row, attr):.3f}"
+
+
+def render_report(cards: Sequence[ModelCard], title: str) -> str:
+    """Markdown: the machine, then one table row per model sorted by batch-1 latency."""
+    ordered = sorted(cards, key=latency_ms)
+    front = pareto_front(cards)
+    machines = sorted({c.profile.machine for c in cards})
+    setups = sorted({f"{c.profile.provider}, {c.profile.threads} thread(s)" for c in cards})
+    lines = [
+        f"# {title}",
+        "",
+        "Every figure below was measured with ONNX Runtime on the ONNX file that is served.",
+        "",
+        f"- Machine: {'; '.join(machines)}",
+        f"- ONNX Runtime: {'; '.join(setups)}; {cards[0].metrics.measured_with}"
+        if cards
+        else "- ONNX Runtime: n/a",
+        f"- Accuracy: full `{cards[0].metrics.split}` split of `{cards[0].metrics.dataset}` "
+        f"({cards[0].metrics.n} images), preprocessed only as each card says"
+        if cards
+        else "- Accuracy: n/a",
+        "- Latency: p50/p99 over repeated runs at batch 1; throughput = images/s at batch 32.",
+        "- Pareto: ★ marks models that no other model beats on both top-1 and batch-1 latency.",
+        "",
+        "| model | precision | top-1 % | top-5 % | p50 ms b1 | p99 ms b1 | img/s b32 "
+        "| params | MACs | size | method | architecture | teacher | pareto |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|---|:-:|",
+    ]
+    for card in ordered:
+        b1, b32 = _row(card, 1), _row(card, 32)
+        top5 = "n/a" if card.metrics.top5 is None else f"{card.metrics.top5 * 100:.2f}"
+        lines.append(
+            f"| {card.name} | {card.precision} | {card.metrics.top1 * 100:.2f} | {top5} "
+            f"| {_ms(b1, 'p50_ms')} | {_ms(b1, 'p99_ms')} "
+            f"| {'n/a' if b32 is None else f'{b32.images_per_s:.0f}'} "
+            f"| {_human(card.params)} | {_human(card.macs)} | {_size(card.size_bytes)} "
+            f"| {card.training.method} | {card.training.architecture} "
+            f"| {card.training.teacher or '-'} | {'★' if card.name in front else ''} |"
+        )
+    lines += ["", f"![accuracy against latency]({PARETO_FILENAME})", ""]
+    return "\n".join(lines)
+
+
+def plot_pareto(cards: Sequence[ModelCard], path: Path, title: str) -> Path:
+    """Top-1 against batch-1 latency, the frontier drawn as a step line, every point named."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = pareto_front(cards)
+    fig, ax = plt.subplots(figsize=(10, 6.5), dpi=110)
+    for card in cards:
+        on = card.name in front
+        ax.scatter(
+            latency_ms(card),
+            card.metrics.top1 * 100,
+            s=60 if on else 35,
+            marker="*" if on else "o",
+            color="tab:red" if on else "tab:blue",
+            zorder=3,
+        )
+        ax.annotate(
+            card.name,
+            (latency_ms(card), card.metrics.top1 * 100),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=7,
+        )
+    frontier = sorted((c for c in cards if c.name in front), key=latency_ms)
+    if frontier:
+        ax.step(
+            [latency_ms(c) for c in frontier],
+            [c.metrics.top1 * 100 for c in frontier],
+            where="post",
+            color="tab:red",
+            linewidth=1.2,
+            label="Pareto frontier",
+        )
+        ax.legend(loc="lower right")
+    machines = "; ".join(sorted({c.profile.machine for c in cards}))
+    ax.set_xlabel("p50 latency at batch 1 (ms, ONNX Runtime)")
+    ax.set_ylabel("top-1 accuracy on the test split (%)")
+    ax.set_title(f"{title}\n{machines}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(repo: Path, cards: Sequence[ModelCard], title: str) -> tuple[Path, Path]:
+    """Write ``repo/REPORT.md`` and ``repo/pareto.png``; returns both paths."""
+    if not cards:
+        raise ValueError(f"{repo}: no models to report on")
+    report = repo / REPORT_FILENAME
+    report.write_text(render_report(cards, title), encoding="utf-8")
+    return report, plot_pareto(cards, repo / PARETO_FILENAME, title)

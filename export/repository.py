@@ -1,0 +1,241 @@
+"""Write measured model versions into a model repository and verify a repository on disk."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.complexity import count_complexity
+from export.evaluate import evaluate_accuracy, make_session, profile_latency
+from service.model_card import (
+    MANIFEST_FILENAME,
+    InputSpec,
+    ModelCard,
+    ModelRepositoryError,
+    OutputSpec,
+    TrainingInfo,
+    VersionRecord,
+    model_dirs,
+    model_file,
+    read_manifest,
+    sha256_file,
+    utc_now,
+    validate_model_name,
+    version_dirs,
+    write_manifest,
+)
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What the offline stage knows about an ONNX artifact before it is measured."""
+
+    name: str
+    labels: tuple[str, ...]
+    input: InputSpec
+    training: TrainingInfo
+    precision: str = "fp32"
+    derived_from: str | None = None
+    output_name: str = "logits"
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """The test split every artifact of one data set is measured on (uint8 [N,H,W,C])."""
+
+    dataset: str
+    images: np.ndarray
+    labels: np.ndarray
+    split: str = "test"
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """Where and how latency is measured."""
+
+    provider: str = "CPUExecutionProvider"
+    threads: int = 1
+    machine: str = ""
+    min_runs: int = 50
+    min_seconds: float = 0.3
+
+
+def training_info(meta: Any) -> TrainingInfo:
+    """The card's ``training`` block from a trained artifact's TrainedMeta."""
+    return TrainingInfo(
+        method=meta.method,
+        architecture=meta.arch,
+        teacher=meta.teacher,
+        dataset=meta.dataset,
+        epochs=float(meta.epochs),
+        seed=int(meta.seed),
+        config=dict(meta.config),
+        wall_time_s=float(meta.wall_time_s),
+        device=meta.device,
+        recipe=meta.recipe,
+    )
+
+
+def measured_fields(
+    path: Path, spec: InputSpec, data: EvalData, settings: ProfileSettings
+) -> dict[str, Any]:
+    """Every figure of a card that is measured on the ONNX file at ``path``."""
+    session = make_session(path, settings.provider, settings.threads)
+    complexity = count_complexity(path)
+    return {
+        "metrics": evaluate_accuracy(
+            session, spec, data.images, data.labels, dataset=data.dataset, split=data.split
+        ),
+        "profile": profile_latency(
+            session,
+            spec,
+            data.images,
+            threads=settings.threads,
+            min_runs=settings.min_runs,
+            min_seconds=settings.min_seconds,
+            machine=settings.machine or None,
+        ),
+        "params": complexity.params,
+        "macs": complexity.macs,
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+
+
+def next_version(model_dir: Path) -> int:
+    """One more than the highest version folder (1 for a new model)."""
+    if not model_dir.is_dir():
+        return 1
+    return max(version_dirs(model_dir), default=0) + 1
+
+
+def publish(
+    repo: Path, info: ArtifactInfo, onnx_src: Path, data: EvalData, settings: ProfileSettings
+) -> ModelCard:
+    """Copy ``onnx_src`` in as the next version of ``info.name``, measure it, write its card."""
+    validate_model_name(info.name)
+    model_dir = repo / info.name
+    previous: list[VersionRecord] = []
+    if (model_dir / MANIFEST_FILENAME).exists():
+        previous = read_manifest(model_dir).version_records()
+    version = next_version(model_dir)
+    dst = model_file(model_dir, version)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_src, dst)
+    card = ModelCard(
+        name=info.name,
+        version=version,
+        precision=info.precision,  # type: ignore[arg-type]
+        derived_from=info.derived_from,
+        labels=info.labels,
+        input=info.input,
+        output=OutputSpec(name=info.output_name),
+        training=info.training,
+        other_versions=tuple(sorted(previous, key=lambda r: -r.version)),
+        created_at=utc_now(),
+        **measured_fields(dst, info.input, data, settings),
+    )
+    write_manifest(model_dir, card)
+    return card
+
+
+def remeasure(model_dir: Path, data: EvalData, settings: ProfileSettings) -> ModelCard:
+    """Re-measure the version a card describes and rewrite the card with the new figures."""
+    card = read_manifest(model_dir)
+    path = model_file(model_dir, card.version)
+    if not path.is_file():
+        raise ModelRepositoryError(f"{path}: model file of version {card.version} is missing")
+    updated = card.model_copy(update=measured_fields(path, card.input, data, settings))
+    write_manifest(model_dir, ModelCard.model_validate(updated.model_dump()))
+    return updated
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_session(path: Path, card: ModelCard) -> str | None:
+    """None when ORT loads the file and its input/output match the card, else the problem."""
+    try:
+        session = make_session(path, "CPUExecutionProvider", 1)
+    except Exception as exc:  # ORT raises several unrelated types for a corrupt file
+        return f"{path}: ONNX Runtime cannot load it: {_first_line(exc)}"
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or inputs[0].name != card.input.name:
+        return f"{path}: graph input {[i.name for i in inputs]} != manifest {card.input.name!r}"
+    if list(inputs[0].shape[1:]) != list(card.input.shape):
+        return f"{path}: input shape {inputs[0].shape[1:]} != manifest {list(card.input.shape)}"
+    if outputs[0].name != card.output.name:
+        return f"{path}: graph output {outputs[0].name!r} != manifest {card.output.name!r}"
+    if outputs[0].shape[-1] != len(card.labels):
+        return f"{path}: {outputs[0].shape[-1]} outputs but {len(card.labels)} labels"
+    return None
+
+
+def verify_model(model_dir: Path, *, load: bool = True) -> list[str]:
+    """Problems of one model folder: manifest schema, version folders, hashes, ORT loading."""
+    try:
+        card = read_manifest(model_dir)
+    except ModelRepositoryError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    on_disk = version_dirs(model_dir)
+    records = card.version_records()
+    recorded = {r.version for r in records}
+    for extra in sorted(set(on_disk) - recorded):
+        problems.append(f"{on_disk[extra]}: version {extra} has no record in manifest.json")
+    if on_disk and max(on_disk) != card.version and max(on_disk) in recorded:
+        problems.append(
+            f"{model_dir}: manifest describes version {card.version} "
+            f"but version {max(on_disk)} is the highest and would be served"
+        )
+    for record in records:
+        path = model_file(model_dir, record.version)
+        if record.version not in on_disk:
+            problems.append(f"{model_dir / str(record.version)}: version folder is missing")
+            continue
+        if not path.is_file():
+            problems.append(f"{path}: model file is missing")
+            continue
+        size = path.stat().st_size
+        if size != record.size_bytes:
+            problems.append(f"{path}: size {size} bytes != manifest {record.size_bytes}")
+        digest = sha256_file(path)
+        if digest != record.sha256:
+            problems.append(f"{path}: sha256 {digest[:12]}… != manifest {record.sha256[:12]}…")
+        if load:
+            problem = _check_session(path, card)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def verify_repository(repo: Path, *, load: bool = True) -> tuple[int, int, list[str]]:
+    """(models, versions, problems) of a whole repository; problems are one line each."""
+    if not repo.is_dir():
+        return 0, 0, [f"{repo}: model repository folder does not exist"]
+    problems: list[str] = []
+    n_models = n_versions = 0
+    for child in sorted(repo.iterdir()):
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        if not (child / MANIFEST_FILENAME).exists():
+            if version_dirs(child):
+                problems.append(f"{child}: manifest.json is missing")
+            continue
+        n_models += 1
+        n_versions += len(version_dirs(child))
+        problems.extend(verify_model(child, load=load))
+    if n_models == 0 and not problems:
+        problems.append(f"{repo}: no models (no <name>/manifest.json found)")
+    return n_models, n_versions, problems
+
+
+def load_cards(repo: Path) -> list[ModelCard]:
+    """Every valid card of a repository (raises on the first invalid one)."""
+    return [read_manifest(d) for d in model_dirs(repo)]

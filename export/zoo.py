@@ -1,0 +1,239 @@
+"""The whole offline stage: train a teacher and one student per method, export, measure, publish."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from export.evaluate import default_threads, machine_description, pick_provider
+from export.onnx_export import export_with_parity
+from export.quantize import make_variant
+from export.report import write_report
+from export.repository import (
+    ArtifactInfo,
+    EvalData,
+    ProfileSettings,
+    load_cards,
+    publish,
+    training_info,
+)
+from service.model_card import InputSpec, ModelCard
+
+# Keys of a zoo entry that belong to the zoo, not to the training config.
+_ZOO_KEYS = {"name", "variants"}
+# The value of an entry's ``teacher`` that means "the teacher this zoo trained first".
+ZOO_TEACHER = "zoo"
+
+
+class ZooError(RuntimeError):
+    """The zoo config is invalid or a stage of the zoo failed."""
+
+
+@dataclass(frozen=True)
+class ZooOptions:
+    """Command-line overrides that cut a zoo down (tests, smoke runs) or point it at data."""
+
+    data_dir: str | None = None
+    max_epochs: float | None = None
+    max_train_images: int | None = None
+    profile_runs: int | None = None
+    threads: int | None = None
+    provider: str | None = None
+    only: tuple[str, ...] = ()
+    work_dir: Path | None = None
+
+
+@dataclass
+class ZooResult:
+    """What a zoo run produced."""
+
+    cards: list[ModelCard] = field(default_factory=list)
+    report: Path | None = None
+    pareto: Path | None = None
+    wall_time_s: float = 0.0
+
+
+def config_path(dataset: str) -> Path:
+    """The packaged zoo config of a data set (export/configs/zoo-<dataset>.yaml)."""
+    path = Path(str(resources.files("export") / "configs" / f"zoo-{dataset}.yaml"))
+    if not path.is_file():
+        raise ZooError(f"no zoo config for dataset {dataset!r} (looked for {path})")
+    return path
+
+
+def load_zoo_config(path: Path) -> dict[str, Any]:
+    """Read and sanity-check a zoo YAML config."""
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ZooError(f"{path}: cannot read zoo config ({exc})") from None
+    if not isinstance(config, dict):
+        raise ZooError(f"{path}: a zoo config is a mapping")
+    for key in ("dataset", "teacher", "students"):
+        if key not in config:
+            raise ZooError(f"{path}: missing key {key!r}")
+    entries = [config["teacher"], *config["students"]]
+    names = [e.get("name") for e in entries if isinstance(e, dict)]
+    if len(names) != len(entries) or not all(names):
+        raise ZooError(f"{path}: every teacher/student entry needs a 'name'")
+    if len(set(names)) != len(names):
+        raise ZooError(f"{path}: entry names must be unique")
+    return config
+
+
+def _training_config(
+    entry: dict[str, Any], config: dict[str, Any], opts: ZooOptions, out_dir: Path
+) -> dict[str, Any]:
+    cfg = {**config.get("defaults", {}), **{k: v for k, v in entry.items() if k not in _ZOO_KEYS}}
+    cfg.update(
+        dataset=config["dataset"],
+        data_dir=opts.data_dir if opts.data_dir is not None else config.get("data_dir"),
+        seed=cfg.get("seed", config.get("seed", 0)),
+        out_dir=str(out_dir),
+    )
+    if opts.max_epochs is not None:
+        cfg["epochs"] = min(float(cfg.get("epochs", opts.max_epochs)), opts.max_epochs)
+    if opts.max_train_images is not None:
+        current = cfg.get("max_train_images") or opts.max_train_images
+        cfg["max_train_images"] = min(int(current), opts.max_train_images)
+    return cfg
+
+
+class Zoo:
+    """Runs one zoo config end to end into a model repository."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        repo: Path,
+        opts: ZooOptions,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        from export.data import load_dataset
+
+        self.config, self.repo, self.opts, self.log = config, repo, opts, log
+        self.dataset = str(config["dataset"])
+        data_dir = opts.data_dir if opts.data_dir is not None else config.get("data_dir")
+        self.splits = load_dataset(self.dataset, data_dir)
+        self.work = opts.work_dir or repo / ".work"
+        profile = config.get("profile", {})
+        runs = opts.profile_runs or int(profile.get("min_runs", 50))
+        self.settings = ProfileSettings(
+            provider=pick_provider(opts.provider or profile.get("provider", "auto")),
+            threads=opts.threads or int(profile.get("threads") or default_threads()),
+            machine=machine_description(),
+            min_runs=runs,
+            min_seconds=0.0 if opts.profile_runs else float(profile.get("min_seconds", 0.3)),
+        )
+        self.data = EvalData(
+            dataset=self.dataset, images=self.splits.test_images, labels=self.splits.test_labels
+        )
+        self.teacher_name: str | None = None
+        self.teacher_artifact: Path | None = None
+
+    def model_name(self, entry: dict[str, Any]) -> str:
+        """Repository name of an entry: ``<dataset>-<entry name>``, lower-case."""
+        return f"{self.dataset}-{entry['name']}".lower()
+
+    def _train(self, entry: dict[str, Any]) -> tuple[Any, Any, Path]:
+        from export.checkpoint import load_trained
+        from export.training import run_training
+
+        out_dir = self.work / str(entry["name"])
+        cfg = _training_config(entry, self.config, self.opts, out_dir)
+        if cfg.get("teacher") == ZOO_TEACHER:
+            if self.teacher_artifact is None:
+                raise ZooError(f"{entry['name']}: teacher 'zoo' used before the teacher exists")
+            cfg["teacher"] = str(self.teacher_artifact)
+        result = run_training(cfg)
+        model, meta = load_trained(Path(result.artifact_path))
+        return model, meta, Path(result.artifact_path)
+
+    def _card_training(self, meta: Any, entry: dict[str, Any]) -> Any:
+        info = training_info(meta)
+        config = {k: v for k, v in info.config.items() if k != "out_dir"}
+        teacher = info.teacher
+        if entry.get("teacher") == ZOO_TEACHER:
+            # The card names the served teacher model rather than a scratch checkpoint path.
+            teacher = self.teacher_name
+            config["teacher"] = self.teacher_name
+        return info.model_copy(update={"teacher": teacher, "config": config})
+
+    def run_entry(self, entry: dict[str, Any]) -> list[ModelCard]:
+        """Train, export with parity, publish, then publish each variant."""
+        name = self.model_name(entry)
+        t0 = time.perf_counter()
+        model, meta, artifact = self._train(entry)
+        self.log(f"[{name}] trained in {time.perf_counter() - t0:.1f}s")
+        spec = InputSpec.model_validate(meta.input_spec)
+        onnx_path = self.work / str(entry["name"]) / "model.onnx"
+        parity = export_with_parity(model, onnx_path, spec, self.splits.test_images)
+        self.log(f"[{name}] {parity.summary()}")
+        info = ArtifactInfo(
+            name=name,
+            labels=tuple(meta.labels),
+            input=spec,
+            training=self._card_training(meta, entry),
+        )
+        cards = [self._publish(info, onnx_path)]
+        for precision in entry.get("variants", []) or []:
+            variant = onnx_path.with_name(f"model-{precision}.onnx")
+            make_variant(precision, onnx_path, variant, self.splits.train_images, spec)
+            derived = replace(
+                info, name=f"{name}-{precision}", precision=precision, derived_from=name
+            )
+            cards.append(self._publish(derived, variant))
+        if entry is self.config["teacher"]:
+            self.teacher_name, self.teacher_artifact = name, artifact
+        return cards
+
+    def _publish(self, info: ArtifactInfo, onnx_path: Path) -> ModelCard:
+        card = publish(self.repo, info, onnx_path, self.data, self.settings)
+        b1 = card.profile.rows[0]
+        self.log(
+            f"[{card.name}] v{card.version} {card.precision}: top-1 {card.metrics.top1:.2%}, "
+            f"p50 {b1.p50_ms:.3f} ms at batch {b1.batch_size}, {card.size_bytes} bytes"
+        )
+        return card
+
+    def run(self) -> ZooResult:
+        """The teacher first, then every student; REPORT.md and pareto.png at the end."""
+        start = time.perf_counter()
+        result = ZooResult()
+        entries = [self.config["teacher"], *self.config["students"]]
+        selected = set(self.opts.only)
+        unknown = selected - {str(e["name"]) for e in entries}
+        if unknown:
+            raise ZooError(f"--only names no zoo entry: {', '.join(sorted(unknown))}")
+        for entry in entries:
+            if selected and entry["name"] not in selected and entry is not self.config["teacher"]:
+                continue
+            result.cards.extend(self.run_entry(entry))
+        cards = load_cards(self.repo)
+        title = f"Model zoo: {self.dataset}"
+        result.report, result.pareto = write_report(self.repo, cards, title)
+        result.wall_time_s = time.perf_counter() - start
+        self.log(f"wrote {result.report} and {result.pareto} in {result.wall_time_s:.1f}s")
+        return result
+
+
+def run_zoo(
+    dataset: str,
+    repo: Path,
+    opts: ZooOptions | None = None,
+    *,
+    config_file: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> ZooResult:
+    """Run the zoo of ``dataset`` (or of ``config_file``) into ``repo``."""
+    config = load_zoo_config(config_file or config_path(dataset))
+    if config["dataset"] != dataset:
+        raise ZooError(f"config is for dataset {config['dataset']!r}, not {dataset!r}")
+    repo.mkdir(parents=True, exist_ok=True)
+    return Zoo(config, repo, opts or ZooOptions(), log).run()
