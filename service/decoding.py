@@ -79,7 +79,7 @@ def _parse_multipart(body: bytes, boundary: bytes | None) -> PredictRequest:
     if not boundary:
         raise BadRequest("multipart body without a boundary", code="invalid_multipart")
     parts: list[tuple[str, bytes]] = []
-    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "data": []}
+    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "data": [], "end": False}
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["field"] += data[start:end]
@@ -100,6 +100,9 @@ def _parse_multipart(body: bytes, boundary: bytes | None) -> PredictRequest:
         parts.append((name, b"".join(state["data"])))
         state["headers"], state["data"] = {}, []
 
+    def on_end() -> None:
+        state["end"] = True
+
     parser = MultipartParser(
         boundary,
         {
@@ -108,6 +111,7 @@ def _parse_multipart(body: bytes, boundary: bytes | None) -> PredictRequest:
             "on_header_end": on_header_end,
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
+            "on_end": on_end,
         },
     )
     try:
@@ -115,6 +119,10 @@ def _parse_multipart(body: bytes, boundary: bytes | None) -> PredictRequest:
         parser.finalize()
     except MultipartParseError as exc:
         raise BadRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from None
+    if not state["end"]:
+        raise BadRequest(
+            "multipart body ends before its closing boundary", code="invalid_multipart"
+        )
     request = PredictRequest()
     for name, data in parts:
         if name == "file":
@@ -257,7 +265,8 @@ def tensor_to_batch(value: Any, spec: InputSpec) -> np.ndarray:
             f"{want[1]}, {want[2]}] (N >= 1)",
             code="invalid_tensor",
         )
-    batch = np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype))
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: caught
+        batch = np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype))
     if not np.isfinite(batch).all():
         raise Unprocessable("tensor contains NaN or infinity", code="invalid_tensor")
     return batch

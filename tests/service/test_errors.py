@@ -1,0 +1,220 @@
+"""Bad input: a 4xx JSON error naming the problem, never a 500, and the service keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from service.app import create_app
+from service.settings import Settings
+from tests.service.conftest import png_bytes
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.asyncio(loop_scope="module")]
+
+GOOD_TENSOR = np.zeros((1, 8, 8)).tolist()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height but whose pixel data is a few bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _png() -> bytes:
+    return png_bytes(Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)))
+
+
+def _raw(data: bytes, ctype: str = "image/png", query: str = "") -> dict[str, Any]:
+    return {"url": "/predict" + query, "content": data, "headers": {"content-type": ctype}}
+
+
+def _json_text(text: str) -> dict[str, Any]:
+    return _raw(text.encode(), "application/json")
+
+
+CASES: list[tuple[str, dict[str, Any], int, str]] = [
+    ("unknown model", _raw(_png(), query="?model=nope"), 404, "unknown_model"),
+    ("unknown version", _raw(_png(), query="?model=digits-logreg:9"), 404, "unknown_version"),
+    ("non-numeric version", _raw(_png(), query="?model=digits-logreg:x"), 404, "unknown_version"),
+    ("not an image", _raw(b"hello, world"), 400, "invalid_image"),
+    ("truncated image", _raw(_png()[:40]), 400, "invalid_image"),
+    ("empty body", _raw(b""), 400, "empty_body"),
+    ("unsupported type", _raw(b"abc", "text/plain"), 415, "unsupported_media_type"),
+    ("no content type", {"url": "/predict", "content": b"abc"}, 415, "unsupported_media_type"),
+    (
+        "tensor wrong shape",
+        {"json": {"tensor": np.zeros((1, 9, 8)).tolist()}},
+        422,
+        "invalid_tensor",
+    ),
+    ("tensor wrong rank", {"json": {"tensor": np.zeros((8, 8)).tolist()}}, 422, "invalid_tensor"),
+    (
+        "tensor rank 5",
+        {"json": {"tensor": np.zeros((1, 1, 1, 8, 8)).tolist()}},
+        422,
+        "invalid_tensor",
+    ),
+    ("tensor of strings", {"json": {"tensor": [[["a"] * 8] * 8]}}, 422, "invalid_tensor"),
+    ("tensor of booleans", {"json": {"tensor": [[[True] * 8] * 8]}}, 422, "invalid_tensor"),
+    ("ragged tensor", {"json": {"tensor": [[[0.0] * 8] * 7 + [[0.0] * 3]]}}, 422, "invalid_tensor"),
+    ("empty batch", {"json": {"tensor": []}}, 422, "invalid_tensor"),
+    (
+        "NaN in tensor",
+        _json_text('{"tensor": [[' + ",".join(["[NaN,0,0,0,0,0,0,0]"] * 8) + "]]}"),
+        422,
+        "invalid_tensor",
+    ),
+    (
+        "infinity in tensor",
+        _json_text('{"tensor": [[' + ",".join(["[Infinity,0,0,0,0,0,0,0]"] * 8) + "]]}"),
+        422,
+        "invalid_tensor",
+    ),
+    (
+        "overflow to inf",
+        {"json": {"tensor": (np.ones((1, 8, 8)) * 1e300).tolist()}},
+        422,
+        "invalid_tensor",
+    ),
+    ("top_k zero", {"json": {"tensor": GOOD_TENSOR, "top_k": 0}}, 422, "invalid_top_k"),
+    ("top_k too big", {"json": {"tensor": GOOD_TENSOR, "top_k": 11}}, 422, "invalid_top_k"),
+    ("top_k not int", _raw(_png(), query="?top_k=abc"), 422, "invalid_top_k"),
+    ("top_k bool", {"json": {"tensor": GOOD_TENSOR, "top_k": True}}, 422, "invalid_top_k"),
+    ("invalid JSON", _json_text("{not json"), 400, "invalid_json"),
+    ("JSON not an object", {"json": [1, 2]}, 422, "invalid_json"),
+    ("JSON unknown key", {"json": {"tensor": GOOD_TENSOR, "x": 1}}, 422, "unknown_field"),
+    ("JSON two inputs", {"json": {"tensor": GOOD_TENSOR, "image": "AA=="}}, 422, "missing_input"),
+    ("JSON no input", {"json": {"model": "digits-slow"}}, 422, "missing_input"),
+    ("JSON model not str", {"json": {"tensor": GOOD_TENSOR, "model": 3}}, 422, "invalid_model"),
+    ("bad base64", {"json": {"image": "not base64!!"}}, 400, "invalid_base64"),
+    (
+        "base64 not image",
+        {"json": {"image": base64.b64encode(b"abc").decode()}},
+        400,
+        "invalid_image",
+    ),
+    ("images not list", {"json": {"images": "AA=="}}, 422, "missing_input"),
+    ("image not str", {"json": {"images": [3]}}, 422, "invalid_base64"),
+    ("empty image", {"json": {"images": [""]}}, 400, "empty_image"),
+    ("multipart no file", {"files": {"other": ("a", b"x")}}, 422, "unknown_field"),
+    ("multipart only fields", {"files": [("model", (None, "digits-slow"))]}, 400, "missing_input"),
+    (
+        "multipart broken",
+        _raw(b"--xx\r\ngarbage", "multipart/form-data; boundary=xx"),
+        400,
+        "invalid_multipart",
+    ),
+    ("multipart no boundary", _raw(b"abc", "multipart/form-data"), 400, "invalid_multipart"),
+    ("decompression bomb", _raw(png_declaring(8000, 8000)), 413, "image_too_large"),
+    ("pillow bomb limit", _raw(png_declaring(20000, 20000)), 413, "image_too_large"),
+    (
+        "too many inputs",
+        {"json": {"tensor": np.zeros((33, 1, 8, 8)).tolist()}},
+        413,
+        "too_many_inputs",
+    ),
+    (
+        "too many images",
+        {"json": {"images": [base64.b64encode(_png()).decode()] * 33}},
+        413,
+        "too_many_inputs",
+    ),
+]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared(digits_repo: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """One app for the whole table of bad inputs: it must survive all of them."""
+    app = create_app(Settings(model_repository=digits_repo, warmup_runs=1))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+
+
+@pytest.mark.parametrize(("what", "request_kw", "status", "code"), CASES, ids=[c[0] for c in CASES])
+async def test_bad_input_gets_a_clear_4xx(
+    shared: httpx.AsyncClient, what: str, request_kw: dict[str, Any], status: int, code: str
+) -> None:
+    kw = dict(request_kw)
+    url = kw.pop("url", "/predict")
+    r = await shared.post(url, **kw)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    error = r.json()["error"]
+    assert error["code"] == code
+    assert len(error["message"]) > 10
+    # ...and the service keeps serving.
+    ok = await shared.post("/predict", json={"tensor": GOOD_TENSOR})
+    assert ok.status_code == 200
+
+
+async def test_messages_name_the_problem(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/predict?model=nope", content=_png(), headers={"content-type": "image/png"}
+    )
+    assert (
+        "'nope'" in r.json()["error"]["message"] and "digits-logreg" in r.json()["error"]["message"]
+    )
+    r = await client.post("/predict", json={"tensor": np.zeros((1, 9, 8)).tolist()})
+    assert "[1, 1, 9, 8]" in r.json()["error"]["message"]
+    r = await client.post(
+        "/predict", content=png_declaring(8000, 8000), headers={"content-type": "image/png"}
+    )
+    assert "8000x8000" in r.json()["error"]["message"]
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def small_client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app with a 4 KiB body limit."""
+    app = create_app(make_settings(max_body_bytes=4096))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+
+
+async def test_body_over_limit_is_413_declared_or_streamed(small_client: httpx.AsyncClient) -> None:
+    big = b"\x00" * 5000
+    r = await small_client.post("/predict", content=big, headers={"content-type": "image/png"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted while streaming
+        for _ in range(10):
+            yield b"\x00" * 1000
+
+    r = await small_client.post(
+        "/predict", content=chunked(), headers={"content-type": "image/png"}
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    ok = await small_client.post("/predict", json={"tensor": GOOD_TENSOR})
+    assert ok.status_code == 200
+
+
+async def test_unknown_route_and_method_are_json(client: httpx.AsyncClient) -> None:
+    r = await client.get("/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = await client.get("/predict")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    r = await client.get("/models/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_model"

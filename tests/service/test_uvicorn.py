@@ -1,0 +1,178 @@
+"""A real ``python -m service`` uvicorn process on 127.0.0.1: concurrency, limits, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.preprocess import preprocess_image
+from tests.service.conftest import Reference
+from tests.service.test_endpoints import samples
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(digits_repo: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m service`` on a free loopback port; yields its base URL and process."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "ROCKETSERVE_MAX_QUEUE_DELAY_MS": "5",
+        "ROCKETSERVE_MAX_BODY_BYTES": "65536",
+        "ROCKETSERVE_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "--model-repository",
+            str(digits_repo),
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server never became ready"
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+async def http(server: tuple[str, subprocess.Popen[bytes]]) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=server[0], limits=limits, timeout=60) as c:
+        yield c
+
+
+def png(gray: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def test_200_concurrent_requests_each_get_their_own_answer(
+    http: httpx.AsyncClient, digit_images, reference, digits_repo: Path
+) -> None:
+    x, _ = digit_images
+    ref: Reference = reference("digits-slow", 1)
+    inputs = x[:200]
+    assert len({arr.tobytes() for arr in inputs}) == 200  # distinct inputs
+    bodies = [png(arr) for arr in inputs]
+
+    async def one(body: bytes) -> httpx.Response:
+        return await http.post(
+            "/predict?model=digits-slow&top_k=10",
+            content=body,
+            headers={"content-type": "image/png"},
+        )
+
+    responses = await asyncio.gather(*(one(b) for b in bodies))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses][:3]
+    for arr, r in zip(inputs, responses, strict=True):
+        alone = ref.probs(preprocess_image(Image.fromarray(arr), ref.card.input)[None])[0]
+        served = {p["index"]: p["score"] for p in r.json()["predictions"][0]}
+        np.testing.assert_allclose([served[i] for i in range(10)], alone, rtol=1e-5, atol=1e-7)
+    batch_sizes = [r.json()["batch_size"] for r in responses]
+    assert max(batch_sizes) > 1
+
+    m = samples((await http.get("/metrics")).text)
+    labels = (("model", "digits-slow"), ("version", "1"))
+    n_batches = m[("rocketserve_batch_size_count", labels)]
+    assert m[("rocketserve_batch_size_sum", labels)] == 200
+    assert n_batches < 200  # some batches held more than one input
+    assert m[("rocketserve_batch_size_bucket", (("le", "1.0"), *labels))] < n_batches
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """Peak resident memory of a process (Linux VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+async def test_body_limit_is_enforced_while_streaming(
+    http: httpx.AsyncClient, server: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    before = peak_rss_bytes(server[1].pid)
+    sent = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(4_000):  # 65 MB if it were all read
+            sent += 16384
+            yield b"\x00" * 16384
+
+    r = await http.post("/predict", content=endless(), headers={"content-type": "image/png"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    # 65 MB went over the wire, yet the server's peak memory barely moved: it never buffered
+    # more than the limit, it refused the body while it streamed in.
+    assert sent == 65_536_000
+    assert peak_rss_bytes(server[1].pid) - before < 30_000_000
+
+
+async def test_bad_input_does_not_hurt_the_process(
+    http: httpx.AsyncClient, server: tuple[str, subprocess.Popen[bytes]], digit_images
+) -> None:
+    for body, ctype in [(b"", "image/png"), (b"garbage", "image/jpeg"), (b"x", "text/plain")]:
+        r = await http.post("/predict", content=body, headers={"content-type": ctype})
+        assert 400 <= r.status_code < 500 and "error" in r.json()
+    r = await http.post(
+        "/predict", content=png(digit_images[0][0]), headers={"content-type": "image/png"}
+    )
+    assert r.status_code == 200
+    assert server[1].poll() is None
+
+
+def test_sigterm_shuts_down_cleanly(server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    url, proc = server
+    assert httpx.get(url + "/healthz").status_code == 200
+    proc.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises the signal, so the exit status says SIGTERM.
+    assert proc.wait(20) in (0, -signal.SIGTERM)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    assert "Traceback" not in out
