@@ -169,6 +169,7 @@ class Traffic:
         self.url = url
         self.images = digit_pngs()
         self.statuses: Counter[int] = Counter()
+        self.errors: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [
@@ -186,6 +187,13 @@ class Traffic:
             thread.join(timeout=10)
 
     def _client(self, index: int) -> None:
+        try:
+            self._send(index)
+        except Exception as exc:  # surfaced by the fixture: a dead client thread must not hide
+            with self._lock:
+                self.errors.append(repr(exc))
+
+    def _send(self, index: int) -> None:
         with httpx.Client(base_url=self.url, timeout=10.0) as client:
             n = index
             while not self._stop.is_set():
@@ -208,6 +216,7 @@ class Traffic:
 def traffic(service_url: str, prometheus_url: str) -> Iterator[Traffic]:
     with Traffic(service_url) as running:
         yield running
+    assert not running.errors, running.errors
     assert running.statuses[200] > 0 and set(running.statuses) <= {200, 400}, running.statuses
 
 
@@ -297,6 +306,7 @@ def test_gauges_carry_the_model_cards(
 def test_every_rule_parses_and_evaluates(prometheus_url: str, traffic: Traffic) -> None:
     queries = [q for path in rule_files() for q in rule_queries(path)]
     assert queries
+    assert query(prometheus_url, "sum by (model (broken")["status"] == "error"
     for q in queries:
         answer = query(prometheus_url, q.expr)
         assert answer["status"] == "success", f"{q.where}: {answer.get('error')}"
