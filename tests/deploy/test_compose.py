@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import subprocess
@@ -200,6 +201,22 @@ def test_scale_override_puts_replicas_behind_a_balancer() -> None:
     assert published(lb) == {"8000": "${API_PORT:-8000}"}
     conf = host_path(lb, "/etc/nginx/nginx.conf").read_text("utf-8")
     assert "listen 8000;" in conf and "http://api:8000" in conf and "resolver 127.0.0.11" in conf
+
+
+def test_balancer_config_passes_nginx_check(tmp_path: Path) -> None:
+    """`nginx -t` on the scale-out balancer's config (nginx comes from install-system-deps.sh)."""
+    nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    assert nginx, "nginx is not installed: run scripts/install-system-deps.sh"
+    (tmp_path / "logs").mkdir()
+    conf = host_path(load("scale")["services"]["lb"], "/etc/nginx/nginx.conf")
+    where = f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/logs/error.log;"
+    result = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(conf), "-g", where],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0 and "syntax is ok" in result.stderr, result.stderr
 
 
 def _docker_compose() -> list[str] | None:
