@@ -1,0 +1,59 @@
+"""Accuracy and latency of ONNX artifacts measured with ONNX Runtime on the full test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.evaluate import (
+    BATCH_SIZES,
+    evaluate_accuracy,
+    machine_description,
+    make_session,
+    profile_latency,
+    topk_accuracy,
+)
+from service.model_card import read_manifest
+from tests.support.onnx_repo import digits_input_spec, digits_uint8_split
+
+
+def test_topk_accuracy_by_hand() -> None:
+    logits = np.array([[0.1, 0.9, 0.0], [0.8, 0.05, 0.15], [0.2, 0.3, 0.5]])
+    labels = np.array([1, 2, 0])
+    assert topk_accuracy(logits, labels, 1) == pytest.approx(1 / 3)
+    assert topk_accuracy(logits, labels, 2) == pytest.approx(2 / 3)
+    assert topk_accuracy(logits, labels, 3) == 1.0
+
+
+def test_accuracy_on_the_full_split_matches_the_fixture_card(digits_repo: Path) -> None:
+    _, x_te, _, y_te = digits_uint8_split()
+    card = read_manifest(digits_repo / "digits-logreg")
+    session = make_session(digits_repo / "digits-logreg" / "2" / "model.onnx", threads=1)
+    metrics = evaluate_accuracy(session, card.input, x_te, y_te, dataset="digits")
+    assert metrics.n == len(y_te) == 360
+    assert metrics.top1 == pytest.approx(card.metrics.top1)
+    assert metrics.top5 is not None and metrics.top5 >= metrics.top1
+    assert metrics.measured_with.startswith("onnxruntime ")
+    with pytest.raises(ValueError, match="as many labels as images"):
+        evaluate_accuracy(session, card.input, x_te, y_te[:3], dataset="digits")
+
+
+def test_latency_profile_rows_and_setup(digits_repo: Path) -> None:
+    _, x_te, _, _ = digits_uint8_split()
+    session = make_session(digits_repo / "digits-slow" / "1" / "model.onnx", threads=1)
+    profile = profile_latency(
+        session, digits_input_spec(), x_te, threads=1, min_runs=5, min_seconds=0.0
+    )
+    assert [r.batch_size for r in profile.rows] == list(BATCH_SIZES) == [1, 8, 32, 128]
+    for row in profile.rows:
+        assert 0 < row.p50_ms <= row.p99_ms
+        assert row.images_per_s == pytest.approx(row.batch_size * 1000 / row.p50_ms)
+    assert profile.provider == "CPUExecutionProvider" and profile.threads == 1
+    assert profile.machine == machine_description() and "cores" in profile.machine
+
+
+def test_unknown_provider_is_refused(digits_repo: Path) -> None:
+    with pytest.raises(ValueError, match="provider 'NopeExecutionProvider' is not available"):
+        make_session(digits_repo / "digits-slow" / "1" / "model.onnx", "NopeExecutionProvider")

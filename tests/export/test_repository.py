@@ -1,0 +1,117 @@
+"""Publishing measured versions into a model repository, manifest round trip and re-measuring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from export.quantize import convert_fp16
+from export.repository import (
+    ArtifactInfo,
+    EvalData,
+    ProfileSettings,
+    next_version,
+    publish,
+    remeasure,
+    training_info,
+)
+from service.model_card import (
+    ModelCard,
+    ModelRepositoryError,
+    model_file,
+    read_manifest,
+    sha256_file,
+)
+from tests.export.test_onnx_support import trained_digits
+
+FAST = ProfileSettings(threads=1, machine="test machine", min_runs=3, min_seconds=0.0)
+
+
+def _info(name: str = "digits-baseline-wrn-10-1") -> ArtifactInfo:
+    d = trained_digits()
+    return ArtifactInfo(
+        name=name,
+        labels=d.splits.labels,
+        input=d.splits.input_spec,
+        training=training_info(d.meta),
+    )
+
+
+def _data() -> EvalData:
+    d = trained_digits()
+    return EvalData("digits", d.splits.test_images, d.splits.test_labels)
+
+
+def test_publish_writes_layout_and_a_measured_card_that_round_trips(tmp_path: Path) -> None:
+    d = trained_digits()
+    card = publish(tmp_path, _info(), d.onnx_path, _data(), FAST)
+    path = tmp_path / "digits-baseline-wrn-10-1" / "1" / "model.onnx"
+    assert path.read_bytes() == d.onnx_path.read_bytes()
+    assert card.version == 1 and card.precision == "fp32" and card.derived_from is None
+    assert card.sha256 == sha256_file(path) and card.size_bytes == path.stat().st_size
+    assert card.metrics.n == 360 and abs(card.metrics.top1 - d.torch_top1) <= 1 / 360
+    assert card.training.method == "baseline" and card.training.architecture == "wrn-10-1"
+    assert card.training.epochs == d.meta.epochs and card.training.recipe == d.meta.recipe
+    assert card.input == d.splits.input_spec and card.labels == tuple(str(i) for i in range(10))
+    assert card.output.name == "logits" and card.output.kind == "logits"
+    assert card.params > 10_000 and card.macs > card.params
+    assert [r.batch_size for r in card.profile.rows] == [1, 8, 32, 128]
+    assert card.profile.machine == "test machine"
+
+    loaded = read_manifest(tmp_path / card.name)
+    assert loaded == card
+    raw = json.loads((tmp_path / card.name / "manifest.json").read_text())
+    assert raw["schema_version"] == 1 and raw["input"]["layout"] == "NCHW"
+    assert ModelCard.model_validate(raw) == card
+
+
+def test_second_publish_is_version_two_and_keeps_the_first_record(tmp_path: Path) -> None:
+    d = trained_digits()
+    first = publish(tmp_path, _info(), d.onnx_path, _data(), FAST)
+    second = publish(tmp_path, _info(), d.onnx_path, _data(), FAST)
+    assert second.version == 2 == next_version(tmp_path / second.name) - 1
+    assert [r.version for r in second.version_records()] == [2, 1]
+    assert second.other_versions[0].sha256 == first.sha256
+    assert model_file(tmp_path / second.name, 1).is_file()
+
+
+def test_variant_card_records_precision_and_source(tmp_path: Path) -> None:
+    d = trained_digits()
+    info = ArtifactInfo(
+        name="digits-baseline-wrn-10-1-fp16",
+        labels=d.splits.labels,
+        input=d.splits.input_spec,
+        training=training_info(d.meta),
+        precision="fp16",
+        derived_from="digits-baseline-wrn-10-1",
+    )
+    half = convert_fp16(d.onnx_path, tmp_path / "half.onnx")
+    card = publish(tmp_path / "repo", info, half, _data(), FAST)
+    assert card.precision == "fp16" and card.derived_from == "digits-baseline-wrn-10-1"
+    assert card.input.dtype == "float32"  # the fp16 graph keeps float32 inputs
+
+
+def test_remeasure_rewrites_the_figures_only(tmp_path: Path) -> None:
+    d = trained_digits()
+    card = publish(tmp_path, _info(), d.onnx_path, _data(), FAST)
+    manifest = tmp_path / card.name / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["metrics"]["top1"] = 0.01
+    raw["params"] = 1
+    manifest.write_text(json.dumps(raw))
+    again = remeasure(tmp_path / card.name, _data(), FAST)
+    assert again.metrics.top1 == card.metrics.top1 and again.params == card.params
+    assert again.created_at == card.created_at and again.training == card.training
+    assert read_manifest(tmp_path / card.name) == again
+
+
+def test_bad_name_and_missing_file_are_repository_errors(tmp_path: Path) -> None:
+    d = trained_digits()
+    with pytest.raises(ModelRepositoryError, match="invalid model name 'Digits KD'"):
+        publish(tmp_path, _info("Digits KD"), d.onnx_path, _data(), FAST)
+    card = publish(tmp_path, _info(), d.onnx_path, _data(), FAST)
+    model_file(tmp_path / card.name, 1).unlink()
+    with pytest.raises(ModelRepositoryError, match="model file of version 1 is missing"):
+        remeasure(tmp_path / card.name, _data(), FAST)
