@@ -159,7 +159,9 @@ def test_grafana_is_provisioned_anonymous_and_password_from_env() -> None:
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     assert env["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-admin}"
-    assert host_path(grafana, "/etc/grafana/provisioning") == GRAFANA_DIR / "provisioning"
+    for kind in ("datasources", "dashboards"):
+        inside = f"/etc/grafana/provisioning/{kind}"
+        assert host_path(grafana, inside) == GRAFANA_DIR / "provisioning" / kind
     provider = yaml.safe_load(
         (GRAFANA_DIR / "provisioning" / "dashboards" / "rocketserve.yml").read_text("utf-8")
     )["providers"][0]
