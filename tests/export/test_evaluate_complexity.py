@@ -1,4 +1,4 @@
-"""Params and MACs counted from ONNX graphs agree with hand counts for conv, depthwise and linear."""
+"""Params and MACs counted from ONNX graphs match hand counts for conv, depthwise and linear."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ SPEC = InputSpec(
     name="input",
     shape=(3, 16, 16),
     color="rgb",
-    resize=ResizeSpec(height=16, width=16),
+    resize=ResizeSpec(height=16, width=16, resample="bilinear"),
+    scale=1 / 255,
     mean=(0.5, 0.5, 0.5),
     std=(0.25, 0.25, 0.25),
 )

@@ -47,7 +47,8 @@ def generated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     info = ArtifactInfo("digits-baseline-wrn-10-1", d.splits.labels, d.splits.input_spec,
                         training_info(d.meta))  # fmt: skip
     publish(repo, info, d.onnx_path, data, settings)
-    int8 = quantize_int8(d.onnx_path, repo / "int8.onnx", d.splits.train_images, d.splits.input_spec)
+    spec = d.splits.input_spec
+    int8 = quantize_int8(d.onnx_path, repo / "int8.onnx", d.splits.train_images, spec)
     int8_info = ArtifactInfo(info.name + "-int8", info.labels, info.input, info.training,
                              precision="int8", derived_from=info.name)  # fmt: skip
     publish(repo, int8_info, int8, data, settings)
@@ -58,12 +59,12 @@ def generated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _tensor_by_hand(path: Path, card: ModelCard) -> np.ndarray:
     """Open a file with Pillow and apply the manifest's colour, resize, scale, mean and std."""
     spec = card.input
-    with Image.open(path) as image:
-        image = image.convert("RGB" if spec.color == "rgb" else "L")
-        if image.size != (spec.resize.width, spec.resize.height):
-            size = (spec.resize.width, spec.resize.height)
-            image = image.resize(size, _RESAMPLE[spec.resize.resample])
-        pixels = np.asarray(image, dtype=np.float64)
+    size = (spec.resize.width, spec.resize.height)
+    with Image.open(path) as opened:
+        image = opened.convert("RGB" if spec.color == "rgb" else "L")
+    if image.size != size:
+        image = image.resize(size, _RESAMPLE[spec.resize.resample])
+    pixels = np.asarray(image, dtype=np.float64)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     x = (pixels * spec.scale - np.array(spec.mean)) / np.array(spec.std)
