@@ -137,3 +137,17 @@ def test_dashboard_provider_points_at_the_mounted_dashboards() -> None:
     provider = yaml.safe_load(provider_file.read_text(encoding="utf-8"))["providers"][0]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == "/etc/grafana/dashboards"
+
+
+@pytest.mark.parametrize("path", dashboard_files(), ids=lambda p: p.name)
+def test_panels_fit_the_grid_without_overlapping(path: Path) -> None:
+    dashboard = load_dashboard(path)
+    boxes = []
+    for panel in dashboard["panels"]:
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["h"] > 0 and g["x"] + g["w"] <= 24, panel["title"]
+        boxes.append((panel["title"], g["x"], g["y"], g["x"] + g["w"], g["y"] + g["h"]))
+    for i, (name, x0, y0, x1, y1) in enumerate(boxes):
+        for other, u0, v0, u1, v1 in boxes[i + 1 :]:
+            overlap = x0 < u1 and u0 < x1 and y0 < v1 and v0 < y1
+            assert not overlap, f"panels {name!r} and {other!r} overlap"
