@@ -1,0 +1,122 @@
+"""Training-throughput benchmark: img/s of one SGD step per architecture on this machine."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from export.data.augment import Normalizer, random_crop_flip
+from export.data.splits import make_input_spec
+from export.models import CIFAR_ARCHITECTURES, build_model, count_params
+from export.training.runtime import describe_device, select_device
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """Throughput of one architecture."""
+
+    arch: str
+    params: int
+    batch_size: int
+    steps: int
+    seconds: float
+    images_per_s: float
+    ms_per_step: float
+
+
+def bench_arch(
+    arch: str,
+    device: torch.device,
+    *,
+    batch_size: int = 64,
+    min_seconds: float = 3.0,
+    min_steps: int = 3,
+    warmup: int = 2,
+    channels_last: bool | None = None,
+) -> BenchRow:
+    """Time full training steps (augment + normalise + forward + backward + SGD) on CIFAR shapes."""
+    torch.manual_seed(0)
+    use_cl = device.type == "cpu" if channels_last is None else channels_last
+    model = build_model(arch, in_channels=3, num_classes=10, image_size=32).to(device).train()
+    if use_cl:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    normalize = Normalizer(make_input_spec(32, 32, 3, (0.5,) * 3, (0.25,) * 3), device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, 32, 32, 3), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
+
+    def step() -> None:
+        x = normalize(random_crop_flip(images, gen))
+        if use_cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(x), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    steps = 0
+    start = time.perf_counter()
+    while steps < min_steps or time.perf_counter() - start < min_seconds:
+        step()
+        steps += 1
+        if device.type == "cuda" and steps % 10 == 0:
+            torch.cuda.synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    return BenchRow(
+        arch=arch,
+        params=count_params(model),
+        batch_size=batch_size,
+        steps=steps,
+        seconds=round(elapsed, 3),
+        images_per_s=round(steps * batch_size / elapsed, 1),
+        ms_per_step=round(elapsed / steps * 1000, 1),
+    )
+
+
+def run_bench(
+    archs: list[str] | None = None,
+    *,
+    device_name: str = "auto",
+    batch_size: int = 64,
+    min_seconds: float = 3.0,
+    json_out: Path | None = None,
+    echo: bool = True,
+) -> list[BenchRow]:
+    """Benchmark ``archs`` (default: every CIFAR architecture), print a table, optionally JSON."""
+    device = select_device(device_name)
+    machine = describe_device(device)
+    rows: list[BenchRow] = []
+    if echo:
+        print(f"training throughput, batch {batch_size}, 32x32x3, torch {torch.__version__}")
+        print(f"machine: {machine}")
+        print(f"{'arch':<18}{'params':>10}{'img/s':>10}{'ms/step':>10}{'steps':>7}")
+    for arch in archs or list(CIFAR_ARCHITECTURES):
+        row = bench_arch(arch, device, batch_size=batch_size, min_seconds=min_seconds)
+        rows.append(row)
+        if echo:
+            print(
+                f"{row.arch:<18}{row.params:>10,}{row.images_per_s:>10.1f}"
+                f"{row.ms_per_step:>10.1f}{row.steps:>7}",
+                flush=True,
+            )
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "machine": machine,
+            "torch": torch.__version__,
+            "rows": [asdict(r) for r in rows],
+        }
+        json_out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return rows

@@ -1,0 +1,58 @@
+"""Run logs: a JSON-lines file per run and a progress bar with loss, accuracy and img/s."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+LOG_FILENAME = "log.jsonl"
+
+
+class RunLog:
+    """Append-only JSON-lines log (one object per line, each with an event and a timestamp)."""
+
+    def __init__(self, out_dir: Path, enabled: bool = True) -> None:
+        self.path = out_dir / LOG_FILENAME
+        self.enabled = enabled
+
+    def write(self, event: str, **fields: Any) -> None:
+        """Append one record."""
+        if not self.enabled:
+            return
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+
+
+def read_log(out_dir: Path) -> list[dict[str, Any]]:
+    """All records of a run's log."""
+    path = out_dir / LOG_FILENAME
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+class Progress:
+    """A tqdm bar over one epoch's steps showing running loss, accuracy and img/s."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.bar = tqdm(
+            total=total, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
+            leave=False,
+        )  # fmt: skip
+        self.start = time.perf_counter()
+
+    def update(self, loss: float, acc: float, images: int) -> None:
+        """Advance one step."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", img_s=f"{images / elapsed:.0f}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        self.bar.close()

@@ -1,0 +1,330 @@
+"""run_training(config): the Python API the zoo calls, from a config dict to trained artifacts."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.checkpoint import ArtifactError, TrainedMeta, load_trained, save_trained
+from export.data import DatasetSplits, load_dataset
+from export.distill import MethodContext, get_method
+from export.models import build_model, is_architecture
+from export.models.base import StagedNet
+from export.models.rocket import extract_standalone
+from export.training.config import (
+    ROCKET_METHODS,
+    TEACHER_METHODS,
+    ConfigError,
+    default_out_dir,
+    fingerprint,
+    resolve_config,
+)
+from export.training.logs import RunLog
+from export.training.loop import CHECKPOINT_FILENAME, BatchSource, Trainer, evaluate
+from export.training.runtime import (
+    describe_device,
+    finish_distributed,
+    init_distributed,
+    seed_everything,
+    select_device,
+)
+
+RESULT_FILENAME = "result.json"
+ARTIFACT_FILENAME = "trained.pt"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the student's (or light net's) trained artifact and its figures."""
+
+    artifact_path: Path
+    extra_artifacts: dict[str, Path] = field(default_factory=dict)
+    test_top1: float = 0.0
+    wall_time_s: float = 0.0
+    out_dir: Path = Path(".")
+    completed: bool = True
+    epochs_done: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly dict (paths as strings)."""
+        return {
+            "artifact_path": str(self.artifact_path),
+            "extra_artifacts": {k: str(v) for k, v in self.extra_artifacts.items()},
+            "test_top1": self.test_top1,
+            "wall_time_s": self.wall_time_s,
+            "out_dir": str(self.out_dir),
+            "completed": self.completed,
+            "epochs_done": self.epochs_done,
+        }
+
+
+def _recipe(cfg: dict[str, Any], augment: bool) -> str:
+    if cfg["recipe"]:
+        return str(cfg["recipe"])
+    momentum = f" momentum {cfg['momentum']}" if cfg["optimizer"] == "sgd" else ""
+    nesterov = " nesterov" if cfg["optimizer"] == "sgd" and cfg["nesterov"] else ""
+    return (
+        f"{cfg['optimizer']}{momentum}{nesterov}, {cfg['schedule']} lr {cfg['lr']}, "
+        f"batch {cfg['batch_size']}, weight decay {cfg['weight_decay']}, label smoothing "
+        f"{cfg['label_smoothing']}, augmentation {'crop+flip' if augment else 'none'}, "
+        f"{cfg['epochs']} epochs"
+    )
+
+
+def _train_subset(data: DatasetSplits, limit: int | None, seed: int) -> np.ndarray:
+    """Indices of the training images used: all, or a seeded random subset of ``limit``."""
+    n = len(data.train_images)
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+
+
+def _sub_run(cfg: dict[str, Any], out_dir: Path, arch: str, name: str) -> Path:
+    """Train ``arch`` with the baseline method inside this run (a teacher or a booster)."""
+    sub = {k: v for k, v in cfg.items() if k not in ("teacher", "booster", "teacher_epochs")}
+    sub.update(
+        method="baseline",
+        student=arch,
+        epochs=cfg["teacher_epochs"] or cfg["epochs"],
+        out_dir=str(out_dir / name),
+        resume=True,  # a finished sub-run is reused, an interrupted one continues
+        stop_after=None,
+    )
+    return run_training(sub).artifact_path
+
+
+def _load_net(path: Path, data: DatasetSplits, role: str) -> tuple[StagedNet, str]:
+    try:
+        net, meta = load_trained(path)
+    except ArtifactError as exc:
+        raise ConfigError(f"{role}: {exc}") from None
+    if meta.dataset != data.name or tuple(meta.labels) != data.labels:
+        raise ConfigError(f"{role} {path} was trained on {meta.dataset}, not on {data.name}")
+    if not isinstance(net, StagedNet):
+        raise ConfigError(f"{role} {path}: unsupported network type")
+    return net, meta.arch
+
+
+def _resolve_teacher(
+    cfg: dict[str, Any], data: DatasetSplits, out_dir: Path, extra: dict[str, Path]
+) -> tuple[StagedNet | None, str | None]:
+    spec = cfg["teacher"]
+    if not spec or cfg["method"] not in TEACHER_METHODS:
+        return None, None
+    path = Path(spec)
+    if path.is_file():
+        extra["teacher"] = path
+    elif is_architecture(spec):
+        extra["teacher"] = _sub_run(cfg, out_dir, spec, "teacher")
+    else:
+        raise ConfigError(f"teacher {spec!r} is neither an architecture nor a trained .pt file")
+    return _load_net(extra["teacher"], data, "teacher")
+
+
+def _booster_arch(cfg: dict[str, Any]) -> str:
+    """The booster's architecture: ``booster``, else the teacher's (a name, or a .pt's arch).
+
+    Rocket trains its booster from scratch with the light net, so a trained teacher artifact
+    only lends its architecture here.
+    """
+    if cfg["booster"]:
+        return str(cfg["booster"])
+    spec = str(cfg["teacher"])
+    if Path(spec).is_file():
+        try:
+            return load_trained(spec)[1].arch
+        except ArtifactError as exc:
+            raise ConfigError(f"booster: {exc}") from None
+    return spec
+
+
+def run_training(config: dict[str, Any]) -> TrainResult:
+    """Train as ``config`` says (see export/training/config.py for every key) and save artifacts."""
+    cfg = resolve_config(config)
+    out_dir = Path(cfg["out_dir"]) if cfg["out_dir"] else default_out_dir(cfg)
+    device = select_device(cfg["device"])
+    dist_info = init_distributed(device)
+    threads = torch.get_num_threads()
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    try:
+        return _run(cfg, out_dir, device, dist_info)
+    finally:
+        torch.set_num_threads(threads)
+        if dist_info.enabled:
+            finish_distributed()
+
+
+def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: Any) -> TrainResult:
+    fp = fingerprint(cfg)
+    result_file = out_dir / RESULT_FILENAME
+    if cfg["resume"] and result_file.is_file():
+        stored = json.loads(result_file.read_text(encoding="utf-8"))
+        if stored.get("fingerprint") == fp and stored["result"]["completed"]:
+            r = stored["result"]
+            return TrainResult(
+                Path(r["artifact_path"]),
+                {k: Path(v) for k, v in r["extra_artifacts"].items()},
+                r["test_top1"],
+                r["wall_time_s"],
+                out_dir,
+                True,
+                r["epochs_done"],
+            )
+    if not cfg["resume"] and dist_info.is_main:
+        # A fresh run replaces whatever an earlier run left in out_dir (the log keeps its history).
+        for stale in (out_dir / CHECKPOINT_FILENAME, result_file):
+            stale.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(
+        cfg["dataset"],
+        cfg["data_dir"],
+        cache_dir=cfg["cache_dir"],
+        image_size=cfg["image_size"],
+        color=cfg["color"],
+    )
+    extra: dict[str, Path] = {}
+    teacher, teacher_arch = _resolve_teacher(cfg, data, out_dir, extra)
+    options = dict(cfg)
+    ctx_extras: dict[str, Any] = {}
+    if cfg["method"] in ROCKET_METHODS:
+        options["booster"] = _booster_arch(cfg)
+        if not cfg["joint"]:
+            booster_path = _sub_run(cfg, out_dir, options["booster"], "booster-pretrain")
+            ctx_extras["pretrained_booster"], _ = _load_net(booster_path, data, "booster")
+    for key in ("hint_layer", "teacher_hint_layer"):
+        if options[key] is None:
+            options.pop(key)
+
+    def make_net(arch: str) -> StagedNet:
+        return build_model(
+            arch,
+            in_channels=data.in_channels,
+            num_classes=data.num_classes,
+            image_size=data.image_size,
+        )
+
+    seed_everything(cfg["seed"])
+    method = get_method(cfg["method"])(
+        MethodContext(options, cfg["student"], make_net, teacher, teacher_arch, ctx_extras)
+    )
+    channels_last = (
+        cfg["channels_last"] if cfg["channels_last"] is not None else device.type == "cpu"
+    )
+    method.to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    augment = cfg["augment"] if cfg["augment"] is not None else data.name != "digits"
+    source = BatchSource(
+        data,
+        _train_subset(data, cfg["max_train_images"], cfg["seed"]),
+        device,
+        batch_size=cfg["batch_size"],
+        augment=augment,
+        channels_last=channels_last,
+        seed=cfg["seed"],
+        dist_info=dist_info,
+    )
+    log = RunLog(out_dir, enabled=dist_info.is_main)
+    trainer = Trainer(method, source, cfg, out_dir, dist_info, log)
+    resumed = cfg["resume"] and trainer.load_checkpoint(fp)
+    device_text = describe_device(device, dist_info.world_size)
+    log.write(
+        "resume" if resumed else "start",
+        epoch=trainer.state.epoch,
+        config=cfg,
+        device=device_text,
+        world_size=dist_info.world_size,
+        train_images=len(source.images),
+        test_images=len(source.test_images),
+        steps_per_epoch=source.steps_per_epoch,
+    )
+    wall_start = time.perf_counter()
+    completed = trainer.run(fp)
+    if not completed:
+        log.write("stopped", epoch=trainer.state.epoch)
+        return TrainResult(
+            out_dir / ARTIFACT_FILENAME,
+            extra,
+            0.0,
+            trainer.state.elapsed_s,
+            out_dir,
+            False,
+            trainer.state.epoch,
+        )
+    artifacts: dict[str, Path] = {}
+    top1 = 0.0
+    for name, (net, arch) in method.outputs().items():
+        standalone = extract_standalone(net, make_net(arch)).to(device)
+        if channels_last:
+            standalone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        acc = evaluate(standalone, source)
+        if name == "student":
+            top1 = acc
+        meta = TrainedMeta(
+            arch=arch,
+            model_kwargs={
+                "in_channels": data.in_channels,
+                "num_classes": data.num_classes,
+                "image_size": data.image_size,
+            },
+            dataset=data.name,
+            labels=list(data.labels),
+            input_spec=data.input_spec.model_dump(mode="json"),
+            method=cfg["method"] if name == "student" else f"{cfg['method']}:{name}",
+            teacher=_teacher_name(cfg, name, options, teacher_arch),
+            epochs=float(cfg["epochs"]),
+            seed=cfg["seed"],
+            config=_jsonable(cfg),
+            wall_time_s=round(trainer.state.elapsed_s, 3),
+            device=device_text,
+            recipe=_recipe(cfg, augment),
+            test_top1=acc,
+        )
+        path = out_dir / (ARTIFACT_FILENAME if name == "student" else f"{name}.pt")
+        if dist_info.is_main:
+            save_trained(path, standalone, meta)
+        artifacts[name] = path
+    extra.update({k: v for k, v in artifacts.items() if k != "student"})
+    result = TrainResult(
+        artifacts["student"],
+        extra,
+        top1,
+        round(trainer.state.elapsed_s, 3),
+        out_dir,
+        True,
+        trainer.state.epoch,
+    )
+    log.write(
+        "end",
+        test_top1=top1,
+        wall_time_s=result.wall_time_s,
+        run_time_s=round(time.perf_counter() - wall_start, 3),
+        artifacts={k: str(v) for k, v in artifacts.items()},
+    )
+    if dist_info.is_main:
+        result_file.write_text(
+            json.dumps({"fingerprint": _jsonable(fp), "result": result.to_json()}, indent=2) + "\n",
+            encoding="utf-8",
+        )
+    return result
+
+
+def _teacher_name(
+    cfg: dict[str, Any], name: str, options: dict[str, Any], teacher_arch: str | None
+) -> str | None:
+    if name == "booster":
+        return None
+    if cfg["method"] in ROCKET_METHODS:
+        return str(options["booster"])
+    return teacher_arch
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

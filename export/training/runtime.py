@@ -1,0 +1,97 @@
+"""Where training runs: device choice, torchrun/DDP process groups, seeding, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes files and logs."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """True under torchrun with more than one process."""
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the torchrun process group (nccl on GPU, gloo on CPU) when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(
+        rank=int(os.environ["RANK"]),
+        world_size=world,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return info
+
+
+def finish_distributed() -> None:
+    """Leave the process group (a no-op outside torchrun)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def select_device(requested: str) -> torch.device:
+    """'auto' is cuda when available (the local rank's GPU under torchrun), else cpu."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        return torch.device("cuda", local % torch.cuda.device_count())
+    if requested != "cpu":
+        raise ValueError(f"device must be auto, cpu or cuda, not {requested!r}")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cpu_model_name() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (platform.processor() as a fallback)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def describe_device(device: torch.device, world_size: int = 1) -> str:
+    """e.g. 'cpu (Intel(R) Xeon(R) Processor, 2 cores)' or 'cuda (NVIDIA H200) x2'."""
+    if device.type == "cuda":
+        text = f"cuda ({torch.cuda.get_device_name(device)})"
+    else:
+        text = (
+            f"cpu ({cpu_model_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        )
+    return text if world_size == 1 else f"{text} x{world_size} processes"
