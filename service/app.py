@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.decoding import warm_up_decoders
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.registry import ModelRegistry
@@ -40,6 +41,7 @@ def create_app(
             state.registry = registry
         else:
             state.registry = await asyncio.to_thread(ModelRegistry.load, settings, state.metrics)
+        warm_up_decoders()
         state.registry.start()
         log.info("ready: %d model version(s)", len(state.registry.all()))
         try:

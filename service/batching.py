@@ -73,7 +73,11 @@ class DynamicBatcher:
         retry_after_s: int = 1,
         name: str = "model",
         observer: BatchObserver | None = None,
+        arrivals: Callable[[], int] | None = None,
     ) -> None:
+        """``arrivals`` (optional) counts requests still being read or decoded that may join a
+        batch; when it is 0 a partial batch starts at once instead of waiting for the delay, so a
+        lone request never pays max_queue_delay."""
         if max_batch_size < 1 or max_queue_size < 1 or workers < 1:
             raise ValueError("max_batch_size, max_queue_size and workers must be positive")
         self._model = model
@@ -85,6 +89,7 @@ class DynamicBatcher:
         self._retry_after = retry_after_s
         self._name = name
         self._observer = observer or BatchObserver()
+        self._arrivals = arrivals
         self._queue: deque[_Pending] = deque()
         self._depth = 0
         self._wakeup = asyncio.Event()
@@ -227,6 +232,8 @@ class DynamicBatcher:
                 batch.append(self._pop())
                 rows += head.rows
                 continue
+            if self._arrivals is not None and self._arrivals() <= 0:
+                break  # nothing else is on its way: waiting would only add latency
             remaining = flush_at - time.monotonic()
             if remaining <= 0 or not await self._wait_for_work(remaining):
                 break

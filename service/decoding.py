@@ -230,6 +230,14 @@ def decode_image(data: bytes, max_pixels: int, what: str = "image") -> Image.Ima
     return image
 
 
+def warm_up_decoders() -> None:
+    """Load Pillow's format plugins now so that the first request does not pay for it."""
+    for fmt in ("PNG", "JPEG"):
+        buf = io.BytesIO()
+        Image.new("RGB", (2, 2)).save(buf, fmt)
+        decode_image(buf.getvalue(), 4)
+
+
 def images_to_batch(images: list[bytes], spec: InputSpec, max_pixels: int) -> np.ndarray:
     """Decode and preprocess encoded images into the model's batch [N, C, H, W]."""
     arrays = []

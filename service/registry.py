@@ -93,6 +93,23 @@ class ServedModel:
         }
 
 
+class Arrivals:
+    """Requests being read or decoded right now (they may still join a batch)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        return self.count
+
+    def __enter__(self) -> Arrivals:
+        self.count += 1
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.count -= 1
+
+
 class ModelRegistry:
     """Every served model version of a repository, by name and version."""
 
@@ -101,11 +118,13 @@ class ModelRegistry:
         models: dict[str, dict[int, ServedModel]],
         default_model: str,
         metrics: ServiceMetrics,
+        arrivals: Arrivals | None = None,
     ) -> None:
         if not models:
             raise ModelRepositoryError("the model repository holds no models")
         self.models = models
         self.metrics = metrics
+        self.arrivals = arrivals or Arrivals()
         self.default_model = default_model
         self.default = self.resolve(default_model)
 
@@ -115,11 +134,12 @@ class ModelRegistry:
         provider = choose_provider(settings.provider)
         log.info("execution provider: %s", provider)
         models: dict[str, dict[int, ServedModel]] = {}
+        arrivals = Arrivals()
         for model_dir in model_dirs(settings.model_repository):
             card = read_manifest(model_dir)
             versions = _verified_versions(model_dir, card)
             models[card.name] = {
-                v: _serve(card, v, path, provider, settings, metrics)
+                v: _serve(card, v, path, provider, settings, metrics, arrivals)
                 for v, path in versions.items()
             }
         if not models:
@@ -128,7 +148,7 @@ class ModelRegistry:
             )
         default = settings.default_model or next(iter(sorted(models)))
         try:
-            return cls(models, default, metrics)
+            return cls(models, default, metrics, arrivals)
         except NotFound as exc:
             raise ModelRepositoryError(f"default_model {default!r}: {exc.message}") from None
 
@@ -230,6 +250,7 @@ def _serve(
     provider: str,
     settings: Settings,
     metrics: ServiceMetrics,
+    arrivals: Arrivals,
 ) -> ServedModel:
     """Load one version, warm it up and give it a batcher and its metrics."""
     t0 = time.perf_counter()
@@ -250,6 +271,7 @@ def _serve(
         retry_after_s=settings.retry_after_s,
         name=f"{card.name}:{version}",
         observer=_MetricsObserver(metrics, card.name, label_version),
+        arrivals=arrivals,
     )
     served = ServedModel(
         card, version, runtime, batcher, latencies=deque(maxlen=settings.latency_window)

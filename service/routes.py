@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response
+import numpy as np
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
 from service.decoding import (
+    PredictRequest,
     images_to_batch,
     parse_body,
     parse_top_k,
@@ -21,6 +23,7 @@ from service.decoding import (
 )
 from service.errors import PayloadTooLarge, ServiceError, Unavailable, error_response
 from service.metrics import ServiceMetrics
+from service.model_card import InputSpec
 from service.predictions import top_k
 from service.registry import ModelRegistry, ServedModel
 from service.schemas import ErrorResponse, PredictResponse
@@ -68,6 +71,22 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 _PREDICT_BODY = {
+    "parameters": [
+        {
+            "name": "model",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "name or name:version (default: the default model, highest version)",
+        },
+        {
+            "name": "top_k",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "predictions per input (default 5, at most the number of labels)",
+        },
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -117,7 +136,7 @@ _PREDICT_BODY = {
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         },
-    }
+    },
 }
 
 
@@ -128,13 +147,7 @@ _PREDICT_BODY = {
     responses={200: {"model": PredictResponse}, **_ERRORS},
     openapi_extra=_PREDICT_BODY,
 )
-async def predict(
-    request: Request,
-    model: Annotated[str | None, Query(description="name or name:version")] = None,
-    top_k_param: Annotated[
-        str | None, Query(alias="top_k", description="predictions per input")
-    ] = None,
-) -> Response:
+async def predict(request: Request) -> Response:
     """Classify every input of the body with one model; concurrent requests are batched."""
     state = _state(request)
     settings = state.settings
@@ -143,34 +156,18 @@ async def predict(
     in_flight = None
     try:
         registry = _registry(request)
-        body = await read_body(
-            request.stream(), settings.max_body_bytes, request.headers.get("content-length")
-        )
-        parsed = parse_body(request.headers.get("content-type"), body)
-        served = registry.resolve(parsed.model or model)
-        in_flight = state.metrics.in_flight.labels(served.name, str(served.version))
-        in_flight.inc()
-        spec = served.card.input
-        k = parse_top_k(
-            parsed.top_k if parsed.top_k is not None else top_k_param,
-            settings.default_top_k,
-            len(served.card.labels),
-        )
-        if parsed.tensor is not None:
-            batch = tensor_to_batch(parsed.tensor, spec)
-        elif len(parsed.images) > settings.max_inputs_per_request:
-            batch = None
-        elif len(body) > INLINE_DECODE_BYTES:
-            batch = await asyncio.to_thread(
-                images_to_batch, parsed.images, spec, settings.max_image_pixels
+        with registry.arrivals:  # while decoding, this request may still join a batch
+            body = await read_body(
+                request.stream(), settings.max_body_bytes, request.headers.get("content-length")
             )
-        else:
-            batch = images_to_batch(parsed.images, spec, settings.max_image_pixels)
-        if batch is None or len(batch) > settings.max_inputs_per_request:
-            raise PayloadTooLarge(
-                f"at most {settings.max_inputs_per_request} inputs per request",
-                code="too_many_inputs",
-            )
+            parsed = parse_body(request.headers.get("content-type"), body)
+            query = request.query_params  # read directly: FastAPI's parameter parsing is slower
+            served = registry.resolve(parsed.model or query.get("model"))
+            in_flight = state.metrics.in_flight.labels(served.name, str(served.version))
+            in_flight.inc()
+            raw_k = parsed.top_k if parsed.top_k is not None else query.get("top_k")
+            k = parse_top_k(raw_k, settings.default_top_k, len(served.card.labels))
+            batch = await _to_batch(parsed, len(body), served.card.input, settings)
         deadline = started + settings.request_timeout_ms / 1000.0
         result = await served.batcher.submit(batch, deadline)
     except ServiceError as exc:
@@ -199,6 +196,26 @@ async def predict(
             "batch_size": result.batch_size,
         }
     )
+
+
+async def _to_batch(
+    parsed: PredictRequest, body_size: int, spec: InputSpec, settings: Settings
+) -> np.ndarray:
+    """The model batch of a parsed request; big images are decoded off the event loop."""
+    limit = settings.max_inputs_per_request
+    if parsed.tensor is not None:
+        batch = tensor_to_batch(parsed.tensor, spec)
+    elif len(parsed.images) > limit:
+        batch = None
+    elif body_size > INLINE_DECODE_BYTES:
+        batch = await asyncio.to_thread(
+            images_to_batch, parsed.images, spec, settings.max_image_pixels
+        )
+    else:
+        batch = images_to_batch(parsed.images, spec, settings.max_image_pixels)
+    if batch is None or len(batch) > limit:
+        raise PayloadTooLarge(f"at most {limit} inputs per request", code="too_many_inputs")
+    return batch
 
 
 def _count(state: ServiceState, served: ServedModel | None, status: int, started: float) -> None:

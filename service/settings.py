@@ -51,7 +51,8 @@ class Settings(BaseSettings):
         2.0,
         ge=0,
         le=10_000,
-        description="Longest a batch waits for more inputs after its first input was queued.",
+        description="Longest a partial batch waits for more inputs after its first input was "
+        "queued; it waits only while other requests are still being read or decoded.",
     )
     max_queue_size: int = Field(
         512,

@@ -270,3 +270,20 @@ async def test_shutdown_with_a_stuck_batch_leaves_nobody_hanging(
     await asyncio.wait_for(batcher.close(grace_s=0.05), 5)
     with pytest.raises(Unavailable, match="during inference"):
         await asyncio.wait_for(running, 5)
+
+
+async def test_partial_batch_waits_only_while_more_requests_are_arriving() -> None:
+    model = FakeModel()
+    arriving = [0]
+    batcher = make(model, max_batch_size=8, max_queue_delay_s=30.0, arrivals=lambda: arriving[0])
+    # Nobody else is on the way: a lone request must not wait 30 s for company.
+    assert values(await asyncio.wait_for(batcher.submit(rows(1)), 5)) == [10]
+    arriving[0] = 1  # another request is still being decoded: worth waiting for it
+    first = asyncio.create_task(batcher.submit(rows(2)))
+    await until(lambda: batcher.queue_depth == 0, "first request taken into a batch")
+    assert len(model.batches) == 1  # ...but it has not run yet, it waits
+    arriving[0] = 0
+    second = await asyncio.wait_for(batcher.submit(rows(3)), 5)
+    assert values(await first) == [20] and values(second) == [30]
+    assert model.batches == [[1], [2, 3]]
+    await batcher.close()

@@ -1,0 +1,297 @@
+"""``python -m service.bench``: served throughput and latency vs raw ONNX Runtime on one model.
+
+For concurrency 1, 8 and 64 it drives a real ``python -m service`` process on 127.0.0.1 (batching
+on, then off) with keep-alive HTTP/1.1 clients sending one PNG per request, and measures raw
+in-process ONNX Runtime at batch sizes 1, 8 and 64 with the same thread count. Every figure is
+printed with the machine it was measured on. Client and server share the machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import io
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from service.model_card import ModelCard, model_dirs, model_file, read_manifest, version_dirs
+
+_CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+
+
+@dataclass
+class Row:
+    """One measured configuration."""
+
+    label: str
+    concurrency: int
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+    mean_batch: float | None = None
+    errors: int = 0
+
+
+def machine() -> str:
+    """A one-line description of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def pick_model(repo: Path, name: str | None) -> tuple[ModelCard, Path]:
+    """The named model, or the one with the most MACs; returns its card and served file."""
+    cards = [read_manifest(d) for d in model_dirs(repo)]
+    if not cards:
+        raise SystemExit(f"error: {repo}: no models")
+    if name:
+        matches = [c for c in cards if c.name == name]
+        if not matches:
+            raise SystemExit(f"error: no model {name!r} in {repo}")
+        card = matches[0]
+    else:
+        card = max(cards, key=lambda c: (c.macs, c.name))
+    version = max(version_dirs(repo / card.name))
+    return card, model_file(repo / card.name, version)
+
+
+def sample_png(card: ModelCard) -> bytes:
+    """A PNG at the model's input size and colour, so decode cost matches real traffic."""
+    c, h, w = card.input.shape
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(h, w, c), dtype=np.uint8)
+    image = Image.fromarray(pixels[:, :, 0] if c == 1 else pixels)
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def raw_ort(card: ModelCard, path: Path, threads: int, seconds: float) -> list[Row]:
+    """In-process ONNX Runtime at batch sizes 1, 8, 64: the ceiling the service is compared to."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    rows = []
+    for bs in (1, 8, 64):
+        x = np.random.default_rng(0).standard_normal((bs, *card.input.shape)).astype(np.float32)
+        feed = {card.input.name: x}
+        for _ in range(10):
+            session.run(None, feed)
+        times = []
+        stop = time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - t0)
+        lat = np.asarray(times)
+        p50, p99 = np.percentile(lat, [50, 99]) * 1000
+        rows.append(Row("raw ORT", bs, bs * len(lat) / lat.sum(), p50, p99, float(bs)))
+    return rows
+
+
+async def _client(
+    port: int, request: bytes, stop_at: float, latencies: list[float], errors: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            match = _CONTENT_LENGTH.search(head)
+            await reader.readexactly(int(match.group(1)) if match else 0)
+            latencies.append(time.perf_counter() - t0)
+            if head[9:12] != b"200":
+                errors.append(1)
+    finally:
+        writer.close()
+
+
+async def _drive(port: int, request: bytes, concurrency: int, seconds: float) -> Row:
+    latencies: list[float] = []
+    errors: list[int] = []
+    warm = time.perf_counter() + min(1.0, seconds / 3)
+    await asyncio.gather(*(_client(port, request, warm, [], []) for _ in range(concurrency)))
+    t0 = time.perf_counter()
+    stop = t0 + seconds
+    await asyncio.gather(
+        *(_client(port, request, stop, latencies, errors) for _ in range(concurrency))
+    )
+    elapsed = time.perf_counter() - t0
+    lat = np.asarray(latencies)
+    p50, p99 = np.percentile(lat, [50, 99]) * 1000
+    return Row("", concurrency, len(lat) / elapsed, p50, p99, errors=len(errors))
+
+
+def _batch_totals(url: str, model: str) -> tuple[float, float]:
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("rocketserve_batch_size_") and f'model="{model}"' in line:
+            value = float(line.rsplit(" ", 1)[1])
+            if line.startswith("rocketserve_batch_size_sum"):
+                total += value
+            elif line.startswith("rocketserve_batch_size_count"):
+                count += value
+    return total, count
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def served(
+    repo: Path, card: ModelCard, env: dict[str, str], label: str, levels: list[int], seconds: float
+) -> list[Row]:
+    """Start the service with ``env``, drive it at each concurrency level, stop it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "service", "--model-repository", str(repo), "--port", str(port)]
+    full_env = {**os.environ, "ROCKETSERVE_LOG_LEVEL": "warning", **env}
+    proc = subprocess.Popen(cmd, env=full_env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"error: the service exited with code {proc.returncode}")
+            try:
+                if urllib.request.urlopen(url + "/readyz", timeout=1).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("error: the service did not become ready")
+            time.sleep(0.2)
+        body = sample_png(card)
+        request = (
+            f"POST /predict?model={card.name}&top_k=1 HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+            f"content-type: image/png\r\ncontent-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        rows = []
+        for c in levels:
+            before = _batch_totals(url, card.name)
+            row = asyncio.run(_drive(port, request, c, seconds))
+            after = _batch_totals(url, card.name)
+            batches = after[1] - before[1]
+            row.label = label
+            row.mean_batch = (after[0] - before[0]) / batches if batches else None
+            rows.append(row)
+        return rows
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def report(card: ModelCard, threads: int, rows: list[Row]) -> str:
+    """The results as a Markdown table with the machine and a verdict on the issue's targets."""
+    lines = [
+        f"model {card.name} ({card.training.architecture}, {card.macs:,} MACs/image, "
+        f"input {list(card.input.shape)}), onnxruntime {ort.__version__} CPU, "
+        f"intra-op threads {threads}",
+        f"machine: {machine()}",
+        "",
+        "| mode | concurrency / batch | images/s | p50 ms | p99 ms | mean batch | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mean = f"{r.mean_batch:.1f}" if r.mean_batch is not None else "-"
+        lines.append(
+            f"| {r.label} | {r.concurrency} | {r.images_per_s:,.0f} | {r.p50_ms:.2f} | "
+            f"{r.p99_ms:.2f} | {mean} | {r.errors} |"
+        )
+    by = {(r.label, r.concurrency): r for r in rows}
+    raw1, raw64, on1, on64 = (
+        by.get(("raw ORT", 1)),
+        by.get(("raw ORT", 64)),
+        by.get(("batching on", 1)),
+        by.get(("batching on", 64)),
+    )
+    lines.append("")
+    if raw64 and on64:
+        ratio = on64.images_per_s / raw64.images_per_s
+        verdict = "met" if ratio >= 0.70 else "NOT met"
+        lines.append(
+            f"concurrency 64, batching on: {ratio:.1%} of raw ORT at batch 64 "
+            f"(target >= 70%: {verdict})"
+        )
+    if raw1 and on1:
+        gap = on1.p50_ms - raw1.p50_ms
+        verdict = "met" if gap <= 1.5 else "NOT met"
+        lines.append(
+            f"concurrency 1, batching on: p50 {gap:+.2f} ms over raw batch-1 "
+            f"(target <= 1.5 ms: {verdict})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(prog="python -m service.bench", description=__doc__)
+    parser.add_argument("--model-repository", type=Path, help="default: build the test repo")
+    parser.add_argument("--model", help="model name (default: the one with the most MACs)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured time per level")
+    parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads (both sides)")
+    parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="rocketserve-bench-") as tmp:
+        repo = args.model_repository
+        if repo is None:
+            # The test repository needs the dev extras (onnx, scikit-learn): import it lazily.
+            build_digits_model = importlib.import_module(
+                "tests.support.onnx_repo"
+            ).build_digits_model
+            repo = Path(tmp)
+            build_digits_model(repo, "digits-logreg")
+            build_digits_model(repo, "digits-slow", hidden=8)
+        if not repo.is_dir():
+            print(f"error: {repo}: not a folder", file=sys.stderr)
+            return 2
+        card, path = pick_model(repo, args.model)
+        biggest = max(args.concurrency)
+        common = {
+            "ROCKETSERVE_INTRA_OP_THREADS": str(args.threads),
+            "ROCKETSERVE_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms),
+            "ROCKETSERVE_MAX_BATCH_SIZE": str(max(64, biggest)),
+            "ROCKETSERVE_MAX_QUEUE_SIZE": str(max(512, 4 * biggest)),
+            "ROCKETSERVE_MAX_INPUTS_PER_REQUEST": "1",
+        }
+        rows = raw_ort(card, path, args.threads, args.seconds)
+        rows += served(repo, card, common, "batching on", args.concurrency, args.seconds)
+        off = {**common, "ROCKETSERVE_BATCHING": "false"}
+        rows += served(repo, card, off, "batching off", args.concurrency, args.seconds)
+    print(report(card, args.threads, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Loading a repository: integrity checks, version resolution, providers, bad repositories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from service.app import create_app
+from service.errors import NotFound
+from service.metrics import ServiceMetrics
+from service.model_card import ModelRepositoryError
+from service.registry import ModelRegistry
+from service.runtime import CPU, choose_provider
+from service.settings import Settings
+
+
+@pytest.fixture
+def repo_copy(digits_repo: Path, tmp_path: Path) -> Path:
+    """A private copy of the digits repository that a test may break."""
+    return Path(shutil.copytree(digits_repo, tmp_path / "repo"))
+
+
+def load(repo: Path, **overrides: object) -> ModelRegistry:
+    settings = Settings(model_repository=repo, warmup_runs=1, **overrides)  # type: ignore[arg-type]
+    return ModelRegistry.load(settings, ServiceMetrics())
+
+
+def test_resolution_of_names_and_versions(digits_repo: Path) -> None:
+    registry = load(digits_repo)
+    assert registry.default.name == "digits-logreg" and registry.default.version == 2
+    assert registry.resolve(None) is registry.default
+    assert registry.resolve("digits-logreg:1").version == 1
+    assert registry.resolve("digits-slow").version == 1
+    for spec in ("nope", "digits-logreg:3", "digits-logreg:", "digits-logreg:-1"):
+        with pytest.raises(NotFound):
+            registry.resolve(spec)
+    assert all(m.ready and m.runtime.provider == CPU for m in registry.all())
+    assert load(digits_repo, default_model="digits-slow").default.name == "digits-slow"
+
+
+def test_tampered_model_file_is_refused(repo_copy: Path) -> None:
+    with (repo_copy / "digits-logreg" / "1" / "model.onnx").open("ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelRepositoryError, match=r"1/model.onnx: size or sha256 differs"):
+        load(repo_copy)
+
+
+def test_version_without_record_is_not_served(repo_copy: Path) -> None:
+    shutil.copytree(repo_copy / "digits-logreg" / "1", repo_copy / "digits-logreg" / "7")
+    registry = load(repo_copy)
+    assert sorted(registry.models["digits-logreg"]) == [1, 2]
+
+
+def test_missing_main_version_is_refused(repo_copy: Path) -> None:
+    shutil.rmtree(repo_copy / "digits-slow" / "1")
+    with pytest.raises(ModelRepositoryError, match="version 1 of the manifest is missing"):
+        load(repo_copy)
+
+
+def test_manifest_input_must_match_the_graph(repo_copy: Path) -> None:
+    path = repo_copy / "digits-slow" / "manifest.json"
+    card = json.loads(path.read_text())
+    card["input"]["name"] = "pixels"
+    path.write_text(json.dumps(card))
+    with pytest.raises(ModelRepositoryError, match="'pixels' is not a graph input"):
+        load(repo_copy)
+
+
+def test_unknown_default_model_and_empty_repository(digits_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelRepositoryError, match="default_model 'nope'"):
+        load(digits_repo, default_model="nope")
+    with pytest.raises(ModelRepositoryError, match="no model folders"):
+        load(tmp_path)
+
+
+def test_provider_choice_on_a_cpu_only_runtime() -> None:
+    assert choose_provider("cpu") == CPU
+    assert choose_provider("auto") == CPU  # this machine has no onnxruntime-gpu
+    with pytest.raises(ModelRepositoryError, match="onnxruntime-gpu"):
+        choose_provider("cuda")
+
+
+async def test_app_start_up_fails_on_a_broken_repository(
+    repo_copy: Path, make_settings: Callable[..., Settings]
+) -> None:
+    shutil.rmtree(repo_copy / "digits-slow" / "1")
+    app = create_app(make_settings(model_repository=repo_copy))
+    with pytest.raises(ModelRepositoryError):
+        async with app.router.lifespan_context(app):
+            pass

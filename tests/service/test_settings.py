@@ -1,0 +1,97 @@
+"""Settings: environment variables with one prefix, documented fields, start-up validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.__main__ import main
+from service.settings import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_setting_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ROCKETSERVE_MODEL_REPOSITORY", str(tmp_path))
+    monkeypatch.setenv("ROCKETSERVE_MAX_BATCH_SIZE", "64")
+    monkeypatch.setenv("ROCKETSERVE_BATCHING", "false")
+    monkeypatch.setenv("ROCKETSERVE_PROVIDER", "cpu")
+    s = Settings()  # type: ignore[call-arg]
+    assert (s.model_repository, s.max_batch_size, s.batching, s.provider) == (
+        tmp_path,
+        64,
+        False,
+        "cpu",
+    )
+
+
+def test_every_setting_is_documented_in_code_and_readme() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("<!-- section: service -->")[1].split("<!-- section:")[0]
+    for name, field in Settings.model_fields.items():
+        assert field.description, f"{name} has no description"
+        assert f"{ENV_PREFIX}{name.upper()}" in section, f"{name} missing from README"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_batch_size": 4, "max_inputs_per_request": 8}, "must not exceed max_batch_size"),
+        ({"max_queue_size": 4, "max_inputs_per_request": 8, "batching": False}, "at least"),
+        ({"max_batch_size": 0}, "greater than or equal to 1"),
+        ({"provider": "tpu"}, "'auto', 'cpu' or 'cuda'"),
+        ({"unknown_knob": 1}, "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_settings_fail_at_start_up(
+    tmp_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(model_repository=tmp_path, **overrides)  # type: ignore[arg-type]
+
+
+def test_batching_off_allows_requests_bigger_than_a_batch(tmp_path: Path) -> None:
+    s = Settings(model_repository=tmp_path, batching=False, max_batch_size=1)
+    assert s.max_inputs_per_request == 32
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() writes CLI options into the environment: keep that inside the test."""
+    import os
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            del os.environ[key]
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "ROCKETSERVE_MODEL_REPOSITORY: Field required"),
+        (["--model-repository", "/does/not/exist"], "folder does not exist"),
+        (["--model-repository", ".", "--workers", "0"], "ROCKETSERVE_WORKERS"),
+        (["--model-repository", ".", "--port", "70000"], "ROCKETSERVE_PORT"),
+    ],
+)
+def test_cli_errors_are_one_line_with_non_zero_exit(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_reports_a_broken_manifest(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.json").write_text("{not json")
+    assert main(["--model-repository", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not valid JSON" in err
