@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,28 @@ def parse_models(body: Any) -> list[ModelInfo]:
 def multipart_files(images: Sequence[SampleImage]) -> list[tuple[str, tuple[str, bytes, str]]]:
     """The ``files=`` argument of requests/httpx: one ``file`` field per image."""
     return [("file", (img.name, img.data, img.media_type)) for img in images]
+
+
+def encode_multipart(
+    images: Sequence[SampleImage], fields: Mapping[str, str] | None = None
+) -> tuple[bytes, str]:
+    """A multipart/form-data body (text ``fields`` then one ``file`` part per image) and its
+    content type, encoded once so that a load generator does not pay for it on every request."""
+    boundary = f"rocketserve-{uuid.uuid4().hex}"
+    parts: list[bytes] = []
+    for key, value in (fields or {}).items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'
+            f"{value}\r\n".encode()
+        )
+    for img in images:
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{img.name}"\r\nContent-Type: {img.media_type}\r\n\r\n'
+        )
+        parts.append(head.encode() + img.data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def json_body(images: Sequence[SampleImage], model: str | None = None) -> dict[str, Any]:

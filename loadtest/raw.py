@@ -1,0 +1,91 @@
+"""The ceiling: ONNX Runtime called directly, in process, on the same model files and batches."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from loadtest.payloads import SampleImage
+from service.model_card import ModelCard, model_file, read_manifest, version_dirs
+from service.preprocess import preprocess_image
+
+
+@dataclass(frozen=True)
+class RawResult:
+    """Throughput and latency of ``session.run`` on one batch size."""
+
+    batch_size: int
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def served_model_file(model_dir: Path) -> tuple[ModelCard, Path]:
+    """The card and ONNX file of the version the service serves (the highest)."""
+    card = read_manifest(model_dir)
+    versions = version_dirs(model_dir)
+    if not versions:
+        raise FileNotFoundError(f"{model_dir}: no version folders")
+    return card, model_file(model_dir, max(versions))
+
+
+def open_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
+    """A CPU session with the service's thread setting (0 = ORT default)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def input_batch(card: ModelCard, images: Sequence[SampleImage], batch_size: int) -> np.ndarray:
+    """The real images, preprocessed as the service does, cycled to ``batch_size``."""
+    tensors = [preprocess_image(Image.open(BytesIO(img.data)), card.input) for img in images]
+    return np.ascontiguousarray(np.stack([tensors[i % len(tensors)] for i in range(batch_size)]))
+
+
+def measure(
+    session: ort.InferenceSession,
+    card: ModelCard,
+    batch: np.ndarray,
+    min_time_s: float,
+    min_runs: int = 20,
+) -> RawResult:
+    """Run the batch repeatedly for at least ``min_time_s`` (after 3 warm-up runs)."""
+    feed = {card.input.name: batch}
+    for _ in range(3):
+        session.run(None, feed)
+    times: list[float] = []
+    end = time.perf_counter() + min_time_s
+    while len(times) < min_runs or time.perf_counter() < end:
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    arr = np.asarray(times)
+    return RawResult(
+        batch_size=len(batch),
+        images_per_s=len(batch) * len(arr) / float(arr.sum()),
+        p50_ms=float(np.percentile(arr, 50) * 1000.0),
+        p99_ms=float(np.percentile(arr, 99) * 1000.0),
+    )
+
+
+def raw_ceiling(
+    model_dir: Path,
+    images: Sequence[SampleImage],
+    batch_sizes: Sequence[int],
+    intra_op_threads: int,
+    min_time_s: float,
+) -> dict[int, RawResult]:
+    """Raw in-process results of one model for each batch size."""
+    card, path = served_model_file(model_dir)
+    session = open_session(path, intra_op_threads)
+    return {
+        bs: measure(session, card, input_batch(card, images, bs), min_time_s)
+        for bs in sorted(set(batch_sizes))
+    }
