@@ -64,12 +64,12 @@ class LeanConnection:
         """Send pre-built request bytes and read the whole response."""
         try:
             return await asyncio.wait_for(self._roundtrip(raw), self._timeout)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            await self.close()
-            raise LeanHTTPError(f"{type(exc).__name__}: {exc}") from None
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError:  # before OSError: TimeoutError is one since Python 3.11
             await self.close()
             raise LeanHTTPError(f"no response within {self._timeout:.1f} s") from None
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            await self.close()
+            raise LeanHTTPError(f"{type(exc).__name__}: {exc}") from None
 
     async def _roundtrip(self, raw: bytes) -> LeanResponse:
         if self._writer is None or self._writer.is_closing():
