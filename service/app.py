@@ -41,7 +41,8 @@ def create_app(
             state.registry = registry
         else:
             state.registry = await asyncio.to_thread(ModelRegistry.load, settings, state.metrics)
-        warm_up_decoders()
+        for model in state.registry.all():
+            warm_up_decoders(model.card.input)
         state.registry.start()
         log.info("ready: %d model version(s)", len(state.registry.all()))
         try:

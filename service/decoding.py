@@ -203,8 +203,21 @@ def parse_top_k(raw: Any, default: int, n_labels: int) -> int:
     return k
 
 
-def decode_image(data: bytes, max_pixels: int, what: str = "image") -> Image.Image:
-    """Open and fully decode one image; its declared size is checked before decoding."""
+@dataclass
+class OpenedImage:
+    """An image whose header has been read and checked; its pixels are not decoded yet."""
+
+    image: Image.Image
+    what: str
+
+    @property
+    def pixels(self) -> int:
+        """Declared width x height."""
+        return self.image.size[0] * self.image.size[1]
+
+
+def open_image(data: bytes, max_pixels: int, what: str = "image") -> OpenedImage:
+    """Read an image's header only; refuse non-images and oversized declarations (no decoding)."""
     if not data:
         raise BadRequest(f"{what} is empty", code="empty_image")
     try:
@@ -223,28 +236,47 @@ def decode_image(data: bytes, max_pixels: int, what: str = "image") -> Image.Ima
             f"{max_pixels} (refused before decoding)",
             code="image_too_large",
         )
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadRequest(f"{what} is truncated or corrupt: {exc}", code="invalid_image") from None
-    return image
+    return OpenedImage(image, what)
 
 
-def warm_up_decoders() -> None:
+def open_images(images: list[bytes], max_pixels: int) -> list[OpenedImage]:
+    """open_image for each encoded image of a request."""
+    several = len(images) > 1
+    return [
+        open_image(data, max_pixels, f"image {i}" if several else "image")
+        for i, data in enumerate(images)
+    ]
+
+
+def load_batch(opened: list[OpenedImage], spec: InputSpec) -> np.ndarray:
+    """Decode and preprocess opened images into the model's batch [N, C, H, W]."""
+    arrays = []
+    for item in opened:
+        try:
+            item.image.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise BadRequest(
+                f"{item.what} is truncated or corrupt: {exc}", code="invalid_image"
+            ) from None
+        try:
+            arrays.append(preprocess_image(item.image, spec))
+        except (OSError, ValueError) as exc:
+            raise BadRequest(
+                f"{item.what}: mode {item.image.mode} cannot be converted to {spec.color}: {exc}",
+                code="invalid_image",
+            ) from None
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+
+
+def warm_up_decoders(spec: InputSpec | None = None) -> None:
     """Load Pillow's format plugins now so that the first request does not pay for it."""
     for fmt in ("PNG", "JPEG"):
         buf = io.BytesIO()
         Image.new("RGB", (2, 2)).save(buf, fmt)
-        decode_image(buf.getvalue(), 4)
-
-
-def images_to_batch(images: list[bytes], spec: InputSpec, max_pixels: int) -> np.ndarray:
-    """Decode and preprocess encoded images into the model's batch [N, C, H, W]."""
-    arrays = []
-    for i, data in enumerate(images):
-        what = "image" if len(images) == 1 else f"image {i}"
-        arrays.append(preprocess_image(decode_image(data, max_pixels, what), spec))
-    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+        opened = open_image(buf.getvalue(), 4)
+        opened.image.load()
+        if spec is not None:
+            load_batch([opened], spec)
 
 
 def tensor_to_batch(value: Any, spec: InputSpec) -> np.ndarray:

@@ -15,7 +15,8 @@ from starlette.requests import ClientDisconnect
 
 from service.decoding import (
     PredictRequest,
-    images_to_batch,
+    load_batch,
+    open_images,
     parse_body,
     parse_top_k,
     read_body,
@@ -29,9 +30,9 @@ from service.registry import ModelRegistry, ServedModel
 from service.schemas import ErrorResponse, PredictResponse
 from service.settings import Settings
 
-# Bodies bigger than this are decoded in a worker thread so that large images never block
-# the event loop; small ones are decoded inline, which is cheaper than a thread hop.
-INLINE_DECODE_BYTES = 64 * 1024
+# Requests declaring more pixels than this are decoded in a worker thread so that large images
+# never block the event loop; small ones are decoded inline, cheaper than a thread hop.
+INLINE_DECODE_PIXELS = 256 * 256
 
 router = APIRouter()
 
@@ -167,7 +168,7 @@ async def predict(request: Request) -> Response:
             in_flight.inc()
             raw_k = parsed.top_k if parsed.top_k is not None else query.get("top_k")
             k = parse_top_k(raw_k, settings.default_top_k, len(served.card.labels))
-            batch = await _to_batch(parsed, len(body), served.card.input, settings)
+            batch = await _to_batch(parsed, served.card.input, settings)
         deadline = started + settings.request_timeout_ms / 1000.0
         result = await served.batcher.submit(batch, deadline)
     except ServiceError as exc:
@@ -198,21 +199,19 @@ async def predict(request: Request) -> Response:
     )
 
 
-async def _to_batch(
-    parsed: PredictRequest, body_size: int, spec: InputSpec, settings: Settings
-) -> np.ndarray:
+async def _to_batch(parsed: PredictRequest, spec: InputSpec, settings: Settings) -> np.ndarray:
     """The model batch of a parsed request; big images are decoded off the event loop."""
     limit = settings.max_inputs_per_request
     if parsed.tensor is not None:
         batch = tensor_to_batch(parsed.tensor, spec)
     elif len(parsed.images) > limit:
         batch = None
-    elif body_size > INLINE_DECODE_BYTES:
-        batch = await asyncio.to_thread(
-            images_to_batch, parsed.images, spec, settings.max_image_pixels
-        )
     else:
-        batch = images_to_batch(parsed.images, spec, settings.max_image_pixels)
+        opened = open_images(parsed.images, settings.max_image_pixels)
+        if sum(item.pixels for item in opened) > INLINE_DECODE_PIXELS:
+            batch = await asyncio.to_thread(load_batch, opened, spec)
+        else:
+            batch = load_batch(opened, spec)
     if batch is None or len(batch) > limit:
         raise PayloadTooLarge(f"at most {limit} inputs per request", code="too_many_inputs")
     return batch

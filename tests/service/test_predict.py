@@ -155,3 +155,34 @@ async def test_model_and_version_selection(
         "/predict", json={"image": base64.b64encode(data).decode(), "model": "digits-slow"}
     )
     assert r.json()["model"] == "digits-slow"
+
+
+async def test_large_image_is_decoded_off_the_loop_with_the_same_result(
+    client: httpx.AsyncClient, ref: Reference, digit_images
+) -> None:
+    x, _ = digit_images
+    # 700x500 = 350,000 declared pixels: over the inline limit, so decoded in a worker thread.
+    image = Image.fromarray(x[9]).resize((700, 500), Image.Resampling.BILINEAR).convert("RGB")
+    data = png_bytes(image)
+    r = await client.post("/predict?top_k=10", content=data, headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    assert_matches(
+        r.json()["predictions"][0],
+        expected(ref, [Image.open(io.BytesIO(data))])[0],
+        ref.card.labels,
+    )
+
+
+async def test_image_mode_that_cannot_be_converted_is_a_400(client: httpx.AsyncClient) -> None:
+    lab = png_bytes(Image.new("LAB", (8, 8)), "TIFF")
+    r = await client.post("/predict", content=lab, headers={"content-type": "image/tiff"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_image" and "LAB" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "YCbCr", "I", "F", "LA", "PA", "I;16B"])
+async def test_other_tiff_modes_are_served(client: httpx.AsyncClient, mode: str) -> None:
+    data = png_bytes(Image.new(mode, (9, 7)), "TIFF")
+    r = await client.post("/predict", content=data, headers={"content-type": "image/tiff"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"][0]) == 5
