@@ -88,6 +88,22 @@ def render_report(cards: Sequence[ModelCard], title: str) -> str:
     return "\n".join(lines)
 
 
+def _label_offsets(cards: Sequence[ModelCard]) -> list[tuple[int, int]]:
+    """Label offsets in points that stack the names of nearby points instead of overprinting."""
+    xs = [latency_ms(c) for c in cards]
+    ys = [c.metrics.top1 for c in cards]
+    span_x = (max(xs) - min(xs)) or 1.0
+    span_y = (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
+    offsets = []
+    for x, y in zip(xs, ys, strict=True):
+        nx, ny = (x - min(xs)) / span_x, (y - min(ys)) / span_y
+        crowd = sum(1 for px, py in placed if abs(px - nx) < 0.25 and abs(py - ny) < 0.04)
+        placed.append((nx, ny))
+        offsets.append((5, 4 - 9 * crowd))
+    return offsets
+
+
 def plot_pareto(cards: Sequence[ModelCard], path: Path, title: str) -> Path:
     """Top-1 against batch-1 latency, the frontier drawn as a step line, every point named."""
     import matplotlib
@@ -97,23 +113,17 @@ def plot_pareto(cards: Sequence[ModelCard], path: Path, title: str) -> Path:
 
     front = pareto_front(cards)
     fig, ax = plt.subplots(figsize=(10, 6.5), dpi=110)
-    for card in cards:
+    for card, (dx, dy) in zip(cards, _label_offsets(cards), strict=True):
         on = card.name in front
+        point = (latency_ms(card), card.metrics.top1 * 100)
         ax.scatter(
-            latency_ms(card),
-            card.metrics.top1 * 100,
+            *point,
             s=60 if on else 35,
             marker="*" if on else "o",
             color="tab:red" if on else "tab:blue",
             zorder=3,
         )
-        ax.annotate(
-            card.name,
-            (latency_ms(card), card.metrics.top1 * 100),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=7,
-        )
+        ax.annotate(card.name, point, textcoords="offset points", xytext=(dx, dy), fontsize=7)
     frontier = sorted((c for c in cards if c.name in front), key=latency_ms)
     if frontier:
         ax.step(

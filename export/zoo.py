@@ -204,6 +204,17 @@ class Zoo:
 
     def run(self) -> ZooResult:
         """The teacher first, then every student; REPORT.md and pareto.png at the end."""
+        import torch
+
+        threads = torch.get_num_threads()
+        if self.config.get("torch_threads"):
+            torch.set_num_threads(int(self.config["torch_threads"]))
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> ZooResult:
         start = time.perf_counter()
         result = ZooResult()
         entries = [self.config["teacher"], *self.config["students"]]
@@ -216,7 +227,7 @@ class Zoo:
                 continue
             result.cards.extend(self.run_entry(entry))
         cards = load_cards(self.repo)
-        title = f"Model zoo: {self.dataset}"
+        title = f"Model zoo: {self.dataset} ({len(cards)} models)"
         result.report, result.pareto = write_report(self.repo, cards, title)
         result.wall_time_s = time.perf_counter() - start
         self.log(f"wrote {result.report} and {result.pareto} in {result.wall_time_s:.1f}s")

@@ -1,0 +1,135 @@
+"""The zoo: packaged configs, and a reduced end-to-end run through the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from export.__main__ import main
+from export.distill import METHODS
+from export.models import ARCHITECTURES
+from export.training import resolve_config
+from export.zoo import ZOO_TEACHER, ZooError, config_path, load_zoo_config
+from service.model_card import model_dirs, read_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL_METHODS = {"baseline", "kd", "fitnet", "mimic", "rocket", "rocket-kd"}
+
+
+def _export(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "export", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("dataset", ["digits", "cifar10"])
+def test_packaged_config_covers_every_method_and_resolves(dataset: str) -> None:
+    config = load_zoo_config(config_path(dataset))
+    assert config["dataset"] == dataset
+    entries = [config["teacher"], *config["students"]]
+    methods = {e.get("method", config.get("defaults", {}).get("method")) for e in entries}
+    assert methods == ALL_METHODS and set(METHODS) >= ALL_METHODS
+    assert any(str(e["student"]).startswith("mobilenetv2") for e in config["students"])
+    assert sum(1 for e in entries if "int8" in e.get("variants", [])) >= 2
+    for entry in entries:
+        assert entry["student"] in ARCHITECTURES
+        cfg: dict[str, Any] = {**config.get("defaults", {}), **entry}
+        for key in ("name", "variants"):
+            cfg.pop(key, None)
+        if cfg.get("teacher") == ZOO_TEACHER:
+            cfg["teacher"] = config["teacher"]["student"]
+        resolve_config(cfg)  # raises ConfigError on an unknown key or a bad value
+
+
+def test_a_broken_config_is_a_zoo_error(tmp_path: Path) -> None:
+    path = tmp_path / "zoo.yaml"
+    path.write_text("dataset: digits\nteacher: {name: t, student: resnet8}\nstudents: [{}]\n")
+    with pytest.raises(ZooError, match="needs a 'name'"):
+        load_zoo_config(path)
+    path.write_text("dataset: [unclosed\n")
+    with pytest.raises(ZooError, match="cannot read zoo config"):
+        load_zoo_config(path)
+
+
+@pytest.fixture(scope="module")
+def zoo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits zoo cut to the teacher and KD, one epoch on 200 images."""
+    out = tmp_path_factory.mktemp("zoo") / "repo"
+    proc = _export(
+        "zoo", "--dataset", "digits", "--out", str(out),
+        "--max-epochs", "1", "--max-train-images", "200", "--profile-runs", "3",
+        "--only", "kd-resnet8",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "parity ok" in proc.stdout
+    return out
+
+
+def test_zoo_writes_models_variants_report_and_plot(zoo_repo: Path) -> None:
+    names = [d.name for d in model_dirs(zoo_repo)]
+    assert names == [
+        "digits-kd-resnet8",
+        "digits-kd-resnet8-int8",
+        "digits-teacher-resnet20",
+        "digits-teacher-resnet20-int8",
+    ]
+    kd = read_manifest(zoo_repo / "digits-kd-resnet8")
+    assert kd.training.method == "kd" and kd.training.teacher == "digits-teacher-resnet20"
+    assert kd.training.config["teacher"] == "digits-teacher-resnet20"
+    assert "out_dir" not in kd.training.config and kd.training.epochs == 1
+    assert kd.metrics.n == 360 and kd.profile.threads == 1
+    int8 = read_manifest(zoo_repo / "digits-kd-resnet8-int8")
+    assert (int8.precision, int8.derived_from) == ("int8", "digits-kd-resnet8")
+    assert int8.size_bytes < kd.size_bytes and int8.macs == kd.macs
+
+    report = (zoo_repo / "REPORT.md").read_text()
+    table = [line for line in report.splitlines() if line.startswith("| digits-")]
+    assert len(table) == 4
+    latencies = [float(line.split("|")[5]) for line in table]
+    assert latencies == sorted(latencies)
+    with Image.open(zoo_repo / "pareto.png") as image:
+        assert image.format == "PNG"
+
+
+def test_verify_and_evaluate_commands_on_the_zoo(
+    zoo_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["verify", str(zoo_repo)]) == 0
+    assert "ok (4 models, 4 versions)" in capsys.readouterr().out
+
+    manifest = zoo_repo / "digits-kd-resnet8" / "manifest.json"
+    before = json.loads(manifest.read_text())
+    tampered = {**before, "metrics": {**before["metrics"], "top1": 0.0}, "macs": 1}
+    manifest.write_text(json.dumps(tampered))
+    proc = _export("evaluate", str(zoo_repo), "--profile-runs", "3", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = json.loads(manifest.read_text())
+    assert after["metrics"]["top1"] == before["metrics"]["top1"] and after["macs"] == before["macs"]
+    assert after["created_at"] == before["created_at"]
+    assert "digits-kd-resnet8: top-1 0.00% ->" in proc.stdout
+    assert (zoo_repo / "REPORT.md").is_file()
+    assert main(["verify", str(zoo_repo)]) == 0
+
+
+def test_zoo_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "zoo.yaml"
+    bad.write_text("dataset: digits\n")
+    code = main(["zoo", "--dataset", "digits", "--out", str(tmp_path / "o"), "--config", str(bad)])
+    assert code == 1
+    assert capsys.readouterr().err.strip() == f"error: {bad}: missing key 'teacher'"
+    code = main(["zoo", "--dataset", "cifar10", "--out", str(tmp_path / "o"),
+                 "--data-dir", str(tmp_path / "nowhere")])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: data directory") and len(err.splitlines()) == 1
