@@ -60,12 +60,14 @@ def _decode(files: list[tuple[Path, int]], color: str, size: int | None) -> dict
             arr = np.asarray(img, dtype=np.uint8)
         except OSError as exc:
             raise DatasetError(f"{path}: cannot decode image ({exc})") from None
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
         if images and arr.shape != images[0].shape:
             raise DatasetError(
                 f"{path}: size {arr.shape[:2]} differs from {images[0].shape[:2]}; "
                 "pass image_size to resize every image"
             )
-        images.append(arr if arr.ndim == 3 else arr[:, :, None])
+        images.append(arr)
     return {
         "images": np.stack(images).astype(np.uint8),
         "labels": np.asarray([label for _, label in files], dtype=np.int64),

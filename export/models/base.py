@@ -24,7 +24,9 @@ class StagedNet(nn.Module):
             h = stage(h)
             features.append(h)
         logits = self.head(h)
-        if return_features:
+        # The TorchScript ONNX exporter passes unset defaults as tensors; only a real True counts,
+        # so an exported graph is always plain logits (and no tracer warning is raised).
+        if isinstance(return_features, bool) and return_features:
             return logits, features
         return logits
 

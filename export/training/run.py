@@ -31,6 +31,7 @@ from export.training.runtime import (
     describe_device,
     finish_distributed,
     init_distributed,
+    rank_checksums,
     seed_everything,
     select_device,
 )
@@ -258,6 +259,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
             False,
             trainer.state.epoch,
         )
+    checksums = rank_checksums(method) if dist_info.enabled else None
     artifacts: dict[str, Path] = {}
     top1 = 0.0
     for name, (net, arch) in method.outputs().items():
@@ -307,6 +309,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
         wall_time_s=result.wall_time_s,
         run_time_s=round(time.perf_counter() - wall_start, 3),
         artifacts={k: str(v) for k, v in artifacts.items()},
+        rank_checksums=checksums,
     )
     if dist_info.is_main:
         result_file.write_text(

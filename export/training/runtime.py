@@ -54,6 +54,16 @@ def finish_distributed() -> None:
         dist.destroy_process_group()
 
 
+def rank_checksums(module: torch.nn.Module) -> list[float]:
+    """Sum of every parameter on every rank (rank order); equal values mean replicas agree."""
+    local = torch.stack([p.detach().double().sum() for p in module.parameters()]).sum()
+    if not dist.is_initialized():
+        return [float(local)]
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return [float(v) for v in gathered]
+
+
 def select_device(requested: str) -> torch.device:
     """'auto' is cuda when available (the local rank's GPU under torchrun), else cpu."""
     if requested == "auto":

@@ -1,0 +1,107 @@
+"""``python -m export train|bench``: flags over YAML, explicit switches, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from export.__main__ import main
+from export.cli_train import register, train_config
+from export.training import load_yaml_config, resolve_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "export" / "configs"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["train", *argv])
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], None),
+        (["--joint"], True),
+        (["--no-joint"], False),
+    ],
+)
+def test_switches_are_real_booleans(argv: list[str], expected: bool | None) -> None:
+    config = train_config(_parse(["--method", "rocket", *argv]))
+    assert config.get("joint") is expected
+
+
+def test_every_switch_can_be_turned_off() -> None:
+    args = _parse(["--no-gradient-block", "--no-augment", "--no-nesterov", "--no-progress"])
+    config = train_config(args)
+    assert config["gradient_block"] is False and config["augment"] is False
+    assert config["nesterov"] is False and config["progress"] is False
+
+
+def test_flags_override_the_yaml_config(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("method: kd\nteacher: wrn-16-1\nepochs: 9\nlambda: 0.1\n", encoding="utf-8")
+    config = train_config(_parse(["--config", str(path), "--epochs", "2", "--lambda", "0.5"]))
+    assert config == {"method": "kd", "teacher": "wrn-16-1", "epochs": 2, "lambda": 0.5}
+
+
+TRAIN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("zoo-"))
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path: Path) -> None:
+    cfg = resolve_config(load_yaml_config(path))
+    assert cfg["dataset"] in ("digits", "cifar10")
+
+
+def test_yaml_tags_are_not_executed(tmp_path: Path) -> None:
+    path = tmp_path / "evil.yaml"
+    path.write_text("method: !!python/object/apply:os.system ['echo hi']\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="invalid YAML"):
+        load_yaml_config(path)
+
+
+def test_train_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(CONFIGS / "digits-baseline.yaml"), "--epochs", "2"]
+    argv += ["--threads", "1", "--no-progress", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert Path(result["artifact_path"]) == out / "trained.pt" and result["completed"]
+    assert (out / "log.jsonl").is_file() and (out / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "kd"], "error: method kd needs a teacher"),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "error: data directory"),
+        (["--config", "/nonexistent.yaml"], "error: /nonexistent.yaml: cannot read config"),
+        (["--teacher", "/tmp/none.pt", "--method", "kd"], "error: teacher"),
+    ],
+)
+def test_user_errors_are_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", *argv, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_flag_value_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--sharing", "top"])
+    assert exc.value.code == 2 and "invalid choice: 'top'" in capsys.readouterr().err
+
+
+def test_bench_prints_img_per_s(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["bench", "--archs", "resnet8", "--seconds", "0", "--batch-size", "8"]
+    assert main([*argv, "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "machine: cpu" in out and "resnet8" in out
+    payload = json.loads((tmp_path / "b.json").read_text())
+    row = payload["rows"][0]
+    assert row["arch"] == "resnet8" and row["images_per_s"] > 0 and row["steps"] >= 3
