@@ -1,0 +1,50 @@
+"""`python -m export onnx`: trained artifact to a parity-checked ONNX file and a published card."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export.__main__ import main
+from export.repository import verify_repository
+from service.model_card import read_manifest
+from tests.export.test_onnx_support import trained_digits
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_onnx_command_exports_checks_parity_and_publishes(tmp_path: Path) -> None:
+    d = trained_digits()
+    out, repo = tmp_path / "student.onnx", tmp_path / "repo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", "onnx", str(d.artifact), "--out", str(out),
+         "--repo", str(repo), "--name", "digits-test-wrn-10-1", "--variants", "int8",
+         "--threads", "1", "--profile-runs", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{out}: parity ok: max |logit diff|" in proc.stdout
+    assert out.is_file()
+    n_models, n_versions, problems = verify_repository(repo)
+    assert (n_models, n_versions, problems) == (2, 2, [])
+    card = read_manifest(repo / "digits-test-wrn-10-1")
+    int8 = read_manifest(repo / "digits-test-wrn-10-1-int8")
+    assert card.training.recipe == d.meta.recipe and card.profile.threads == 1
+    assert int8.derived_from == card.name and int8.precision == "int8"
+    assert abs(int8.metrics.top1 - card.metrics.top1) <= 0.01
+
+
+def test_onnx_command_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["onnx", str(tmp_path / "missing.pt")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {tmp_path / 'missing.pt'}: trained artifact not found"
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    assert main(["onnx", str(junk)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {junk}: not a readable torch file") and "\n" not in err
