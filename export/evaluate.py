@@ -50,9 +50,14 @@ def make_session(path: Path, provider: str = "auto", threads: int = 0) -> ort.In
     return ort.InferenceSession(str(path), opts, providers=providers)
 
 
+# CPU features that decide int8 and fp32 kernel speed (int8 gains need VNNI or AMX).
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
 def machine_description() -> str:
-    """CPU model, core count and OS of this machine (from lscpu when present), plus any GPU."""
+    """CPU model, vector ISA, core count and OS (from lscpu when present), plus any GPU."""
     model = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         out = subprocess.run(
             ["lscpu"], capture_output=True, text=True, timeout=5, check=False
@@ -60,8 +65,13 @@ def machine_description() -> str:
         for line in out.splitlines():
             if line.startswith("Model name:"):
                 model = line.split(":", 1)[1].strip()
+            elif line.startswith("Flags:"):
+                flags = set(line.split(":", 1)[1].split())
     except (OSError, subprocess.SubprocessError):
         pass
+    isa = [f for f in _ISA_FLAGS if f in flags]
+    if isa:
+        model += f" ({' '.join(isa)})"
     text = f"{model}, {default_threads()} cores, {platform.system()} {platform.machine()}"
     if "CUDAExecutionProvider" in ort.get_available_providers():
         text += ", CUDA available"
