@@ -87,28 +87,32 @@ def sample_png(card: ModelCard) -> bytes:
     return buf.getvalue()
 
 
-def raw_ort(card: ModelCard, path: Path, threads: int, seconds: float) -> list[Row]:
-    """In-process ONNX Runtime at batch sizes 1, 8, 64: the ceiling the service is compared to."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    rows = []
-    for bs in (1, 8, 64):
-        x = np.random.default_rng(0).standard_normal((bs, *card.input.shape)).astype(np.float32)
-        feed = {card.input.name: x}
-        for _ in range(10):
-            session.run(None, feed)
+class RawOrt:
+    """In-process ONNX Runtime on the same file and thread count: the ceiling to compare with."""
+
+    def __init__(self, card: ModelCard, path: Path, threads: int) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.card = card
+
+    def measure(self, batch_size: int, seconds: float) -> Row:
+        """Back-to-back runs of one random batch for ``seconds``."""
+        shape = (batch_size, *self.card.input.shape)
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        feed = {self.card.input.name: x}
+        for _ in range(5):
+            self.session.run(None, feed)
         times = []
         stop = time.perf_counter() + seconds
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
-            session.run(None, feed)
+            self.session.run(None, feed)
             times.append(time.perf_counter() - t0)
         lat = np.asarray(times)
         p50, p99 = np.percentile(lat, [50, 99]) * 1000
-        rows.append(Row("raw ORT", bs, bs * len(lat) / lat.sum(), p50, p99, float(bs)))
-    return rows
+        return Row("raw ORT", batch_size, batch_size * len(lat) / lat.sum(), p50, p99, batch_size)
 
 
 async def _client(
@@ -165,59 +169,74 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def served(
-    repo: Path, card: ModelCard, env: dict[str, str], label: str, levels: list[int], seconds: float
-) -> list[Row]:
-    """Start the service with ``env``, drive it at each concurrency level, stop it."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "service", "--model-repository", str(repo), "--port", str(port)]
-    full_env = {**os.environ, "ROCKETSERVE_LOG_LEVEL": "warning", **env}
-    proc = subprocess.Popen(cmd, env=full_env)
-    try:
-        deadline = time.monotonic() + 120
+class Server:
+    """``python -m service`` on a free loopback port, driven at one concurrency at a time."""
+
+    def __init__(self, repo: Path, card: ModelCard, env: dict[str, str], label: str) -> None:
+        self.card, self.label = card, label
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "service", "--model-repository", str(repo)]
+        cmd += ["--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            cmd, env={**os.environ, "ROCKETSERVE_LOG_LEVEL": "warning", **env}
+        )
+        body = sample_png(card)
+        self.request = (
+            f"POST /predict?model={card.name}&top_k=1 HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+            f"content-type: image/png\r\ncontent-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        """Poll /readyz until 200."""
+        deadline = time.monotonic() + timeout_s
         while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"error: the service exited with code {proc.returncode}")
+            if self.proc.poll() is not None:
+                raise SystemExit(f"error: the service exited with code {self.proc.returncode}")
             try:
-                if urllib.request.urlopen(url + "/readyz", timeout=1).status == 200:
-                    break
+                if urllib.request.urlopen(self.url + "/readyz", timeout=1).status == 200:
+                    return
             except OSError:
                 pass
             if time.monotonic() > deadline:
                 raise SystemExit("error: the service did not become ready")
             time.sleep(0.2)
-        body = sample_png(card)
-        request = (
-            f"POST /predict?model={card.name}&top_k=1 HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-            f"content-type: image/png\r\ncontent-length: {len(body)}\r\n\r\n"
-        ).encode() + body
-        rows = []
-        for c in levels:
-            before = _batch_totals(url, card.name)
-            row = asyncio.run(_drive(port, request, c, seconds))
-            after = _batch_totals(url, card.name)
-            batches = after[1] - before[1]
-            row.label = label
-            row.mean_batch = (after[0] - before[0]) / batches if batches else None
-            rows.append(row)
-        return rows
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+
+    def measure(self, concurrency: int, seconds: float) -> Row:
+        """Throughput and latency at ``concurrency``, with the mean batch size from /metrics."""
+        before = _batch_totals(self.url, self.card.name)
+        row = asyncio.run(_drive(self.port, self.request, concurrency, seconds))
+        after = _batch_totals(self.url, self.card.name)
+        batches = after[1] - before[1]
+        row.label = self.label
+        row.mean_batch = (after[0] - before[0]) / batches if batches else None
+        return row
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
-def report(card: ModelCard, threads: int, rows: list[Row]) -> str:
+def _order(row: Row) -> tuple[int, int]:
+    return (["raw ORT", "batching on", "batching off"].index(row.label), row.concurrency)
+
+
+def report(
+    card: ModelCard, threads: int, rows: list[Row], load: tuple[float, float] | None = None
+) -> str:
     """The results as a Markdown table with the machine and a verdict on the issue's targets."""
     lines = [
         f"model {card.name} ({card.training.architecture}, {card.macs:,} MACs/image, "
         f"input {list(card.input.shape)}), onnxruntime {ort.__version__} CPU, "
         f"intra-op threads {threads}",
-        f"machine: {machine()}",
+        f"machine: {machine()}"
+        + (f"; 1-min load average {load[0]:.1f} before, {load[1]:.1f} after" if load else ""),
         "",
         "| mode | concurrency / batch | images/s | p50 ms | p99 ms | mean batch | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -285,11 +304,26 @@ def main(argv: list[str] | None = None) -> int:
             "ROCKETSERVE_MAX_QUEUE_SIZE": str(max(512, 4 * biggest)),
             "ROCKETSERVE_MAX_INPUTS_PER_REQUEST": "1",
         }
-        rows = raw_ort(card, path, args.threads, args.seconds)
-        rows += served(repo, card, common, "batching on", args.concurrency, args.seconds)
+        raw = RawOrt(card, path, args.threads)
         off = {**common, "ROCKETSERVE_BATCHING": "false"}
-        rows += served(repo, card, off, "batching off", args.concurrency, args.seconds)
-    print(report(card, args.threads, rows))
+        servers = [
+            Server(repo, card, common, "batching on"),
+            Server(repo, card, off, "batching off"),
+        ]
+        rows: list[Row] = []
+        load_before = os.getloadavg()
+        try:
+            for server in servers:
+                server.wait_ready()
+            # Interleaved per level so that raw and served see the same background load.
+            for c in args.concurrency:
+                rows.append(raw.measure(c, args.seconds))
+                rows += [server.measure(c, args.seconds) for server in servers]
+        finally:
+            for server in servers:
+                server.stop()
+        load = (load_before[0], os.getloadavg()[0])
+    print(report(card, args.threads, sorted(rows, key=_order), load))
     return 0
 
 

@@ -1,0 +1,58 @@
+"""The benchmark command: model choice, request body, client and verdicts (no timing asserts)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from service.bench import RawOrt, Row, Server, pick_model, report, sample_png
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_pick_model_defaults_to_the_most_macs(digits_repo: Path) -> None:
+    card, path = pick_model(digits_repo, None)
+    assert card.name == "digits-slow" and path == digits_repo / "digits-slow" / "1" / "model.onnx"
+    card, path = pick_model(digits_repo, "digits-logreg")
+    assert path.parent.name == "2"  # the highest version
+    with pytest.raises(SystemExit, match="no model 'nope'"):
+        pick_model(digits_repo, "nope")
+
+
+def test_sample_png_matches_the_model_input(digits_repo: Path) -> None:
+    card, _ = pick_model(digits_repo, None)
+    image = Image.open(io.BytesIO(sample_png(card)))
+    assert image.size == (8, 8) and image.mode == "L"
+
+
+def test_report_verdicts_follow_the_targets(digits_repo: Path) -> None:
+    card, _ = pick_model(digits_repo, None)
+    rows = [
+        Row("raw ORT", 1, 1000.0, 1.0, 2.0, 1.0),
+        Row("raw ORT", 64, 1000.0, 60.0, 70.0, 64.0),
+        Row("batching on", 1, 500.0, 2.4, 3.0, 1.0),
+        Row("batching on", 64, 690.0, 90.0, 99.0, 40.0),
+    ]
+    text = report(card, 1, rows, (1.0, 2.0))
+    assert "69.0% of raw ORT at batch 64 (target >= 70%: NOT met)" in text
+    assert "p50 +1.40 ms over raw batch-1 (target <= 1.5 ms: met)" in text
+    assert "load average 1.0 before, 2.0 after" in text
+    assert "| batching on | 64 | 690 | 90.00 | 99.00 | 40.0 | 0 |" in text
+
+
+@pytest.mark.slow
+def test_client_drives_a_real_server_without_errors(digits_repo: Path) -> None:
+    card, path = pick_model(digits_repo, None)
+    server = Server(digits_repo, card, {"ROCKETSERVE_MAX_INPUTS_PER_REQUEST": "1"}, "batching on")
+    try:
+        server.wait_ready()
+        row = server.measure(4, 0.3)
+    finally:
+        server.stop()
+    assert row.errors == 0 and row.images_per_s > 0 and row.mean_batch is not None
+    assert row.p50_ms <= row.p99_ms
+    raw = RawOrt(card, path, 1).measure(8, 0.05)
+    assert raw.concurrency == 8 and raw.images_per_s > 0
