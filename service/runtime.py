@@ -43,7 +43,9 @@ class OnnxModel:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=[provider])
+            # CPU stays listed after CUDA so that operators CUDA lacks still run.
+            providers = [provider, CPU] if provider == CUDA else [provider]
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:  # ORT raises several private exception types
             raise ModelRepositoryError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
         self.path = path
