@@ -145,6 +145,8 @@ def _parse_json(body: bytes) -> PredictRequest:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise BadRequest("JSON body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise Unprocessable("JSON body must be an object", code="invalid_json")
     unknown = set(data) - JSON_KEYS

@@ -101,6 +101,13 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("top_k not int", _raw(_png(), query="?top_k=abc"), 422, "invalid_top_k"),
     ("top_k bool", {"json": {"tensor": GOOD_TENSOR, "top_k": True}}, 422, "invalid_top_k"),
     ("invalid JSON", _json_text("{not json"), 400, "invalid_json"),
+    ("JSON nesting bomb", _json_text("[" * 100_000 + "]" * 100_000), 400, "invalid_json"),
+    (
+        "tensor nested too deep",
+        _json_text('{"tensor": ' + "[" * 70 + "1" + "]" * 70 + "}"),
+        422,
+        "invalid_tensor",
+    ),
     ("JSON not an object", {"json": [1, 2]}, 422, "invalid_json"),
     ("JSON unknown key", {"json": {"tensor": GOOD_TENSOR, "x": 1}}, 422, "unknown_field"),
     ("JSON two inputs", {"json": {"tensor": GOOD_TENSOR, "image": "AA=="}}, 422, "missing_input"),
