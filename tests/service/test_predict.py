@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from collections.abc import Callable
@@ -186,3 +187,23 @@ async def test_other_tiff_modes_are_served(client: httpx.AsyncClient, mode: str)
     r = await client.post("/predict", content=data, headers={"content-type": "image/tiff"})
     assert r.status_code == 200, r.text
     assert len(r.json()["predictions"][0]) == 5
+
+
+async def test_bad_requests_never_reach_a_batch(
+    client: httpx.AsyncClient, ref: Reference, digit_images
+) -> None:
+    x, _ = digit_images
+    good = [png_bytes(Image.fromarray(x[i])) for i in range(40)]
+    bad = [b"", b"not an image", good[0][:30], b"\x89PNG\r\n\x1a\n"] * 10
+    headers = {"content-type": "image/png"}
+
+    async def post(body: bytes) -> httpx.Response:
+        return await client.post("/predict?model=digits-slow", content=body, headers=headers)
+
+    # Good and bad requests interleaved, all at once: the bad ones fail alone, before queueing.
+    mixed = [b for pair in zip(good, bad, strict=True) for b in pair]
+    responses = await asyncio.gather(*(post(b) for b in mixed))
+    assert [r.status_code for r in responses[0::2]] == [200] * 40
+    assert [r.status_code for r in responses[1::2]] == [400] * 40
+    metrics = (await client.get("/metrics")).text
+    assert 'rocketserve_batch_size_sum{model="digits-slow",version="1"} 40.0' in metrics
