@@ -28,6 +28,7 @@ import httpx
 
 from loadtest.payloads import ModelInfo, images_for, parse_models
 from loadtest.plots import plot_all
+from loadtest.profiling import ProfilerMissing, report, start_recording
 from loadtest.raw import RawResult, raw_ceiling
 from loadtest.server import ServiceStartError, start_service
 from loadtest.sweep import run_point
@@ -85,6 +86,7 @@ def service_env(args: argparse.Namespace, batching: bool) -> dict[str, str]:
         "ROCKETSERVE_MAX_INPUTS_PER_REQUEST": str(per_request),
         "ROCKETSERVE_MAX_QUEUE_SIZE": str(max(1024, 4 * max(args.concurrency))),
         "ROCKETSERVE_INTRA_OP_THREADS": str(args.ort_threads),
+        "ROCKETSERVE_WORKERS": str(args.workers),
         "ROCKETSERVE_LOG_LEVEL": "warning",
     }
 
@@ -134,6 +136,25 @@ def raw_for(
     }
 
 
+@contextmanager
+def profiled(args: argparse.Namespace, pid: int | None, stem: Path) -> Iterator[None]:
+    """With ``--profile``: py-spy samples the service during the point; prints the buckets."""
+    if not args.profile or pid is None:
+        yield
+        return
+    raw = stem.parent / f"{stem.name}.collapsed.txt"  # model names may contain dots
+    spy = start_recording(pid, args.warmup + args.duration, raw)
+    try:
+        yield
+    finally:
+        _, err = spy.communicate(timeout=60)
+    if spy.returncode != 0 or not raw.exists():
+        raise BenchError(f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}")
+    lines = report(raw)
+    (stem.parent / f"{stem.name}.summary.txt").write_text("\n".join(lines) + "\n")
+    print("  where the service's CPU time goes (py-spy):", *lines, sep="\n    ", flush=True)
+
+
 def sweep(args: argparse.Namespace, machine: str) -> list[dict[str, Any]]:
     """Run every (batching mode, model, concurrency) point and return CSV rows."""
     modes = [("url", True)] if args.url else [(m, m == "on") for m in args.batching]
@@ -147,19 +168,21 @@ def sweep(args: argparse.Namespace, machine: str) -> list[dict[str, Any]]:
             for model in models:
                 images = images_for(model)
                 for c in args.concurrency:
-                    point = asyncio.run(
-                        run_point(
-                            url,
-                            model,
-                            images,
-                            c,
-                            args.duration,
-                            args.warmup,
-                            args.payload,
-                            pid,
-                            client=args.client,
+                    spy = f"profile-{model.name}-{label}-c{c}"
+                    with profiled(args, pid, args.out / spy):
+                        point = asyncio.run(
+                            run_point(
+                                url,
+                                model,
+                                images,
+                                c,
+                                args.duration,
+                                args.warmup,
+                                args.payload,
+                                pid,
+                                client=args.client,
+                            )
                         )
-                    )
                     raw_bs = min(c, args.max_batch_size) if batching else 1
                     ceiling = raw.get(model.name, {})
                     row = _row(model, label, args.payload, args.client, point, ceiling, raw_bs)
@@ -240,7 +263,8 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(
             f"{model}: c={top['concurrency']} served/raw = {_fmt(top['served_over_raw'], 3)} "
             f"({_fmt(top['throughput_rps'], 1)} vs {_fmt(top['raw_images_per_s'], 1)} img/s); "
-            f"c={one['concurrency']} p50 {_fmt(one['p50_ms'], 3)} ms vs raw batch-1 "
+            f"c={one['concurrency']} p50 {_fmt(one['p50_ms'], 3)} ms vs raw "
+            f"batch-{one['raw_batch_size']} "
             f"{_fmt(one['raw_p50_ms'], 3)} ms (+{_fmt(one['p50_ms'] - one['raw_p50_ms'], 3)} ms)"
         )
     return lines
@@ -269,8 +293,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--raw-time", type=float, default=1.0, help="seconds per raw batch size")
     p.add_argument("--max-batch-size", type=int, default=32, help="service max_batch_size")
     p.add_argument("--ort-threads", type=int, default=1, help="intra-op threads, service and raw")
+    p.add_argument("--workers", type=int, default=1, help="service worker processes")
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.add_argument("--quick", action="store_true", help="c=1,4, 0.5 s points (for tests)")
+    p.add_argument(
+        "--profile", action="store_true", help="py-spy the service at every point (started only)"
+    )
     p.add_argument("--overload", action="store_true", help="run the overload scenario instead")
     p.add_argument("--overload-seconds", type=float, default=60.0)
     p.add_argument("--overload-factor", type=float, default=4.0)
@@ -312,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (args.out / "overload.json").write_text(json.dumps(report, indent=2) + "\n")
             return 0 if report["passed"] else 1
         rows = sweep(args, machine)
-    except (BenchError, httpx.HTTPError, OSError, ValueError, RuntimeError) as exc:
+    except (BenchError, ProfilerMissing, httpx.HTTPError, OSError, ValueError, RuntimeError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     csv_path = write_csv(rows, args.out / "bench.csv")

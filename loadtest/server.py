@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from loadtest.procstats import tree_rss_bytes
+
 
 class ServiceStartError(RuntimeError):
     """The service subprocess exited or did not become ready in time."""
@@ -41,15 +43,8 @@ class RunningService:
         return self.process.pid
 
     def rss_bytes(self) -> int:
-        """Resident memory of the server process (Linux /proc), 0 when it is gone."""
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return 0
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        """Resident memory of the server and its worker processes, 0 when it is gone."""
+        return tree_rss_bytes(self.pid)
 
     def log_tail(self, n: int = 30) -> str:
         """The last ``n`` lines the server wrote."""

@@ -8,25 +8,13 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from loadtest.clients import TRANSPORT_ERRORS, ClientKind, Payload, PredictClient, encode_request
 from loadtest.payloads import ModelInfo, SampleImage, check_prediction
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc), 0.0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    # Fields after the ')' start at field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+from loadtest.procstats import process_cpu_s, tree_cpu_s
 
 
 def percentile_ms(latencies_s: Sequence[float], q: float) -> float:
@@ -130,7 +118,7 @@ async def run_point(
     async def mark_start() -> None:
         nonlocal cpu0
         await asyncio.sleep(warmup_s)
-        cpu0 = (_own_cpu_s(), process_cpu_s(server_pid) if server_pid else 0.0)
+        cpu0 = (_own_cpu_s(), tree_cpu_s(server_pid) if server_pid else 0.0)
 
     marker = asyncio.create_task(mark_start())
     clients = [PredictClient(url, bodies, client, 1, timeout_s) for _ in range(concurrency)]
@@ -140,7 +128,7 @@ async def run_point(
         await asyncio.gather(*(c.aclose() for c in clients))
     await marker
     client_cpu = _own_cpu_s() - cpu0[0] if cpu0 else float("nan")
-    server_cpu = process_cpu_s(server_pid) - cpu0[1] if cpu0 and server_pid else float("nan")
+    server_cpu = tree_cpu_s(server_pid) - cpu0[1] if cpu0 and server_pid else float("nan")
     done = max(stats.ok, 1)
     return PointResult(
         concurrency=concurrency,
