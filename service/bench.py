@@ -29,7 +29,14 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from service.model_card import ModelCard, model_dirs, model_file, read_manifest, version_dirs
+from service.model_card import (
+    ModelCard,
+    ModelRepositoryError,
+    model_dirs,
+    model_file,
+    read_manifest,
+    version_dirs,
+)
 
 _CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 
@@ -295,7 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         if not repo.is_dir():
             print(f"error: {repo}: not a folder", file=sys.stderr)
             return 2
-        card, path = pick_model(repo, args.model)
+        try:
+            card, path = pick_model(repo, args.model)
+        except ModelRepositoryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         biggest = max(args.concurrency)
         common = {
             "ROCKETSERVE_INTRA_OP_THREADS": str(args.threads),
