@@ -138,22 +138,29 @@ class DynamicBatcher:
             deadline = now + self._timeout
         if deadline <= now:
             raise DeadlineExceeded("the request deadline passed before it was queued")
-        pending = _Pending(inputs, asyncio.get_running_loop().create_future(), now, rows)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(inputs, loop.create_future(), now, rows)
         self._queue.append(pending)
         self._set_depth(self._depth + rows)
         self._wakeup.set()
+        # A plain timer rather than asyncio.wait_for: one callback instead of a helper task.
+        timer = loop.call_later(deadline - now, self._expire, pending, deadline - now)
         try:
-            return await asyncio.wait_for(pending.future, deadline - now)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(
-                f"no answer within the deadline ({(deadline - now) * 1000:.0f} ms)"
-            ) from None
+            return await pending.future
         finally:
+            timer.cancel()
             # Timed out or cancelled while still queued: take it out now so it holds no capacity.
             if pending.queued:
                 self._unqueue(pending)
                 with contextlib.suppress(ValueError):
                     self._queue.remove(pending)
+
+    @staticmethod
+    def _expire(pending: _Pending, budget_s: float) -> None:
+        if not pending.future.done():
+            pending.future.set_exception(
+                DeadlineExceeded(f"no answer within the deadline ({budget_s * 1000:.0f} ms)")
+            )
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Stop accepting, reject what is queued (503), let running batches finish within grace."""
