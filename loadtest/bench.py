@@ -77,6 +77,10 @@ def machine_description() -> str:
     return f"{model}, {os.cpu_count()} CPU(s), {platform.system()} {platform.machine()}"
 
 
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def service_env(args: argparse.Namespace, batching: bool) -> dict[str, str]:
     """ROCKETSERVE_* settings of a service started by the bench."""
     per_request = min(32, args.max_batch_size)
@@ -330,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m loadtest.bench``."""
     args = parse_args(argv)
     machine = machine_description()
-    print(f"machine: {machine}", flush=True)
+    print(f"machine: {machine}; load average {_load()} (other processes share these cores)")
     try:
         if args.overload:
             from loadtest.overload import run_overload
@@ -343,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BenchError, ProfilerMissing, httpx.HTTPError, OSError, ValueError, RuntimeError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
+    print(f"load average at the end: {_load()}")
     csv_path = write_csv(rows, args.out / "bench.csv")
     plots = plot_all(rows, args.out, machine)
     for line in summary(rows):
