@@ -168,6 +168,30 @@ async def test_bad_input_does_not_hurt_the_process(
     assert server[1].poll() is None
 
 
+async def test_client_leaving_mid_body_is_counted_and_harmless(
+    http: httpx.AsyncClient, server: tuple[str, subprocess.Popen[bytes]], digit_images
+) -> None:
+    port = int(server[0].rsplit(":", 1)[1])
+    before = samples((await http.get("/metrics")).text)
+    key = ("rocketserve_requests_total", (("model", "unknown"), ("status", "499"), ("version", "")))
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: image/png\r\n"
+        b"content-length: 50000\r\n\r\n" + b"\x00" * 10
+    )
+    await writer.drain()
+    writer.close()  # gone before the body is complete
+    body = png(digit_images[0][1])
+    r = await http.post("/predict", content=body, headers={"content-type": "image/png"})
+    assert r.status_code == 200
+    for _ in range(100):  # the server notices the disconnect asynchronously
+        after = samples((await http.get("/metrics")).text)
+        if after.get(key, 0) > before.get(key, 0):
+            break
+        await asyncio.sleep(0.05)
+    assert after.get(key, 0) == before.get(key, 0) + 1
+
+
 def test_sigterm_shuts_down_cleanly(server: tuple[str, subprocess.Popen[bytes]]) -> None:
     url, proc = server
     assert httpx.get(url + "/healthz").status_code == 200
