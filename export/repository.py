@@ -116,16 +116,23 @@ def next_version(model_dir: Path) -> int:
 def publish(
     repo: Path, info: ArtifactInfo, onnx_src: Path, data: EvalData, settings: ProfileSettings
 ) -> ModelCard:
-    """Copy ``onnx_src`` in as the next version of ``info.name``, measure it, write its card."""
+    """Measure ``onnx_src``, copy it in (hash-checked) as the next version, write its card."""
     validate_model_name(info.name)
     model_dir = repo / info.name
     previous: list[VersionRecord] = []
     if (model_dir / MANIFEST_FILENAME).exists():
         previous = read_manifest(model_dir).version_records()
     version = next_version(model_dir)
+    # Measure first, then copy: a failed measurement leaves no half-written version behind.
+    measured = measured_fields(onnx_src, info.input, data, settings)
     dst = model_file(model_dir, version)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_src, dst)
+    tmp = dst.with_suffix(".onnx.tmp")
+    shutil.copyfile(onnx_src, tmp)
+    if sha256_file(tmp) != measured["sha256"]:
+        tmp.unlink()
+        raise ModelRepositoryError(f"{onnx_src}: changed while it was being published")
+    tmp.replace(dst)
     card = ModelCard(
         name=info.name,
         version=version,
@@ -137,7 +144,7 @@ def publish(
         training=info.training,
         other_versions=tuple(sorted(previous, key=lambda r: -r.version)),
         created_at=utc_now(),
-        **measured_fields(dst, info.input, data, settings),
+        **measured,
     )
     write_manifest(model_dir, card)
     return card
