@@ -7,14 +7,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.app import create_app
 from service.errors import NotFound
 from service.metrics import ServiceMetrics
-from service.model_card import ModelRepositoryError
+from service.model_card import ModelRepositoryError, model_file, read_manifest
 from service.registry import ModelRegistry
-from service.runtime import CPU, choose_provider
+from service.runtime import CPU, OnnxModel, choose_provider
 from service.settings import Settings
 
 
@@ -92,3 +93,13 @@ async def test_app_start_up_fails_on_a_broken_repository(
     with pytest.raises(ModelRepositoryError):
         async with app.router.lifespan_context(app):
             pass
+
+
+def test_io_binding_path_gives_the_plain_run_results(digits_repo: Path) -> None:
+    card = read_manifest(digits_repo / "digits-slow")
+    path = model_file(digits_repo / "digits-slow", 1)
+    plain = OnnxModel(path, card, CPU, 1)
+    bound = OnnxModel(path, card, CPU, 1, io_binding=True)
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(bound(x), plain(x))
+    assert bound(x).shape == (5, 10)
