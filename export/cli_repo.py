@@ -53,8 +53,10 @@ def _profile_settings(args: argparse.Namespace) -> Any:
     )
 
 
-def _add_profile_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
+def _add_profile_args(
+    parser: argparse.ArgumentParser, threads_help: str = "intra-op threads (0: all cores)"
+) -> None:
+    parser.add_argument("--threads", type=int, default=0, help=threads_help)
     parser.add_argument("--provider", default="auto", help="auto, CPUExecutionProvider, ...")
     parser.add_argument(
         "--profile-runs", type=int, default=50, help="timed runs per batch size (default 50)"
@@ -113,7 +115,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if name not in data_cache:
             splits = load_dataset(name, args.data_dir or card.training.config.get("data_dir"))
             data_cache[name] = EvalData(name, splits.test_images, splits.test_labels)
-        new = remeasure(model_dir, data_cache[name], settings)
+        # Without --threads, keep each card's thread count so old and new figures compare.
+        threads = args.threads or card.profile.threads or settings.threads
+        new = remeasure(model_dir, data_cache[name], replace(settings, threads=threads))
         print(
             f"{new.name}: top-1 {card.metrics.top1:.2%} -> {new.metrics.top1:.2%}, "
             f"p50 b1 {card.profile.rows[0].p50_ms:.3f} -> {new.profile.rows[0].p50_ms:.3f} ms"
@@ -190,7 +194,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__)
     p.add_argument("repo", type=Path)
     p.add_argument("--data-dir", help="data set folder (default: from each card's config)")
-    _add_profile_args(p)
+    _add_profile_args(p, "intra-op threads (0: as each card was measured)")
     p.set_defaults(func=_guard(cmd_evaluate))
 
     p = sub.add_parser("verify", help=cmd_verify.__doc__, description=cmd_verify.__doc__)

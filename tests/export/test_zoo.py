@@ -112,11 +112,12 @@ def test_verify_and_evaluate_commands_on_the_zoo(
     before = json.loads(manifest.read_text())
     tampered = {**before, "metrics": {**before["metrics"], "top1": 0.0}, "macs": 1}
     manifest.write_text(json.dumps(tampered))
-    proc = _export("evaluate", str(zoo_repo), "--profile-runs", "3", "--threads", "1")
+    proc = _export("evaluate", str(zoo_repo), "--profile-runs", "3")
     assert proc.returncode == 0, proc.stderr[-2000:]
     after = json.loads(manifest.read_text())
     assert after["metrics"]["top1"] == before["metrics"]["top1"] and after["macs"] == before["macs"]
     assert after["created_at"] == before["created_at"]
+    assert after["profile"]["threads"] == before["profile"]["threads"] == 1
     assert "digits-kd-resnet8: top-1 0.00% ->" in proc.stdout
     assert (zoo_repo / "REPORT.md").is_file()
     assert main(["verify", str(zoo_repo)]) == 0
