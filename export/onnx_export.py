@@ -130,9 +130,10 @@ def export_with_parity(
     atol: float = 1e-4,
     min_agreement: float = 0.999,
 ) -> ParityReport:
-    """Export, check and prove parity; raises ExportError with the figures when parity fails."""
+    """Export, check and prove parity; on failure removes the file and raises with the figures."""
     export_onnx(model, path, spec, opset=opset)
     report = check_parity(model, path, test_images, spec, atol=atol, min_agreement=min_agreement)
     if not report.ok:
+        path.unlink()  # a graph that fails parity must not be picked up by mistake
         raise ExportError(f"{path}: {report.summary()}")
     return report

@@ -23,7 +23,7 @@ from export.repository import (
     publish,
     training_info,
 )
-from service.model_card import InputSpec, ModelCard
+from service.model_card import InputSpec, ModelCard, TrainingInfo
 
 # Keys of a zoo entry that belong to the zoo, not to the training config.
 _ZOO_KEYS = {"name", "variants"}
@@ -155,7 +155,7 @@ class Zoo:
         model, meta = load_trained(Path(result.artifact_path))
         return model, meta, Path(result.artifact_path)
 
-    def _card_training(self, meta: Any, entry: dict[str, Any]) -> Any:
+    def _card_training(self, meta: Any, entry: dict[str, Any]) -> TrainingInfo:
         info = training_info(meta)
         config = {k: v for k, v in info.config.items() if k != "out_dir"}
         teacher = info.teacher

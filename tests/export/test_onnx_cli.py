@@ -48,3 +48,16 @@ def test_onnx_command_errors_are_one_line(
     assert main(["onnx", str(junk)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {junk}: not a readable torch file") and "\n" not in err
+
+
+def test_onnx_command_fails_on_parity_with_the_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = trained_digits()
+    # ORT and PyTorch fp32 logits differ by ~1e-6 (fused kernels), never within 1e-12.
+    out = tmp_path / "m.onnx"
+    assert main(["onnx", str(d.artifact), "--out", str(out), "--atol", "1e-12"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {out}: parity FAILED: max |logit diff| ")
+    assert "(limit 1e-12)" in err and "of 360 images" in err and "\n" not in err
+    assert not out.exists()

@@ -62,6 +62,7 @@ def test_parity_failure_raises_with_the_figures(tmp_path: Path) -> None:
         export_with_parity(
             d.model, tmp_path / "m.onnx", d.splits.input_spec, d.splits.test_images, atol=-1.0
         )
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_export_refuses_an_old_opset(tmp_path: Path) -> None:
