@@ -75,3 +75,7 @@ def test_counts_the_fixture_logistic_regression(digits_repo: Path) -> None:
     got = count_complexity(digits_repo / "digits-logreg" / "1" / "model.onnx")
     assert got.params == 64 * 10 + 10
     assert got.macs == 64 * 10
+    # digits-slow adds 8 pairs of 64x64 MatMuls in front of the Gemm.
+    slow = count_complexity(digits_repo / "digits-slow" / "1" / "model.onnx")
+    assert slow.params == 650 + 8 * 2 * 64 * 64
+    assert slow.macs == 640 + 8 * 2 * 64 * 64

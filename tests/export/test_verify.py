@@ -106,6 +106,17 @@ def test_unrecorded_version_and_missing_manifest(cli: CLI, repo: Path) -> None:
     assert "orphan: manifest.json is missing" in err
 
 
+def test_manifest_that_does_not_describe_the_served_version(cli: CLI, repo: Path) -> None:
+    def describe_v1(m: dict) -> None:
+        v1 = m["other_versions"][0]
+        m["other_versions"] = [{"version": 2, "sha256": m["sha256"], "size_bytes": m["size_bytes"]}]
+        m.update(version=1, sha256=v1["sha256"], size_bytes=v1["size_bytes"])
+
+    _edit_manifest(repo / "digits-logreg", describe_v1)
+    code, _, err = cli("verify", str(repo))
+    _assert_one_line_errors(code, err, "manifest describes version 1 but version 2 is the highest")
+
+
 def test_input_contract_mismatch(cli: CLI, repo: Path) -> None:
     def edit(m: dict) -> None:
         m["input"]["name"] = "pixels"
