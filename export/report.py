@@ -134,12 +134,13 @@ def plot_pareto(cards: Sequence[ModelCard], path: Path, title: str) -> Path:
             linewidth=1.2,
             label="Pareto frontier",
         )
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     machines = "; ".join(sorted({c.profile.machine for c in cards}))
     ax.set_xlabel("p50 latency at batch 1 (ms, ONNX Runtime)")
     ax.set_ylabel("top-1 accuracy on the test split (%)")
     ax.set_title(f"{title}\n{machines}", fontsize=9)
     ax.grid(True, alpha=0.3)
+    ax.margins(x=0.2, y=0.1)  # room for the names of the outermost points
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
