@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,14 +94,33 @@ def run_bench(
     min_seconds: float = 3.0,
     json_out: Path | None = None,
     echo: bool = True,
+    threads: int | None = None,
 ) -> list[BenchRow]:
     """Benchmark ``archs`` (default: every CIFAR architecture), print a table, optionally JSON."""
     device = select_device(device_name)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _bench(archs, device, batch_size, min_seconds, json_out, echo)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _bench(
+    archs: list[str] | None,
+    device: torch.device,
+    batch_size: int,
+    min_seconds: float,
+    json_out: Path | None,
+    echo: bool,
+) -> list[BenchRow]:
     machine = describe_device(device)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     rows: list[BenchRow] = []
     if echo:
         print(f"training throughput, batch {batch_size}, 32x32x3, torch {torch.__version__}")
-        print(f"machine: {machine}")
+        print(f"machine: {machine}; load average before: {load}")
         print(f"{'arch':<18}{'params':>10}{'img/s':>10}{'ms/step':>10}{'steps':>7}")
     for arch in archs or list(CIFAR_ARCHITECTURES):
         row = bench_arch(arch, device, batch_size=batch_size, min_seconds=min_seconds)
@@ -115,6 +135,7 @@ def run_bench(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "machine": machine,
+            "load_average": load,
             "torch": torch.__version__,
             "rows": [asdict(r) for r in rows],
         }

@@ -137,6 +137,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             min_seconds=args.seconds,
             json_out=args.json,
+            threads=args.threads,
         )
     except _user_errors() as exc:
         return _fail(str(exc))
@@ -161,5 +162,6 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per architecture")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)

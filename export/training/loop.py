@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -236,6 +237,14 @@ class Trainer:
             self.state.epoch += 1
             self.state.history.append(record)
             self.log.write("epoch", **record)
+            if self.cfg["progress"] and self.dist.is_main:
+                print(
+                    f"epoch {record['epoch']}/{self.num_epochs}: loss {record['loss']:.4f}, "
+                    f"train acc {record['train_acc']:.2%}, test top-1 {record['test_top1']:.2%}, "
+                    f"{record['img_per_s']:.0f} img/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.save_checkpoint(fingerprint)
             ran += 1
         return True

@@ -99,13 +99,14 @@ def test_rocket_ablation_switches_train(switches: dict[str, Any], tmp_path: Path
 
 
 def test_teacher_given_as_an_architecture_is_trained_first(tmp_path: Path) -> None:
-    cfg = {**FAST, "method": "kd", "teacher": "wrn-10-2", "teacher_epochs": 2}
+    cfg = {**FAST, "method": "kd", "teacher": "wrn-10-1", "teacher_epochs": 2, "epochs": 1}
     result = run_training({**cfg, "out_dir": str(tmp_path)})
     teacher_path = result.extra_artifacts["teacher"]
     assert teacher_path == tmp_path / "teacher" / "trained.pt"
     _, meta = load_trained(teacher_path)
-    assert meta.arch == "wrn-10-2" and meta.epochs == 2 and meta.method == "baseline"
-    assert load_trained(result.artifact_path)[1].teacher == "wrn-10-2"
+    assert meta.arch == "wrn-10-1" and meta.epochs == 2 and meta.method == "baseline"
+    assert load_trained(result.artifact_path)[1].teacher == "wrn-10-1"
+    assert [r["event"] for r in read_log(tmp_path / "teacher")][-1] == "end"
 
 
 def test_resumed_run_equals_an_uninterrupted_run(tmp_path: Path) -> None:
