@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import csv
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ def _finite(x: Any) -> bool:
 
 def plot_throughput(rows: Sequence[Row], path: Path, machine: str) -> Path:
     """Served requests/s against concurrency per model and batching mode, raw ORT dotted."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=80)
+    fig, ax = plt.subplots(figsize=(8.5, 4.2), dpi=80)
     colors: dict[str, Any] = {}
     for (model, batching), points in _series(rows).items():
         color = colors.setdefault(model, f"C{len(colors)}")
@@ -57,13 +60,14 @@ def plot_throughput(rows: Sequence[Row], path: Path, machine: str) -> Path:
     ax.set_ylabel("images / s")
     ax.set_title(f"Throughput vs concurrency\n{machine}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
 def plot_p99(rows: Sequence[Row], path: Path, machine: str) -> Path:
     """p99 latency against achieved throughput, one line per model and batching mode."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=80)
+    fig, ax = plt.subplots(figsize=(8.5, 4.2), dpi=80)
     colors: dict[str, Any] = {}
     for (model, batching), points in _series(rows).items():
         color = colors.setdefault(model, f"C{len(colors)}")
@@ -90,13 +94,14 @@ def plot_p99(rows: Sequence[Row], path: Path, machine: str) -> Path:
     ax.set_ylabel("p99 latency (ms)")
     ax.set_title(f"p99 vs throughput (labels: concurrency)\n{machine}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
 def plot_accuracy(rows: Sequence[Row], path: Path, machine: str) -> Path:
     """Offline top-1 accuracy against served p99, at the lowest and highest concurrency."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=80)
+    fig, ax = plt.subplots(figsize=(8.5, 4.2), dpi=80)
     batched = [r for r in rows if r["batching"] in ("on", "url") and _finite(r["top1"])]
     for i, model in enumerate(sorted({r["model"] for r in batched})):
         points = sorted((r for r in batched if r["model"] == model), key=lambda r: r["concurrency"])
@@ -122,7 +127,8 @@ def plot_accuracy(rows: Sequence[Row], path: Path, machine: str) -> Path:
     ax.set_ylabel("top-1 accuracy (model card)")
     ax.set_title(f"Accuracy vs p99 per model\n{machine}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
@@ -141,3 +147,47 @@ def plot_all(rows: Sequence[Row], out: Path, machine: str) -> list[Path]:
         plot_p99(rows, out / "p99_vs_throughput.png", machine),
         plot_accuracy(rows, out / "accuracy_vs_p99.png", machine),
     ]
+
+
+def read_rows(paths: Sequence[Path]) -> list[Row]:
+    """Rows of bench CSV files, numbers parsed back (NaN for empty figures)."""
+    rows: list[Row] = []
+    for path in paths:
+        with path.open(newline="") as fh:
+            for raw in csv.DictReader(fh):
+                row: Row = dict(raw)
+                for key, value in raw.items():
+                    if key in _TEXT_FIELDS:
+                        continue
+                    number = float(value) if value not in ("", "nan", "-") else float("nan")
+                    row[key] = int(number) if key in _INT_FIELDS else number
+                rows.append(row)
+    return rows
+
+
+_TEXT_FIELDS = {"model", "batching", "payload", "client", "machine"}
+_INT_FIELDS = {"version", "concurrency", "ok", "errors", "raw_batch_size"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m loadtest.plots OUT_DIR BENCH.csv [...]``: redraw the plots of merged runs."""
+    parser = argparse.ArgumentParser(prog="python -m loadtest.plots", description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("csv", type=Path, nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        rows = read_rows(args.csv)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"plots: error: {exc}", file=sys.stderr)
+        return 2
+    if not rows:
+        print("plots: error: no rows in the CSV files", file=sys.stderr)
+        return 2
+    machines = sorted({str(r.get("machine", "")) for r in rows})
+    for path in plot_all(rows, args.out, "; ".join(machines)):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

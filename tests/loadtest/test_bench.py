@@ -57,6 +57,12 @@ def test_quick_sweep_writes_csv_plots_and_ratios(digits_repo: Path, tmp_path: Pa
         with Image.open(tmp_path / f"{name}.png") as png:
             assert png.format == "PNG" and png.size[0] >= 400
     assert "served/raw" in proc.stdout and "machine:" in proc.stdout
+    replot = subprocess.run(
+        [sys.executable, "-m", "loadtest.plots", tmp_path / "again", tmp_path / "bench.csv"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert replot.returncode == 0, replot.stderr
+    assert (tmp_path / "again" / "throughput_vs_concurrency.png").stat().st_size > 10_000
 
 
 def test_overload_sheds_cleanly_and_recovers(digits_repo: Path, tmp_path: Path) -> None:
