@@ -150,6 +150,9 @@ def run_training(config: dict[str, Any]) -> TrainResult:
     cfg = resolve_config(config)
     out_dir = Path(cfg["out_dir"]) if cfg["out_dir"] else default_out_dir(cfg)
     device = select_device(cfg["device"])
+    # A teacher or booster trained inside this run reuses the process group; only the call that
+    # joined it leaves it.
+    owns_group = not torch.distributed.is_initialized()
     dist_info = init_distributed(device)
     threads = torch.get_num_threads()
     if cfg["threads"]:
@@ -158,7 +161,7 @@ def run_training(config: dict[str, Any]) -> TrainResult:
         return _run(cfg, out_dir, device, dist_info)
     finally:
         torch.set_num_threads(threads)
-        if dist_info.enabled:
+        if dist_info.enabled and owns_group:
             finish_distributed()
 
 
@@ -316,6 +319,8 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
             json.dumps({"fingerprint": _jsonable(fp), "result": result.to_json()}, indent=2) + "\n",
             encoding="utf-8",
         )
+    if dist_info.enabled:
+        torch.distributed.barrier()  # other ranks may load these artifacts right away
     return result
 
 

@@ -17,11 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_two_process_gloo_run_trains_one_model(tmp_path: Path) -> None:
+    # rocket-kd with a teacher given as an architecture: the teacher is trained first, by both
+    # processes, inside the same process group, then the rocket pair learns from it.
     out = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "export", "train", "--method", "rocket", "--student", "wrn-10-1",
-        "--booster", "wrn-16-1", "--epochs", "3", "--batch-size", "64", "--device", "cpu",
+        "-m", "export", "train", "--method", "rocket-kd", "--student", "wrn-10-1",
+        "--booster", "wrn-16-1", "--teacher", "wrn-10-1", "--teacher-epochs", "1",
+        "--epochs", "3", "--batch-size", "64", "--device", "cpu",
         "--threads", "1", "--no-progress", "--out", str(out), "--json",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -39,4 +42,6 @@ def test_two_process_gloo_run_trains_one_model(tmp_path: Path) -> None:
     assert len(sums) == 2 and sums[0] == sums[1]  # the replicas stayed identical
     model, meta = load_trained(result["artifact_path"])
     assert meta.device.endswith("x2 processes")
+    teacher_end = read_log(out / "teacher")[-1]
+    assert teacher_end["event"] == "end" and len(set(teacher_end["rank_checksums"])) == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
