@@ -122,9 +122,10 @@ class RocketLaunching(DistillMethod):
         opts = ctx.options
         self.booster_arch = str(opts["booster"])
         self.joint = bool(opts.get("joint", True))
-        booster = ctx.extras.get("pretrained_booster") or ctx.make_net(self.booster_arch)
-        if not self.joint and "pretrained_booster" not in ctx.extras:
+        pretrained = ctx.extras.get("pretrained_booster")
+        if not self.joint and pretrained is None:
             raise ValueError("rocket with joint=False needs a pretrained booster")
+        booster = pretrained if pretrained is not None else ctx.make_net(self.booster_arch)
         self.rocket = RocketNet(
             booster,
             ctx.make_net(ctx.student_arch),

@@ -29,7 +29,12 @@ def _shapes(module: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _require_same(what: str, booster: nn.Module, light: nn.Module) -> None:
-    if type(booster) is not type(light) or _shapes(booster) != _shapes(light):
+    if type(booster) is not type(light):
+        raise RocketSharingError(
+            f"cannot share {what}: booster has a {type(booster).__name__}, light net a "
+            f"{type(light).__name__}; use one family (e.g. wrn-40-1 with wrn-16-1)"
+        )
+    if _shapes(booster) != _shapes(light):
         b = {n: s for n, s in _shapes(booster)}
         l_ = {n: s for n, s in _shapes(light)}
         diff = next((n for n in b if b.get(n) != l_.get(n)), next(iter(l_), "?"))
@@ -70,6 +75,12 @@ class RocketNet(nn.Module):
         if len(booster.stages) != len(light.stages):
             raise RocketSharingError(
                 f"booster has {len(booster.stages)} stages, light net {len(light.stages)}"
+            )
+        if sharing != "none" and type(booster) is not type(light):
+            raise RocketSharingError(
+                f"cannot share layers between a {type(booster).__name__} booster and a "
+                f"{type(light).__name__} light net: use one family with the same stage widths "
+                "(e.g. wrn-40-1 with wrn-16-1, resnet56 with resnet20) or sharing 'none'"
             )
         self.sharing = sharing
         self.booster = booster
