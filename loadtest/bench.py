@@ -84,7 +84,9 @@ def _load() -> str:
 def service_env(args: argparse.Namespace, batching: bool) -> dict[str, str]:
     """ROCKETSERVE_* settings of a service started by the bench."""
     per_request = min(32, args.max_batch_size)
+    extra = {"ROCKETSERVE_MAX_IN_FLIGHT": str(args.max_in_flight)} if args.max_in_flight else {}
     return {
+        **extra,
         "ROCKETSERVE_BATCHING": "true" if batching else "false",
         "ROCKETSERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
         "ROCKETSERVE_MAX_INPUTS_PER_REQUEST": str(per_request),
@@ -301,6 +303,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, default=32, help="service max_batch_size")
     p.add_argument("--ort-threads", type=int, default=1, help="intra-op threads, service and raw")
     p.add_argument("--workers", type=int, default=1, help="service worker processes")
+    p.add_argument(
+        "--max-in-flight", type=int, default=0, help="service max_in_flight (0: no limit)"
+    )
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.add_argument("--quick", action="store_true", help="c=1,4, 0.5 s points (for tests)")
     p.add_argument(
