@@ -52,8 +52,14 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, image_size: in
 
 
 def is_architecture(name: str) -> bool:
-    """True when ``name`` is an architecture build_model knows."""
-    return any(pattern.match(name) for pattern in (_RESNET, _WRN, _MOBILENET))
+    """True when build_model accepts ``name`` (family and depth rule)."""
+    if m := _RESNET.match(name):
+        return int(m.group(1)) >= 8 and (int(m.group(1)) - 2) % 6 == 0
+    if m := _WRN.match(name):
+        return int(m.group(1)) >= 10 and (int(m.group(1)) - 4) % 6 == 0 and int(m.group(2)) >= 1
+    if m := _MOBILENET.match(name):
+        return float(m.group(1)) > 0
+    return False
 
 
 def count_params(model: nn.Module) -> int:

@@ -40,6 +40,8 @@ class WideResNet(StagedNet):
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
             raise ValueError(f"WRN depth must be 6n+4 (10, 16, 28, 40...), got {depth}")
+        if widen < 1:
+            raise ValueError(f"WRN widening factor must be >= 1, got {widen}")
         n = (depth - 4) // 6
         widths = [16 * widen, 32 * widen, 64 * widen]
         strides = stage_strides(image_size, [1, 2, 2])

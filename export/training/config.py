@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from export.distill import METHODS
+from export.models import ARCHITECTURES, is_architecture
 
 
 class ConfigError(ValueError):
@@ -183,6 +184,10 @@ def _check_ranges(cfg: dict[str, Any]) -> None:
 
 def _check_method(cfg: dict[str, Any]) -> None:
     method = cfg["method"]
+    for key in ("student", "booster"):
+        if cfg[key] is not None and not is_architecture(str(cfg[key])):
+            known = ", ".join(ARCHITECTURES)
+            raise ConfigError(f"{key} {cfg[key]!r} is not an architecture: choose one of {known}")
     if method in TEACHER_METHODS and not cfg["teacher"]:
         raise ConfigError(f"method {method} needs a teacher (an architecture or a trained .pt)")
     if method in ROCKET_METHODS and not (cfg["booster"] or cfg["teacher"]):

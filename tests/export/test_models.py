@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.models import ARCHITECTURES, build_model, count_params
+from export.models import ARCHITECTURES, build_model, count_params, is_architecture
 from export.models.rocket import RocketNet, RocketSharingError, extract_standalone
 
 
@@ -46,6 +46,16 @@ def test_published_sizes() -> None:
     assert 0.26e6 < counts["resnet20"] < 0.28e6
     assert 0.84e6 < counts["resnet56"] < 0.87e6
     assert 2.2e6 < counts["wrn-40-2"] < 2.3e6
+
+
+def test_is_architecture_agrees_with_build_model() -> None:
+    for name in [*ARCHITECTURES, "resnet21", "wrn-17-1", "wrn-16-0", "vgg16", "mobilenetv2-0"]:
+        try:
+            _net(name)
+            builds = True
+        except ValueError:
+            builds = False
+        assert is_architecture(name) == builds, name
 
 
 def test_bad_names_and_depths() -> None:

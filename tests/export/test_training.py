@@ -156,6 +156,8 @@ def test_max_train_images_limits_the_budget(tmp_path: Path) -> None:
         ({"method": "rocket"}, "needs a booster"),
         ({"method": "kd", "teacher": "not-a-net"}, "neither an architecture nor a trained"),
         ({"method": "rocket", "booster": "wrn-16-2"}, "cannot share"),
+        ({"student": "vgg16"}, "student 'vgg16' is not an architecture"),
+        ({"method": "rocket", "booster": "resnet21"}, "booster 'resnet21' is not an architecture"),
     ],
 )
 def test_bad_configs_get_clear_errors(bad: dict[str, Any], message: str, tmp_path: Path) -> None:
