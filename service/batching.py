@@ -131,13 +131,15 @@ class DynamicBatcher:
             raise Unavailable(
                 f"queue of model {self._name!r} is full ({self._max_queue_size} inputs)",
                 code="queue_full",
-                headers={"Retry-After": str(self._retry_after)},
+                headers=self._retry_headers(),
             )
         now = time.monotonic()
         if deadline is None:
             deadline = now + self._timeout
         if deadline <= now:
-            raise DeadlineExceeded("the request deadline passed before it was queued")
+            raise DeadlineExceeded(
+                "the request deadline passed before it was queued", headers=self._retry_headers()
+            )
         loop = asyncio.get_running_loop()
         pending = _Pending(inputs, loop.create_future(), now, rows)
         self._queue.append(pending)
@@ -155,11 +157,16 @@ class DynamicBatcher:
                 with contextlib.suppress(ValueError):
                     self._queue.remove(pending)
 
-    @staticmethod
-    def _expire(pending: _Pending, budget_s: float) -> None:
+    def _retry_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self._retry_after)}
+
+    def _expire(self, pending: _Pending, budget_s: float) -> None:
         if not pending.future.done():
             pending.future.set_exception(
-                DeadlineExceeded(f"no answer within the deadline ({budget_s * 1000:.0f} ms)")
+                DeadlineExceeded(
+                    f"no answer within the deadline ({budget_s * 1000:.0f} ms)",
+                    headers=self._retry_headers(),
+                )
             )
 
     async def close(self, grace_s: float = 5.0) -> None:

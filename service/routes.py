@@ -44,6 +44,7 @@ class ServiceState:
     settings: Settings
     metrics: ServiceMetrics
     registry: ModelRegistry | None = None
+    predicting: int = 0  # /predict requests in this process right now (max_in_flight)
 
 
 def _state(request: Request) -> ServiceState:
@@ -151,6 +152,25 @@ _PREDICT_BODY = {
 async def predict(request: Request) -> Response:
     """Classify every input of the body with one model; concurrent requests are batched."""
     state = _state(request)
+    limit = state.settings.max_in_flight
+    if limit and state.predicting >= limit:
+        # Shed at the door: no body read, no decoding, so overload cannot pile up on the loop.
+        _count(state, None, 503, time.monotonic())
+        return error_response(
+            Unavailable(
+                f"{limit} requests are in flight; retry later",
+                code="overloaded",
+                headers={"Retry-After": str(state.settings.retry_after_s)},
+            )
+        )
+    state.predicting += 1
+    try:
+        return await _predict(request, state)
+    finally:
+        state.predicting -= 1
+
+
+async def _predict(request: Request, state: ServiceState) -> Response:
     settings = state.settings
     started = time.monotonic()
     served: ServedModel | None = None

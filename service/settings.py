@@ -66,7 +66,14 @@ class Settings(BaseSettings):
         description="Deadline of a prediction, queue time included; past it the answer is 504.",
     )
     retry_after_s: int = Field(
-        1, ge=0, description="Retry-After header (seconds) sent with 503 when a queue is full."
+        1, ge=0, description="Retry-After header (seconds) sent with every 503 and 504."
+    )
+    max_in_flight: int = Field(
+        0,
+        ge=0,
+        description="Most /predict requests one process handles at once; beyond it 503 with "
+        "Retry-After before the body is read, so overload is shed at the door instead of "
+        "queueing on the event loop (0 = no limit; about capacity x timeout is a good value).",
     )
     max_body_bytes: int = Field(
         10 * 1024 * 1024,
