@@ -221,32 +221,6 @@ def test_balancer_config_passes_nginx_check(tmp_path: Path) -> None:
     assert result.returncode == 0 and "syntax is ok" in result.stderr, result.stderr
 
 
-def _docker_compose() -> list[str] | None:
-    docker = shutil.which("docker")
-    if docker is None:
-        return None
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
-    return [docker, "compose"] if probe.returncode == 0 else None
-
-
-@pytest.mark.parametrize("extra", [[], ["gpu"], ["scale"]], ids=["base", "gpu", "scale"])
-def test_docker_compose_config_when_the_client_has_compose(extra: list[str]) -> None:
-    """The compose client validates the files without an engine; only where the plugin exists."""
-    compose = _docker_compose()
-    if compose is None:
-        pytest.skip("the docker client has no compose plugin here; the YAML tests above still run")
-    files = [COMPOSE_FILES["base"], *(COMPOSE_FILES[name] for name in extra)]
-    args = [a for f in files for a in ("-f", str(f))]
-    result = subprocess.run(
-        [*compose, *args, "--profile", "loadtest", "config", "-q"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-
-
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text("utf-8"))
     names: set[str] = set()
