@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= export,dev,loadtest
 
-.PHONY: venv system-deps run zoo serve test lint typecheck unit clean
+.PHONY: venv system-deps run zoo test lint typecheck unit clean
 
 venv: $(VENV)/.installed
 
@@ -18,11 +18,18 @@ $(VENV)/.installed: pyproject.toml
 system-deps:
 	bash scripts/install-system-deps.sh
 
-# The main job on the embedded default: the offline stage on scikit-learn's digits.
-run: venv
-	$(BIN)/python -m export zoo --dataset digits --out out/digits-zoo
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-zoo: run
+# The main job on the embedded default: serve the committed model repository (models/, the
+# digits zoo) on http://$(HOST):$(PORT). Ctrl-C stops it.
+run: venv
+	$(BIN)/python -m service --model-repository models --host $(HOST) --port $(PORT)
+
+# The offline stage on the embedded default (scikit-learn's digits): teacher, students, ONNX,
+# int8 variants, model cards, REPORT.md and pareto.png in out/digits-zoo.
+zoo: venv
+	$(BIN)/python -m export zoo --dataset digits --out out/digits-zoo
 
 lint: venv
 	$(BIN)/ruff check .
