@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (a small real model repository)."""
