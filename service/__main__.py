@@ -10,6 +10,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.model_card import ModelRepositoryError, model_dirs, read_manifest
+from service.protocol import arrival_protocol
 from service.settings import ENV_PREFIX, Settings
 
 
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
+        loop=settings.event_loop,
+        http=arrival_protocol(),  # deadlines count from the first parsed byte, not the route
         log_level=settings.log_level,
         access_log=settings.access_log,
     )

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.admission import AdmissionGate
 from service.decoding import warm_up_decoders
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
@@ -53,6 +54,7 @@ def create_app(
     app = FastAPI(title="rocketserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.service = state
     install_error_handlers(app)
+    app.add_middleware(AdmissionGate, state=state)
     app.include_router(router)
     return app
 

@@ -3,19 +3,25 @@
 Contract (list in, list out): each request submits an array whose first axis holds its inputs;
 a batch concatenates the requests on axis 0, the model returns one row per input, and each caller
 gets back exactly its own rows by position. The queue is bounded (503 with Retry-After when full),
-deadlines use ``time.monotonic()`` (504 when passed), inference runs in a dedicated executor, and
-every result is set only ``if not future.done()``: a caller cancelled while its request sits in a
-batch is simply skipped, the other callers of that batch still get their answers.
+deadlines use ``time.monotonic()`` (504 when passed), and every result is set only
+``if not future.done()``: a caller cancelled while its request sits in a batch is simply skipped,
+the other callers of that batch still get their answers.
+
+Batches are collected and run by dedicated inference threads, not by a task on the event loop:
+under overload the loop takes a long round to come back to any one callback, and a loop-driven
+worker could then start only one batch per round (throughput collapsed to max_batch_size per
+round, so queued requests expired). The threads take the next batch as soon as one is done; only
+the answers go back through the loop, one callback per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +42,7 @@ class BatchResult:
 
 
 class BatchObserver:
-    """Hooks the batcher calls on the event loop; the default does nothing (metrics override)."""
+    """Hooks the batcher calls (queue_depth from any thread); the default does nothing."""
 
     def queue_depth(self, depth: int) -> None:
         """The number of queued inputs changed."""
@@ -58,7 +64,7 @@ class _Pending:
 
 
 class DynamicBatcher:
-    """A bounded queue and worker(s) that run ``model`` on batches in a dedicated executor."""
+    """A bounded queue and inference thread(s) that run ``model`` on batches."""
 
     def __init__(
         self,
@@ -90,13 +96,16 @@ class DynamicBatcher:
         self._name = name
         self._observer = observer or BatchObserver()
         self._arrivals = arrivals
+        # Queue, depth, closing flag and running batches are shared with the inference threads.
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
         self._queue: deque[_Pending] = deque()
         self._depth = 0
-        self._wakeup = asyncio.Event()
         self._closing = False
         self._n_workers = workers
-        self._workers: list[asyncio.Task[None]] = []
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"infer-{name}")
+        self._running: dict[int, list[_Pending]] = {}
+        self._threads: list[asyncio.Future[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -106,33 +115,31 @@ class DynamicBatcher:
     @property
     def running(self) -> bool:
         """True between start() and close()."""
-        return bool(self._workers) and not self._closing
+        return bool(self._threads) and not self._closing
 
     def start(self) -> None:
-        """Start the worker task(s) on the running loop."""
-        if self._workers:
+        """Start the inference thread(s); answers go back to the running loop."""
+        if self._threads:
             return
-        self._workers = [
-            asyncio.create_task(self._work(), name=f"batcher-{self._name}-{i}")
-            for i in range(self._n_workers)
-        ]
+        self._loop = loop = asyncio.get_running_loop()
+        for i in range(self._n_workers):
+            done: asyncio.Future[None] = loop.create_future()
+            # Daemon threads: a batcher never closed cannot keep the interpreter from exiting.
+            threading.Thread(
+                target=self._work, args=(i, done), name=f"infer-{self._name}-{i}", daemon=True
+            ).start()
+            self._threads.append(done)
 
     async def submit(self, inputs: np.ndarray, deadline: float | None = None) -> BatchResult:
         """Queue ``inputs`` ([n, ...], n >= 1) and wait for their rows of the model's output.
 
         ``deadline`` is a ``time.monotonic()`` instant (default: now + timeout).
         """
-        if self._closing or not self._workers:
+        if self._closing or not self._threads:
             raise Unavailable("the model is shutting down or not started", code="shutting_down")
         rows = len(inputs)
         if rows < 1:
             raise ValueError("submit needs at least one input")
-        if self._depth + rows > self._max_queue_size:
-            raise Unavailable(
-                f"queue of model {self._name!r} is full ({self._max_queue_size} inputs)",
-                code="queue_full",
-                headers=self._retry_headers(),
-            )
         now = time.monotonic()
         if deadline is None:
             deadline = now + self._timeout
@@ -142,9 +149,16 @@ class DynamicBatcher:
             )
         loop = asyncio.get_running_loop()
         pending = _Pending(inputs, loop.create_future(), now, rows)
-        self._queue.append(pending)
-        self._set_depth(self._depth + rows)
-        self._wakeup.set()
+        with self._lock:
+            if self._depth + rows > self._max_queue_size:
+                raise Unavailable(
+                    f"queue of model {self._name!r} is full ({self._max_queue_size} inputs)",
+                    code="queue_full",
+                    headers=self._retry_headers(),
+                )
+            self._queue.append(pending)
+            self._set_depth(self._depth + rows)
+            self._ready.notify()
         # A plain timer rather than asyncio.wait_for: one callback instead of a helper task.
         timer = loop.call_later(deadline - now, self._expire, pending, deadline - now)
         try:
@@ -153,9 +167,11 @@ class DynamicBatcher:
             timer.cancel()
             # Timed out or cancelled while still queued: take it out now so it holds no capacity.
             if pending.queued:
-                self._unqueue(pending)
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(pending)
+                with self._lock:
+                    if pending.queued:
+                        self._unqueue(pending)
+                        with contextlib.suppress(ValueError):
+                            self._queue.remove(pending)
 
     def _retry_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self._retry_after)}
@@ -171,23 +187,27 @@ class DynamicBatcher:
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Stop accepting, reject what is queued (503), let running batches finish within grace."""
-        self._closing = True
-        while self._queue:
-            pending = self._queue.popleft()
-            self._unqueue(pending)
-            if not pending.future.done():
-                pending.future.set_exception(
-                    Unavailable("the model shut down before the request ran", code="shutting_down")
+        with self._lock:
+            self._closing = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            for pending in dropped:
+                self._unqueue(pending)
+            self._ready.notify_all()
+        self._fail(
+            dropped, Unavailable("the model shut down before the request ran", code="shutting_down")
+        )
+        if self._threads:
+            _, stuck = await asyncio.wait(self._threads, timeout=grace_s)
+            if stuck:
+                with self._lock:
+                    running = [p for batch in self._running.values() for p in batch]
+                self._fail(
+                    running,
+                    Unavailable("the model shut down during inference", code="shutting_down"),
                 )
-        self._wakeup.set()
-        if self._workers:
-            _, still_running = await asyncio.wait(self._workers, timeout=grace_s)
-            for task in still_running:
-                task.cancel()
-            await asyncio.gather(*self._workers, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
-    # -- internals -------------------------------------------------------------------------
+    # -- internals (the inference threads) ------------------------------------------------
 
     def _set_depth(self, depth: int) -> None:
         self._depth = depth
@@ -202,89 +222,91 @@ class DynamicBatcher:
         self._unqueue(pending)
         return pending
 
-    async def _work(self) -> None:
-        while True:
-            batch = await self._collect()
-            if not batch:
-                return
-            await self._run(batch)
-
-    async def _wait_for_work(self, timeout: float | None) -> bool:
-        """Wait until something is queued (or closing); False when ``timeout`` passed first."""
-        self._wakeup.clear()
-        if timeout is None:
-            await self._wakeup.wait()
-            return True
+    def _work(self, worker: int, done: asyncio.Future[None]) -> None:
+        """Thread body: collect a batch, run it, post the answers to the loop; until closed."""
         try:
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+            while (batch := self._collect()) is not None:
+                with self._lock:
+                    self._running[worker] = batch
+                self._post(
+                    self._observer.batch_started, [time.monotonic() - p.enqueued for p in batch]
+                )
+                self._run(batch)
+                with self._lock:
+                    self._running.pop(worker, None)
+        finally:
+            self._post(_resolve, done)
 
-    async def _collect(self) -> list[_Pending]:
-        """The next batch: the oldest live request plus whatever fits before its delay runs out."""
-        while True:
-            while not self._queue:
-                if self._closing:
-                    return []
-                await self._wait_for_work(None)
-            first = self._pop()
-            if not first.future.done():
-                break
-        batch, rows = [first], first.rows
-        if not self._batching:
-            return batch
-        flush_at = first.enqueued + self._max_delay
-        while rows < self._max_batch_size and not self._closing:
-            if self._queue:
-                head = self._queue[0]
-                if head.future.done():
-                    self._pop()
-                    continue
-                if rows + head.rows > self._max_batch_size:
+    def _post(self, callback: Callable[..., object], *args: object) -> None:
+        """Run ``callback(*args)`` on the event loop (dropped if the loop is gone)."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _collect(self) -> list[_Pending] | None:
+        """The next batch: the oldest live request plus whatever fits before its delay runs out.
+
+        None once closing. Reads ``future.done()`` off the loop: at worst a request cancelled a
+        moment ago is computed for nothing, its answer is then skipped.
+        """
+        with self._ready:
+            while True:
+                while not self._queue:
+                    if self._closing:
+                        return None
+                    self._ready.wait()
+                first = self._pop()
+                if not first.future.done():
                     break
-                batch.append(self._pop())
-                rows += head.rows
-                continue
-            if self._arrivals is not None and self._arrivals() <= 0:
-                break  # nothing else is on its way: waiting would only add latency
-            remaining = flush_at - time.monotonic()
-            if remaining <= 0 or not await self._wait_for_work(remaining):
-                break
-        return batch
+            batch, rows = [first], first.rows
+            if not self._batching:
+                return batch
+            flush_at = first.enqueued + self._max_delay
+            while rows < self._max_batch_size and not self._closing:
+                if self._queue:
+                    head = self._queue[0]
+                    if head.future.done():
+                        self._pop()
+                        continue
+                    if rows + head.rows > self._max_batch_size:
+                        break
+                    batch.append(self._pop())
+                    rows += head.rows
+                    continue
+                if self._arrivals is not None and self._arrivals() <= 0:
+                    break  # nothing else is on its way: waiting would only add latency
+                remaining = flush_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._ready.wait(remaining)
+            return batch
 
-    def _infer(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, float]:
-        """Runs in the executor: concatenate, run the model, check the list-out contract."""
-        t0 = time.perf_counter()
-        x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
-        out = self._model(x)
-        elapsed = time.perf_counter() - t0
-        if len(out) != len(x):
-            raise InferenceFailed(
-                f"model {self._name!r} returned {len(out)} rows for a batch of {len(x)} inputs"
-            )
-        return out, elapsed
-
-    async def _run(self, batch: list[_Pending]) -> None:
+    def _run(self, batch: list[_Pending]) -> None:
+        """Run one batch in this thread and post its answers (or its failure) to the loop."""
         started = time.monotonic()
-        self._observer.batch_started([started - p.enqueued for p in batch])
-        total = sum(p.rows for p in batch)
-        loop = asyncio.get_running_loop()
+        inputs = [p.inputs for p in batch]
+        t0 = time.perf_counter()
         try:
-            out, inference_s = await loop.run_in_executor(
-                self._executor, self._infer, [p.inputs for p in batch]
-            )
-        except asyncio.CancelledError:
-            self._fail(
-                batch, Unavailable("the model shut down during inference", code="shutting_down")
-            )
-            raise
+            x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
+            out = self._model(x)
+            if len(out) != len(x):
+                raise InferenceFailed(
+                    f"model {self._name!r} returned {len(out)} rows for a batch of {len(x)} inputs"
+                )
         except ServiceError as exc:
-            self._fail(batch, exc)
+            self._post(self._fail, batch, exc)
             return
         except Exception as exc:  # the model's fault: fail this batch only, keep serving
-            self._fail(batch, InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}"))
+            failure = InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}")
+            self._post(self._fail, batch, failure)
             return
+        self._post(self._deliver, batch, out, started, time.perf_counter() - t0)
+
+    def _deliver(
+        self, batch: list[_Pending], out: np.ndarray, started: float, inference_s: float
+    ) -> None:
+        """On the loop: every live caller of the batch gets its own rows."""
+        total = sum(p.rows for p in batch)
         self._observer.batch_done(total, inference_s)
         offset = 0
         for p in batch:
@@ -301,3 +323,8 @@ class DynamicBatcher:
         for p in batch:
             if not p.future.done():
                 p.future.set_exception(exc)
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)

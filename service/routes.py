@@ -22,10 +22,17 @@ from service.decoding import (
     read_body,
     tensor_to_batch,
 )
-from service.errors import PayloadTooLarge, ServiceError, Unavailable, error_response
+from service.errors import (
+    DeadlineExceeded,
+    PayloadTooLarge,
+    ServiceError,
+    Unavailable,
+    error_response,
+)
 from service.metrics import ServiceMetrics
 from service.model_card import InputSpec
 from service.predictions import top_k
+from service.protocol import arrival
 from service.registry import ModelRegistry, ServedModel
 from service.schemas import ErrorResponse, PredictResponse
 from service.settings import Settings
@@ -44,7 +51,7 @@ class ServiceState:
     settings: Settings
     metrics: ServiceMetrics
     registry: ModelRegistry | None = None
-    predicting: int = 0  # /predict requests in this process right now (max_in_flight)
+    predicting: int = 0  # /predict requests past the AdmissionGate right now
 
 
 def _state(request: Request) -> ServiceState:
@@ -151,28 +158,14 @@ _PREDICT_BODY = {
 )
 async def predict(request: Request) -> Response:
     """Classify every input of the body with one model; concurrent requests are batched."""
-    state = _state(request)
-    limit = state.settings.max_in_flight
-    if limit and state.predicting >= limit:
-        # Shed at the door: no body read, no decoding, so overload cannot pile up on the loop.
-        _count(state, None, 503, time.monotonic())
-        return error_response(
-            Unavailable(
-                f"{limit} requests are in flight; retry later",
-                code="overloaded",
-                headers={"Retry-After": str(state.settings.retry_after_s)},
-            )
-        )
-    state.predicting += 1
-    try:
-        return await _predict(request, state)
-    finally:
-        state.predicting -= 1
+    # The AdmissionGate in front (service.admission) already refused it when overloaded.
+    return await _predict(request, _state(request))
 
 
 async def _predict(request: Request, state: ServiceState) -> Response:
     settings = state.settings
-    started = time.monotonic()
+    started = arrival(request)
+    deadline = started + settings.request_timeout_ms / 1000.0
     served: ServedModel | None = None
     in_flight = None
     try:
@@ -189,8 +182,14 @@ async def _predict(request: Request, state: ServiceState) -> Response:
             raw_k = parsed.top_k if parsed.top_k is not None else query.get("top_k")
             k = parse_top_k(raw_k, settings.default_top_k, len(served.card.labels))
             batch = await _to_batch(parsed, served.card.input, settings)
-        deadline = started + settings.request_timeout_ms / 1000.0
         result = await served.batcher.submit(batch, deadline)
+        if time.monotonic() > deadline:
+            # The answer was ready in time but the event loop came back to it late (overload):
+            # it is late all the same, and a 200 past the deadline would break the contract.
+            raise DeadlineExceeded(
+                "the answer was not ready within the request deadline",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
     except ServiceError as exc:
         _count(state, served, exc.status, started)
         return error_response(exc)

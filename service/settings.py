@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on.")
     workers: int = Field(1, ge=1, le=64, description="Number of uvicorn worker processes.")
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio",
+        description="Event loop of uvicorn. asyncio by default: under overload uvloop left new "
+        "connections unaccepted for seconds (listen queue never drained), asyncio does not.",
+    )
     default_model: str | None = Field(
         None,
         description="Model served when a request names none (name or name:version); "
@@ -63,7 +68,8 @@ class Settings(BaseSettings):
     request_timeout_ms: float = Field(
         10_000,
         gt=0,
-        description="Deadline of a prediction, queue time included; past it the answer is 504.",
+        description="Deadline of a prediction from its arrival (reading, decoding, queueing and "
+        "inference included); an answer not ready by then is 504.",
     )
     retry_after_s: int = Field(
         1, ge=0, description="Retry-After header (seconds) sent with every 503 and 504."
@@ -74,6 +80,13 @@ class Settings(BaseSettings):
         description="Most /predict requests one process handles at once; beyond it 503 with "
         "Retry-After before the body is read, so overload is shed at the door instead of "
         "queueing on the event loop (0 = no limit; about capacity x timeout is a good value).",
+    )
+    max_loop_wait_ms: float | None = Field(
+        None,
+        gt=0,
+        description="A /predict request that waited longer than this for the event loop after "
+        "arriving is refused at once (503 + Retry-After, body unread): the loop is saturated and "
+        "admitting it would make every admitted request late. Default: request_timeout_ms / 4.",
     )
     max_body_bytes: int = Field(
         10 * 1024 * 1024,
@@ -104,6 +117,13 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         False, description="uvicorn access log (off: keeps the hot path lean)."
     )
+
+    @property
+    def loop_wait_limit_ms(self) -> float:
+        """max_loop_wait_ms, or its default of a quarter of the request timeout."""
+        if self.max_loop_wait_ms is not None:
+            return self.max_loop_wait_ms
+        return self.request_timeout_ms / 4.0
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

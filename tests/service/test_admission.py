@@ -1,18 +1,21 @@
-"""Shedding at the door: max_in_flight refuses before reading the body; 504s have Retry-After."""
+"""Shedding at the door (max_in_flight, a saturated loop) and deadlines counted from arrival."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
 from service.app import create_app
-from service.batching import DynamicBatcher
+from service.batching import BatchResult, DynamicBatcher
 from service.metrics import ServiceMetrics
+from service.protocol import ARRIVAL_KEY
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -68,3 +71,75 @@ async def test_deadline_504_carries_retry_after(make_settings: Callable[..., Set
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             r = await c.post("/predict", json=TENSOR)
     assert r.status_code == 504 and r.headers["retry-after"] == "4"
+
+
+def stamped(app: Any, waited_s: float) -> Any:
+    """``app`` behind a wrapper that stamps each request as arrived ``waited_s`` ago (as uvicorn
+    with service.protocol does), so the request looks as if it waited that long for the loop."""
+
+    async def wrapper(scope: Any, receive: Any, send: Any) -> None:
+        scope.setdefault("state", {})[ARRIVAL_KEY] = time.monotonic() - waited_s
+        await app(scope, receive, send)
+
+    return wrapper
+
+
+async def test_saturated_loop_sheds_at_the_gate_without_reading_the_body(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings(max_loop_wait_ms=50, retry_after_s=2))
+    async with app.router.lifespan_context(app):
+        late = httpx.ASGITransport(app=stamped(app, 0.2))
+        async with httpx.AsyncClient(transport=late, base_url="http://test") as c:
+            r = await c.post("/predict", content=b"not even read")
+            assert r.status_code == 503 and r.headers["retry-after"] == "2"
+            assert r.json()["error"]["code"] == "overloaded"
+            assert "event loop" in r.json()["error"]["message"]
+            # Only /predict is gated: health and metrics still answer on a busy loop.
+            assert (await c.get("/healthz")).status_code == 200
+        fresh = httpx.ASGITransport(app=stamped(app, 0.0))
+        async with httpx.AsyncClient(transport=fresh, base_url="http://test") as c:
+            assert (await c.post("/predict", json=TENSOR)).status_code == 200
+            metrics = (await c.get("/metrics")).text
+    assert 'rocketserve_requests_total{model="unknown",status="503",version=""} 1.0' in metrics
+
+
+async def test_deadline_counts_from_arrival_not_from_the_route(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Admitted (waited 0.3 s < 10 s), but the 0.2 s deadline from arrival is already gone.
+    app = create_app(make_settings(request_timeout_ms=200, max_loop_wait_ms=10_000))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=stamped(app, 0.3))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            r = await c.post("/predict", json=TENSOR)
+    assert r.status_code == 504 and "retry-after" in r.headers
+
+
+class LateBatcher:
+    """Answers correctly, but only after the request deadline (the loop came back late)."""
+
+    def __init__(self, inner: DynamicBatcher) -> None:
+        self.inner = inner
+
+    async def submit(self, batch: np.ndarray, deadline: float) -> BatchResult:
+        result = await self.inner.submit(batch, None)
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()) + 0.01)
+        return result
+
+
+async def test_an_answer_ready_after_the_deadline_is_504_not_200(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(request_timeout_ms=100, retry_after_s=5)
+    registry = ModelRegistry.load(settings, ServiceMetrics())
+    served = registry.resolve(None)
+    app = create_app(settings, registry=registry)
+    async with app.router.lifespan_context(app):
+        served.batcher = LateBatcher(served.batcher)  # type: ignore[assignment]
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            r = await c.post("/predict", json=TENSOR)
+        served.batcher = served.batcher.inner  # type: ignore[attr-defined]
+    assert r.status_code == 504 and r.headers["retry-after"] == "5"
+    assert r.json()["error"]["code"] == "deadline_exceeded"

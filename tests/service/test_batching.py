@@ -287,3 +287,18 @@ async def test_partial_batch_waits_only_while_more_requests_are_arriving() -> No
     assert values(await first) == [20] and values(second) == [30]
     assert model.batches == [[1], [2, 3]]
     await batcher.close()
+
+
+async def test_batches_keep_running_while_the_event_loop_is_busy() -> None:
+    # Under overload the loop comes back to any one callback late; the inference thread must
+    # not wait for it between batches, or throughput falls to one batch per loop round.
+    model = FakeModel()
+    batcher = make(model, max_batch_size=1, max_queue_delay_s=0)
+    tasks = [asyncio.create_task(batcher.submit(rows(i))) for i in range(4)]
+    await until(lambda: batcher.queue_depth == 4, "all four queued")
+    deadline = time.monotonic() + 5
+    while len(model.batches) < 4 and time.monotonic() < deadline:
+        time.sleep(0.001)  # the loop is blocked here: no callback of the batcher can run
+    assert model.batches == [[0], [1], [2], [3]]
+    assert [values(await t) for t in tasks] == [[0], [10], [20], [30]]
+    await batcher.close()
