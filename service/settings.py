@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         1,
         ge=1,
         le=16,
-        description="Batches run at the same time per model (threads of its dedicated executor).",
+        description="Batches run at the same time per model (its inference threads).",
     )
     batching: bool = Field(
         True, description="Merge concurrent requests into batches; off runs each request alone."

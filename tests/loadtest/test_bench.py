@@ -81,10 +81,11 @@ def test_overload_sheds_cleanly_and_recovers(digits_repo: Path, tmp_path: Path) 
     assert criteria["rss_bounded"]
     assert 0 < report["rss_before_mib"] <= report["rss_peak_mib"]
     assert report["recovery_s"] is not None
-    # Reported, not asserted: on a 2-core machine shared with other test runs, requests wait in
-    # the service's event loop before their deadline starts (see README, Performance).
-    assert isinstance(criteria["accepted_p99_within_timeout"], bool)
-    assert report["accepted_p99_ms"] > 0
+    # Deadlines count from arrival and late answers become 504s, so the accepted p99 seen by
+    # the client stays within the timeout even on 2 cores shared with other test runs.
+    assert criteria["accepted_p99_within_timeout"], report
+    assert 0 < report["accepted_p99_ms"] <= 2000
+    assert report["passed"]
     assert "accepted_p99_ms" in proc.stdout
 
 
