@@ -254,7 +254,9 @@ def _serve(
 ) -> ServedModel:
     """Load one version, warm it up and give it a batcher and its metrics."""
     t0 = time.perf_counter()
-    runtime = OnnxModel(path, card, provider, settings.intra_op_threads)
+    runtime = OnnxModel(
+        path, card, provider, settings.intra_op_threads, spinning=settings.intra_op_spinning
+    )
     label_version = str(version)
 
     def infer_probs(batch: np.ndarray) -> np.ndarray:

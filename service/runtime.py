@@ -39,11 +39,15 @@ class OnnxModel:
         path: Path,
         card: ModelCard,
         provider: str,
-        intra_op_threads: int = 0,
+        intra_op_threads: int = 1,
         io_binding: bool | None = None,
+        spinning: bool = False,
     ) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
+        # ORT's pool threads spin after each run by default; with a session per model version
+        # the idle spinners take the cores from the event loop and from the other models.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         # Batches already run in their own executor threads; ORT's inter-op pool adds nothing.
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

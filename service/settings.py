@@ -38,7 +38,18 @@ class Settings(BaseSettings):
         "and a GPU are present, else CPU; 'cuda' fails at start-up without them.",
     )
     intra_op_threads: int = Field(
-        0, ge=0, le=256, description="ONNX Runtime intra-op threads per session (0 = ORT default)."
+        1,
+        ge=0,
+        le=256,
+        description="ONNX Runtime intra-op threads per session (0 = ORT default: one per core). "
+        "1 by default: every model version has its own session and pool, and batches already "
+        "run on their own inference threads, so more threads per session fight over the cores.",
+    )
+    intra_op_spinning: bool = Field(
+        False,
+        description="Let ORT's intra-op threads spin-wait for work after each run (ORT's own "
+        "default). Off by default: spinning pools of many sessions burn the cores the event "
+        "loop and the other models need; on only helps one big model on dedicated cores.",
     )
     inference_workers: int = Field(
         1,

@@ -103,3 +103,19 @@ def test_io_binding_path_gives_the_plain_run_results(digits_repo: Path) -> None:
     x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(bound(x), plain(x))
     assert bound(x).shape == (5, 10)
+
+
+def test_sessions_default_to_one_thread_that_does_not_spin(
+    make_settings: Callable[..., Settings],
+) -> None:
+    spin = "session.intra_op.allow_spinning"
+    registry = ModelRegistry.load(make_settings(), ServiceMetrics())
+    for served in registry.all():
+        opts = served.runtime.session.get_session_options()
+        assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
+        assert opts.get_session_config_entry(spin) == "0"
+    tuned = ModelRegistry.load(
+        make_settings(intra_op_threads=2, intra_op_spinning=True), ServiceMetrics()
+    )
+    opts = tuned.default.runtime.session.get_session_options()
+    assert opts.intra_op_num_threads == 2 and opts.get_session_config_entry(spin) == "1"
