@@ -11,6 +11,14 @@ from starlette.requests import Request
 # which uvicorn began parsing the request, before the request waits for the event loop.
 ARRIVAL_KEY = "rocketserve_arrival"
 
+# uvicorn's set of running request tasks, published by the protocol below (one server per process).
+_tasks: set[Any] | None = None
+
+
+def requests_in_progress() -> int:
+    """Requests uvicorn is handling right now, the caller's included; 0 when not known."""
+    return len(_tasks) if _tasks is not None else 0
+
 
 def arrival(request: Request) -> float:
     """When the request arrived: uvicorn's stamp if it set one, else now."""
@@ -28,6 +36,11 @@ def arrival_protocol() -> type[Any] | str:
 
     class ArrivalHttpToolsProtocol(HttpToolsProtocol):
         """httptools protocol whose scope carries the arrival instant of each request."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            global _tasks
+            _tasks = self.tasks
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

@@ -24,6 +24,7 @@ from service.model_card import (
     version_dirs,
 )
 from service.predictions import softmax
+from service.protocol import requests_in_progress
 from service.runtime import OnnxModel, choose_provider
 from service.settings import Settings
 
@@ -274,11 +275,14 @@ def _serve(
         name=f"{card.name}:{version}",
         observer=_MetricsObserver(metrics, card.name, label_version),
         arrivals=arrivals,
+        in_progress=requests_in_progress,
     )
     served = ServedModel(
         card, version, runtime, batcher, latencies=deque(maxlen=settings.latency_window)
     )
     runtime.warm_up(settings.warmup_runs)
+    batch1_ms = runtime.batch1_seconds() * 1000.0
+    batcher.inline = batch1_ms <= settings.inline_inference_max_ms
     served.ready = True
     labels = (card.name, label_version)
     metrics.model_info.labels(
@@ -297,7 +301,8 @@ def _serve(
         metrics.model_top1.labels(*labels).set(card.metrics.top1)
     metrics.model_ready.labels(*labels).set(1)
     log.info(
-        "loaded %s:%d on %s in %.0f ms", card.name, version, runtime.provider,
-        (time.perf_counter() - t0) * 1000,
+        "loaded %s:%d on %s in %.0f ms (batch 1: %.3f ms%s)", card.name, version,
+        runtime.provider, (time.perf_counter() - t0) * 1000, batch1_ms,
+        ", lone requests inline" if batcher.inline else "",
     )  # fmt: skip
     return served

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,16 @@ class OnnxModel:
             return out
         result: np.ndarray = self.session.run([self.output_name], {self.input_name: batch})[0]
         return result
+
+    def batch1_seconds(self, runs: int = 10) -> float:
+        """Median wall time of a batch-1 call, measured here (decides inline inference)."""
+        x = np.zeros((1, *self.item_shape), dtype=self.dtype)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self(x)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
 
     def warm_up(self, runs: int, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
         """Run a few batches so that the first real request pays no allocation or tuning cost."""

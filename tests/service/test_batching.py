@@ -302,3 +302,35 @@ async def test_batches_keep_running_while_the_event_loop_is_busy() -> None:
     assert model.batches == [[0], [1], [2], [3]]
     assert [values(await t) for t in tasks] == [[0], [10], [20], [30]]
     await batcher.close()
+
+
+async def test_inline_runs_a_lone_request_on_the_loop_and_batches_the_rest() -> None:
+    threads: list[int] = []
+
+    def model(x: np.ndarray) -> np.ndarray:
+        threads.append(threading.get_ident())
+        return x * 10
+
+    others = [1]  # requests the HTTP server holds, the caller's included
+    batcher = DynamicBatcher(
+        model, max_batch_size=4, max_queue_delay_s=0, inline=True, in_progress=lambda: others[0]
+    )
+    batcher.start()
+    loop_thread = threading.get_ident()
+    lone = await batcher.submit(rows(1))
+    assert values(lone) == [10] and lone.queue_s == 0.0 and threads == [loop_thread]
+    others[0] = 3  # other requests are on their way: this one goes to the inference thread
+    assert values(await batcher.submit(rows(2))) == [20]
+    assert threads[-1] != loop_thread
+    await batcher.close()
+
+
+async def test_inline_failures_keep_the_batch_contract() -> None:
+    def short(x: np.ndarray) -> np.ndarray:
+        return x[:-1]
+
+    batcher = DynamicBatcher(short, inline=True)
+    batcher.start()
+    with pytest.raises(InferenceFailed, match="returned 0 rows"):
+        await batcher.submit(rows(1))
+    await batcher.close()

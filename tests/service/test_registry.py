@@ -119,3 +119,13 @@ def test_sessions_default_to_one_thread_that_does_not_spin(
     )
     opts = tuned.default.runtime.session.get_session_options()
     assert opts.intra_op_num_threads == 2 and opts.get_session_config_entry(spin) == "1"
+
+
+def test_tiny_models_run_lone_requests_inline_unless_turned_off(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # The digits logistic regressions take microseconds: far below the 0.3 ms default.
+    registry = ModelRegistry.load(make_settings(), ServiceMetrics())
+    assert all(m.batcher.inline for m in registry.all())
+    off = ModelRegistry.load(make_settings(inline_inference_max_ms=0), ServiceMetrics())
+    assert not any(m.batcher.inline for m in off.all())
