@@ -143,3 +143,24 @@ async def test_an_answer_ready_after_the_deadline_is_504_not_200(
         served.batcher = served.batcher.inner  # type: ignore[attr-defined]
     assert r.status_code == 504 and r.headers["retry-after"] == "5"
     assert r.json()["error"]["code"] == "deadline_exceeded"
+
+
+async def test_a_bug_in_predict_is_a_json_500_not_a_traceback(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(make_settings())
+    async with app.router.lifespan_context(app):
+
+        def broken(_: object) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(app.state.service.registry, "resolve", broken)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            r = await c.post("/predict", json=TENSOR)
+            assert r.status_code == 500
+            assert r.json() == {
+                "error": {"code": "internal_error", "message": "internal server error"}
+            }
+            assert app.state.service.predicting == 0
+            assert (await c.get("/healthz")).status_code == 200
