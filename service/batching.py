@@ -91,7 +91,7 @@ class DynamicBatcher:
         thread, the event loop, instead of being handed to an inference thread and back. For a
         model whose call is shorter than those two thread wake-ups this is faster and cheaper.
         ``in_progress`` (optional) counts the requests the HTTP server holds, the caller's
-        included: above 1 others are on their way and the request is batched instead.
+        included: inline only when it is exactly 1 (0 means not known: batched, to be safe).
         """
         if max_batch_size < 1 or max_queue_size < 1 or workers < 1:
             raise ValueError("max_batch_size, max_queue_size and workers must be positive")
@@ -189,8 +189,9 @@ class DynamicBatcher:
     def _idle(self) -> bool:
         """Nothing queued, running or on its way: a batch could only hold this one request."""
         arriving = self._arrivals() if self._arrivals is not None else 0
-        others = self._in_progress() - 1 if self._in_progress is not None else 0
-        return not self._queue and not self._running and arriving <= 0 and others <= 0
+        # 0 from in_progress means unknown (no stamping protocol): assume company, batch.
+        alone = self._in_progress is None or self._in_progress() == 1
+        return not self._queue and not self._running and arriving <= 0 and alone
 
     def _run_inline(self, inputs: np.ndarray) -> BatchResult:
         """Run a lone request on the calling thread (same contract and errors as a batch)."""

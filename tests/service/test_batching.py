@@ -322,6 +322,9 @@ async def test_inline_runs_a_lone_request_on_the_loop_and_batches_the_rest() -> 
     others[0] = 3  # other requests are on their way: this one goes to the inference thread
     assert values(await batcher.submit(rows(2))) == [20]
     assert threads[-1] != loop_thread
+    others[0] = 0  # not known (no stamping protocol): batched, to be safe
+    assert values(await batcher.submit(rows(3))) == [30]
+    assert threads[-1] != loop_thread
     await batcher.close()
 
 
