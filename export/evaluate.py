@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.machine import cpu_model_name
 from service.model_card import EvalMetrics, InputSpec, LatencyProfile, ProfileRow
 from service.preprocess import normalize_uint8
 
@@ -56,16 +57,14 @@ _ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
 def machine_description() -> str:
     """CPU model, vector ISA, core count and OS (from lscpu when present), plus any GPU."""
-    model = platform.processor() or platform.machine()
+    model = cpu_model_name()
     flags: set[str] = set()
     try:
         out = subprocess.run(
             ["lscpu"], capture_output=True, text=True, timeout=5, check=False
         ).stdout
         for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("Flags:"):
+            if line.startswith("Flags:"):
                 flags = set(line.split(":", 1)[1].split())
     except (OSError, subprocess.SubprocessError):
         pass

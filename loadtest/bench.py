@@ -32,6 +32,7 @@ from loadtest.profiling import ProfilerMissing, report, start_recording
 from loadtest.raw import RawResult, raw_ceiling
 from loadtest.server import ServiceStartError, start_service
 from loadtest.sweep import run_point
+from service.machine import cpu_model_name
 
 FULL_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128)
 QUICK_CONCURRENCY = (1, 4)
@@ -66,15 +67,7 @@ class BenchError(Exception):
 
 def machine_description() -> str:
     """CPU model, core count and OS of this machine, for every figure printed."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPU(s), {platform.system()} {platform.machine()}"
+    return f"{cpu_model_name()}, {os.cpu_count()} CPU(s), {platform.system()} {platform.machine()}"
 
 
 def _load() -> str:

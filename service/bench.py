@@ -29,6 +29,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from service.machine import cpu_model_name
 from service.model_card import (
     ModelCard,
     ModelRepositoryError,
@@ -56,15 +57,8 @@ class Row:
 
 def machine() -> str:
     """A one-line description of this machine."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cpu_model_name()}, {os.cpu_count()} logical CPUs, {system}"
 
 
 def pick_model(repo: Path, name: str | None) -> tuple[ModelCard, Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -59,6 +60,23 @@ def stage_strides(image_size: int, wanted: list[int]) -> list[int]:
             size *= 2
         i -= 1
     return strides
+
+
+def residual_stages(
+    block: Callable[[int, int, int], nn.Module],
+    in_ch: int,
+    widths: list[int],
+    strides: list[int],
+    blocks_per_stage: int,
+) -> nn.ModuleList:
+    """Stages of ``blocks_per_stage`` blocks; the first block of each changes width and stride."""
+    stages = []
+    for out_ch, stride in zip(widths, strides, strict=True):
+        blocks = [block(in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1)
+                  for i in range(blocks_per_stage)]  # fmt: skip
+        stages.append(nn.Sequential(*blocks))
+        in_ch = out_ch
+    return nn.ModuleList(stages)
 
 
 def init_weights(model: nn.Module) -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.models.base import PoolLinear, StagedNet, init_weights, stage_strides
+from export.models.base import (
+    PoolLinear,
+    StagedNet,
+    init_weights,
+    residual_stages,
+    stage_strides,
+)
 
 
 class BasicBlock(nn.Module):
@@ -48,13 +54,6 @@ class CifarResNet(StagedNet):
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         )
-        stages = []
-        in_ch = width
-        for out_ch, stride in zip(widths, strides, strict=True):
-            blocks = [BasicBlock(in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1)
-                      for i in range(n)]  # fmt: skip
-            stages.append(nn.Sequential(*blocks))
-            in_ch = out_ch
-        self.stages = nn.ModuleList(stages)
-        self.head = PoolLinear(in_ch, num_classes, pre_activation=False)
+        self.stages = residual_stages(BasicBlock, width, widths, strides, n)
+        self.head = PoolLinear(widths[-1], num_classes, pre_activation=False)
         init_weights(self)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.models.base import PoolLinear, StagedNet, init_weights, stage_strides
+from export.models.base import (
+    PoolLinear,
+    StagedNet,
+    init_weights,
+    residual_stages,
+    stage_strides,
+)
 
 
 class WideBlock(nn.Module):
@@ -46,13 +52,6 @@ class WideResNet(StagedNet):
         widths = [16 * widen, 32 * widen, 64 * widen]
         strides = stage_strides(image_size, [1, 2, 2])
         self.stem = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
-        stages = []
-        in_ch = 16
-        for out_ch, stride in zip(widths, strides, strict=True):
-            blocks = [WideBlock(in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1)
-                      for i in range(n)]  # fmt: skip
-            stages.append(nn.Sequential(*blocks))
-            in_ch = out_ch
-        self.stages = nn.ModuleList(stages)
-        self.head = PoolLinear(in_ch, num_classes, pre_activation=True)
+        self.stages = residual_stages(WideBlock, 16, widths, strides, n)
+        self.head = PoolLinear(widths[-1], num_classes, pre_activation=True)
         init_weights(self)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import platform
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from service.machine import cpu_model_name
 
 
 @dataclass(frozen=True)
@@ -84,16 +84,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def cpu_model_name() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (platform.processor() as a fallback)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def describe_device(device: torch.device, world_size: int = 1) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,13 @@ from export.models import ARCHITECTURES
 from export.training import resolve_config
 from export.zoo import ZOO_TEACHER, ZooError, config_path, load_zoo_config
 from service.model_card import model_dirs, read_manifest
+from tests.support.cli import run_module
 
-ROOT = Path(__file__).resolve().parents[2]
 ALL_METHODS = {"baseline", "kd", "fitnet", "mimic", "rocket", "rocket-kd"}
 
 
 def _export(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "export", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_module("export", *args, timeout=timeout)
 
 
 @pytest.mark.parametrize("dataset", ["digits", "cifar10"])

@@ -6,26 +6,18 @@ import csv
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.cli import run_module
 
 pytestmark = pytest.mark.slow
 
 
-def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "loadtest.bench", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return run_module("loadtest.bench", *args, timeout=timeout)
 
 
 def test_quick_sweep_writes_csv_plots_and_ratios(digits_repo: Path, tmp_path: Path) -> None:
@@ -57,10 +49,9 @@ def test_quick_sweep_writes_csv_plots_and_ratios(digits_repo: Path, tmp_path: Pa
         with Image.open(tmp_path / f"{name}.png") as png:
             assert png.format == "PNG" and png.size[0] >= 400
     assert "served/raw" in proc.stdout and "machine:" in proc.stdout
-    replot = subprocess.run(
-        [sys.executable, "-m", "loadtest.plots", tmp_path / "again", tmp_path / "bench.csv"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    replot = run_module(
+        "loadtest.plots", str(tmp_path / "again"), str(tmp_path / "bench.csv"), timeout=60
+    )
     assert replot.returncode == 0, replot.stderr
     assert (tmp_path / "again" / "throughput_vs_concurrency.png").stat().st_size > 10_000
 
