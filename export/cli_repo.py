@@ -156,6 +156,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         provider=args.provider,
         only=tuple(args.only or ()),
         work_dir=args.work_dir,
+        resume=args.resume,
     )
     result = run_zoo(args.dataset, args.out, opts, config_file=args.config)
     print(f"{len(result.cards)} model versions in {args.out} ({result.wall_time_s:.1f}s)")
@@ -214,4 +215,9 @@ def register(sub: Any) -> None:
     p.add_argument("--provider", default=None, help="ONNX Runtime provider (default: config)")
     p.add_argument("--only", nargs="*", help="entry names to run (the teacher always runs)")
     p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted zoo from its checkpoints; keep models already published",
+    )
     p.set_defaults(func=_guard(cmd_zoo))

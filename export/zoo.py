@@ -47,6 +47,9 @@ class ZooOptions:
     provider: str | None = None
     only: tuple[str, ...] = ()
     work_dir: Path | None = None
+    # Continue an interrupted zoo: training picks up from each run's last epoch checkpoint and an
+    # entry whose models the repository already holds is not exported or published again.
+    resume: bool = False
 
 
 @dataclass
@@ -102,6 +105,8 @@ def _training_config(
     if opts.max_train_images is not None:
         current = cfg.get("max_train_images") or opts.max_train_images
         cfg["max_train_images"] = min(int(current), opts.max_train_images)
+    if opts.resume:
+        cfg["resume"] = True
     return cfg
 
 
@@ -171,6 +176,13 @@ class Zoo:
         t0 = time.perf_counter()
         model, meta, artifact = self._train(entry)
         self.log(f"[{name}] trained in {time.perf_counter() - t0:.1f}s")
+        if entry is self.config["teacher"]:
+            self.teacher_name, self.teacher_artifact = name, artifact
+        have = {c.name for c in load_cards(self.repo)} if self.opts.resume else set()
+        wanted = [name] + [f"{name}-{p}" for p in entry.get("variants", []) or []]
+        if all(n in have for n in wanted):
+            self.log(f"[{name}] already published in {self.repo}: kept")
+            return []
         spec = InputSpec.model_validate(meta.input_spec)
         onnx_path = self.work / str(entry["name"]) / "model.onnx"
         parity = export_with_parity(model, onnx_path, spec, self.splits.test_images)
@@ -181,16 +193,16 @@ class Zoo:
             input=spec,
             training=self._card_training(meta, entry),
         )
-        cards = [self._publish(info, onnx_path)]
+        cards = [] if name in have else [self._publish(info, onnx_path)]
         for precision in entry.get("variants", []) or []:
+            if f"{name}-{precision}" in have:
+                continue
             variant = onnx_path.with_name(f"model-{precision}.onnx")
             make_variant(precision, onnx_path, variant, self.splits.train_images, spec)
             derived = replace(
                 info, name=f"{name}-{precision}", precision=precision, derived_from=name
             )
             cards.append(self._publish(derived, variant))
-        if entry is self.config["teacher"]:
-            self.teacher_name, self.teacher_artifact = name, artifact
         return cards
 
     def _publish(self, info: ArtifactInfo, onnx_path: Path) -> ModelCard:

@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "threads": None,  # torch intra-op threads (default: torch's choice)
     "channels_last": None,  # default: on for CPU
+    "precision": "fp32",  # bf16: autocast forward/backward (AMX/AVX512-BF16 CPUs, recent GPUs)
     "progress": True,
     "recipe": None,
 }
@@ -104,6 +105,7 @@ _CHOICES = {
     "sharing": ("bottom", "interval", "none"),
     "color": ("rgb", "gray"),
     "dataset": ("digits", "cifar10", "imagefolder"),
+    "precision": ("fp32", "bf16"),
 }
 ROCKET_METHODS = ("rocket", "rocket-kd")
 TEACHER_METHODS = ("kd", "fitnet", "mimic", "rocket-kd")

@@ -260,8 +260,14 @@ class Trainer:
             self.cfg["progress"] and self.dist.is_main,
         )
         terms_sum: dict[str, torch.Tensor] = {}
+        autocast = torch.autocast(
+            self.source.device.type,
+            dtype=torch.bfloat16,
+            enabled=self.cfg["precision"] == "bf16",
+        )
         for x, y in self.source.epoch(epoch, steps):
-            loss, logits = self.model(x, y)
+            with autocast:
+                loss, logits = self.model(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

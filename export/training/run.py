@@ -74,7 +74,7 @@ def _recipe(cfg: dict[str, Any], augment: bool) -> str:
         f"{cfg['optimizer']}{momentum}{nesterov}, {cfg['schedule']} lr {cfg['lr']}, "
         f"batch {cfg['batch_size']}, weight decay {cfg['weight_decay']}, label smoothing "
         f"{cfg['label_smoothing']}, augmentation {'crop+flip' if augment else 'none'}, "
-        f"{cfg['epochs']} epochs"
+        f"{cfg['epochs']} epochs, {cfg['precision']} training"
     )
 
 
