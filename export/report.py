@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,7 +86,184 @@ def render_report(cards: Sequence[ModelCard], title: str) -> str:
             f"| {card.training.teacher or '-'} | {'★' if card.name in front else ''} |"
         )
     lines += ["", f"![accuracy against latency]({PARETO_FILENAME})", ""]
+    lines += render_training(cards)
+    lines += render_students(cards)
+    lines += render_rocket_comparison(cards)
     return "\n".join(lines)
+
+
+# Zhou et al., "Rocket Launching: A Universal and Efficient Framework for Training
+# Well-performing Light Net", AAAI 2018: CIFAR-10 test error (%), light net WRN-16-1,
+# booster WRN-40-1, 200 epochs.
+PAPER_ERROR = {"baseline": 8.77, "kd": 8.39, "rocket": 7.87, "rocket-kd": 7.52}
+PAPER_BOOSTER_ERROR = 6.58
+PAPER_SETTING = ("cifar10", "wrn-16-1")
+COMPARED_METHODS = ("baseline", "kd", "rocket", "rocket-kd")
+_METHOD_TEXT = {"baseline": "alone", "kd": "KD", "rocket": "Rocket", "rocket-kd": "Rocket+KD"}
+# The paper's claims, as steps from one method to a better one.
+_PAPER_STEPS = (("baseline", "kd"), ("baseline", "rocket"), ("kd", "rocket"),
+                ("rocket", "rocket-kd"))  # fmt: skip
+
+
+def render_training(cards: Sequence[ModelCard]) -> list[str]:
+    """How each trained network was made: method, epochs, wall time, device and recipe."""
+    trained = sorted((c for c in cards if c.derived_from is None), key=lambda c: c.name)
+    if not trained:
+        return []
+    devices = sorted({c.training.device for c in trained if c.training.device})
+    lines = [
+        "## Training",
+        "",
+        f"Trained on: {'; '.join(devices) or 'n/a'}. Variants (int8, fp16) are converted from "
+        "these networks after training, not trained.",
+        "",
+        "| model | method | architecture | epochs | wall time | recipe |",
+        "|---|---|---|--:|--:|---|",
+    ]
+    for c in trained:
+        t = c.training
+        lines.append(
+            f"| {c.name} | {t.method} | {t.architecture} | {t.epochs:g} "
+            f"| {t.wall_time_s / 60:.1f} min | {t.recipe or '-'} |"
+        )
+    return [*lines, ""]
+
+
+def find_teacher(cards: Sequence[ModelCard]) -> ModelCard | None:
+    """The model other models name as their teacher (the most named one), if the repo has it."""
+    names = {c.name for c in cards}
+    named = [c.training.teacher for c in cards if c.training.teacher in names]
+    if not named:
+        return None
+    top = max(sorted(set(named)), key=named.count)
+    return next(c for c in cards if c.name == top)
+
+
+def _b32(card: ModelCard) -> float | None:
+    row = _row(card, 32)
+    return row.images_per_s if row else None
+
+
+def render_students(cards: Sequence[ModelCard]) -> list[str]:
+    """Every student against the teacher: top-1 gap and speed-up at batch 32."""
+    teacher = find_teacher(cards)
+    if teacher is None or _b32(teacher) is None:
+        return []
+    students = [
+        c for c in cards
+        if c.name != teacher.name and c.derived_from != teacher.name and _b32(c) is not None
+    ]  # fmt: skip
+    if not students:
+        return []
+    t32 = _b32(teacher) or 1.0
+    best = max(students, key=lambda c: (c.metrics.top1, _b32(c) or 0.0))
+    lines = [
+        "## Students against the teacher",
+        "",
+        f"Teacher: **{teacher.name}** ({teacher.training.architecture}), top-1 "
+        f"{teacher.metrics.top1 * 100:.2f} %, {t32:.0f} img/s at batch 32. Speed-up = the "
+        "student's images/s at batch 32 over the teacher's, both measured above on this machine.",
+        "",
+        "| student | precision | top-1 % | gap to teacher (points) | speed-up b32 | MACs ratio |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for c in sorted(students, key=lambda c: -c.metrics.top1):
+        gap = (teacher.metrics.top1 - c.metrics.top1) * 100
+        lines.append(
+            f"| {c.name} | {c.precision} | {c.metrics.top1 * 100:.2f} | {gap:+.2f} "
+            f"| {(_b32(c) or 0.0) / t32:.1f}x | {teacher.macs / max(c.macs, 1):.1f}x |"
+        )
+    gap = (teacher.metrics.top1 - best.metrics.top1) * 100
+    lines += [
+        "",
+        f"Best student: **{best.name}**, {(_b32(best) or 0.0) / t32:.1f}x the teacher's "
+        f"throughput at batch 32, {abs(gap):.2f} points "
+        f"{'below' if gap >= 0 else 'above'} the teacher's top-1.",
+        "",
+    ]
+    return lines
+
+
+def _standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` images."""
+    return math.sqrt(max(p * (1 - p), 1e-12) / n)
+
+
+def render_rocket_comparison(cards: Sequence[ModelCard]) -> list[str]:
+    """The Rocket Launching comparison: one architecture alone, with KD, Rocket, Rocket+KD."""
+    by_arch: dict[str, dict[str, ModelCard]] = {}
+    for c in cards:
+        if c.precision == "fp32" and c.derived_from is None and c.training.method in _METHOD_TEXT:
+            by_arch.setdefault(c.training.architecture, {})[c.training.method] = c
+    rows = {a: m for a, m in by_arch.items() if {"baseline", "rocket"} <= set(m)}
+    if not rows:
+        return []
+    arch, found = max(rows.items(), key=lambda item: len(item[1]))
+    dataset = next(iter(found.values())).metrics.dataset
+    paper = (dataset, arch) == PAPER_SETTING
+    n = next(iter(found.values())).metrics.n
+    seeds = sorted({c.training.seed for c in found.values()})
+    lines = [
+        "## Rocket Launching comparison",
+        "",
+        f"{arch} trained alone, with KD, with Rocket and with Rocket+KD"
+        + (" beside the paper's figures (Zhou et al., AAAI 2018, 200 epochs)" if paper else "")
+        + f". One seed per method (seed {', '.join(map(str, seeds))}); error = 100 - top-1 on "
+        f"the {n:,} test images.",
+        "",
+        "| light net | method | epochs | top-1 % | error % | paper error % |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for method in COMPARED_METHODS:
+        if method not in found:
+            continue
+        c = found[method]
+        ref = f"{PAPER_ERROR[method]:.2f}" if paper else "-"
+        lines.append(
+            f"| {c.name} | {_METHOD_TEXT[method]} | {c.training.epochs:g} "
+            f"| {c.metrics.top1 * 100:.2f} | {(1 - c.metrics.top1) * 100:.2f} | {ref} |"
+        )
+    for method in ("rocket", "rocket-kd"):
+        light = found.get(method)
+        if light is not None and "booster" in light.training.companions:
+            c = light
+            top1 = c.training.companions["booster"]
+            ref = f"{PAPER_BOOSTER_ERROR:.2f}" if paper else "-"
+            booster = c.training.config.get("booster", "booster")
+            lines.append(
+                f"| booster {booster} of {c.name} | {_METHOD_TEXT[method]} (booster) "
+                f"| {c.training.epochs:g} | {top1 * 100:.2f} | {(1 - top1) * 100:.2f} | {ref} |"
+            )
+    teacher = find_teacher(cards)
+    if teacher is not None:
+        lines.append(
+            f"| teacher {teacher.name} | alone | {teacher.training.epochs:g} "
+            f"| {teacher.metrics.top1 * 100:.2f} | {(1 - teacher.metrics.top1) * 100:.2f} | - |"
+        )
+    lines += [
+        "",
+        "Booster figures are PyTorch's on the test split at the end of training (boosters are "
+        "not served); every other figure is ONNX Runtime's on the served file.",
+        "",
+        "Reading, step by step, against the paper's ordering. A gap counts as beyond test-set "
+        "noise when it exceeds twice the binomial standard error of the difference; seed-to-seed "
+        "variation is not measured (one seed each) and can be as large.",
+        "",
+    ]
+    for low, high in _PAPER_STEPS:
+        a, b = found.get(low), found.get(high)
+        if a is None or b is None:
+            continue
+        gain = (b.metrics.top1 - a.metrics.top1) * 100
+        se = math.hypot(_standard_error(a.metrics.top1, n), _standard_error(b.metrics.top1, n))
+        verdict = "beyond" if abs(gain) > 2 * se * 100 else "within"
+        paper_gain = f"; paper {PAPER_ERROR[low] - PAPER_ERROR[high]:+.2f}" if paper else ""
+        lines.append(
+            f"- {_METHOD_TEXT[low]} -> {_METHOD_TEXT[high]}: {gain:+.2f} points of top-1 "
+            f"({verdict} noise, 2 s.e. = {2 * se * 100:.2f}){paper_gain}."
+        )
+    lines.append("")
+    return lines
 
 
 def _label_offsets(cards: Sequence[ModelCard]) -> list[tuple[int, int]]:

@@ -141,6 +141,7 @@ class Zoo:
         )
         self.teacher_name: str | None = None
         self.teacher_artifact: Path | None = None
+        self.companions: dict[str, dict[str, float]] = {}
 
     def model_name(self, entry: dict[str, Any]) -> str:
         """Repository name of an entry: ``<dataset>-<entry name>``, lower-case."""
@@ -158,6 +159,11 @@ class Zoo:
             cfg["teacher"] = str(self.teacher_artifact)
         result = run_training(cfg)
         model, meta = load_trained(Path(result.artifact_path))
+        self.companions[str(entry["name"])] = {
+            name: float(load_trained(path)[1].test_top1 or 0.0)
+            for name, path in sorted(result.extra_artifacts.items())
+            if name != "teacher"  # a teacher is trained before, not with, the student
+        }
         return model, meta, Path(result.artifact_path)
 
     def _card_training(self, meta: Any, entry: dict[str, Any]) -> TrainingInfo:
@@ -168,7 +174,10 @@ class Zoo:
             # The card names the served teacher model rather than a scratch checkpoint path.
             teacher = self.teacher_name
             config["teacher"] = self.teacher_name
-        return info.model_copy(update={"teacher": teacher, "config": config})
+        companions = self.companions.get(str(entry["name"]), {})
+        return info.model_copy(
+            update={"teacher": teacher, "config": config, "companions": companions}
+        )
 
     def run_entry(self, entry: dict[str, Any]) -> list[ModelCard]:
         """Train, export with parity, publish, then publish each variant."""

@@ -98,6 +98,11 @@ class TrainingInfo(_Strict):
     wall_time_s: float = Field(ge=0, description="Training wall time in seconds.")
     device: str | None = Field(None, description="Where it was trained, e.g. 'cpu (2 cores)'.")
     recipe: str | None = Field(None, description="One-line description of the training recipe.")
+    companions: dict[str, float] = Field(
+        default_factory=dict,
+        description="Top-1 on the test split (PyTorch, at the end of training) of networks "
+        "trained jointly with this one and not served, e.g. Rocket's booster.",
+    )
 
 
 class EvalMetrics(_Strict):

@@ -59,12 +59,12 @@ def test_a_broken_config_is_a_zoo_error(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def zoo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The digits zoo cut to the teacher and KD, one epoch on 200 images."""
+    """The digits zoo cut to the teacher, KD and Rocket, one epoch on 200 images."""
     out = tmp_path_factory.mktemp("zoo") / "repo"
     proc = _export(
         "zoo", "--dataset", "digits", "--out", str(out),
         "--max-epochs", "1", "--max-train-images", "200", "--profile-runs", "3",
-        "--only", "kd-resnet8",
+        "--only", "kd-resnet8", "rocket-resnet8",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "parity ok" in proc.stdout
@@ -76,6 +76,8 @@ def test_zoo_writes_models_variants_report_and_plot(zoo_repo: Path) -> None:
     assert names == [
         "digits-kd-resnet8",
         "digits-kd-resnet8-int8",
+        "digits-rocket-resnet8",
+        "digits-rocket-resnet8-int8",
         "digits-teacher-resnet20",
         "digits-teacher-resnet20-int8",
     ]
@@ -84,13 +86,19 @@ def test_zoo_writes_models_variants_report_and_plot(zoo_repo: Path) -> None:
     assert kd.training.config["teacher"] == "digits-teacher-resnet20"
     assert "out_dir" not in kd.training.config and kd.training.epochs == 1
     assert kd.metrics.n == 360 and kd.profile.threads == 1
+    assert kd.training.companions == {}  # its teacher is a model of its own, not a companion
+    rocket = read_manifest(zoo_repo / "digits-rocket-resnet8")
+    assert set(rocket.training.companions) == {"booster"}
+    assert 0.1 < rocket.training.companions["booster"] <= 1.0
     int8 = read_manifest(zoo_repo / "digits-kd-resnet8-int8")
     assert (int8.precision, int8.derived_from) == ("int8", "digits-kd-resnet8")
     assert int8.size_bytes < kd.size_bytes and int8.macs == kd.macs
 
     report = (zoo_repo / "REPORT.md").read_text()
-    table = [line for line in report.splitlines() if line.startswith("| digits-")]
-    assert len(table) == 4
+    main_table = report.split("\n## ")[0]
+    table = [line for line in main_table.splitlines() if line.startswith("| digits-")]
+    assert "## Training" in report and "Best student: **digits-" in report
+    assert len(table) == 6
     latencies = [float(line.split("|")[5]) for line in table]
     assert latencies == sorted(latencies)
     with Image.open(zoo_repo / "pareto.png") as image:
@@ -101,7 +109,7 @@ def test_verify_and_evaluate_commands_on_the_zoo(
     zoo_repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["verify", str(zoo_repo)]) == 0
-    assert "ok (4 models, 4 versions)" in capsys.readouterr().out
+    assert "ok (6 models, 6 versions)" in capsys.readouterr().out
 
     manifest = zoo_repo / "digits-kd-resnet8" / "manifest.json"
     before = json.loads(manifest.read_text())
@@ -123,10 +131,10 @@ def test_resume_keeps_what_is_published_and_retrains_nothing(zoo_repo: Path) -> 
     proc = _export(
         "zoo", "--dataset", "digits", "--out", str(zoo_repo),
         "--max-epochs", "1", "--max-train-images", "200", "--profile-runs", "3",
-        "--only", "kd-resnet8", "--resume",
+        "--only", "kd-resnet8", "rocket-resnet8", "--resume",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("already published") == 2 and "parity" not in proc.stdout
+    assert proc.stdout.count("already published") == 3 and "parity" not in proc.stdout
     after = {d.name: read_manifest(d) for d in model_dirs(zoo_repo)}
     assert {n: c.created_at for n, c in after.items()} == before
     assert all(c.version == 1 for c in after.values())
