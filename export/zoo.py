@@ -168,7 +168,7 @@ class Zoo:
 
     def _card_training(self, meta: Any, entry: dict[str, Any]) -> TrainingInfo:
         info = training_info(meta)
-        config = {k: v for k, v in info.config.items() if k != "out_dir"}
+        config = {k: v for k, v in info.config.items() if k not in ("out_dir", "resume")}
         teacher = info.teacher
         if entry.get("teacher") == ZOO_TEACHER:
             # The card names the served teacher model rather than a scratch checkpoint path.
