@@ -22,6 +22,7 @@ class BenchRow:
     """Throughput of one architecture."""
 
     arch: str
+    precision: str
     params: int
     batch_size: int
     steps: int
@@ -39,6 +40,7 @@ def bench_arch(
     min_steps: int = 3,
     warmup: int = 2,
     channels_last: bool | None = None,
+    precision: str = "fp32",
 ) -> BenchRow:
     """Time full training steps (augment + normalise + forward + backward + SGD) on CIFAR shapes."""
     torch.manual_seed(0)
@@ -56,7 +58,8 @@ def bench_arch(
         x = normalize(random_crop_flip(images, gen))
         if use_cl:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(model(x), labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(x), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -77,6 +80,7 @@ def bench_arch(
     elapsed = time.perf_counter() - start
     return BenchRow(
         arch=arch,
+        precision=precision,
         params=count_params(model),
         batch_size=batch_size,
         steps=steps,
@@ -95,14 +99,16 @@ def run_bench(
     json_out: Path | None = None,
     echo: bool = True,
     threads: int | None = None,
+    precisions: tuple[str, ...] = ("fp32",),
 ) -> list[BenchRow]:
-    """Benchmark ``archs`` (default: every CIFAR architecture), print a table, optionally JSON."""
+    """Benchmark ``archs`` (default: every CIFAR architecture) at each precision, print a table
+    (with the bf16/fp32 ratio when both ran), optionally JSON."""
     device = select_device(device_name)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _bench(archs, device, batch_size, min_seconds, json_out, echo)
+        return _bench(archs, device, batch_size, min_seconds, json_out, echo, precisions)
     finally:
         torch.set_num_threads(before)
 
@@ -114,6 +120,7 @@ def _bench(
     min_seconds: float,
     json_out: Path | None,
     echo: bool,
+    precisions: tuple[str, ...],
 ) -> list[BenchRow]:
     machine = describe_device(device)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -121,16 +128,26 @@ def _bench(
     if echo:
         print(f"training throughput, batch {batch_size}, 32x32x3, torch {torch.__version__}")
         print(f"machine: {machine}; load average before: {load}")
-        print(f"{'arch':<18}{'params':>10}{'img/s':>10}{'ms/step':>10}{'steps':>7}")
+        print(
+            f"{'arch':<18}{'precision':>10}{'params':>10}{'img/s':>10}{'ms/step':>10}"
+            f"{'steps':>7}{'vs fp32':>9}"
+        )
     for arch in archs or list(CIFAR_ARCHITECTURES):
-        row = bench_arch(arch, device, batch_size=batch_size, min_seconds=min_seconds)
-        rows.append(row)
-        if echo:
-            print(
-                f"{row.arch:<18}{row.params:>10,}{row.images_per_s:>10.1f}"
-                f"{row.ms_per_step:>10.1f}{row.steps:>7}",
-                flush=True,
+        fp32: float | None = None
+        for precision in precisions:
+            row = bench_arch(
+                arch, device, batch_size=batch_size, min_seconds=min_seconds, precision=precision
             )
+            rows.append(row)
+            if precision == "fp32":
+                fp32 = row.images_per_s
+            ratio = f"{row.images_per_s / fp32:.2f}x" if fp32 else "-"
+            if echo:
+                print(
+                    f"{row.arch:<18}{row.precision:>10}{row.params:>10,}{row.images_per_s:>10.1f}"
+                    f"{row.ms_per_step:>10.1f}{row.steps:>7}{ratio:>9}",
+                    flush=True,
+                )
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         payload = {

@@ -140,6 +140,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             min_seconds=args.seconds,
             json_out=args.json,
             threads=args.threads,
+            precisions=tuple(args.precision),
         )
     except _user_errors() as exc:
         return _fail(str(exc))
@@ -166,4 +167,11 @@ def register(sub: Any) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=["fp32", "bf16"],
+        help="training precision(s) to time; 'fp32 bf16' also prints the ratio",
+    )
     p.set_defaults(func=cmd_bench)

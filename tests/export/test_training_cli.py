@@ -99,9 +99,13 @@ def test_bad_flag_value_is_an_argparse_error(capsys: pytest.CaptureFixture[str])
 
 def test_bench_prints_img_per_s(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     argv = ["bench", "--archs", "resnet8", "--seconds", "0", "--batch-size", "8"]
-    assert main([*argv, "--json", str(tmp_path / "b.json")]) == 0
+    assert main([*argv, "--precision", "fp32", "bf16", "--json", str(tmp_path / "b.json")]) == 0
     out = capsys.readouterr().out
     assert "machine: cpu" in out and "resnet8" in out
+    lines = [line.split() for line in out.splitlines() if line.startswith("resnet8")]
+    assert [line[1] for line in lines] == ["fp32", "bf16"]
+    assert lines[0][-1] == "1.00x" and lines[1][-1].endswith("x")
     payload = json.loads((tmp_path / "b.json").read_text())
-    row = payload["rows"][0]
-    assert row["arch"] == "resnet8" and row["images_per_s"] > 0 and row["steps"] >= 3
+    rows = payload["rows"]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"]
+    assert all(r["arch"] == "resnet8" and r["images_per_s"] > 0 and r["steps"] >= 3 for r in rows)
