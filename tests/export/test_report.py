@@ -129,6 +129,7 @@ def test_rocket_comparison_sits_beside_the_paper_and_reads_gaps_against_noise(
     assert "- alone -> KD: +0.10 points of top-1 (within noise, 2 s.e. = 0.92); paper +0.38." \
         in section  # fmt: skip
     assert "- alone -> Rocket: +2.00 points of top-1 (beyond noise" in section
+    assert "- alone -> Rocket+KD: +2.50 points of top-1 (beyond noise" in section
 
 
 def test_no_comparison_without_the_methods_to_compare(digits_repo: Path) -> None:
