@@ -1,0 +1,102 @@
+"""The committed model repository (models/): what `make run` and the Docker image serve.
+
+It must verify, stay lean, hold the CIFAR-10 zoo the report describes, and every card's top-1 must
+be reproduced within 0.2 points by an evaluation that shares no code with the offline stage:
+Pillow reads the JPEG test split, numpy applies the manifest's preprocessing, ONNX Runtime runs
+the served file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from export.report import find_teacher
+from service.model_card import ModelCard, model_dirs, model_file, read_manifest
+from tests.export.test_reeval import _tensor_by_hand
+from tests.support.cli import ROOT, run_module
+
+MODELS = ROOT / "models"
+MAX_REPO_BYTES = 30 << 20
+TOLERANCE = 0.002  # 0.2 points of top-1
+
+
+def _cards() -> list[ModelCard]:
+    return [read_manifest(d) for d in model_dirs(MODELS)]
+
+
+def _cifar_test_split() -> Path:
+    root = Path(os.environ.get("ROCKETSERVE_CIFAR10", ROOT.parent / "shared/datasets/cifar10"))
+    if not (root / "test").is_dir():
+        pytest.skip(f"CIFAR-10 JPEG test split not found at {root / 'test'}")
+    return root / "test"
+
+
+def test_the_repository_verifies() -> None:
+    proc = run_module("export", "verify", "models")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(f"ok ({len(_cards())} models, {len(_cards())} versions)")
+
+
+def test_it_is_the_cifar10_zoo_and_stays_lean() -> None:
+    cards = _cards()
+    assert {c.metrics.dataset for c in cards} == {"cifar10"}
+    assert all(c.metrics.n == 10_000 for c in cards)
+    base = [c for c in cards if c.derived_from is None]
+    trained = {(c.training.method, c.training.architecture) for c in base}
+    for method in ("baseline", "kd", "rocket", "rocket-kd"):
+        assert (method, "wrn-16-1") in trained
+    assert any(arch.startswith("mobilenetv2") for _, arch in trained)
+    assert any(c.precision == "int8" for c in cards)
+    files = [p for p in MODELS.rglob("*") if p.is_file()]
+    allowed = {"model.onnx", "manifest.json", "REPORT.md", "pareto.png"}
+    assert {p.name for p in files} <= allowed, "models/ holds ONNX files and their cards only"
+    assert sum(p.stat().st_size for p in files) < MAX_REPO_BYTES
+
+
+def test_the_best_student_is_three_times_faster_than_the_teacher() -> None:
+    cards = _cards()
+    teacher = find_teacher(cards)
+    assert teacher is not None and teacher.training.architecture == "wrn-40-2"
+    students = [c for c in cards if teacher.name not in (c.name, c.derived_from)]
+    best = max(students, key=lambda c: c.metrics.top1)
+
+    def b32(card: ModelCard) -> float:
+        return next(r.images_per_s for r in card.profile.rows if r.batch_size == 32)
+
+    assert b32(best) >= 3 * b32(teacher), f"{best.name}: {b32(best):.0f} vs {b32(teacher):.0f}"
+    report = (MODELS / "REPORT.md").read_text(encoding="utf-8")
+    assert f"Best student: **{best.name}**" in report
+    assert "## Rocket Launching comparison" in report and "| 8.77 |" in report
+
+
+@pytest.fixture(scope="module")
+def jpeg_test_split() -> tuple[list[Path], list[str]]:
+    """Every JPEG of the test split and its class-folder name."""
+    root = _cifar_test_split()
+    pairs = sorted((p, p.parent.name) for p in root.glob("*/*.jpg"))
+    return [p for p, _ in pairs], [name for _, name in pairs]
+
+
+@pytest.mark.parametrize("name", [d.name for d in model_dirs(MODELS)])
+def test_every_card_is_reproduced_on_the_jpeg_test_split(
+    name: str, jpeg_test_split: tuple[list[Path], list[str]]
+) -> None:
+    paths, folders = jpeg_test_split
+    assert len(paths) == 10_000
+    card = read_manifest(MODELS / name)
+    labels = np.array([card.labels.index(f) for f in folders])
+    session = ort.InferenceSession(
+        str(model_file(MODELS / name, card.version)), providers=["CPUExecutionProvider"]
+    )
+    correct = 0
+    for start in range(0, len(paths), 500):
+        x = np.stack([_tensor_by_hand(p, card) for p in paths[start : start + 500]])
+        logits = session.run([card.output.name], {card.input.name: x})[0]
+        correct += int((logits.argmax(axis=1) == labels[start : start + 500]).sum())
+    measured = correct / len(paths)
+    assert abs(measured - card.metrics.top1) <= TOLERANCE, f"{measured} vs {card.metrics.top1}"

@@ -1,0 +1,94 @@
+"""`make run`'s default: a real uvicorn process serving models/ answers real CIFAR-10 photos.
+
+The README's quickstart request is replayed as documented, and the best student labels the
+project's 20 sample JPEGs (two per class, from the test split) far above chance.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from export.report import find_teacher
+from service.model_card import model_dirs, read_manifest
+from tests.service.test_uvicorn import free_port
+from tests.support.cli import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+SAMPLES = ROOT / "loadtest" / "data" / "cifar10"
+EXAMPLE_IMAGE = "loadtest/data/cifar10/cat_0000.jpg"
+
+
+def best_student() -> str:
+    """The most accurate model of models/ that is not the teacher or one of its variants."""
+    cards = [read_manifest(d) for d in model_dirs(ROOT / "models")]
+    teacher = find_teacher(cards)
+    assert teacher is not None
+    students = [c for c in cards if teacher.name not in (c.name, c.derived_from)]
+    return max(students, key=lambda c: c.metrics.top1).name
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    """``python -m service --model-repository models`` (what `make run` starts) on a free port."""
+    port = free_port()
+    env = {**os.environ, "ROCKETSERVE_LOG_LEVEL": "warning"}
+    argv = [sys.executable, "-m", "service", "--model-repository", "models", "--port", str(port)]
+    out = subprocess.PIPE
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the service never became ready"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_readme_request_gets_the_documented_answer(url: str) -> None:
+    model = best_student()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"file=@{EXAMPLE_IMAGE} 'localhost:8000/predict?model={model}&top_k=3'" in readme
+    with (ROOT / EXAMPLE_IMAGE).open("rb") as f:
+        r = httpx.post(
+            f"{url}/predict", params={"model": model, "top_k": 3}, files={"file": f}, timeout=30
+        )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    top = body["predictions"][0]
+    assert body["model"] == model and top[0]["label"] == "cat"
+    assert f'"model":"{model}"' in readme and '{"label":"cat"' in readme
+
+
+def test_the_best_student_labels_real_photos_far_above_chance(url: str) -> None:
+    model = best_student()
+    photos = sorted(SAMPLES.glob("*.jpg"))
+    assert len(photos) == 20
+    right = 0
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for photo in photos:
+            r = client.post("/predict", params={"model": model}, files={"file": photo.read_bytes()})
+            assert r.status_code == 200, r.text
+            right += r.json()["predictions"][0][0]["label"] == photo.stem.rsplit("_", 1)[0]
+    assert right >= 12, f"{model}: {right}/20 (chance: 2/20)"
