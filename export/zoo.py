@@ -141,13 +141,13 @@ class Zoo:
         )
         self.teacher_name: str | None = None
         self.teacher_artifact: Path | None = None
-        self.companions: dict[str, dict[str, float]] = {}
 
     def model_name(self, entry: dict[str, Any]) -> str:
         """Repository name of an entry: ``<dataset>-<entry name>``, lower-case."""
         return f"{self.dataset}-{entry['name']}".lower()
 
-    def _train(self, entry: dict[str, Any]) -> tuple[Any, Any, Path]:
+    def _train(self, entry: dict[str, Any]) -> tuple[Any, Any, Path, dict[str, float]]:
+        """Train an entry: its network, TrainedMeta, artifact path and companions' top-1."""
         from export.checkpoint import load_trained
         from export.training import run_training
 
@@ -159,14 +159,16 @@ class Zoo:
             cfg["teacher"] = str(self.teacher_artifact)
         result = run_training(cfg)
         model, meta = load_trained(Path(result.artifact_path))
-        self.companions[str(entry["name"])] = {
+        companions = {
             name: float(load_trained(path)[1].test_top1 or 0.0)
             for name, path in sorted(result.extra_artifacts.items())
             if name != "teacher"  # a teacher is trained before, not with, the student
         }
-        return model, meta, Path(result.artifact_path)
+        return model, meta, Path(result.artifact_path), companions
 
-    def _card_training(self, meta: Any, entry: dict[str, Any]) -> TrainingInfo:
+    def _card_training(
+        self, meta: Any, entry: dict[str, Any], companions: dict[str, float]
+    ) -> TrainingInfo:
         info = training_info(meta)
         config = {k: v for k, v in info.config.items() if k not in ("out_dir", "resume")}
         teacher = info.teacher
@@ -174,7 +176,6 @@ class Zoo:
             # The card names the served teacher model rather than a scratch checkpoint path.
             teacher = self.teacher_name
             config["teacher"] = self.teacher_name
-        companions = self.companions.get(str(entry["name"]), {})
         return info.model_copy(
             update={"teacher": teacher, "config": config, "companions": companions}
         )
@@ -183,7 +184,7 @@ class Zoo:
         """Train, export with parity, publish, then publish each variant."""
         name = self.model_name(entry)
         t0 = time.perf_counter()
-        model, meta, artifact = self._train(entry)
+        model, meta, artifact, companions = self._train(entry)
         self.log(f"[{name}] trained in {time.perf_counter() - t0:.1f}s")
         if entry is self.config["teacher"]:
             self.teacher_name, self.teacher_artifact = name, artifact
@@ -200,7 +201,7 @@ class Zoo:
             name=name,
             labels=tuple(meta.labels),
             input=spec,
-            training=self._card_training(meta, entry),
+            training=self._card_training(meta, entry, companions),
         )
         cards = [] if name in have else [self._publish(info, onnx_path)]
         for precision in entry.get("variants", []) or []:
