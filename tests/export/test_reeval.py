@@ -15,13 +15,10 @@ from PIL import Image
 
 from export.quantize import quantize_int8
 from export.repository import ArtifactInfo, EvalData, ProfileSettings, publish, training_info
-from service.model_card import ModelCard, model_dirs, model_file, read_manifest
+from service.model_card import model_dirs, model_file, read_manifest
 from tests.export.test_onnx_support import trained_digits
 from tests.support.onnx_repo import digits_uint8_split
-
-_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
-             "box": Image.Resampling.BOX}  # fmt: skip
+from tests.support.reeval import tensor_by_hand
 
 
 @pytest.fixture(scope="module")
@@ -56,27 +53,12 @@ def generated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-def _tensor_by_hand(path: Path, card: ModelCard) -> np.ndarray:
-    """Open a file with Pillow and apply the manifest's colour, resize, scale, mean and std."""
-    spec = card.input
-    size = (spec.resize.width, spec.resize.height)
-    with Image.open(path) as opened:
-        image = opened.convert("RGB" if spec.color == "rgb" else "L")
-    if image.size != size:
-        image = image.resize(size, _RESAMPLE[spec.resize.resample])
-    pixels = np.asarray(image, dtype=np.float64)
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    x = (pixels * spec.scale - np.array(spec.mean)) / np.array(spec.std)
-    return x.transpose(2, 0, 1).astype(spec.dtype)
-
-
 def _reevaluate(model_dir: Path, paths: list[Path], labels: np.ndarray) -> tuple[float, float]:
     card = read_manifest(model_dir)
     session = ort.InferenceSession(
         str(model_file(model_dir, card.version)), providers=["CPUExecutionProvider"]
     )
-    x = np.stack([_tensor_by_hand(p, card) for p in paths])
+    x = np.stack([tensor_by_hand(p, card) for p in paths])
     logits = session.run([card.output.name], {card.input.name: x})[0]
     assert logits.shape == (len(paths), len(card.labels))
     return float(np.mean(logits.argmax(axis=1) == labels)), card.metrics.top1

@@ -17,8 +17,8 @@ import pytest
 
 from export.report import find_teacher
 from service.model_card import ModelCard, model_dirs, model_file, read_manifest
-from tests.export.test_reeval import _tensor_by_hand
 from tests.support.cli import ROOT, run_module
+from tests.support.reeval import tensor_by_hand
 
 MODELS = ROOT / "models"
 MAX_REPO_BYTES = 30 << 20
@@ -95,7 +95,7 @@ def test_every_card_is_reproduced_on_the_jpeg_test_split(
     )
     correct = 0
     for start in range(0, len(paths), 500):
-        x = np.stack([_tensor_by_hand(p, card) for p in paths[start : start + 500]])
+        x = np.stack([tensor_by_hand(p, card) for p in paths[start : start + 500]])
         logits = session.run([card.output.name], {card.input.name: x})[0]
         correct += int((logits.argmax(axis=1) == labels[start : start + 500]).sum())
     measured = correct / len(paths)
