@@ -11,7 +11,6 @@ import io
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from tests.deploy.stack import (
     substitute_grafana_variables,
 )
 from tests.support.onnx_repo import digits_uint8_split
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +53,6 @@ def binary(name: str) -> str:
     found = shutil.which(name)
     assert found, f"{name} is not installed: run scripts/install-system-deps.sh"
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = DEADLINE_S) -> T:

@@ -6,11 +6,6 @@ project's 20 sample JPEGs (two per class, from the test split) far above chance.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -18,8 +13,8 @@ import pytest
 
 from export.report import find_teacher
 from service.model_card import model_dirs, read_manifest
-from tests.service.test_uvicorn import free_port
 from tests.support.cli import ROOT
+from tests.support.server import running_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -39,31 +34,9 @@ def best_student() -> str:
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     """``python -m service --model-repository models`` (what `make run` starts) on a free port."""
-    port = free_port()
-    env = {**os.environ, "ROCKETSERVE_LOG_LEVEL": "warning"}
-    argv = [sys.executable, "-m", "service", "--model-repository", "models", "--port", str(port)]
-    out = subprocess.PIPE
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service never became ready"
-            time.sleep(0.2)
+    env = {"ROCKETSERVE_LOG_LEVEL": "warning"}
+    with running_service("models", env, ready_timeout=120) as (base, _):
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_the_readme_request_gets_the_documented_answer(url: str) -> None:

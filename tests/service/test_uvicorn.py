@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,64 +17,23 @@ from PIL import Image
 from service.preprocess import preprocess_image
 from tests.service.conftest import Reference
 from tests.service.test_endpoints import samples
+from tests.support.server import running_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(digits_repo: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``python -m service`` on a free loopback port; yields its base URL and process."""
-    port = free_port()
     env = {
-        **os.environ,
         "ROCKETSERVE_MAX_QUEUE_DELAY_MS": "5",
         "ROCKETSERVE_MAX_BODY_BYTES": "65536",
         "ROCKETSERVE_LOG_LEVEL": "warning",
     }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "--model-repository",
-            str(digits_repo),
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.1)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with running_service(digits_repo, env) as started:
+        yield started
 
 
 @pytest.fixture
