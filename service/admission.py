@@ -1,4 +1,4 @@
-"""AdmissionGate: serves POST /predict without the router, or sheds it (503) when overloaded."""
+"""AdmissionGate: serves POST /predict ahead of the routing, or sheds it (503) when overloaded."""
 
 from __future__ import annotations
 
@@ -6,30 +6,37 @@ import json
 import logging
 import time
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from service.errors import error_body
+from service.predict import Reply, dump_json, predict
 from service.protocol import ARRIVAL_KEY
-from service.routes import ServiceState, predict
+from service.state import ServiceState
 
 log = logging.getLogger(__name__)
 
 PREDICT_PATH = "/predict"
 
+_INTERNAL_ERROR = Reply(500, dump_json(error_body("internal_error", "internal server error")))
+
+
+def is_predict(scope: Scope) -> bool:
+    """True for the HTTP call the gate serves: POST /predict."""
+    return scope["type"] == "http" and scope["path"] == PREDICT_PATH and scope["method"] == "POST"
+
 
 class AdmissionGate:
-    """Pure ASGI middleware in front of the routes: the cheapest place to refuse a request.
+    """The cheapest place to refuse a /predict request, and the place that serves it.
 
     A /predict request is refused, unread, when ``max_in_flight`` requests are already in the
     process, or when it waited for the event loop longer than ``max_loop_wait_ms`` (the loop is
     saturated: admitting more would only make every admitted request late). Refusing here skips
-    routing, body parsing and decoding, so shedding costs little and the loop catches up.
+    routing, body parsing and decoding, so shedding costs little and the loop catches up. An
+    admitted request is served by ``service.predict`` in plain ASGI: FastAPI's middleware stack,
+    Starlette's routing and its request objects were a third of a small model's CPU per request.
     """
 
-    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
-        self.app = app
+    def __init__(self, state: ServiceState) -> None:
         self.state = state
         settings = state.settings
         self._max_in_flight = settings.max_in_flight
@@ -37,10 +44,7 @@ class AdmissionGate:
         self._retry_after = str(settings.retry_after_s).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Refuse or serve one ASGI call; counts the /predict requests in flight."""
-        if scope["type"] != "http" or scope["path"] != PREDICT_PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
+        """Refuse or serve one POST /predict; counts the requests in flight."""
         state = self.state
         reason = self._refusal(scope)
         if reason is not None:
@@ -49,15 +53,12 @@ class AdmissionGate:
             return
         state.predicting += 1
         try:
-            # Served from here, not through the router: Starlette's routing and FastAPI's
-            # request handling were ~30 % of the CPU of a small-model request. The route stays
-            # declared for the OpenAPI schema; predict() answers every ServiceError itself.
             try:
-                response = await predict(Request(scope, receive))
+                reply = await predict(scope, receive, state)
             except Exception:
                 log.exception("unhandled error in /predict")
-                response = JSONResponse(error_body("internal_error", "internal server error"), 500)
-            await response(scope, receive, send)
+                reply = _INTERNAL_ERROR
+            await reply.send(send)
         finally:
             state.predicting -= 1
 

@@ -8,14 +8,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
-from service.admission import AdmissionGate
+from service.admission import AdmissionGate, is_predict
 from service.decoding import warm_up_decoders
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.registry import ModelRegistry
-from service.routes import ServiceState, router
+from service.routes import router
 from service.settings import Settings
+from service.state import ServiceState
 
 log = logging.getLogger("service")
 
@@ -24,6 +26,23 @@ DESCRIPTION = """Serves a rocketserve model repository with ONNX Runtime and dyn
 POST /predict takes multipart images (field `file`), JSON `{"image"|"images"|"tensor"}` or a raw
 `image/*` body; errors are `{"error": {"code", "message"}}` with a 4xx status for client mistakes.
 """
+
+
+class RocketServeApp(FastAPI):
+    """FastAPI, except that POST /predict goes straight to the AdmissionGate.
+
+    Everything else (the other routes, OpenAPI, error handlers, lifespan) is FastAPI's. The
+    /predict route stays declared, so the OpenAPI schema documents it.
+    """
+
+    gate: AdmissionGate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Dispatch one ASGI call: /predict to the gate, the rest through FastAPI."""
+        if is_predict(scope):
+            await self.gate(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -51,10 +70,12 @@ def create_app(
         finally:
             await state.registry.close()
 
-    app = FastAPI(title="rocketserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = RocketServeApp(
+        title="rocketserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
+    )
     app.state.service = state
+    app.gate = AdmissionGate(state)
     install_error_handlers(app)
-    app.add_middleware(AdmissionGate, state=state)
     app.include_router(router)
     return app
 

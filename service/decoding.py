@@ -12,7 +12,6 @@ import base64
 import binascii
 import io
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,22 +37,6 @@ class PredictRequest:
     top_k: Any = None
     images: list[bytes] = field(default_factory=list)
     tensor: Any = None
-
-
-async def read_body(chunks: AsyncIterator[bytes], limit: int, declared: str | None) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"body of {declared} bytes is over the limit of {limit} bytes", code="body_too_large"
-        )
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes", code="body_too_large")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def parse_body(content_type: str | None, body: bytes) -> PredictRequest:

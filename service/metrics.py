@@ -6,6 +6,8 @@ one and the dashboards' PromQL must follow.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PREFIX = "rocketserve"
@@ -109,3 +111,26 @@ class ServiceMetrics:
             MODEL_LABELS,
             registry=r,
         )
+
+
+class ModelRequestMetrics:
+    """One model version's request metrics, their labelled children resolved once.
+
+    ``labels()`` builds a key and looks it up under a lock on every call; the /predict hot path
+    would call it three or four times per request.
+    """
+
+    def __init__(self, metrics: ServiceMetrics, name: str, version: str) -> None:
+        self._requests = metrics.requests
+        self._labels = (name, version)
+        self._by_status: dict[int, Any] = {}
+        self.latency = metrics.request_latency.labels(name, version)
+        self.in_flight = metrics.in_flight.labels(name, version)
+
+    def count(self, status: int, seconds: float) -> None:
+        """One finished request: its status counted, its end-to-end latency observed."""
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self._requests.labels(*self._labels, str(status))
+        child.inc()
+        self.latency.observe(seconds)

@@ -13,7 +13,7 @@ import numpy as np
 
 from service.batching import BatchObserver, DynamicBatcher
 from service.errors import NotFound
-from service.metrics import ServiceMetrics
+from service.metrics import ModelRequestMetrics, ServiceMetrics
 from service.model_card import (
     ModelCard,
     ModelRepositoryError,
@@ -60,6 +60,7 @@ class ServedModel:
     version: int
     runtime: OnnxModel
     batcher: DynamicBatcher
+    request_metrics: ModelRequestMetrics
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
     ready: bool = False
 
@@ -278,7 +279,12 @@ def _serve(
         in_progress=requests_in_progress,
     )
     served = ServedModel(
-        card, version, runtime, batcher, latencies=deque(maxlen=settings.latency_window)
+        card,
+        version,
+        runtime,
+        batcher,
+        ModelRequestMetrics(metrics, card.name, label_version),
+        latencies=deque(maxlen=settings.latency_window),
     )
     runtime.warm_up(settings.warmup_runs)
     batch1_ms = runtime.batch1_seconds() * 1000.0

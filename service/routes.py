@@ -2,56 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.requests import ClientDisconnect
 
-from service.decoding import (
-    PredictRequest,
-    load_batch,
-    open_images,
-    parse_body,
-    parse_top_k,
-    read_body,
-    tensor_to_batch,
-)
-from service.errors import (
-    DeadlineExceeded,
-    PayloadTooLarge,
-    ServiceError,
-    Unavailable,
-    error_response,
-)
-from service.metrics import ServiceMetrics
-from service.model_card import InputSpec
-from service.predictions import top_k
-from service.protocol import arrival
-from service.registry import ModelRegistry, ServedModel
+from service.errors import Unavailable, error_response
+from service.predict import predict as handle_predict
+from service.registry import ModelRegistry
 from service.schemas import ErrorResponse, PredictResponse
-from service.settings import Settings
-
-# Requests declaring more pixels than this are decoded in a worker thread so that large images
-# never block the event loop; small ones are decoded inline, cheaper than a thread hop.
-INLINE_DECODE_PIXELS = 256 * 256
+from service.state import ServiceState
 
 router = APIRouter()
-
-
-@dataclass
-class ServiceState:
-    """What the routes need, owned by one app instance."""
-
-    settings: Settings
-    metrics: ServiceMetrics
-    registry: ModelRegistry | None = None
-    predicting: int = 0  # /predict requests past the AdmissionGate right now
 
 
 def _state(request: Request) -> ServiceState:
@@ -158,89 +121,10 @@ _PREDICT_BODY = {
 )
 async def predict(request: Request) -> Response:
     """Classify every input of the body with one model; concurrent requests are batched."""
-    # The AdmissionGate in front (service.admission) already refused it when overloaded.
-    return await _predict(request, _state(request))
-
-
-async def _predict(request: Request, state: ServiceState) -> Response:
-    settings = state.settings
-    started = arrival(request)
-    deadline = started + settings.request_timeout_ms / 1000.0
-    served: ServedModel | None = None
-    in_flight = None
-    try:
-        registry = _registry(request)
-        with registry.arrivals:  # while decoding, this request may still join a batch
-            body = await read_body(
-                request.stream(), settings.max_body_bytes, request.headers.get("content-length")
-            )
-            parsed = parse_body(request.headers.get("content-type"), body)
-            query = request.query_params  # read directly: FastAPI's parameter parsing is slower
-            served = registry.resolve(parsed.model or query.get("model"))
-            in_flight = state.metrics.in_flight.labels(served.name, str(served.version))
-            in_flight.inc()
-            raw_k = parsed.top_k if parsed.top_k is not None else query.get("top_k")
-            k = parse_top_k(raw_k, settings.default_top_k, len(served.card.labels))
-            batch = await _to_batch(parsed, served.card.input, settings)
-        result = await served.batcher.submit(batch, deadline)
-        if time.monotonic() > deadline:
-            # The answer was ready in time but the event loop came back to it late (overload):
-            # it is late all the same, and a 200 past the deadline would break the contract.
-            raise DeadlineExceeded(
-                "the answer was not ready within the request deadline",
-                headers={"Retry-After": str(settings.retry_after_s)},
-            )
-    except ServiceError as exc:
-        _count(state, served, exc.status, started)
-        return error_response(exc)
-    except ClientDisconnect:
-        _count(state, served, 499, started)
-        return Response(status_code=499)
-    finally:
-        if in_flight is not None:
-            in_flight.dec()
-    predictions = top_k(result.outputs, served.card.labels, k)
-    total = time.monotonic() - started
-    _count(state, served, 200, started)
-    served.latencies.append(total)
-    return JSONResponse(
-        {
-            "model": served.name,
-            "version": served.version,
-            "predictions": predictions,
-            "timing": {
-                "queue_ms": round(result.queue_s * 1000.0, 3),
-                "inference_ms": round(result.inference_s * 1000.0, 3),
-                "total_ms": round(total * 1000.0, 3),
-            },
-            "batch_size": result.batch_size,
-        }
-    )
-
-
-async def _to_batch(parsed: PredictRequest, spec: InputSpec, settings: Settings) -> np.ndarray:
-    """The model batch of a parsed request; big images are decoded off the event loop."""
-    limit = settings.max_inputs_per_request
-    if parsed.tensor is not None:
-        batch = tensor_to_batch(parsed.tensor, spec)
-    elif len(parsed.images) > limit:
-        batch = None
-    else:
-        opened = open_images(parsed.images, settings.max_image_pixels)
-        if sum(item.pixels for item in opened) > INLINE_DECODE_PIXELS:
-            batch = await asyncio.to_thread(load_batch, opened, spec)
-        else:
-            batch = load_batch(opened, spec)
-    if batch is None or len(batch) > limit:
-        raise PayloadTooLarge(f"at most {limit} inputs per request", code="too_many_inputs")
-    return batch
-
-
-def _count(state: ServiceState, served: ServedModel | None, status: int, started: float) -> None:
-    name, version = (served.name, str(served.version)) if served else ("unknown", "")
-    state.metrics.requests.labels(name, version, str(status)).inc()
-    if served is not None:
-        state.metrics.request_latency.labels(name, version).observe(time.monotonic() - started)
+    # The app dispatches POST /predict to the AdmissionGate before its routing (service.app), so
+    # this route is reached only where the router is mounted without it; it serves the same way.
+    reply = await handle_predict(request.scope, request.receive, _state(request))
+    return Response(reply.body, reply.status, dict(reply.headers), media_type="application/json")
 
 
 @router.get("/models", summary="Every served model")

@@ -1,43 +1,13 @@
-"""Body reading, top_k parsing and ranking, independent of HTTP."""
+"""top_k parsing and ranking, independent of HTTP."""
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
-from service.decoding import parse_top_k, read_body
-from service.errors import PayloadTooLarge, Unprocessable
+from service.decoding import parse_top_k
+from service.errors import Unprocessable
 from service.predictions import softmax, top_k
-
-
-async def test_read_body_stops_at_the_limit_without_reading_the_rest() -> None:
-    consumed = 0
-
-    async def chunks() -> AsyncIterator[bytes]:
-        nonlocal consumed
-        for _ in range(1000):
-            consumed += 1
-            yield b"x" * 1000
-
-    with pytest.raises(PayloadTooLarge):
-        await read_body(chunks(), limit=4500, declared=None)
-    assert consumed == 5  # the fifth chunk crossed the limit; nothing after it was read
-
-
-async def test_read_body_trusts_an_oversized_content_length_without_reading() -> None:
-    consumed = 0
-
-    async def chunks() -> AsyncIterator[bytes]:
-        nonlocal consumed
-        consumed += 1
-        yield b"x"
-
-    with pytest.raises(PayloadTooLarge, match="5000 bytes"):
-        await read_body(chunks(), limit=4096, declared="5000")
-    assert consumed == 0
-    assert await read_body(chunks(), limit=4096, declared="1") == b"x"
 
 
 def test_parse_top_k() -> None:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from starlette.requests import ClientDisconnect
 
+from service.errors import PayloadTooLarge, Unprocessable
+from service.predict import error_reply, header, query_params, read_body
 from service.preprocess import preprocess_image
 from tests.service.conftest import Reference, png_bytes
 
@@ -207,3 +212,82 @@ async def test_bad_requests_never_reach_a_batch(
     assert [r.status_code for r in responses[1::2]] == [400] * 40
     metrics = (await client.get("/metrics")).text
     assert 'rocketserve_batch_size_sum{model="digits-slow",version="1"} 40.0' in metrics
+
+
+# -- the plain-ASGI pieces of service.predict -------------------------------------------------
+
+
+def _receiver(messages: list[dict[str, Any]]) -> tuple[Callable[[], Any], list[int]]:
+    """An ASGI receive() over ``messages``, and a one-item list counting the calls."""
+    calls = [0]
+
+    async def receive() -> dict[str, Any]:
+        calls[0] += 1
+        return messages[calls[0] - 1]
+
+    return receive, calls
+
+
+async def test_read_body_joins_chunks() -> None:
+    receive, _ = _receiver(
+        [
+            {"type": "http.request", "body": b"ab", "more_body": True},
+            {"type": "http.request", "body": b"", "more_body": True},
+            {"type": "http.request", "body": b"cd", "more_body": False},
+        ]
+    )
+    assert await read_body(receive, limit=10, declared=None) == b"abcd"
+
+
+async def test_read_body_stops_at_the_limit_without_reading_the_rest() -> None:
+    chunk = {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+    receive, calls = _receiver([chunk] * 1000)
+    with pytest.raises(PayloadTooLarge):
+        await read_body(receive, limit=4500, declared=None)
+    assert calls[0] == 5  # the fifth chunk crossed the limit; nothing after it was read
+
+
+async def test_read_body_trusts_an_oversized_content_length_without_reading() -> None:
+    receive, calls = _receiver([{"type": "http.request", "body": b"x"}])
+    with pytest.raises(PayloadTooLarge, match="5000 bytes"):
+        await read_body(receive, limit=4096, declared="5000")
+    assert calls[0] == 0
+    assert await read_body(receive, limit=4096, declared="1") == b"x"
+
+
+async def test_read_body_raises_client_disconnect() -> None:
+    receive, _ = _receiver(
+        [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.disconnect"}]
+    )
+    with pytest.raises(ClientDisconnect):
+        await read_body(receive, limit=10, declared=None)
+
+
+def test_header_and_query_come_from_the_scope() -> None:
+    scope = {
+        "headers": [(b"content-type", b"image/png"), (b"x-a", b"1"), (b"x-a", b"2")],
+        "query_string": b"model=m%3A2&top_k=3&top_k=4&empty=",
+    }
+    assert header(scope, b"content-type") == "image/png"
+    assert header(scope, b"x-a") == "2"  # the last one, as Starlette's Headers.get
+    assert header(scope, b"content-length") is None
+    assert query_params(scope) == {"model": "m:2", "top_k": "4", "empty": ""}
+    assert query_params({"headers": [], "query_string": b""}) == {}
+
+
+async def test_reply_sends_two_asgi_messages_with_its_headers() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    reply = error_reply(Unprocessable("bad top_k", code="invalid_top_k", headers={"X-A": "b"}))
+    await reply.send(send)
+    start, body = sent
+    assert start["status"] == 422
+    assert dict(start["headers"]) == {
+        b"content-type": b"application/json",
+        b"content-length": str(len(body["body"])).encode(),
+        b"x-a": b"b",
+    }
+    assert json.loads(body["body"]) == {"error": {"code": "invalid_top_k", "message": "bad top_k"}}
