@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 
+from service import fastjpeg
 from service.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from service.model_card import InputSpec
-from service.preprocess import preprocess_image
+from service.multipart import split_form
+from service.preprocess import image_to_uint8, normalize_uint8, resize_uint8
 
 # Formats Pillow may decode: the common photo/scan formats, nothing exotic to attack.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
@@ -61,51 +62,7 @@ def parse_body(content_type: str | None, body: bytes) -> PredictRequest:
 def _parse_multipart(body: bytes, boundary: bytes | None) -> PredictRequest:
     if not boundary:
         raise BadRequest("multipart body without a boundary", code="invalid_multipart")
-    parts: list[tuple[str, bytes]] = []
-    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "data": [], "end": False}
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        state["headers"][state["field"].lower()] = state["value"]
-        state["field"], state["value"] = b"", b""
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        state["data"].append(data[start:end])
-
-    def on_part_end() -> None:
-        _, opts = parse_options_header(state["headers"].get(b"content-disposition", b""))
-        name = opts.get(b"name", b"").decode("utf-8", "replace")
-        parts.append((name, b"".join(state["data"])))
-        state["headers"], state["data"] = {}, []
-
-    def on_end() -> None:
-        state["end"] = True
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-            "on_end": on_end,
-        },
-    )
-    try:
-        parser.write(body)
-        parser.finalize()
-    except MultipartParseError as exc:
-        raise BadRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from None
-    if not state["end"]:
-        raise BadRequest(
-            "multipart body ends before its closing boundary", code="invalid_multipart"
-        )
+    parts = split_form(body, boundary)
     request = PredictRequest()
     for name, data in parts:
         if name == "file":
@@ -190,23 +147,37 @@ def parse_top_k(raw: Any, default: int, n_labels: int) -> int:
 
 @dataclass
 class OpenedImage:
-    """An image whose header has been read and checked; its pixels are not decoded yet."""
+    """An image whose header has been read and checked; its pixels are not decoded yet.
 
-    image: Image.Image
+    A JPEG the fast decoder reads (service.fastjpeg) keeps only its bytes and header fields
+    (``image`` is None); any other image is a Pillow image opened lazily.
+    """
+
+    data: bytes
     what: str
+    width: int
+    height: int
+    image: Image.Image | None = None
+    jpeg_colorspace: str | None = None
 
     @property
     def pixels(self) -> int:
         """Declared width x height."""
-        return self.image.size[0] * self.image.size[1]
+        return self.width * self.height
 
 
-def open_image(data: bytes, max_pixels: int, what: str = "image") -> OpenedImage:
-    """Read an image's header only; refuse non-images and oversized declarations (no decoding)."""
-    if not data:
-        raise BadRequest(f"{what} is empty", code="empty_image")
+def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"{what} declares {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} (refused before decoding)",
+            code="image_too_large",
+        )
+
+
+def _open_with_pillow(data: bytes, what: str) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"{what}: {exc}", code="image_too_large") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
@@ -214,14 +185,21 @@ def open_image(data: bytes, max_pixels: int, what: str = "image") -> OpenedImage
             f"{what} is not a readable image (supported: {', '.join(IMAGE_FORMATS)})",
             code="invalid_image",
         ) from None
+
+
+def open_image(data: bytes, max_pixels: int, what: str = "image") -> OpenedImage:
+    """Read an image's header only; refuse non-images and oversized declarations (no decoding)."""
+    if not data:
+        raise BadRequest(f"{what} is empty", code="empty_image")
+    header = fastjpeg.jpeg_size(data)
+    if header is not None:
+        width, height, colorspace = header
+        _check_pixels(width, height, max_pixels, what)
+        return OpenedImage(data, what, width, height, jpeg_colorspace=colorspace)
+    image = _open_with_pillow(data, what)
     width, height = image.size
-    if width * height > max_pixels:
-        raise PayloadTooLarge(
-            f"{what} declares {width}x{height} = {width * height} pixels, over the limit of "
-            f"{max_pixels} (refused before decoding)",
-            code="image_too_large",
-        )
-    return OpenedImage(image, what)
+    _check_pixels(width, height, max_pixels, what)
+    return OpenedImage(data, what, width, height, image=image)
 
 
 def open_images(images: list[bytes], max_pixels: int) -> list[OpenedImage]:
@@ -233,35 +211,43 @@ def open_images(images: list[bytes], max_pixels: int) -> list[OpenedImage]:
     ]
 
 
+def decode_uint8(item: OpenedImage, spec: InputSpec) -> np.ndarray:
+    """Decode one opened image to the spec's colour and size: uint8 [H, W, C]."""
+    if item.jpeg_colorspace is not None:
+        pixels = fastjpeg.decode(item.data, item.jpeg_colorspace, spec.color)
+        if pixels is not None:
+            return resize_uint8(pixels, spec)
+    image = item.image if item.image is not None else _open_with_pillow(item.data, item.what)
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadRequest(
+            f"{item.what} is truncated or corrupt: {exc}", code="invalid_image"
+        ) from None
+    try:
+        return image_to_uint8(image, spec)
+    except (OSError, ValueError) as exc:
+        raise BadRequest(
+            f"{item.what}: mode {image.mode} cannot be converted to {spec.color}: {exc}",
+            code="invalid_image",
+        ) from None
+
+
 def load_batch(opened: list[OpenedImage], spec: InputSpec) -> np.ndarray:
     """Decode and preprocess opened images into the model's batch [N, C, H, W]."""
-    arrays = []
-    for item in opened:
-        try:
-            item.image.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise BadRequest(
-                f"{item.what} is truncated or corrupt: {exc}", code="invalid_image"
-            ) from None
-        try:
-            arrays.append(preprocess_image(item.image, spec))
-        except (OSError, ValueError) as exc:
-            raise BadRequest(
-                f"{item.what}: mode {item.image.mode} cannot be converted to {spec.color}: {exc}",
-                code="invalid_image",
-            ) from None
-    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+    if len(opened) == 1:
+        return normalize_uint8(decode_uint8(opened[0], spec)[None], spec)
+    return normalize_uint8(np.stack([decode_uint8(item, spec) for item in opened]), spec)
 
 
 def warm_up_decoders(spec: InputSpec | None = None) -> None:
-    """Load Pillow's format plugins now so that the first request does not pay for it."""
+    """Load Pillow's format plugins (and the spec's decode path) before the first request."""
     for fmt in ("PNG", "JPEG"):
         buf = io.BytesIO()
         Image.new("RGB", (2, 2)).save(buf, fmt)
-        opened = open_image(buf.getvalue(), 4)
-        opened.image.load()
+        Image.open(io.BytesIO(buf.getvalue())).load()
         if spec is not None:
-            load_batch([opened], spec)
+            load_batch([open_image(buf.getvalue(), 4)], spec)
 
 
 def tensor_to_batch(value: Any, spec: InputSpec) -> np.ndarray:

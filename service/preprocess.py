@@ -6,6 +6,8 @@ online service both run, so accuracy measured offline holds for what is served.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image
 
@@ -59,14 +61,43 @@ def image_to_uint8(image: Image.Image, spec: InputSpec) -> np.ndarray:
     return arr
 
 
+def resize_uint8(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 [H, W, C] pixels already in the spec's colour, resized as image_to_uint8 would."""
+    size = (spec.resize.width, spec.resize.height)
+    if (pixels.shape[1], pixels.shape[0]) == size:
+        return pixels
+    mode = "RGB" if pixels.shape[2] == 3 else "L"
+    image = Image.fromarray(pixels if mode == "RGB" else pixels[:, :, 0], mode=mode)
+    return image_to_uint8(image, spec)
+
+
+@lru_cache(maxsize=64)
+def _lookup_table(
+    scale: float, mean: tuple[float, ...], std: tuple[float, ...], dtype: str
+) -> np.ndarray:
+    """[C, 256]: every 8-bit value of every channel, scaled and normalised in float32."""
+    values = np.arange(256, dtype=np.float32) * np.float32(scale)
+    mean_ = np.asarray(mean, dtype=np.float32)[:, None]
+    inv_std = np.float32(1.0) / np.asarray(std, dtype=np.float32)[:, None]
+    table = ((values[None, :] - mean_) * inv_std).astype(np.dtype(dtype))
+    table.setflags(write=False)
+    return table
+
+
 def normalize_uint8(images: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """uint8 images [H, W, C] or [N, H, W, C] to the model's float tensor [C,H,W] / [N,C,H,W]."""
-    x = images.astype(np.float32) * np.float32(spec.scale)
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    inv_std = np.float32(1.0) / np.asarray(spec.std, dtype=np.float32)
-    x = (x - mean) * inv_std
-    x = np.moveaxis(x, -1, -3)
-    return np.ascontiguousarray(x, dtype=np.dtype(spec.dtype))
+    """uint8 images [H, W, C] or [N, H, W, C] to the model's float tensor [C,H,W] / [N,C,H,W].
+
+    Each value is ``(v * scale - mean[c]) / std[c]`` computed in float32 (as a multiplication by
+    the float32 reciprocal of std), then cast to the model's dtype. A uint8 pixel has only 256
+    values, so these are computed once per spec into a table and looked up: the same bits as the
+    arithmetic, at half its cost per image.
+    """
+    table = _lookup_table(spec.scale, tuple(spec.mean), tuple(spec.std), spec.dtype)
+    channels = images.shape[-1]
+    out = np.empty((*images.shape[:-3], channels, *images.shape[-3:-1]), dtype=table.dtype)
+    for c in range(channels):
+        np.take(table[c], images[..., c], out=out[..., c, :, :], mode="clip")
+    return out
 
 
 def preprocess_image(image: Image.Image, spec: InputSpec) -> np.ndarray:

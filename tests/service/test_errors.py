@@ -44,6 +44,15 @@ def _png() -> bytes:
     return png_bytes(Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)))
 
 
+def _jpeg(declare: tuple[int, int] | None = None) -> bytes:
+    """A grey JPEG (the fast decoder's path); ``declare`` rewrites the size in its SOF header."""
+    data = png_bytes(Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)), "JPEG")
+    if declare is None:
+        return data
+    sof = data.index(b"\xff\xc0") + 5  # marker, length (2), precision (1): height, width
+    return data[:sof] + struct.pack(">HH", declare[1], declare[0]) + data[sof + 4 :]
+
+
 def _raw(data: bytes, ctype: str = "image/png", query: str = "") -> dict[str, Any]:
     return {"url": "/predict" + query, "content": data, "headers": {"content-type": ctype}}
 
@@ -58,6 +67,8 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("non-numeric version", _raw(_png(), query="?model=digits-logreg:x"), 404, "unknown_version"),
     ("not an image", _raw(b"hello, world"), 400, "invalid_image"),
     ("truncated image", _raw(_png()[:40]), 400, "invalid_image"),
+    ("truncated jpeg", _raw(_jpeg()[: len(_jpeg()) - 30], "image/jpeg"), 400, "invalid_image"),
+    ("jpeg declaring 60000x60000", _raw(_jpeg((60000, 60000))), 413, "image_too_large"),
     ("empty body", _raw(b""), 400, "empty_body"),
     ("unsupported type", _raw(b"abc", "text/plain"), 415, "unsupported_media_type"),
     ("no content type", {"url": "/predict", "content": b"abc"}, 415, "unsupported_media_type"),
