@@ -48,7 +48,7 @@ class BatchObserver:
         """The number of queued inputs changed."""
 
     def batch_started(self, queue_waits: list[float]) -> None:
-        """A batch left the queue; one queue wait (seconds) per request in it."""
+        """A batch ran (told on the loop with its answers); each request's queue wait, seconds."""
 
     def batch_done(self, batch_size: int, inference_s: float) -> None:
         """A batch of ``batch_size`` inputs ran in ``inference_s`` seconds."""
@@ -266,9 +266,6 @@ class DynamicBatcher:
             while (batch := self._collect()) is not None:
                 with self._lock:
                     self._running[worker] = batch
-                self._post(
-                    self._observer.batch_started, [time.monotonic() - p.enqueued for p in batch]
-                )
                 self._run(batch)
                 with self._lock:
                     self._running.pop(worker, None)
@@ -332,18 +329,21 @@ class DynamicBatcher:
                     f"model {self._name!r} returned {len(out)} rows for a batch of {len(x)} inputs"
                 )
         except ServiceError as exc:
-            self._post(self._fail, batch, exc)
+            self._post(self._failed, batch, exc, started)
             return
         except Exception as exc:  # the model's fault: fail this batch only, keep serving
             failure = InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}")
-            self._post(self._fail, batch, failure)
+            self._post(self._failed, batch, failure, started)
             return
+        # One hand-off to the loop per batch: every wake-up of the loop from this thread is a
+        # write to its self-pipe, and each costs this thread a wait for the GIL afterwards.
         self._post(self._deliver, batch, out, started, time.perf_counter() - t0)
 
     def _deliver(
         self, batch: list[_Pending], out: np.ndarray, started: float, inference_s: float
     ) -> None:
         """On the loop: every live caller of the batch gets its own rows."""
+        self._observer.batch_started([started - p.enqueued for p in batch])
         total = sum(p.rows for p in batch)
         self._observer.batch_done(total, inference_s)
         offset = 0
@@ -355,6 +355,11 @@ class DynamicBatcher:
                     )
                 )
             offset += p.rows
+
+    def _failed(self, batch: list[_Pending], exc: ServiceError, started: float) -> None:
+        """On the loop: the batch's model call failed; every live caller gets ``exc``."""
+        self._observer.batch_started([started - p.enqueued for p in batch])
+        self._fail(batch, exc)
 
     @staticmethod
     def _fail(batch: list[_Pending], exc: ServiceError) -> None:

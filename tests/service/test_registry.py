@@ -124,7 +124,7 @@ def test_sessions_default_to_one_thread_that_does_not_spin(
 def test_tiny_models_run_lone_requests_inline_unless_turned_off(
     make_settings: Callable[..., Settings],
 ) -> None:
-    # The digits logistic regressions take microseconds: far below the 0.3 ms default.
+    # The digits logistic regressions take microseconds: far below the 2 ms default.
     registry = ModelRegistry.load(make_settings(), ServiceMetrics())
     assert all(m.batcher.inline for m in registry.all())
     off = ModelRegistry.load(make_settings(inline_inference_max_ms=0), ServiceMetrics())
