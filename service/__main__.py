@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         http=arrival_protocol(),  # deadlines count from the first parsed byte, not the route
         log_level=settings.log_level,
         access_log=settings.access_log,
+        timeout_keep_alive=settings.keep_alive_s,
     )
     return 0
 

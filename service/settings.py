@@ -137,6 +137,15 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         False, description="uvicorn access log (off: keeps the hot path lean)."
     )
+    keep_alive_s: int = Field(
+        75,
+        gt=0,
+        le=3600,
+        description="Seconds an idle keep-alive connection is kept open (uvicorn's default: 5). "
+        "Longer than the idle timeout of the proxies and load balancers in front (nginx and "
+        "cloud load balancers: 60 s), so that the server never closes a connection at the "
+        "moment a client reuses it: that race loses the request with no answer at all.",
+    )
 
     @property
     def loop_wait_limit_ms(self) -> float:
