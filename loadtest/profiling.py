@@ -1,9 +1,9 @@
 """Sample the service with py-spy while the bench loads it, and say where its CPU time goes.
 
 Each sample (one thread's stack) is put in the bucket of the innermost frame that names one:
-ONNX Runtime, Pillow decoding, numpy preprocessing, multipart parsing, JSON, top-k, the batcher,
-other service code, FastAPI/Starlette, uvicorn/httptools, the asyncio loop. A thread-pool
-thread sitting in its work queue is counted apart as waiting, not as work.
+ONNX Runtime, Pillow or simplejpeg decoding, numpy preprocessing, multipart parsing, JSON,
+top-k, the batcher, other service code, FastAPI/Starlette, uvicorn/httptools, the asyncio loop.
+A thread-pool thread sitting in its work queue is counted apart as waiting, not as work.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ONNX Runtime (inference)", ("onnxruntime/", "runtime.py")),
     ("Pillow decode", ("PIL/",)),
+    ("JPEG decode (simplejpeg)", ("service/fastjpeg.py", "simplejpeg")),
     ("preprocess (numpy)", ("service/preprocess.py",)),
     ("multipart parsing", ("python_multipart/", "_parse_multipart")),
     ("JSON encode/decode", ("json/",)),
