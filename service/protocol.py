@@ -1,8 +1,9 @@
-"""uvicorn HTTP protocol: stamps arrivals (deadlines start there) and sends each answer at once."""
+"""Arrival stamps, the header-holding transport and the uvicorn protocol choice of the service."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 from typing import Any
 
@@ -88,28 +89,21 @@ class HeaderHoldingTransport:
         return getattr(self._transport, name)
 
 
-def arrival_protocol() -> type[Any] | str:
-    """The stamping protocol class for ``uvicorn.run(http=...)``; 'auto' without httptools."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:  # httptools missing: uvicorn's h11 protocol, deadlines start in the route
-        return "auto"
+PROTOCOL_PATH = "service.httptools_protocol:ArrivalHttpToolsProtocol"
 
-    class ArrivalHttpToolsProtocol(HttpToolsProtocol):
-        """httptools protocol: each scope carries its arrival instant; one send() per answer."""
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            global _tasks
-            _tasks = self.tasks
+def publish_tasks(tasks: set[Any]) -> None:
+    """Called by the protocol: uvicorn's set of running request tasks in this process."""
+    global _tasks
+    _tasks = tasks
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            # Every later write of this connection (the responses) goes through the holder.
-            self.transport = HeaderHoldingTransport(transport, self.loop)  # type: ignore[assignment]
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self.scope["state"][ARRIVAL_KEY] = time.monotonic()
+def arrival_protocol() -> str:
+    """What to pass as ``uvicorn.run(http=...)``: the stamping protocol, 'auto' without httptools.
 
-    return ArrivalHttpToolsProtocol
+    An import path, not the class: with ``--workers`` uvicorn pickles its config for each worker
+    process, and each imports the class there.
+    """
+    if importlib.util.find_spec("httptools") is None:
+        return "auto"  # uvicorn's h11 protocol: deadlines then start in the route
+    return PROTOCOL_PATH

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loadtest.procstats import process_tree
 from service.preprocess import preprocess_image
 from tests.service.conftest import Reference
 from tests.service.test_endpoints import samples
@@ -155,3 +156,20 @@ def test_sigterm_shuts_down_cleanly(server: tuple[str, subprocess.Popen[bytes]])
     assert proc.wait(20) in (0, -signal.SIGTERM)
     out = proc.stdout.read().decode() if proc.stdout else ""
     assert "Traceback" not in out
+
+
+def test_two_worker_processes_serve_with_the_stamping_protocol(digits_repo: Path) -> None:
+    # uvicorn pickles its config for each worker: the protocol must be importable by path.
+    env = {"ROCKETSERVE_WORKERS": "2", "ROCKETSERVE_LOG_LEVEL": "warning"}
+    with running_service(digits_repo, env) as (url, proc):
+        gray = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).astype(np.uint8)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            answers = [
+                c.post("/predict", content=png(gray), headers={"content-type": "image/png"})
+                for _ in range(20)
+            ]
+        assert all(a.status_code == 200 for a in answers), answers[0].text
+        # The arrival stamp reached the route: the service's total covers the whole request.
+        assert all(a.json()["timing"]["total_ms"] > 0 for a in answers)
+        # uvicorn's supervisor and its two workers (python's multiprocessing may add a helper).
+        assert len(process_tree(proc.pid)) >= 3
