@@ -55,6 +55,7 @@ CSV_FIELDS = (
     "raw_batch_size",
     "raw_images_per_s",
     "raw_p50_ms",
+    "raw_p50_paused_ms",
     "served_over_raw",
     "server_cpu_ms_per_req",
     "client_cpu_ms_per_req",
@@ -218,6 +219,7 @@ def _row(
         "raw_batch_size": raw_bs,
         "raw_images_per_s": raw_ips,
         "raw_p50_ms": ceiling.p50_ms if ceiling else float("nan"),
+        "raw_p50_paused_ms": ceiling.p50_paused_ms if ceiling else float("nan"),
         "served_over_raw": point.throughput_rps / raw_ips if ceiling else float("nan"),
     }
 
@@ -269,7 +271,9 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"c={one['concurrency']} p50 {_fmt(one['p50_ms'], 3)} ms "
             f"(in the service {_fmt(one['service_p50_ms'], 3)} ms) vs raw "
             f"batch-{one['raw_batch_size']} "
-            f"{_fmt(one['raw_p50_ms'], 3)} ms (+{_fmt(one['p50_ms'] - one['raw_p50_ms'], 3)} ms)"
+            f"{_fmt(one['raw_p50_ms'], 3)} ms (+{_fmt(one['p50_ms'] - one['raw_p50_ms'], 3)} ms), "
+            f"{_fmt(one['raw_p50_paused_ms'], 3)} ms after 2 ms pauses "
+            f"(+{_fmt(one['p50_ms'] - one['raw_p50_paused_ms'], 3)} ms)"
         )
     return lines
 

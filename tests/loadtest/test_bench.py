@@ -44,6 +44,13 @@ def test_quick_sweep_writes_csv_plots_and_ratios(digits_repo: Path, tmp_path: Pa
         )
         if row["batching"] == "off":
             assert float(row["mean_batch"]) == 1.0
+        # The service's own time is part of what the client saw.
+        assert 0 < float(row["service_p50_ms"]) < float(row["p99_ms"])
+        paused = float(row["raw_p50_paused_ms"])
+        if int(row["raw_batch_size"]) == 1:
+            assert paused > 0  # batch 1 is also timed after pauses, as a lone request runs
+        else:
+            assert math.isnan(paused)
         assert "CPU" in row["machine"]
     for name in ("throughput_vs_concurrency", "p99_vs_throughput", "accuracy_vs_p99"):
         with Image.open(tmp_path / f"{name}.png") as png:
