@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 
 import httpx
@@ -11,10 +10,8 @@ import numpy as np
 import pytest
 
 from service.app import create_app
-from service.batching import DynamicBatcher
-from service.metrics import ServiceMetrics
-from service.registry import ModelRegistry
 from service.settings import Settings
+from tests.support.held import held_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,39 +24,19 @@ async def test_full_queue_is_503_with_retry_after_and_recovers(
     settings = make_settings(
         max_batch_size=1, max_queue_size=1, max_inputs_per_request=1, retry_after_s=2
     )
-    registry = ModelRegistry.load(settings, ServiceMetrics())
-    served = registry.resolve(None)
-    release = threading.Event()
-    entered = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def held(batch: np.ndarray) -> np.ndarray:
-        loop.call_soon_threadsafe(entered.set)
-        assert release.wait(20)
-        return np.full((len(batch), 10), 0.1, dtype=np.float32)
-
-    served.batcher = DynamicBatcher(held, max_batch_size=1, max_queue_size=1, retry_after_s=2)
-    app = create_app(settings, registry=registry)
-    try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-                running = asyncio.create_task(c.post("/predict", json=TENSOR))
-                await entered.wait()  # the first request occupies the model
-                queued = asyncio.create_task(c.post("/predict", json=TENSOR))
-                for _ in range(1000):
-                    if served.batcher.queue_depth == 1:
-                        break
-                    await asyncio.sleep(0)
-                r = await c.post("/predict", json=TENSOR)  # no room: refused at once
-                assert r.status_code == 503 and r.headers["retry-after"] == "2"
-                assert r.json()["error"]["code"] == "queue_full"
-                release.set()
-                assert (await running).status_code == 200
-                assert (await queued).status_code == 200
-                assert (await c.post("/predict", json=TENSOR)).status_code == 200
-    finally:
-        release.set()
+    async with held_app(settings, max_batch_size=1, max_queue_size=1, retry_after_s=2) as held:
+        c = held.client
+        running = asyncio.create_task(c.post("/predict", json=TENSOR))
+        await held.entered.wait()  # the first request occupies the model
+        queued = asyncio.create_task(c.post("/predict", json=TENSOR))
+        await held.until_queued(1)
+        r = await c.post("/predict", json=TENSOR)  # no room: refused at once
+        assert r.status_code == 503 and r.headers["retry-after"] == "2"
+        assert r.json()["error"]["code"] == "queue_full"
+        held.release.set()
+        assert (await running).status_code == 200
+        assert (await queued).status_code == 200
+        assert (await c.post("/predict", json=TENSOR)).status_code == 200
 
 
 async def test_deadline_passed_is_504(make_settings: Callable[..., Settings]) -> None:
