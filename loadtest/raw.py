@@ -98,11 +98,9 @@ def raw_ceiling(
     """Raw in-process results of one model for each batch size."""
     card, path = served_model_file(model_dir)
     session = open_session(path, intra_op_threads)
-    results = {
-        bs: measure(session, card, input_batch(card, images, bs), min_time_s)
-        for bs in sorted(set(batch_sizes))
-    }
+    batches = {bs: input_batch(card, images, bs) for bs in sorted(set(batch_sizes))}
+    results = {bs: measure(session, card, batch, min_time_s) for bs, batch in batches.items()}
     if 1 in results:
-        paused = measure(session, card, input_batch(card, images, 1), min_time_s, pause_s=PAUSE_S)
+        paused = measure(session, card, batches[1], min_time_s, pause_s=PAUSE_S)
         results[1] = replace(results[1], p50_paused_ms=paused.p50_ms)
     return results

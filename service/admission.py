@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 from starlette.types import Receive, Scope, Send
 
-from service.errors import error_body
-from service.predict import Reply, dump_json, predict
+from service.errors import Unavailable, error_body
+from service.predict import Reply, dump_json, error_reply, predict
 from service.protocol import ARRIVAL_KEY
 from service.state import ServiceState
 
@@ -41,7 +40,7 @@ class AdmissionGate:
         settings = state.settings
         self._max_in_flight = settings.max_in_flight
         self._max_wait = settings.loop_wait_limit_ms / 1000.0
-        self._retry_after = str(settings.retry_after_s).encode()
+        self._retry_after = str(settings.retry_after_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse or serve one POST /predict; counts the requests in flight."""
@@ -77,16 +76,5 @@ class AdmissionGate:
         return None
 
     async def _refuse(self, send: Send, code: str, message: str) -> None:
-        body = json.dumps(error_body(code, message)).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", self._retry_after),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        refusal = Unavailable(message, code=code, headers={"Retry-After": self._retry_after})
+        await error_reply(refusal).send(send)
