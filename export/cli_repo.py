@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from service.model_card import ModelRepositoryError
+from service.contract.model_card import ModelRepositoryError
 
 # Errors a user can cause (bad paths, bad data, failed parity): one line, non-zero exit.
 _USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -70,7 +70,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     from export.onnx_export import export_with_parity
     from export.quantize import make_variant
     from export.repository import ArtifactInfo, EvalData, publish, training_info
-    from service.model_card import InputSpec
+    from service.contract.model_card import InputSpec
 
     model, meta = load_trained(args.checkpoint)
     splits = load_dataset(meta.dataset, args.data_dir or meta.config.get("data_dir"))
@@ -105,7 +105,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from export.data import load_dataset
     from export.report import write_report
     from export.repository import EvalData, load_cards, remeasure
-    from service.model_card import model_dirs, read_manifest
+    from service.contract.model_card import model_dirs, read_manifest
 
     settings = _profile_settings(args)
     data_cache: dict[str, EvalData] = {}

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.machine import cpu_model_name
-from service.model_card import EvalMetrics, InputSpec, LatencyProfile, ProfileRow
-from service.preprocess import normalize_uint8
+from service.contract.machine import cpu_model_name
+from service.contract.model_card import EvalMetrics, InputSpec, LatencyProfile, ProfileRow
+from service.contract.preprocess import normalize_uint8
 
 BATCH_SIZES = (1, 8, 32, 128)
 
@@ -103,7 +103,8 @@ def evaluate_accuracy(
 ) -> EvalMetrics:
     """Top-1 (and top-5 with more than 5 classes) on uint8 images [N,H,W,C], preprocessed per spec.
 
-    The input goes through ``service.preprocess.normalize_uint8`` only: what the service runs.
+    The input goes through ``service.contract.preprocess.normalize_uint8`` only: what the
+    service runs.
     """
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images, got {len(images)} and {len(labels)}")

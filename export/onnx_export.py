@@ -11,8 +11,8 @@ import onnx
 import torch
 
 from export.evaluate import logits_of, make_session
-from service.model_card import InputSpec
-from service.preprocess import normalize_uint8
+from service.contract.model_card import InputSpec
+from service.contract.preprocess import normalize_uint8
 
 DEFAULT_OPSET = 17
 OUTPUT_NAME = "logits"

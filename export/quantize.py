@@ -16,8 +16,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from service.model_card import InputSpec
-from service.preprocess import normalize_uint8
+from service.contract.model_card import InputSpec
+from service.contract.preprocess import normalize_uint8
 
 PRECISIONS = ("fp32", "int8", "fp16")
 

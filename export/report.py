@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.model_card import ModelCard, ProfileRow
+from service.contract.model_card import ModelCard, ProfileRow
 
 REPORT_FILENAME = "REPORT.md"
 PARETO_FILENAME = "pareto.png"

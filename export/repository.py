@@ -11,7 +11,7 @@ import numpy as np
 
 from export.complexity import count_complexity
 from export.evaluate import evaluate_accuracy, make_session, profile_latency
-from service.model_card import (
+from service.contract.model_card import (
     MANIFEST_FILENAME,
     InputSpec,
     ModelCard,

@@ -23,7 +23,7 @@ from export.repository import (
     publish,
     training_info,
 )
-from service.model_card import InputSpec, ModelCard, TrainingInfo
+from service.contract.model_card import InputSpec, ModelCard, TrainingInfo
 
 # Keys of a zoo entry that belong to the zoo, not to the training config.
 _ZOO_KEYS = {"name", "variants"}

@@ -32,7 +32,7 @@ from loadtest.profiling import ProfilerMissing, report, start_recording
 from loadtest.raw import RawResult, raw_ceiling
 from loadtest.server import ServiceStartError, start_service
 from loadtest.sweep import run_point
-from service.machine import cpu_model_name
+from service.contract.machine import cpu_model_name
 
 FULL_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128)
 QUICK_CONCURRENCY = (1, 4)

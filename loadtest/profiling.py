@@ -17,15 +17,15 @@ from pathlib import Path
 # (bucket, substrings of a frame "function (file:line)"), tried in order on each frame from the
 # innermost outwards; the first frame that matches decides the bucket.
 BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("ONNX Runtime (inference)", ("onnxruntime/", "runtime.py")),
+    ("ONNX Runtime (inference)", ("onnxruntime/", "inference/session.py")),
     ("Pillow decode", ("PIL/",)),
-    ("JPEG decode (simplejpeg)", ("service/fastjpeg.py", "simplejpeg")),
-    ("preprocess (numpy)", ("service/preprocess.py",)),
+    ("JPEG decode (simplejpeg)", ("service/inputs/fastjpeg.py", "simplejpeg")),
+    ("preprocess (numpy)", ("service/contract/preprocess.py",)),
     ("multipart parsing", ("python_multipart/", "_parse_multipart")),
     ("JSON encode/decode", ("json/",)),
-    ("softmax + top-k", ("service/predictions.py",)),
+    ("softmax + top-k", ("service/inference/predictions.py",)),
     ("Prometheus metrics", ("prometheus_client/",)),
-    ("batcher", ("service/batching.py",)),
+    ("batcher", ("service/inference/batcher.py",)),
     ("other service code", ("service/",)),
     ("FastAPI/Starlette", ("fastapi/", "starlette/")),
     ("uvicorn/httptools", ("uvicorn/", "httptools")),

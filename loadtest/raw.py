@@ -13,8 +13,8 @@ import onnxruntime as ort
 from PIL import Image
 
 from loadtest.payloads import SampleImage
-from service.model_card import ModelCard, model_file, read_manifest, version_dirs
-from service.preprocess import preprocess_image
+from service.contract.model_card import ModelCard, model_file, read_manifest, version_dirs
+from service.contract.preprocess import preprocess_image
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from service.model_card import ModelRepositoryError, model_dirs, read_manifest
-from service.protocol import arrival_protocol
+from service.contract.model_card import ModelRepositoryError, model_dirs, read_manifest
+from service.http.uvicorn_hooks import arrival_protocol
 from service.settings import ENV_PREFIX, Settings
 
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(
-        "service.app:app_from_env",
+        "service.http.app:app_from_env",
         factory=True,
         host=settings.host,
         port=settings.port,

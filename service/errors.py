@@ -1,15 +1,11 @@
-"""One ServiceError base (HTTP status + code) and the handlers that render JSON error bodies."""
+"""One ServiceError base: every error the service answers, with its HTTP status and a code.
+
+Raised anywhere in the service; rendered into the JSON error body in one place only
+(``service.http.responses``). No web framework here: the lower layers raise these without
+knowing how they travel.
+"""
 
 from __future__ import annotations
-
-import logging
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -82,51 +78,6 @@ class DeadlineExceeded(ServiceError):
 
     status = 504
     code = "deadline_exceeded"
-
-
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    """The JSON error body shared by every error answer."""
-    return {"error": {"code": code, "message": message}}
-
-
-def error_response(exc: ServiceError) -> JSONResponse:
-    """Render a ServiceError."""
-    return JSONResponse(error_body(exc.code, exc.message), exc.status, headers=exc.headers)
-
-
-async def _service_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
-    return error_response(exc)
-
-
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed"}
-    return JSONResponse(
-        error_body(codes.get(exc.status_code, f"http_{exc.status_code}"), str(exc.detail)),
-        exc.status_code,
-        headers=dict(exc.headers or {}),
-    )
-
-
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    return JSONResponse(error_body("invalid_input", f"{where}: {first.get('msg')}"), 422)
-
-
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return JSONResponse(error_body("internal_error", "internal server error"), 500)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Make every error answer of ``app`` a JSON ``{"error": {...}}`` body."""
-    app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected)
 
 
 class InferenceFailed(ServiceError):

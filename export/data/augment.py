@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from service.model_card import InputSpec
+from service.contract.model_card import InputSpec
 
 
 class Normalizer:
-    """(x * scale - mean) / std on tensors: the formula of service.preprocess.normalize_uint8."""
+    """(x * scale - mean) / std on tensors: the formula of the service's ``normalize_uint8``."""
 
     def __init__(self, spec: InputSpec, device: torch.device) -> None:
         self.scale = torch.tensor(spec.scale, dtype=torch.float32, device=device)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.model_card import InputSpec, ResizeSpec
+from service.contract.model_card import InputSpec, ResizeSpec
 
 
 class DatasetError(Exception):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from service.machine import cpu_model_name
+from service.contract.machine import cpu_model_name
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.metrics import ServiceMetrics
+from service.observability.metrics import ServiceMetrics
 from tests.deploy.stack import (
     DASHBOARDS_DIR,
     GRAFANA_DIR,

@@ -131,10 +131,10 @@ def test_dockerignore_keeps_heavy_things_out() -> None:
         "runs/x/ckpt.pth",
         "tests/conftest.py",
         "export/train.py",
-        "service/__pycache__/app.cpython-311.pyc",
+        "service/http/__pycache__/app.cpython-311.pyc",
         ".mypy_cache/x.json",
     ):
         assert dockerignored(path, patterns), path
-    kept = ("service/app.py", "models/m/1/model.onnx", "loadtest/locustfile.py", "README.md")
+    kept = ("service/http/app.py", "models/m/1/model.onnx", "loadtest/locustfile.py", "README.md")
     for path in kept:
         assert not dockerignored(path, patterns), path

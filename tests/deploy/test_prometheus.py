@@ -25,7 +25,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from service.model_card import read_manifest
+from service.contract.model_card import read_manifest
 from tests.deploy.stack import (
     PROMETHEUS_CONFIG,
     PROMETHEUS_DIR,

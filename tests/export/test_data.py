@@ -13,7 +13,7 @@ from PIL import Image
 import export.data.folders as folders
 from export.data import CIFAR10_LABELS, DatasetError, load_dataset
 from export.data.augment import Normalizer, random_crop_flip
-from service.preprocess import normalize_uint8
+from service.contract.preprocess import normalize_uint8
 
 
 def _write_tree(root: Path, classes: list[str], per_class: int, size: int = 8) -> None:

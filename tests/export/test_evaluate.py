@@ -15,7 +15,7 @@ from export.evaluate import (
     profile_latency,
     topk_accuracy,
 )
-from service.model_card import read_manifest
+from service.contract.model_card import read_manifest
 from tests.support.onnx_repo import digits_input_spec, digits_uint8_split
 
 

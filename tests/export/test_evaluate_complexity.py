@@ -10,7 +10,7 @@ from torch import nn
 from export.complexity import count_complexity
 from export.onnx_export import export_onnx
 from export.quantize import quantize_int8
-from service.model_card import InputSpec, ResizeSpec
+from service.contract.model_card import InputSpec, ResizeSpec
 
 SPEC = InputSpec(
     name="input",

@@ -10,7 +10,7 @@ import pytest
 
 from export.__main__ import main
 from export.repository import verify_repository
-from service.model_card import read_manifest
+from service.contract.model_card import read_manifest
 from tests.export.test_onnx_support import trained_digits
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import torch
 
 from export.evaluate import logits_of, make_session
 from export.onnx_export import ExportError, check_parity, export_onnx, export_with_parity
-from service.preprocess import normalize_uint8
+from service.contract.preprocess import normalize_uint8
 from tests.export.test_onnx_support import accuracy, trained_digits
 
 

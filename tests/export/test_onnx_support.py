@@ -19,7 +19,7 @@ from export.checkpoint import TrainedMeta, load_trained
 from export.data import DatasetSplits, load_dataset
 from export.onnx_export import export_onnx
 from export.training import run_training
-from service.preprocess import normalize_uint8
+from service.contract.preprocess import normalize_uint8
 
 ARCH = "wrn-10-1"
 EPOCHS = 6

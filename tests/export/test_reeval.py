@@ -1,7 +1,7 @@
 """Independent re-evaluation: PNG files, Pillow, numpy, onnxruntime and the manifest, nothing else.
 
-Neither ``service.preprocess`` nor ``export.evaluate`` is used here: the manifest's preprocessing
-fields alone must reproduce the recorded top-1.
+Neither ``service.contract.preprocess`` nor ``export.evaluate`` is used here: the manifest's
+preprocessing fields alone must reproduce the recorded top-1.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from PIL import Image
 
 from export.quantize import quantize_int8
 from export.repository import ArtifactInfo, EvalData, ProfileSettings, publish, training_info
-from service.model_card import model_dirs, model_file, read_manifest
+from service.contract.model_card import model_dirs, model_file, read_manifest
 from tests.export.test_onnx_support import trained_digits
 from tests.support.onnx_repo import digits_uint8_split
 from tests.support.reeval import tensor_by_hand

@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL import Image
 
 from export.report import pareto_front, render_report, write_report
-from service.model_card import ModelCard, ProfileRow, read_manifest
+from service.contract.model_card import ModelCard, ProfileRow, read_manifest
 
 
 def _variant(card: ModelCard, name: str, top1: float, p50: float) -> ModelCard:

@@ -17,7 +17,7 @@ from export.repository import (
     remeasure,
     training_info,
 )
-from service.model_card import (
+from service.contract.model_card import (
     ModelCard,
     ModelRepositoryError,
     model_file,

@@ -14,8 +14,8 @@ from export.data import load_dataset
 from export.training import ConfigError, TrainResult, run_training
 from export.training.logs import read_log
 from export.training.loop import ResumeError
-from service.model_card import InputSpec
-from service.preprocess import normalize_uint8
+from service.contract.model_card import InputSpec
+from service.contract.preprocess import normalize_uint8
 
 FAST: dict[str, Any] = {
     "dataset": "digits",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from export.cli_repo import register
-from service.model_card import sha256_file
+from service.contract.model_card import sha256_file
 
 CLI = Callable[..., tuple[int, str, str]]
 

@@ -15,7 +15,7 @@ from export.distill import METHODS
 from export.models import ARCHITECTURES
 from export.training import resolve_config
 from export.zoo import ZOO_TEACHER, ZooError, config_path, load_zoo_config
-from service.model_card import model_dirs, read_manifest
+from service.contract.model_card import model_dirs, read_manifest
 from tests.support.cli import run_module
 
 ALL_METHODS = {"baseline", "kd", "fitnet", "mimic", "rocket", "rocket-kd"}

@@ -9,28 +9,29 @@ from loadtest.profiling import WAITING, bucket_of, report, summarize
 LOOP = (
     "process 1:python -m service;_run_module_as_main (<frozen runpy>:198);run (uvicorn/main.py:1)"
 )
-ROUTE = f"{LOOP};APIRoute.handle (fastapi/routing.py:9);predict (service/routes.py:160)"
+ROUTE = f"{LOOP};APIRoute.handle (fastapi/routing.py:9);predict (service/http/routes.py:160)"
 THREAD = "process 1:python -m service;Thread._bootstrap (threading.py:1002)"
 COLLAPSED = "\n".join(
     [
-        f"{ROUTE};parse_body (service/decoding.py:3);write (python_multipart/multipart.py:7) 30",
-        f"{ROUTE};open_image (service/decoding.py:5);load (PIL/ImageFile.py:2) 20",
-        f"{ROUTE};preprocess_image (service/preprocess.py:70) 10",
+        f"{ROUTE};parse_body (service/inputs/body.py:3);write (python_multipart/multipart.py:7) 30",
+        f"{ROUTE};open_image (service/inputs/images.py:5);load (PIL/ImageFile.py:2) 20",
+        f"{ROUTE};preprocess_image (service/contract/preprocess.py:70) 10",
         f"{ROUTE} 15",
         f"{LOOP};RequestResponseCycle.send (uvicorn/protocols/http/httptools_impl.py:5) 15",
-        f"{THREAD};_infer (service/batching.py:240);__call__ (service/runtime.py:85) 10",
+        f"{THREAD};_infer (service/inference/batcher.py:240);"
+        "__call__ (service/inference/session.py:85) 10",
         f"{THREAD};_worker (concurrent/futures/thread.py:81) 50",
     ]
 )
 
 
 def test_innermost_named_frame_decides() -> None:
-    assert bucket_of(["predict (service/routes.py:1)", "load (PIL/ImageFile.py:2)"]) == (
+    assert bucket_of(["predict (service/http/routes.py:1)", "load (PIL/ImageFile.py:2)"]) == (
         "Pillow decode"
     )
-    assert bucket_of(["_infer (service/batching.py:1)", "run (service/runtime.py:2)"]) == (
-        "ONNX Runtime (inference)"
-    )
+    assert bucket_of(
+        ["_infer (service/inference/batcher.py:1)", "run (service/inference/session.py:2)"]
+    ) == ("ONNX Runtime (inference)")
     assert bucket_of(["x (threading.py:1)", "_worker (concurrent/futures/thread.py:81)"]) == WAITING
     assert bucket_of(["mystery (nowhere.py:1)"]) == "other"
 

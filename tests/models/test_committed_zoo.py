@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from export.report import find_teacher
-from service.model_card import ModelCard, model_dirs, model_file, read_manifest
+from service.contract.model_card import ModelCard, model_dirs, model_file, read_manifest
 from tests.support.cli import ROOT, run_module
 from tests.support.reeval import tensor_by_hand
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from export.report import find_teacher
-from service.model_card import model_dirs, read_manifest
+from service.contract.model_card import model_dirs, read_manifest
 from tests.support.cli import ROOT
 from tests.support.server import running_service
 

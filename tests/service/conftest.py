@@ -13,9 +13,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from service.app import create_app
-from service.model_card import model_file, read_manifest
-from service.predictions import softmax
+from service.contract.model_card import model_file, read_manifest
+from service.http.app import create_app
+from service.inference.predictions import softmax
 from service.settings import Settings
 from tests.support.onnx_repo import digits_uint8_split
 

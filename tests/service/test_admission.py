@@ -11,11 +11,11 @@ import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
-from service.batching import BatchResult, DynamicBatcher
-from service.metrics import ServiceMetrics
-from service.protocol import ARRIVAL_KEY
-from service.registry import ModelRegistry
+from service.http.app import create_app
+from service.http.uvicorn_hooks import ARRIVAL_KEY
+from service.inference.batcher import BatchResult, DynamicBatcher
+from service.observability.metrics import ServiceMetrics
+from service.repository.registry import ModelRegistry
 from service.settings import Settings
 from tests.support.held import held_app
 
@@ -55,7 +55,8 @@ async def test_deadline_504_carries_retry_after(make_settings: Callable[..., Set
 
 def stamped(app: Any, waited_s: float) -> Any:
     """``app`` behind a wrapper that stamps each request as arrived ``waited_s`` ago (as uvicorn
-    with service.protocol does), so the request looks as if it waited that long for the loop."""
+    with service.http.uvicorn_hooks does), so the request looks as if it waited that long for the
+    loop."""
 
     async def wrapper(scope: Any, receive: Any, send: Any) -> None:
         scope.setdefault("state", {})[ARRIVAL_KEY] = time.monotonic() - waited_s

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from service.batching import BatchResult, DynamicBatcher
 from service.errors import DeadlineExceeded, InferenceFailed, Unavailable
+from service.inference.batcher import BatchResult, DynamicBatcher
 
 pytestmark = pytest.mark.timeout(30)
 

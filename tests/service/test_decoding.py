@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.decoding import parse_top_k
 from service.errors import Unprocessable
-from service.predictions import softmax, top_k
+from service.inference.predictions import softmax, top_k
+from service.inputs.body import parse_top_k
 
 
 def test_parse_top_k() -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
-from service.model_card import read_manifest
+from service.contract.model_card import read_manifest
+from service.http.app import create_app
 from service.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 from tests.service.conftest import png_bytes
 

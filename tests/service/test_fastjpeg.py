@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import decoding, fastjpeg
-from service.decoding import decode_uint8, load_batch, open_image
+from service.contract.model_card import InputSpec, ResizeSpec
+from service.contract.preprocess import image_to_uint8
 from service.errors import BadRequest, PayloadTooLarge
-from service.model_card import InputSpec, ResizeSpec
-from service.preprocess import image_to_uint8
+from service.inputs import fastjpeg, images
+from service.inputs.images import decode_uint8, open_image
+from service.inputs.pipeline import load_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "loadtest/data/cifar10").glob("*.jpg"))
@@ -80,7 +81,7 @@ def test_the_fast_path_does_not_touch_pillow(monkeypatch: pytest.MonkeyPatch) ->
     def no_pillow(*_: object) -> None:
         raise AssertionError("Pillow was used")
 
-    monkeypatch.setattr(decoding, "_open_with_pillow", no_pillow)
+    monkeypatch.setattr(images, "_open_with_pillow", no_pillow)
     data = jpeg("RGB", (32, 32))
     batch = load_batch([open_image(data, 10**6)], spec())
     assert batch.shape == (1, 3, 32, 32) and batch.dtype == np.float32
@@ -88,13 +89,13 @@ def test_the_fast_path_does_not_touch_pillow(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_colour_to_grey_and_cmyk_go_to_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
     used: list[str] = []
-    real = decoding._open_with_pillow
+    real = images._open_with_pillow
 
     def spy(data: bytes, what: str) -> Image.Image:
         used.append(what)
         return real(data, what)
 
-    monkeypatch.setattr(decoding, "_open_with_pillow", spy)
+    monkeypatch.setattr(images, "_open_with_pillow", spy)
     colour = jpeg("RGB", (32, 32))
     opened = open_image(colour, 10**6)
     assert opened.jpeg_colorspace == "YCbCr"

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service import multipart
 from service.errors import BadRequest
-from service.multipart import _split_with_python_multipart, split_form
+from service.inputs import multipart
+from service.inputs.multipart import _split_with_python_multipart, split_form
 
 JPEG = sorted((Path(__file__).parents[2] / "loadtest/data/cifar10").glob("*.jpg"))[0]
 B = b"8a1f0c2e"

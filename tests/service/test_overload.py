@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 from tests.support.held import held_app
 

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 from starlette.requests import ClientDisconnect
 
+from service.contract.preprocess import preprocess_image
 from service.errors import PayloadTooLarge, Unprocessable
-from service.predict import error_reply, header, query_params, read_body
-from service.preprocess import preprocess_image
+from service.http.predict import header, query_params, read_body
+from service.http.responses import error_reply
 from tests.service.conftest import Reference, png_bytes
 
 pytestmark = pytest.mark.timeout(60)
@@ -214,7 +215,7 @@ async def test_bad_requests_never_reach_a_batch(
     assert 'rocketserve_batch_size_sum{model="digits-slow",version="1"} 40.0' in metrics
 
 
-# -- the plain-ASGI pieces of service.predict -------------------------------------------------
+# -- the plain-ASGI pieces of service.http.predict -------------------------------------------------
 
 
 def _receiver(messages: list[dict[str, Any]]) -> tuple[Callable[[], Any], list[int]]:

@@ -1,4 +1,4 @@
-"""service.protocol: arrival stamps on a real uvicorn server, and one write per answer."""
+"""service.http.uvicorn_hooks: arrival stamps on a real uvicorn server, and one write per answer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ import httpx
 import pytest
 import uvicorn
 
-from service.protocol import ARRIVAL_KEY, JOIN_BODY_BYTES, HeaderHoldingTransport, arrival_protocol
+from service.http.uvicorn_hooks import (
+    ARRIVAL_KEY,
+    JOIN_BODY_BYTES,
+    HeaderHoldingTransport,
+    arrival_protocol,
+)
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.app import create_app
+from service.contract.model_card import ModelRepositoryError, model_file, read_manifest
 from service.errors import NotFound
-from service.metrics import ServiceMetrics
-from service.model_card import ModelRepositoryError, model_file, read_manifest
-from service.registry import ModelRegistry
-from service.runtime import CPU, OnnxModel, choose_provider
+from service.http.app import create_app
+from service.inference.session import CPU, OnnxModel, choose_provider
+from service.observability.metrics import ServiceMetrics
+from service.repository.registry import ModelRegistry
 from service.settings import Settings
 
 

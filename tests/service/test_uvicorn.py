@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from loadtest.procstats import process_tree
-from service.preprocess import preprocess_image
+from service.contract.preprocess import preprocess_image
 from tests.service.conftest import Reference
 from tests.service.test_endpoints import samples
 from tests.support.server import running_service

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.app import create_app
-from service.batching import DynamicBatcher
-from service.metrics import ServiceMetrics
-from service.registry import ModelRegistry, ServedModel
+from service.http.app import create_app
+from service.inference.batcher import DynamicBatcher
+from service.observability.metrics import ServiceMetrics
+from service.repository.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 
 

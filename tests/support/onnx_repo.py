@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from service.model_card import (
+from service.contract.model_card import (
     MANIFEST_FILENAME,
     EvalMetrics,
     InputSpec,
@@ -36,7 +36,7 @@ from service.model_card import (
     utc_now,
     write_manifest,
 )
-from service.preprocess import normalize_uint8
+from service.contract.preprocess import normalize_uint8
 
 DIGIT_LABELS = tuple(str(i) for i in range(10))
 

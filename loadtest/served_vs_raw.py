@@ -1,4 +1,4 @@
-"""``python -m service.bench``: served throughput and latency vs raw ONNX Runtime on one model.
+"""``python -m loadtest.served_vs_raw``: one model served against raw ONNX Runtime, in one run.
 
 For concurrency 1, 8 and 64 it drives a real ``python -m service`` process on 127.0.0.1 (batching
 on, then off) with keep-alive HTTP/1.1 clients sending one PNG per request, and measures raw
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import io
 import os
 import platform
@@ -19,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -29,8 +27,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from service.machine import cpu_model_name
-from service.model_card import (
+from service.contract.machine import cpu_model_name
+from service.contract.model_card import (
     ModelCard,
     ModelRepositoryError,
     model_dirs,
@@ -173,19 +171,31 @@ def free_port() -> int:
 class Server:
     """``python -m service`` on a free loopback port, driven at one concurrency at a time."""
 
-    def __init__(self, repo: Path, card: ModelCard, env: dict[str, str], label: str) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        card: ModelCard,
+        env: dict[str, str],
+        label: str,
+        *,
+        launcher: list[str] | None = None,
+        cwd: Path | None = None,
+        payload: tuple[str, bytes] | None = None,
+    ) -> None:
+        """``launcher`` replaces ``python -m service`` (its options follow); ``cwd`` is where
+        it runs; ``payload`` is the (content type, body) of every request (default: a PNG)."""
         self.card, self.label = card, label
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "service", "--model-repository", str(repo)]
-        cmd += ["--port", str(self.port)]
+        cmd = launcher or [sys.executable, "-m", "service"]
+        cmd = [*cmd, "--model-repository", str(repo.resolve()), "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            cmd, env={**os.environ, "ROCKETSERVE_LOG_LEVEL": "warning", **env}
+            cmd, cwd=cwd, env={**os.environ, "ROCKETSERVE_LOG_LEVEL": "warning", **env}
         )
-        body = sample_png(card)
+        content_type, body = payload or ("image/png", sample_png(card))
         self.request = (
             f"POST /predict?model={card.name}&top_k=1 HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-            f"content-type: image/png\r\ncontent-length: {len(body)}\r\n\r\n"
+            f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n\r\n"
         ).encode() + body
 
     def wait_ready(self, timeout_s: float = 120) -> None:
@@ -275,59 +285,52 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table."""
-    parser = argparse.ArgumentParser(prog="python -m service.bench", description=__doc__)
-    parser.add_argument("--model-repository", type=Path, help="default: build the test repo")
+    parser = argparse.ArgumentParser(prog="python -m loadtest.served_vs_raw", description=__doc__)
+    parser.add_argument(
+        "--model-repository", type=Path, default=Path("models"), help="default: models/"
+    )
     parser.add_argument("--model", help="model name (default: the one with the most MACs)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--seconds", type=float, default=3.0, help="measured time per level")
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads (both sides)")
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="rocketserve-bench-") as tmp:
-        repo = args.model_repository
-        if repo is None:
-            # The test repository needs the dev extras (onnx, scikit-learn): import it lazily.
-            build_digits_model = importlib.import_module(
-                "tests.support.onnx_repo"
-            ).build_digits_model
-            repo = Path(tmp)
-            build_digits_model(repo, "digits-logreg")
-            build_digits_model(repo, "digits-slow", hidden=8)
-        if not repo.is_dir():
-            print(f"error: {repo}: not a folder", file=sys.stderr)
-            return 2
-        try:
-            card, path = pick_model(repo, args.model)
-        except ModelRepositoryError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        biggest = max(args.concurrency)
-        common = {
-            "ROCKETSERVE_INTRA_OP_THREADS": str(args.threads),
-            "ROCKETSERVE_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms),
-            "ROCKETSERVE_MAX_BATCH_SIZE": str(max(64, biggest)),
-            "ROCKETSERVE_MAX_QUEUE_SIZE": str(max(512, 4 * biggest)),
-            "ROCKETSERVE_MAX_INPUTS_PER_REQUEST": "1",
-        }
-        raw = RawOrt(card, path, args.threads)
-        off = {**common, "ROCKETSERVE_BATCHING": "false"}
-        servers = [
-            Server(repo, card, common, "batching on"),
-            Server(repo, card, off, "batching off"),
-        ]
-        rows: list[Row] = []
-        load_before = os.getloadavg()
-        try:
-            for server in servers:
-                server.wait_ready()
-            # Interleaved per level so that raw and served see the same background load.
-            for c in args.concurrency:
-                rows.append(raw.measure(c, args.seconds))
-                rows += [server.measure(c, args.seconds) for server in servers]
-        finally:
-            for server in servers:
-                server.stop()
-        load = (load_before[0], os.getloadavg()[0])
+    repo = args.model_repository
+    if not repo.is_dir():
+        print(f"error: {repo}: not a folder", file=sys.stderr)
+        return 2
+    try:
+        card, path = pick_model(repo, args.model)
+    except ModelRepositoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    biggest = max(args.concurrency)
+    common = {
+        "ROCKETSERVE_INTRA_OP_THREADS": str(args.threads),
+        "ROCKETSERVE_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms),
+        "ROCKETSERVE_MAX_BATCH_SIZE": str(max(64, biggest)),
+        "ROCKETSERVE_MAX_QUEUE_SIZE": str(max(512, 4 * biggest)),
+        "ROCKETSERVE_MAX_INPUTS_PER_REQUEST": "1",
+    }
+    raw = RawOrt(card, path, args.threads)
+    off = {**common, "ROCKETSERVE_BATCHING": "false"}
+    servers = [
+        Server(repo, card, common, "batching on"),
+        Server(repo, card, off, "batching off"),
+    ]
+    rows: list[Row] = []
+    load_before = os.getloadavg()
+    try:
+        for server in servers:
+            server.wait_ready()
+        # Interleaved per level so that raw and served see the same background load.
+        for c in args.concurrency:
+            rows.append(raw.measure(c, args.seconds))
+            rows += [server.measure(c, args.seconds) for server in servers]
+    finally:
+        for server in servers:
+            server.stop()
+    load = (load_before[0], os.getloadavg()[0])
     print(report(card, args.threads, sorted(rows, key=_order), load))
     return 0
 

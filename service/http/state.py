@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.metrics import ServiceMetrics
-from service.registry import ModelRegistry
+from service.observability.metrics import ServiceMetrics
+from service.repository.registry import ModelRegistry
 from service.settings import Settings
 
 

@@ -8,73 +8,20 @@ framework objects costing more CPU per request than decoding a CIFAR-10 JPEG.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qsl
 
-import numpy as np
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Scope
 
-from service.decoding import (
-    PredictRequest,
-    load_batch,
-    open_images,
-    parse_body,
-    parse_top_k,
-    tensor_to_batch,
-)
-from service.errors import (
-    DeadlineExceeded,
-    PayloadTooLarge,
-    ServiceError,
-    Unavailable,
-    error_body,
-)
-from service.model_card import InputSpec
-from service.predictions import top_k
-from service.protocol import arrival
-from service.registry import ServedModel
-from service.settings import Settings
-from service.state import ServiceState
-
-# Requests declaring more pixels than this are decoded in a worker thread so that large images
-# never block the event loop; small ones are decoded inline, cheaper than a thread hop.
-INLINE_DECODE_PIXELS = 256 * 256
-
-_JSON = (b"content-type", b"application/json")
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A finished /predict answer: status, JSON body bytes and extra headers."""
-
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = ()
-
-    async def send(self, send: Send) -> None:
-        """Write this answer as the two ASGI response messages."""
-        headers = [_JSON, (b"content-length", str(len(self.body)).encode())]
-        headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers)
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": self.body})
-
-
-def dump_json(content: Any) -> bytes:
-    """Compact UTF-8 JSON, as Starlette's JSONResponse renders it."""
-    return json.dumps(
-        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
-    ).encode("utf-8")
-
-
-def error_reply(exc: ServiceError) -> Reply:
-    """The JSON error answer of a ServiceError."""
-    body = dump_json(error_body(exc.code, exc.message))
-    return Reply(exc.status, body, tuple(exc.headers.items()))
+from service.errors import DeadlineExceeded, PayloadTooLarge, ServiceError, Unavailable
+from service.http.responses import Reply, error_reply, json_reply
+from service.http.state import ServiceState
+from service.http.uvicorn_hooks import arrival
+from service.inference.predictions import top_k
+from service.inputs.body import parse_body, parse_top_k
+from service.inputs.pipeline import to_batch
+from service.repository.registry import ServedModel
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -124,7 +71,11 @@ async def predict(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
     try:
         registry = state.registry
         if registry is None:
-            raise Unavailable("models are not loaded yet", code="not_ready")
+            raise Unavailable(
+                "models are not loaded yet",
+                code="not_ready",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
         with registry.arrivals:  # while decoding, this request may still join a batch
             body = await read_body(
                 receive, settings.max_body_bytes, header(scope, b"content-length")
@@ -158,40 +109,19 @@ async def predict(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
     total = time.monotonic() - started
     served.request_metrics.count(200, total)
     served.latencies.append(total)
-    return Reply(
-        200,
-        dump_json(
-            {
-                "model": served.name,
-                "version": served.version,
-                "predictions": predictions,
-                "timing": {
-                    "queue_ms": round(result.queue_s * 1000.0, 3),
-                    "inference_ms": round(result.inference_s * 1000.0, 3),
-                    "total_ms": round(total * 1000.0, 3),
-                },
-                "batch_size": result.batch_size,
-            }
-        ),
+    return json_reply(
+        {
+            "model": served.name,
+            "version": served.version,
+            "predictions": predictions,
+            "timing": {
+                "queue_ms": round(result.queue_s * 1000.0, 3),
+                "inference_ms": round(result.inference_s * 1000.0, 3),
+                "total_ms": round(total * 1000.0, 3),
+            },
+            "batch_size": result.batch_size,
+        }
     )
-
-
-async def to_batch(parsed: PredictRequest, spec: InputSpec, settings: Settings) -> np.ndarray:
-    """The model batch of a parsed request; big images are decoded off the event loop."""
-    limit = settings.max_inputs_per_request
-    if parsed.tensor is not None:
-        batch = tensor_to_batch(parsed.tensor, spec)
-    elif len(parsed.images) > limit:
-        batch = None
-    else:
-        opened = open_images(parsed.images, settings.max_image_pixels)
-        if sum(item.pixels for item in opened) > INLINE_DECODE_PIXELS:
-            batch = await asyncio.to_thread(load_batch, opened, spec)
-        else:
-            batch = load_batch(opened, spec)
-    if batch is None or len(batch) > limit:
-        raise PayloadTooLarge(f"at most {limit} inputs per request", code="too_many_inputs")
-    return batch
 
 
 def count(state: ServiceState, served: ServedModel | None, status: int, started: float) -> None:

@@ -7,21 +7,29 @@ import time
 
 from starlette.types import Receive, Scope, Send
 
-from service.errors import Unavailable, error_body
-from service.predict import Reply, dump_json, error_reply, predict
-from service.protocol import ARRIVAL_KEY
-from service.state import ServiceState
+from service.errors import ServiceError, Unavailable
+from service.http.predict import predict
+from service.http.responses import INTERNAL_ERROR, error_reply
+from service.http.state import ServiceState
+from service.http.uvicorn_hooks import ARRIVAL_KEY
 
 log = logging.getLogger(__name__)
 
 PREDICT_PATH = "/predict"
 
-_INTERNAL_ERROR = Reply(500, dump_json(error_body("internal_error", "internal server error")))
+_INTERNAL_ERROR = error_reply(INTERNAL_ERROR)
 
 
 def is_predict(scope: Scope) -> bool:
-    """True for the HTTP call the gate serves: POST /predict."""
-    return scope["type"] == "http" and scope["path"] == PREDICT_PATH and scope["method"] == "POST"
+    """True for the HTTP calls the gate answers: any method on /predict (only POST is served)."""
+    return scope["type"] == "http" and scope["path"] == PREDICT_PATH
+
+
+_METHOD_NOT_ALLOWED = error_reply(
+    ServiceError(
+        "Method Not Allowed", code="method_not_allowed", status=405, headers={"Allow": "POST"}
+    )
+)
 
 
 class AdmissionGate:
@@ -31,8 +39,9 @@ class AdmissionGate:
     process, or when it waited for the event loop longer than ``max_loop_wait_ms`` (the loop is
     saturated: admitting more would only make every admitted request late). Refusing here skips
     routing, body parsing and decoding, so shedding costs little and the loop catches up. An
-    admitted request is served by ``service.predict`` in plain ASGI: FastAPI's middleware stack,
-    Starlette's routing and its request objects were a third of a small model's CPU per request.
+    admitted request is served by ``service.http.predict`` in plain ASGI: FastAPI's middleware
+    stack, Starlette's routing and its request objects were a third of a small model's CPU per
+    request.
     """
 
     def __init__(self, state: ServiceState) -> None:
@@ -43,7 +52,10 @@ class AdmissionGate:
         self._retry_after = str(settings.retry_after_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Refuse or serve one POST /predict; counts the requests in flight."""
+        """Refuse or serve one call to /predict; counts the requests in flight."""
+        if scope["method"] != "POST":
+            await _METHOD_NOT_ALLOWED.send(send)
+            return
         state = self.state
         reason = self._refusal(scope)
         if reason is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.model_card import ModelCard, ModelRepositoryError
+from service.contract.model_card import ModelCard, ModelRepositoryError
 
 log = logging.getLogger(__name__)
 

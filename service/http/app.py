@@ -10,14 +10,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from service.admission import AdmissionGate, is_predict
-from service.decoding import warm_up_decoders
-from service.errors import install_error_handlers
-from service.metrics import ServiceMetrics
-from service.registry import ModelRegistry
-from service.routes import router
+from service.http.admission import AdmissionGate, is_predict
+from service.http.openapi import install_openapi
+from service.http.responses import install_error_handlers
+from service.http.routes import router
+from service.http.state import ServiceState
+from service.http.uvicorn_hooks import requests_in_progress
+from service.inputs.pipeline import warm_up_decoders
+from service.observability.metrics import ServiceMetrics
+from service.repository.registry import ModelRegistry
 from service.settings import Settings
-from service.state import ServiceState
 
 log = logging.getLogger("service")
 
@@ -29,10 +31,10 @@ POST /predict takes multipart images (field `file`), JSON `{"image"|"images"|"te
 
 
 class RocketServeApp(FastAPI):
-    """FastAPI, except that POST /predict goes straight to the AdmissionGate.
+    """FastAPI, except that POST /predict goes straight to the AdmissionGate, its only entry.
 
-    Everything else (the other routes, OpenAPI, error handlers, lifespan) is FastAPI's. The
-    /predict route stays declared, so the OpenAPI schema documents it.
+    Everything else (the other routes, OpenAPI, error handlers, lifespan) is FastAPI's; the
+    OpenAPI document of /predict is generated from its schemas (``service.http.openapi``).
     """
 
     gate: AdmissionGate
@@ -60,7 +62,9 @@ def create_app(
         if registry is not None:
             state.registry = registry
         else:
-            state.registry = await asyncio.to_thread(ModelRegistry.load, settings, state.metrics)
+            state.registry = await asyncio.to_thread(
+                ModelRegistry.load, settings, state.metrics, requests_in_progress
+            )
         for model in state.registry.all():
             warm_up_decoders(model.card.input)
         state.registry.start()
@@ -76,6 +80,7 @@ def create_app(
     app.state.service = state
     app.gate = AdmissionGate(state)
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(router)
     return app
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from service.model_card import InputSpec
+from service.contract.model_card import InputSpec
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,

@@ -8,7 +8,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.protocol import ARRIVAL_KEY, HeaderHoldingTransport, publish_tasks
+from service.http.uvicorn_hooks import ARRIVAL_KEY, HeaderHoldingTransport, publish_tasks
 
 
 class ArrivalHttpToolsProtocol(HttpToolsProtocol):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.bench import RawOrt, Row, Server, pick_model, report, sample_png
+from loadtest.served_vs_raw import RawOrt, Row, Server, pick_model, report, sample_png
 
 pytestmark = pytest.mark.timeout(120)
 

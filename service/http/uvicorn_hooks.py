@@ -89,7 +89,7 @@ class HeaderHoldingTransport:
         return getattr(self._transport, name)
 
 
-PROTOCOL_PATH = "service.httptools_protocol:ArrivalHttpToolsProtocol"
+PROTOCOL_PATH = "service.http.httptools_protocol:ArrivalHttpToolsProtocol"
 
 
 def publish_tasks(tasks: set[Any]) -> None:

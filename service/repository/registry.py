@@ -5,16 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.batching import BatchObserver, DynamicBatcher
-from service.errors import NotFound
-from service.metrics import ModelRequestMetrics, ServiceMetrics
-from service.model_card import (
+from service.contract.model_card import (
     ModelCard,
     ModelRepositoryError,
     model_dirs,
@@ -23,9 +21,11 @@ from service.model_card import (
     sha256_file,
     version_dirs,
 )
-from service.predictions import softmax
-from service.protocol import requests_in_progress
-from service.runtime import OnnxModel, choose_provider
+from service.errors import NotFound
+from service.inference.batcher import BatchObserver, DynamicBatcher
+from service.inference.predictions import softmax
+from service.inference.session import OnnxModel, choose_provider
+from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,17 @@ class ModelRegistry:
         self.default = self.resolve(default_model)
 
     @classmethod
-    def load(cls, settings: Settings, metrics: ServiceMetrics) -> ModelRegistry:
-        """Read, verify, load and warm every model version of ``settings.model_repository``."""
+    def load(
+        cls,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        in_progress: Callable[[], int] | None = None,
+    ) -> ModelRegistry:
+        """Read, verify, load and warm every model version of ``settings.model_repository``.
+
+        ``in_progress`` counts the requests the HTTP server holds (see DynamicBatcher); the HTTP
+        layer passes it in, so that nothing here knows which server runs the service.
+        """
         provider = choose_provider(settings.provider)
         log.info("execution provider: %s", provider)
         models: dict[str, dict[int, ServedModel]] = {}
@@ -141,7 +150,7 @@ class ModelRegistry:
             card = read_manifest(model_dir)
             versions = _verified_versions(model_dir, card)
             models[card.name] = {
-                v: _serve(card, v, path, provider, settings, metrics, arrivals)
+                v: _serve(card, v, path, provider, settings, metrics, arrivals, in_progress)
                 for v, path in versions.items()
             }
         if not models:
@@ -253,6 +262,7 @@ def _serve(
     settings: Settings,
     metrics: ServiceMetrics,
     arrivals: Arrivals,
+    in_progress: Callable[[], int] | None,
 ) -> ServedModel:
     """Load one version, warm it up and give it a batcher and its metrics."""
     t0 = time.perf_counter()
@@ -276,7 +286,7 @@ def _serve(
         name=f"{card.name}:{version}",
         observer=_MetricsObserver(metrics, card.name, label_version),
         arrivals=arrivals,
-        in_progress=requests_in_progress,
+        in_progress=in_progress,
     )
     served = ServedModel(
         card,

@@ -1,0 +1,73 @@
+"""Thin HTTP routes: /models, /healthz, /readyz, /metrics (POST /predict is the gate's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.errors import Unavailable
+from service.http.responses import error_reply, json_reply
+from service.http.schemas import PREDICT_ERRORS, ErrorResponse
+from service.http.state import ServiceState
+from service.repository.registry import ModelRegistry
+
+router = APIRouter()
+
+
+def _state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+def _registry(request: Request) -> ModelRegistry:
+    registry = _state(request).registry
+    if registry is None:
+        raise Unavailable("models are not loaded yet", code="not_ready")
+    return registry
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": PREDICT_ERRORS[status]} for status in (404, 503)
+}
+
+
+@router.get("/models", summary="Every served model")
+async def list_models(request: Request) -> dict[str, Any]:
+    """Versions, labels, input spec, provider, offline figures and live latency of every model."""
+    registry = _registry(request)
+    return {
+        "default_model": registry.default_model,
+        "models": [registry.describe(name) for name in sorted(registry.models)],
+    }
+
+
+@router.get("/models/{name}", summary="One served model", responses={404: _ERRORS[404]})
+async def get_model(request: Request, name: str) -> dict[str, Any]:
+    """Versions, labels, input spec, provider, offline figures and live latency of one model."""
+    return _registry(request).describe(name)
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    """The process is up and answering."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness", responses={503: _ERRORS[503]})
+async def readyz(request: Request) -> Response:
+    """200 when every model version is loaded, warm and accepting requests, else 503."""
+    registry = _state(request).registry
+    if registry is None or not registry.ready:
+        refusal = Unavailable("models are not all loaded and warm", code="not_ready")
+        return error_reply(refusal).as_response()
+    return json_reply({"status": "ready", "models": len(registry.all())}).as_response()
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of this app's registry."""
+    return Response(
+        generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

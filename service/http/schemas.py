@@ -1,0 +1,131 @@
+"""The API's shapes as pydantic models: /predict's request forms, its answer and every error.
+
+These models are what the OpenAPI document publishes (``service.http.openapi``); the hot path
+builds its JSON without validating through them, and a test validates real answers against the
+published schema so that the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+ModelSelector = Annotated[
+    str,
+    Field(
+        description="Model name, or name:version (default: the default model's newest version).",
+        examples=["cifar10-kd-wrn-16-1", "cifar10-kd-wrn-16-1:1"],
+    ),
+]
+TopK = Annotated[
+    int,
+    Field(ge=1, description="Predictions per input, best first (default 5, at most the labels)."),
+]
+Base64Image = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="An encoded image (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM) in base64, "
+        "optionally as a data: URL.",
+    ),
+]
+BinaryFile = Annotated[bytes, WithJsonSchema({"type": "string", "format": "binary"})]
+Tensor3 = list[list[list[float]]]
+Tensor4 = list[list[list[list[float]]]]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSelector | None = None
+    top_k: TopK | None = None
+
+
+class PredictImage(_Body):
+    """JSON body with one base64 image."""
+
+    image: Base64Image
+
+
+class PredictImages(_Body):
+    """JSON body with several base64 images, answered in order."""
+
+    images: list[Base64Image] = Field(min_length=1)
+
+
+class PredictTensor(_Body):
+    """JSON body with a tensor already preprocessed as the model card's input spec says."""
+
+    tensor: Tensor3 | Tensor4 = Field(
+        description="[C, H, W] or [N, C, H, W] finite numbers, in the card's input shape."
+    )
+
+
+class PredictForm(BaseModel):
+    """multipart/form-data body: one ``file`` field per image, optional ``model`` and ``top_k``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: list[BinaryFile] = Field(min_length=1, description="Images; repeat the field.")
+    model: ModelSelector | None = None
+    top_k: TopK | None = None
+
+
+class Prediction(BaseModel):
+    """One ranked class of one input."""
+
+    label: str = Field(examples=["cat"])
+    index: int = Field(ge=0, examples=[3])
+    score: float = Field(ge=0, le=1, description="Softmax probability.", examples=[0.93])
+
+
+class Timing(BaseModel):
+    """Where the request's time went, in milliseconds."""
+
+    queue_ms: float = Field(ge=0, description="Wait in the batcher queue.")
+    inference_ms: float = Field(ge=0, description="ONNX Runtime time of the whole batch.")
+    total_ms: float = Field(ge=0, description="From the request's arrival to its answer.")
+
+
+class PredictResponse(BaseModel):
+    """Answer of POST /predict: one list of top-k predictions per input, in input order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    version: int = Field(ge=1)
+    predictions: list[list[Prediction]]
+    timing: Timing
+    batch_size: int = Field(ge=1, description="Inputs in the batch this request ran in.")
+
+
+class ErrorDetail(BaseModel):
+    """A machine-readable code and a message that names the problem."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(examples=["invalid_tensor"])
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer of the service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
+
+
+# The error answers of POST /predict, by status: what a client can see and why.
+PREDICT_ERRORS: dict[int, str] = {
+    400: "Empty body, not an image, truncated image, bad base64, JSON or multipart.",
+    404: "Unknown model or version.",
+    413: "Body, image pixel count or number of inputs over a limit.",
+    415: "Unsupported content type.",
+    422: "Readable but invalid: tensor shape/dtype/rank or non-finite values, unknown field, "
+    "top_k out of range.",
+    500: "A fault of the server (the model failed on a batch); never a client's mistake.",
+    503: "Overloaded, queue full or not ready; sent with Retry-After.",
+    504: "The deadline passed before the answer was ready; sent with Retry-After.",
+}

@@ -1,0 +1,136 @@
+"""What a /predict body asks for: its content type read into images or a tensor, a model, top_k.
+
+A multipart form (``file`` fields), a JSON object (``image``, ``images`` or ``tensor``) or a raw
+``image/*`` body all become one ``PredictRequest``; nothing is decoded here yet. A body that
+cannot be read is a 400, one that is readable but wrong a 422, an unknown content type a 415.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from python_multipart.multipart import parse_options_header
+
+from service.errors import BadRequest, Unprocessable, UnsupportedMediaType
+from service.inputs.multipart import split_form
+
+JSON_KEYS = frozenset({"image", "images", "tensor", "model", "top_k"})
+
+
+@dataclass
+class PredictRequest:
+    """What a /predict body asks for, before model-specific decoding."""
+
+    model: str | None = None
+    top_k: Any = None
+    images: list[bytes] = field(default_factory=list)
+    tensor: Any = None
+
+
+def parse_body(content_type: str | None, body: bytes) -> PredictRequest:
+    """Split a body into model, top_k and images or tensor according to its content type."""
+    if not body:
+        raise BadRequest("the request body is empty", code="empty_body")
+    media, options = parse_options_header(content_type or "")
+    media_type = media.decode("latin-1").lower()
+    if media_type == "multipart/form-data":
+        return _parse_multipart(body, options.get(b"boundary"))
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return _parse_json(body)
+    if media_type.startswith("image/"):
+        return PredictRequest(images=[body])
+    raise UnsupportedMediaType(
+        f"content type {media_type or '(none)'!r} is not supported; send multipart/form-data, "
+        "application/json or an image/* body",
+        code="unsupported_media_type",
+    )
+
+
+def _parse_multipart(body: bytes, boundary: bytes | None) -> PredictRequest:
+    if not boundary:
+        raise BadRequest("multipart body without a boundary", code="invalid_multipart")
+    parts = split_form(body, boundary)
+    request = PredictRequest()
+    for name, data in parts:
+        if name == "file":
+            request.images.append(data)
+        elif name == "model":
+            request.model = data.decode("utf-8", "replace").strip()
+        elif name == "top_k":
+            request.top_k = data.decode("utf-8", "replace").strip()
+        else:
+            raise Unprocessable(
+                f"unknown form field {name!r}; use 'file', 'model', 'top_k'", code="unknown_field"
+            )
+    if not request.images:
+        raise BadRequest("multipart body has no 'file' field", code="missing_input")
+    return request
+
+
+def _parse_json(body: bytes) -> PredictRequest:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise BadRequest("JSON body is nested too deeply", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise Unprocessable("JSON body must be an object", code="invalid_json")
+    unknown = set(data) - JSON_KEYS
+    if unknown:
+        raise Unprocessable(
+            f"unknown JSON field(s) {sorted(unknown)}; allowed: {sorted(JSON_KEYS)}",
+            code="unknown_field",
+        )
+    given = [k for k in ("image", "images", "tensor") if k in data]
+    if len(given) != 1:
+        raise Unprocessable(
+            "JSON body needs exactly one of 'image', 'images' or 'tensor'", code="missing_input"
+        )
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise Unprocessable("'model' must be a string", code="invalid_model")
+    request = PredictRequest(model=model, top_k=data.get("top_k"))
+    if "tensor" in data:
+        request.tensor = data["tensor"]
+        return request
+    encoded = [data["image"]] if "image" in data else data["images"]
+    if not isinstance(encoded, list) or not encoded:
+        raise Unprocessable("'images' must be a non-empty list of strings", code="missing_input")
+    request.images = [_b64(item, i) for i, item in enumerate(encoded)]
+    return request
+
+
+def _b64(item: Any, index: int) -> bytes:
+    if not isinstance(item, str):
+        raise Unprocessable(f"image {index} must be a base64 string", code="invalid_base64")
+    if item.startswith("data:"):
+        item = item.partition(",")[2]
+    try:
+        return base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"image {index} is not valid base64", code="invalid_base64") from None
+
+
+def parse_top_k(raw: Any, default: int, n_labels: int) -> int:
+    """top_k as an int in 1..n_labels, else 422."""
+    if raw is None or raw == "":
+        return min(default, n_labels)
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+        raise Unprocessable("top_k must be an integer", code="invalid_top_k")
+    try:
+        k = int(raw)
+    except ValueError:
+        raise Unprocessable(
+            f"top_k must be an integer, got {raw!r}", code="invalid_top_k"
+        ) from None
+    if not 1 <= k <= n_labels:
+        raise Unprocessable(
+            f"top_k must be between 1 and {n_labels} (the number of labels), got {k}",
+            code="invalid_top_k",
+        )
+    return k

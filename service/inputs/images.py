@@ -1,0 +1,111 @@
+"""Encoded images to uint8 pixels in a card's colour and size, checked before they are decoded.
+
+``open_image`` reads only an image's header and refuses non-images and oversized declarations
+(the decompression-bomb guard) before any pixel is decoded; ``decode_uint8`` then decodes a common
+JPEG with libjpeg-turbo (``fastjpeg``) and anything else with Pillow, converting colour and size
+exactly as the reference preprocessing (``service.contract.preprocess``) does.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from service.contract.model_card import InputSpec
+from service.contract.preprocess import image_to_uint8, resize_uint8
+from service.errors import BadRequest, PayloadTooLarge
+from service.inputs import fastjpeg
+
+# Formats Pillow may decode: the common photo/scan formats, nothing exotic to attack.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
+
+@dataclass
+class OpenedImage:
+    """An image whose header has been read and checked; its pixels are not decoded yet.
+
+    A JPEG the fast decoder reads (service.inputs.fastjpeg) keeps only its bytes and header fields
+    (``image`` is None); any other image is a Pillow image opened lazily.
+    """
+
+    data: bytes
+    what: str
+    width: int
+    height: int
+    image: Image.Image | None = None
+    jpeg_colorspace: str | None = None
+
+    @property
+    def pixels(self) -> int:
+        """Declared width x height."""
+        return self.width * self.height
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"{what} declares {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} (refused before decoding)",
+            code="image_too_large",
+        )
+
+
+def _open_with_pillow(data: bytes, what: str) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"{what}: {exc}", code="image_too_large") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        raise BadRequest(
+            f"{what} is not a readable image (supported: {', '.join(IMAGE_FORMATS)})",
+            code="invalid_image",
+        ) from None
+
+
+def open_image(data: bytes, max_pixels: int, what: str = "image") -> OpenedImage:
+    """Read an image's header only; refuse non-images and oversized declarations (no decoding)."""
+    if not data:
+        raise BadRequest(f"{what} is empty", code="empty_image")
+    header = fastjpeg.jpeg_size(data)
+    if header is not None:
+        width, height, colorspace = header
+        _check_pixels(width, height, max_pixels, what)
+        return OpenedImage(data, what, width, height, jpeg_colorspace=colorspace)
+    image = _open_with_pillow(data, what)
+    width, height = image.size
+    _check_pixels(width, height, max_pixels, what)
+    return OpenedImage(data, what, width, height, image=image)
+
+
+def open_images(images: list[bytes], max_pixels: int) -> list[OpenedImage]:
+    """open_image for each encoded image of a request."""
+    several = len(images) > 1
+    return [
+        open_image(data, max_pixels, f"image {i}" if several else "image")
+        for i, data in enumerate(images)
+    ]
+
+
+def decode_uint8(item: OpenedImage, spec: InputSpec) -> np.ndarray:
+    """Decode one opened image to the spec's colour and size: uint8 [H, W, C]."""
+    if item.jpeg_colorspace is not None:
+        pixels = fastjpeg.decode(item.data, item.jpeg_colorspace, spec.color)
+        if pixels is not None:
+            return resize_uint8(pixels, spec)
+    image = item.image if item.image is not None else _open_with_pillow(item.data, item.what)
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadRequest(
+            f"{item.what} is truncated or corrupt: {exc}", code="invalid_image"
+        ) from None
+    try:
+        return image_to_uint8(image, spec)
+    except (OSError, ValueError) as exc:
+        raise BadRequest(
+            f"{item.what}: mode {image.mode} cannot be converted to {spec.color}: {exc}",
+            code="invalid_image",
+        ) from None
