@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= export,dev,loadtest
+EXTRAS ?= export,dev,loadtest,docs
 
-.PHONY: venv system-deps run zoo cifar-zoo test lint typecheck unit clean
+.PHONY: venv system-deps run zoo cifar-zoo test lint typecheck unit docs settings-table clean
 
 venv: $(VENV)/.installed
 
@@ -46,6 +46,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/settings_table.py --check
 
 typecheck: venv
 	$(BIN)/mypy
@@ -53,7 +54,15 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q
 
-test: venv system-deps lint typecheck unit
+# The docs site (mkdocs, material theme), built strictly: a broken link fails the build.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Rewrite docs/settings.md's table from the Settings field descriptions.
+settings-table: venv
+	$(BIN)/python scripts/settings_table.py
+
+test: venv system-deps lint typecheck unit docs
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,17 +1,15 @@
-"""``python -m loadtest.hotpath_ab``: each hand-written hot path against its library alternative.
+"""``python -m loadtest.hotpath_ab``: the service end to end against variants of its hot path.
 
-The service keeps a few hot paths written by hand or on a special library (the multipart
-splitter, JPEGs through libjpeg-turbo, one send() per answer, stdlib JSON). Each is worth its
-code only while it measurably beats the plain alternative on the current service, so this runs
-the same model end to end under each variant, interleaved round by round (the machine's load
+A special path (JPEGs through libjpeg-turbo instead of Pillow) is worth its code only while it
+measurably beats the plain alternative on the current service; a candidate (orjson for answers)
+only once it does; a change (any git revision) must not be slower. So this runs the same model
+end to end under each variant, interleaved round by round (the machine's load
 drifts), and prints served img/s at c=64 and p50 at c=1 per variant with the range over rounds
 and the ratio to ``current`` measured in the same round.
 
 Variants (``--variants``):
   current             the service as it is
-  python-multipart    multipart bodies split by python-multipart instead of service.inputs.multipart
   pillow-jpeg         JPEGs decoded by Pillow instead of simplejpeg (service.inputs.fastjpeg)
-  two-writes          uvicorn's two transport writes per answer (no header holding)
   orjson              answers encoded with orjson instead of the stdlib json (if installed)
   git:REV             the service as it was at git revision REV (a temporary worktree)
 
@@ -36,7 +34,7 @@ import numpy as np
 from loadtest.served_vs_raw import Row, Server, machine, pick_model
 from service.contract.model_card import ModelCard
 
-VARIANTS = ("current", "python-multipart", "pillow-jpeg", "two-writes", "orjson")
+VARIANTS = ("current", "pillow-jpeg", "orjson")
 DEFAULT_JPEG = Path("../shared/datasets/cifar10/test/cat/0000.jpg")
 
 
@@ -44,24 +42,16 @@ def apply(variant: str) -> None:
     """Patch this process's service to ``variant`` (before uvicorn imports the app)."""
     if variant == "current":
         return
-    if variant == "python-multipart":
-        from service.inputs import body, multipart
-
-        body.split_form = multipart._split_with_python_multipart  # type: ignore[assignment]
-    elif variant == "pillow-jpeg":
+    if variant == "pillow-jpeg":
         from service.inputs import fastjpeg
 
         fastjpeg.simplejpeg = None
-    elif variant == "two-writes":
-        from service.http import httptools_protocol
-
-        httptools_protocol.HeaderHoldingTransport = lambda transport, loop: transport  # type: ignore[assignment,misc]
     elif variant == "orjson":
         import orjson
 
         from service.http import responses
 
-        responses.dump_json = orjson.dumps
+        responses.dump_json = orjson.dumps  # type: ignore[assignment]
     else:
         raise SystemExit(f"error: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
 
@@ -130,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.hotpath_ab", description=__doc__)
     p.add_argument("--model-repository", type=Path, default=Path("models"))
     p.add_argument("--model", default="cifar10-kd-wrn-16-1-int8")
-    p.add_argument("--variants", default=",".join(VARIANTS[:4]))
+    p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=4.0, help="measured seconds per point")
     p.add_argument("--image", type=Path, default=DEFAULT_JPEG, help="the JPEG every request sends")

@@ -1,4 +1,4 @@
-"""Print a bench CSV as the README's markdown table: ``python -m loadtest.table bench.csv``."""
+"""Print a bench CSV as a markdown table (docs/performance.md): ``python -m loadtest.table CSV``."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m service",
         description="Serve a model repository over HTTP. Every setting can also be given as a "
-        f"{ENV_PREFIX}<NAME> environment variable (see README).",
+        f"{ENV_PREFIX}<NAME> environment variable (see docs/settings.md).",
     )
     parser.add_argument("--model-repository", help="model repository folder")
     parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")

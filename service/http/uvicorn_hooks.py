@@ -1,8 +1,7 @@
-"""Arrival stamps, the header-holding transport and the uvicorn protocol choice of the service."""
+"""Arrival stamps, uvicorn's running-request count, and the protocol to run uvicorn with."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import time
 from typing import Any
@@ -27,66 +26,6 @@ def arrival(scope: Scope) -> float:
     state = scope.get("state")
     stamp = state.get(ARRIVAL_KEY) if state else None
     return stamp if isinstance(stamp, float) else time.monotonic()
-
-
-# A held header block is sent with the body only when the body is at most this long; a longer
-# body is written after it in a second send(), rather than copied to join them.
-JOIN_BODY_BYTES = 64 * 1024
-
-
-class HeaderHoldingTransport:
-    """A transport that holds a response's header block until its body comes, to send both at once.
-
-    uvicorn writes a response's status line and headers, then its body, as two transport writes:
-    two send() system calls, two TCP segments and two wake-ups of the client for every answer. A
-    write that is a whole header block (``HTTP/...`` up to the blank line) is held here instead;
-    the next write goes out joined with it. Nothing stays held past the current event-loop
-    iteration (a streamed body that comes later still finds its headers sent), nor past close().
-    Everything else is the wrapped transport's.
-    """
-
-    __slots__ = ("_held", "_loop", "_transport")
-
-    def __init__(self, transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport: Any = transport
-        self._loop = loop
-        self._held: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        """Write ``data``, held if it is a header block, joined with what was held if any."""
-        held = self._held
-        if held is not None:
-            self._held = None
-            if len(data) <= JOIN_BODY_BYTES:
-                data = held + data
-            else:
-                self._transport.write(held)
-        elif data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n":
-            self._held = bytes(data)
-            self._loop.call_soon(self.flush)
-            return
-        self._transport.write(data)
-
-    def flush(self) -> None:
-        """Send what is held now."""
-        held = self._held
-        if held is not None:
-            self._held = None
-            if not self._transport.is_closing():
-                self._transport.write(held)
-
-    def close(self) -> None:
-        """Send what is held, then close (the wrapped transport flushes its buffer first)."""
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        """Close at once, dropping what is held and buffered."""
-        self._held = None
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
 
 
 PROTOCOL_PATH = "service.http.httptools_protocol:ArrivalHttpToolsProtocol"

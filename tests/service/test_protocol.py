@@ -1,4 +1,4 @@
-"""service.http.uvicorn_hooks: arrival stamps on a real uvicorn server, and one write per answer."""
+"""service.http.uvicorn_hooks: arrival stamps on a real uvicorn server, streamed answers intact."""
 
 from __future__ import annotations
 
@@ -11,12 +11,7 @@ import httpx
 import pytest
 import uvicorn
 
-from service.http.uvicorn_hooks import (
-    ARRIVAL_KEY,
-    JOIN_BODY_BYTES,
-    HeaderHoldingTransport,
-    arrival_protocol,
-)
+from service.http.uvicorn_hooks import ARRIVAL_KEY, arrival_protocol
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -65,76 +60,7 @@ async def test_real_uvicorn_stamps_arrival_before_the_body_is_complete() -> None
     assert second > handled
 
 
-class RecordingTransport:
-    """Stands in for an asyncio transport: records writes and closes."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def get_extra_info(self, name: str) -> str:
-        return f"info:{name}"
-
-
-HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
-
-
-async def test_header_block_and_body_leave_in_one_write() -> None:
-    inner = RecordingTransport()
-    holder = HeaderHoldingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
-    holder.write(HEAD)
-    assert inner.writes == []
-    holder.write(b"{}")
-    assert inner.writes == [HEAD + b"{}"]
-    await asyncio.sleep(0)  # the fallback flush finds nothing held
-    assert inner.writes == [HEAD + b"{}"]
-    assert holder.get_extra_info("peername") == "info:peername"  # the rest is the transport's
-
-
-async def test_headers_alone_go_out_within_one_loop_iteration() -> None:
-    inner = RecordingTransport()
-    holder = HeaderHoldingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
-    holder.write(HEAD)  # a streamed response whose body comes later
-    await asyncio.sleep(0)
-    assert inner.writes == [HEAD]
-    holder.write(b"{}")
-    assert inner.writes == [HEAD, b"{}"]
-
-
-async def test_body_writes_are_not_held_and_close_flushes_first() -> None:
-    inner = RecordingTransport()
-    holder = HeaderHoldingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
-    holder.write(b"chunk")
-    assert inner.writes == [b"chunk"]
-    holder.write(HEAD)
-    holder.close()
-    assert inner.writes == [b"chunk", HEAD] and inner.closed
-    big = b"x" * (JOIN_BODY_BYTES + 1)
-    other = RecordingTransport()
-    holder = HeaderHoldingTransport(other, asyncio.get_running_loop())  # type: ignore[arg-type]
-    holder.write(HEAD)
-    holder.write(big)  # too big to copy: two writes, in order
-    assert other.writes == [HEAD, big]
-    holder.write(HEAD)
-    holder.abort()
-    await asyncio.sleep(0)
-    assert other.writes == [HEAD, big] and other.aborted
-
-
-async def test_real_uvicorn_answers_through_the_holder_streamed_or_not() -> None:
+async def test_real_uvicorn_answers_through_the_protocol_streamed_or_not() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
@@ -158,7 +84,7 @@ async def test_real_uvicorn_answers_through_the_holder_streamed_or_not() -> None
         status = await reader.readline()
         headers_at = time.monotonic() - t0
         rest = await reader.readuntil(b"0\r\n\r\n")  # the end of a chunked body
-        # The headers were not held back until the body came 0.3 s later.
+        # The headers went out before the body that came 0.3 s later.
         assert status.startswith(b"HTTP/1.1 200") and headers_at < 0.2
         assert b"transfer-encoding: chunked" in rest and b"done" in rest
         writer.write(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
