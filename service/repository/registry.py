@@ -180,7 +180,10 @@ class ModelRegistry:
             )
         if not sep:
             return versions[max(versions)]
-        if not version.isdigit() or int(version) not in versions:
+        # ASCII digits only ("²" and "٣" are digits to str.isdigit, not to int), and few enough
+        # of them that int() takes them (it refuses over 4,300).
+        plain = version.isascii() and version.isdecimal() and len(version) <= 18
+        if not plain or int(version) not in versions:
             raise NotFound(
                 f"model {name!r} has no version {version!r}; versions: "
                 f"{', '.join(map(str, sorted(versions)))}",
