@@ -11,6 +11,8 @@ from pydantic import ValidationError
 
 from service.contract.model_card import ModelRepositoryError, model_dirs, read_manifest
 from service.http.uvicorn_hooks import arrival_protocol
+from service.repository.loading import verify_repository
+from service.repository.registry import LoadFailure
 from service.settings import ENV_PREFIX, Settings
 
 
@@ -27,6 +29,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
     parser.add_argument("--default-model", help="model used when a request names none")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--strict",
+        action="store_const",
+        const="true",
+        dest="strict_models",
+        help="exit with status 2 if any model version cannot be loaded (default: skip it)",
+    )
     return parser.parse_args(argv)
 
 
@@ -35,6 +44,30 @@ def _one_line(exc: ValidationError) -> str:
     where = ".".join(str(p) for p in first["loc"])
     field = f"{ENV_PREFIX}{where.upper()}" if where else "settings"
     return f"invalid setting {field}: {first['msg']}"
+
+
+def check_repository(settings: Settings) -> list[LoadFailure]:
+    """What would keep model versions from being served, found before uvicorn starts.
+
+    With ``strict_models`` every version is opened in ONNX Runtime (a corrupt file or a signature
+    that does not match its card is found here); otherwise only the cards are read, and the
+    service itself skips what it cannot load. No servable model at all is an error either way.
+    """
+    if settings.strict_models:
+        failures = verify_repository(settings)
+    else:
+        failures = []
+        for model_dir in model_dirs(settings.model_repository):
+            try:
+                read_manifest(model_dir)
+            except ModelRepositoryError as exc:
+                failures.append(LoadFailure(model_dir.name, None, str(exc)))
+    servable = {d.name for d in model_dirs(settings.model_repository)}
+    servable -= {f.model for f in failures if f.version is None}
+    if not servable:
+        reason = failures[0].line() if failures else "no model folders with a manifest.json"
+        raise ModelRepositoryError(f"{settings.model_repository}: nothing to serve; {reason}")
+    return failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,13 +79,15 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
     try:
         settings = Settings()  # type: ignore[call-arg]  # model_repository comes from the env
-        for model_dir in model_dirs(settings.model_repository):
-            read_manifest(model_dir)
+        failures = check_repository(settings)
     except ValidationError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except ModelRepositoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if failures and settings.strict_models:
+        print(f"error: {failures[0].line()}", file=sys.stderr)
         return 2
     uvicorn.run(
         "service.http.app:app_from_env",
@@ -65,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_keep_alive=settings.keep_alive_s,
+        # SIGTERM: stop accepting, let accepted requests finish, but exit within the grace.
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     return 0
 

@@ -80,6 +80,20 @@ class DeadlineExceeded(ServiceError):
     code = "deadline_exceeded"
 
 
+class RequestTimeout(ServiceError):
+    """The request body did not arrive in time (408); the connection is closed."""
+
+    status = 408
+    code = "body_timeout"
+
+
+class ClientGone(ServiceError):
+    """The client disconnected before its answer was ready (499, never sent: counted only)."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class InferenceFailed(ServiceError):
     """The model raised while running a batch: a server fault, failing only that batch (500)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,15 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ROCKETSERVE_"
+IN_FLIGHT_PER_CORE = 128
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -94,12 +104,36 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(
         1, ge=0, description="Retry-After header (seconds) sent with every 503 and 504."
     )
-    max_in_flight: int = Field(
-        0,
+    max_in_flight: int | None = Field(
+        None,
         ge=0,
         description="Most /predict requests one process handles at once; beyond it 503 with "
         "Retry-After before the body is read, so overload is shed at the door instead of "
-        "queueing on the event loop (0 = no limit; about capacity x timeout is a good value).",
+        "queueing on the event loop and holding memory. Default: 128 per core this process may "
+        "use (256 on 2 cores), which bounds a process's request memory at about that many "
+        "bodies of max_body_bytes; 0 = no limit.",
+    )
+    body_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Longest a request body may take to arrive, from the request's arrival; a "
+        "slower client (e.g. a slowloris sending a byte a second) gets 408 and its connection "
+        "is closed, so it cannot hold an in-flight slot.",
+    )
+    shutdown_grace_s: int = Field(
+        25,
+        ge=1,
+        le=3600,
+        description="On SIGTERM: how long accepted requests may take to finish before the "
+        "process exits anyway. Shorter than the orchestrator's kill timeout (Kubernetes' "
+        "terminationGracePeriodSeconds, 30 s by default).",
+    )
+    strict_models: bool = Field(
+        False,
+        description="Refuse to start (exit status 2) when any model version cannot be loaded. "
+        "Off by default: a corrupt file or a card that does not match its ONNX graph skips that "
+        "version with a one-line error, and the others are served.",
     )
     max_loop_wait_ms: float | None = Field(
         None,
@@ -146,6 +180,13 @@ class Settings(BaseSettings):
         "cloud load balancers: 60 s), so that the server never closes a connection at the "
         "moment a client reuses it: that race loses the request with no answer at all.",
     )
+
+    @property
+    def in_flight_limit(self) -> int:
+        """max_in_flight, or its default sized from the cores this process may use (0 = none)."""
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        return IN_FLIGHT_PER_CORE * usable_cores()
 
     @property
     def loop_wait_limit_ms(self) -> float:

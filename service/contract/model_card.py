@@ -242,7 +242,7 @@ def version_dirs(model_dir: Path) -> dict[int, Path]:
     """Version folders (positive integer names) of one model, by version number."""
     found: dict[int, Path] = {}
     for child in model_dir.iterdir():
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
+        if child.is_dir() and child.name.isascii() and child.name.isdecimal() and int(child.name):
             found[int(child.name)] = child
     return dict(sorted(found.items()))
 

@@ -47,7 +47,7 @@ class AdmissionGate:
     def __init__(self, state: ServiceState) -> None:
         self.state = state
         settings = state.settings
-        self._max_in_flight = settings.max_in_flight
+        self._max_in_flight = settings.in_flight_limit
         self._max_wait = settings.loop_wait_limit_ms / 1000.0
         self._retry_after = str(settings.retry_after_s)
 
@@ -69,6 +69,7 @@ class AdmissionGate:
             except Exception:
                 log.exception("unhandled error in /predict")
                 reply = _INTERNAL_ERROR
+                state.metrics.requests.labels("unknown", "", "500").inc()
             await reply.send(send)
         finally:
             state.predicting -= 1

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
@@ -47,6 +50,36 @@ class RocketServeApp(FastAPI):
             await super().__call__(scope, receive, send)
 
 
+def drain_on_sigterm(state: ServiceState) -> Callable[[], None]:
+    """On SIGTERM, say "not ready" at once, then let the server's own handler shut down.
+
+    uvicorn's handler stops accepting connections and lets accepted requests finish (within
+    ``shutdown_grace_s``); /readyz turns 503 from the signal on, so that no probe sees a
+    draining process as ready. Only in the main thread (where signals are delivered). Returns
+    what restores the previous handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        state.draining = True
+        log.info("SIGTERM: draining (readyz 503), accepted requests finish")
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
+
 def create_app(
     settings: Settings,
     registry: ModelRegistry | None = None,
@@ -68,10 +101,12 @@ def create_app(
         for model in state.registry.all():
             warm_up_decoders(model.card.input)
         state.registry.start()
+        restore_sigterm = drain_on_sigterm(state)
         log.info("ready: %d model version(s)", len(state.registry.all()))
         try:
             yield
         finally:
+            restore_sigterm()
             await state.registry.close()
 
     app = RocketServeApp(

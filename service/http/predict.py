@@ -8,13 +8,20 @@ framework objects costing more CPU per request than decoding a CIFAR-10 JPEG.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from urllib.parse import parse_qsl
 
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope
 
-from service.errors import DeadlineExceeded, PayloadTooLarge, ServiceError, Unavailable
+from service.errors import (
+    DeadlineExceeded,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+    Unavailable,
+)
 from service.http.responses import Reply, error_reply, json_reply
 from service.http.state import ServiceState
 from service.http.uvicorn_hooks import arrival
@@ -39,26 +46,73 @@ def query_params(scope: Scope) -> dict[str, str]:
     return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
 
 
-async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+def _declared_length(value: str | None) -> int | None:
+    """Content-Length as an int when it is a plain one (uvicorn has checked it already)."""
+    if value is None or not (value.isascii() and value.isdecimal()) or len(value) > 18:
+        return None
+    return int(value)
+
+
+async def read_body(
+    receive: Receive, limit: int, declared: str | None, deadline: float | None = None
+) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and
+    with 408 if it has not all arrived by ``deadline`` (a ``time.monotonic()`` instant)."""
+    length = _declared_length(declared)
+    if length is not None and length > limit:
         raise PayloadTooLarge(
-            f"body of {declared} bytes is over the limit of {limit} bytes", code="body_too_large"
+            f"body of {length} bytes is over the limit of {limit} bytes", code="body_too_large"
         )
     parts: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes", code="body_too_large")
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            break
+    timer = None
+    timed_out = False
+    if deadline is not None:
+        current = asyncio.current_task()
+        assert current is not None
+        cancel = current.cancel
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
+            cancel()
+
+        # A timer that cancels this task, not asyncio.wait_for: no helper task per message.
+        timer = asyncio.get_running_loop().call_at(_loop_time(deadline), expire)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"body is over the limit of {limit} bytes", code="body_too_large"
+                )
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                break
+    except asyncio.CancelledError:
+        if not timed_out:
+            raise
+        task = asyncio.current_task()
+        if task is not None and hasattr(task, "uncancel"):
+            task.uncancel()  # the cancellation was this timer's, not the caller's
+        raise RequestTimeout(
+            f"the request body did not arrive in time ({size} bytes received)",
+            headers={"Connection": "close"},
+        ) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _loop_time(instant: float) -> float:
+    """A ``time.monotonic()`` instant on the running loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (instant - time.monotonic())
 
 
 async def predict(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
@@ -78,7 +132,10 @@ async def predict(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
             )
         with registry.arrivals:  # while decoding, this request may still join a batch
             body = await read_body(
-                receive, settings.max_body_bytes, header(scope, b"content-length")
+                receive,
+                settings.max_body_bytes,
+                header(scope, b"content-length"),
+                started + settings.body_read_timeout_s,
             )
             parsed = parse_body(header(scope, b"content-type"), body)
             query = query_params(scope)
@@ -88,7 +145,7 @@ async def predict(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
             raw_k = parsed.top_k if parsed.top_k is not None else query.get("top_k")
             k = parse_top_k(raw_k, settings.default_top_k, len(served.card.labels))
             batch = await to_batch(parsed, served.card.input, settings)
-        result = await served.batcher.submit(batch, deadline)
+        result = await served.batcher.submit(batch, deadline, lambda: disconnected(receive))
         if time.monotonic() > deadline:
             # The answer was ready in time but the event loop came back to it late (overload):
             # it is late all the same, and a 200 past the deadline would break the contract.
@@ -122,6 +179,12 @@ async def predict(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
             "batch_size": result.batch_size,
         }
     )
+
+
+async def disconnected(receive: Receive) -> None:
+    """Returns when the client has gone (its connection closed); the body is all read by then."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def count(state: ServiceState, served: ServedModel | None, status: int, started: float) -> None:

@@ -91,7 +91,7 @@ def _from_validation_error(exc: RequestValidationError) -> ServiceError:
     return ServiceError(f"{where}: {first.get('msg')}", code="invalid_input", status=422)
 
 
-async def _handle(_: Request, exc: Exception) -> Response:
+async def _handle(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ServiceError):
         error = exc
     elif isinstance(exc, StarletteHTTPException):
@@ -101,6 +101,11 @@ async def _handle(_: Request, exc: Exception) -> Response:
     else:
         log.exception("unhandled error", exc_info=exc)
         error = INTERNAL_ERROR
+    if error.status >= 500:
+        # Counted with the predictions, so that the error-ratio alert sees every server fault.
+        service = getattr(request.app.state, "service", None)
+        if service is not None:
+            service.metrics.requests.labels("unknown", "", str(error.status)).inc()
     return error_reply(error).as_response()
 
 

@@ -40,6 +40,9 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {
         "default_model": registry.default_model,
         "models": [registry.describe(name) for name in sorted(registry.models)],
+        "not_served": [
+            {"model": f.model, "version": f.version, "reason": f.reason} for f in registry.failures
+        ],
     }
 
 
@@ -58,7 +61,11 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="Readiness", responses={503: _ERRORS[503]})
 async def readyz(request: Request) -> Response:
     """200 when every model version is loaded, warm and accepting requests, else 503."""
-    registry = _state(request).registry
+    state = _state(request)
+    registry = state.registry
+    if state.draining:
+        refusal = Unavailable("shutting down: finishing accepted requests", code="shutting_down")
+        return error_reply(refusal).as_response()
     if registry is None or not registry.ready:
         refusal = Unavailable("models are not all loaded and warm", code="not_ready")
         return error_reply(refusal).as_response()

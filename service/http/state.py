@@ -17,3 +17,4 @@ class ServiceState:
     metrics: ServiceMetrics
     registry: ModelRegistry | None = None
     predicting: int = 0  # /predict requests past the AdmissionGate right now
+    draining: bool = False  # SIGTERM received: not ready, finishing what was accepted

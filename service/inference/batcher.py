@@ -18,15 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, InferenceFailed, ServiceError, Unavailable
+from service.errors import (
+    ClientGone,
+    DeadlineExceeded,
+    InferenceFailed,
+    ServiceError,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
 
 BatchModel = Callable[[np.ndarray], np.ndarray]
 
@@ -52,6 +61,12 @@ class BatchObserver:
 
     def batch_done(self, batch_size: int, inference_s: float) -> None:
         """A batch of ``batch_size`` inputs ran in ``inference_s`` seconds."""
+
+    def abandoned(self, stage: str) -> None:
+        """A caller left while its request was 'queued' (dropped) or 'running' (answer dropped)."""
+
+    def worker_restarted(self) -> None:
+        """An inference thread hit a fault of the batcher itself and was restarted."""
 
 
 @dataclass(eq=False, slots=True)
@@ -135,16 +150,28 @@ class DynamicBatcher:
         self._loop = loop = asyncio.get_running_loop()
         for i in range(self._n_workers):
             done: asyncio.Future[None] = loop.create_future()
-            # Daemon threads: a batcher never closed cannot keep the interpreter from exiting.
-            threading.Thread(
-                target=self._work, args=(i, done), name=f"infer-{self._name}-{i}", daemon=True
-            ).start()
+            self._spawn(i, done)
             self._threads.append(done)
 
-    async def submit(self, inputs: np.ndarray, deadline: float | None = None) -> BatchResult:
+    def _spawn(self, worker: int, done: asyncio.Future[None]) -> None:
+        # Daemon threads: a batcher never closed cannot keep the interpreter from exiting.
+        threading.Thread(
+            target=self._work, args=(worker, done), name=f"infer-{self._name}-{worker}", daemon=True
+        ).start()
+
+    async def submit(
+        self,
+        inputs: np.ndarray,
+        deadline: float | None = None,
+        abandon: Callable[[], Awaitable[object]] | None = None,
+    ) -> BatchResult:
         """Queue ``inputs`` ([n, ...], n >= 1) and wait for their rows of the model's output.
 
-        ``deadline`` is a ``time.monotonic()`` instant (default: now + timeout).
+        ``deadline`` is a ``time.monotonic()`` instant (default: now + timeout). ``abandon``
+        (optional) makes an awaitable that finishes when the caller is gone (its client
+        disconnected); it is awaited only while the request waits for a batch, and when it
+        finishes the request leaves the queue uncomputed, or its answer is dropped if its batch
+        is already running, and this raises ClientGone.
         """
         if self._closing or not self._threads:
             raise Unavailable("the model is shutting down or not started", code="shutting_down")
@@ -174,10 +201,16 @@ class DynamicBatcher:
             self._ready.notify()
         # A plain timer rather than asyncio.wait_for: one callback instead of a helper task.
         timer = loop.call_later(deadline - now, self._expire, pending, deadline - now)
+        watcher = None
+        if abandon is not None:
+            watcher = asyncio.ensure_future(abandon())
+            watcher.add_done_callback(lambda w: self._abandon(pending, w))
         try:
             return await pending.future
         finally:
             timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
             # Timed out or cancelled while still queued: take it out now so it holds no capacity.
             if pending.queued:
                 with self._lock:
@@ -210,6 +243,13 @@ class DynamicBatcher:
         self._observer.batch_started([0.0])
         self._observer.batch_done(len(inputs), inference_s)
         return BatchResult(out, 0.0, inference_s, len(inputs))
+
+    def _abandon(self, pending: _Pending, watcher: asyncio.Future[object]) -> None:
+        """The caller is gone: fail its future so that submit() returns and frees its slot."""
+        if watcher.cancelled() or pending.future.done():
+            return
+        self._observer.abandoned("queued" if pending.queued else "running")
+        pending.future.set_exception(ClientGone("the client disconnected before its answer"))
 
     def _retry_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self._retry_after)}
@@ -261,16 +301,46 @@ class DynamicBatcher:
         return pending
 
     def _work(self, worker: int, done: asyncio.Future[None]) -> None:
-        """Thread body: collect a batch, run it, post the answers to the loop; until closed."""
+        """Thread body: collect a batch, run it, post the answers to the loop; until closed.
+
+        The model's own errors fail only their batch (``_run``). A fault of the batcher itself
+        fails the batch in hand with a 500 and starts the loop over (counted as a restart); should
+        anything still end this thread while the batcher is open, a new thread takes its place,
+        so the model never hangs with requests queued and nobody to run them.
+        """
+        batch: list[_Pending] | None = None
         try:
-            while (batch := self._collect()) is not None:
-                with self._lock:
-                    self._running[worker] = batch
-                self._run(batch)
-                with self._lock:
-                    self._running.pop(worker, None)
+            while True:
+                batch = None
+                try:
+                    batch = self._collect()
+                    if batch is None:
+                        return
+                    with self._lock:
+                        self._running[worker] = batch
+                    self._run(batch)
+                    batch = None  # answered (or failed) by _run
+                except Exception as exc:
+                    log.exception("inference thread of %s failed; restarting it", self._name)
+                    self._restarted(batch, exc)
+                    time.sleep(0.01)  # a fault that repeats must not spin a core
+                finally:
+                    with self._lock:
+                        self._running.pop(worker, None)
         finally:
-            self._post(_resolve, done)
+            if self._closing:
+                self._post(_resolve, done)
+            else:  # ended by something other than an Exception: replace the thread
+                self._restarted(batch, None)
+                self._spawn(worker, done)
+
+    def _restarted(self, batch: list[_Pending] | None, exc: BaseException | None) -> None:
+        """Count a restart; the batch that was in hand (if any) fails with a 500."""
+        self._observer.worker_restarted()
+        if batch:
+            what = f"{type(exc).__name__}: {exc}" if exc is not None else "thread ended"
+            failure = InferenceFailed(f"inference thread fault ({what})")
+            self._post(self._fail, batch, failure)
 
     def _post(self, callback: Callable[..., object], *args: object) -> None:
         """Run ``callback(*args)`` on the event loop (dropped if the loop is gone)."""

@@ -84,6 +84,12 @@ class OnnxModel:
                 f"{self.path}: manifest output {self.output_name!r} is not a graph output "
                 f"({', '.join(sorted(outputs))})"
             )
+        width = next(o.shape for o in self.session.get_outputs() if o.name == self.output_name)
+        if len(width) != 2 or (isinstance(width[1], int) and width[1] != len(card.labels)):
+            raise ModelRepositoryError(
+                f"{self.path}: graph output {self.output_name!r} has shape {width}, but the card "
+                f"has {len(card.labels)} labels (expected [N, {len(card.labels)}])"
+            )
         dims = inputs[self.input_name].shape
         if len(dims) != 4 or any(
             isinstance(d, int) and d != want

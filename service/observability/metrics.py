@@ -105,6 +105,25 @@ class ServiceMetrics:
             MODEL_LABELS,
             registry=r,
         )
+        self.abandoned = Counter(
+            f"{PREFIX}_abandoned_requests",
+            "Requests whose client disconnected while they waited for their batch: their input "
+            "was dropped from the queue (stage 'queued') or their answer discarded ('running').",
+            [*MODEL_LABELS, "stage"],
+            registry=r,
+        )
+        self.inference_restarts = Counter(
+            f"{PREFIX}_inference_thread_restarts",
+            "Inference threads restarted after a fault of the batcher itself (not of the model).",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.load_failures = Counter(
+            f"{PREFIX}_model_load_failures",
+            "Model versions that could not be loaded (version '' when the whole model failed).",
+            MODEL_LABELS,
+            registry=r,
+        )
         self.model_macs = Gauge(
             f"{PREFIX}_model_macs",
             "Multiply-accumulates per image.",

@@ -1,13 +1,11 @@
-"""Load a model repository into served model versions and resolve 'name' / 'name:version'."""
+"""The served model versions of a repository, by name and version; 'name[:version]' resolved."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,41 +13,28 @@ import numpy as np
 from service.contract.model_card import (
     ModelCard,
     ModelRepositoryError,
-    model_dirs,
-    model_file,
-    read_manifest,
-    sha256_file,
-    version_dirs,
 )
 from service.errors import NotFound
-from service.inference.batcher import BatchObserver, DynamicBatcher
-from service.inference.predictions import softmax
-from service.inference.session import OnnxModel, choose_provider
+from service.inference.batcher import DynamicBatcher
+from service.inference.session import OnnxModel
 from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class _MetricsObserver(BatchObserver):
-    """Feeds one model version's batcher events into the app's Prometheus metrics."""
+@dataclass(frozen=True)
+class LoadFailure:
+    """A model version that could not be served, and why (one line)."""
 
-    def __init__(self, metrics: ServiceMetrics, name: str, version: str) -> None:
-        self._depth = metrics.queue_depth.labels(name, version)
-        self._wait = metrics.queue_wait.labels(name, version)
-        self._inference = metrics.inference.labels(name, version)
-        self._batch_size = metrics.batch_size.labels(name, version)
+    model: str
+    version: int | None
+    reason: str
 
-    def queue_depth(self, depth: int) -> None:
-        self._depth.set(depth)
-
-    def batch_started(self, queue_waits: list[float]) -> None:
-        for wait in queue_waits:
-            self._wait.observe(wait)
-
-    def batch_done(self, batch_size: int, inference_s: float) -> None:
-        self._batch_size.observe(batch_size)
-        self._inference.observe(inference_s)
+    def line(self) -> str:
+        """The one-line error naming the model (and version) and the reason."""
+        which = self.model if self.version is None else f"{self.model}:{self.version}"
+        return f"model {which} not served: {self.reason}"
 
 
 @dataclass(eq=False)
@@ -129,6 +114,7 @@ class ModelRegistry:
         self.arrivals = arrivals or Arrivals()
         self.default_model = default_model
         self.default = self.resolve(default_model)
+        self.failures: list[LoadFailure] = []  # versions skipped at load, with the reason
 
     @classmethod
     def load(
@@ -139,29 +125,22 @@ class ModelRegistry:
     ) -> ModelRegistry:
         """Read, verify, load and warm every model version of ``settings.model_repository``.
 
+        A version that cannot be served is skipped with a one-line error (``failures``), unless
+        ``settings.strict_models``; it is an error only when no version at all can be served.
         ``in_progress`` counts the requests the HTTP server holds (see DynamicBatcher); the HTTP
         layer passes it in, so that nothing here knows which server runs the service.
         """
-        provider = choose_provider(settings.provider)
-        log.info("execution provider: %s", provider)
-        models: dict[str, dict[int, ServedModel]] = {}
+        from service.repository.loading import load_repository
+
         arrivals = Arrivals()
-        for model_dir in model_dirs(settings.model_repository):
-            card = read_manifest(model_dir)
-            versions = _verified_versions(model_dir, card)
-            models[card.name] = {
-                v: _serve(card, v, path, provider, settings, metrics, arrivals, in_progress)
-                for v, path in versions.items()
-            }
-        if not models:
-            raise ModelRepositoryError(
-                f"{settings.model_repository}: no model folders with a manifest.json"
-            )
+        models, failures = load_repository(settings, metrics, arrivals, in_progress)
         default = settings.default_model or next(iter(sorted(models)))
         try:
-            return cls(models, default, metrics, arrivals)
+            registry = cls(models, default, metrics, arrivals)
         except NotFound as exc:
             raise ModelRepositoryError(f"default_model {default!r}: {exc.message}") from None
+        registry.failures = failures
+        return registry
 
     def all(self) -> list[ServedModel]:
         """Every served version, by name then version."""
@@ -205,6 +184,7 @@ class ModelRegistry:
         """Stop every batcher (queued requests are rejected, running batches finish)."""
         for model in self.all():
             model.ready = False
+            self.metrics.model_ready.labels(model.name, str(model.version)).set(0)
             await model.batcher.close(grace_s)
 
     def describe(self, name: str) -> dict[str, Any]:
@@ -230,98 +210,3 @@ class ModelRegistry:
             "size_bytes": card.size_bytes,
             "versions": [versions[v].describe() for v in sorted(versions)],
         }
-
-
-def _verified_versions(model_dir: Path, card: ModelCard) -> dict[int, Path]:
-    """Version files vouched for by the card (size and sha256 checked); others are skipped."""
-    records = {r.version: r for r in card.version_records()}
-    found = version_dirs(model_dir)
-    if card.version not in found:
-        raise ModelRepositoryError(
-            f"{model_dir}: version {card.version} of the manifest is missing"
-        )
-    verified: dict[int, Path] = {}
-    for version in found:
-        path = model_file(model_dir, version)
-        record = records.get(version)
-        if record is None:
-            log.warning(
-                "%s: version %d has no record in manifest.json; not served", model_dir, version
-            )
-            continue
-        if not path.is_file():
-            raise ModelRepositoryError(f"{path}: model file is missing")
-        if path.stat().st_size != record.size_bytes or sha256_file(path) != record.sha256:
-            raise ModelRepositoryError(f"{path}: size or sha256 differs from manifest.json")
-        verified[version] = path
-    return verified
-
-
-def _serve(
-    card: ModelCard,
-    version: int,
-    path: Path,
-    provider: str,
-    settings: Settings,
-    metrics: ServiceMetrics,
-    arrivals: Arrivals,
-    in_progress: Callable[[], int] | None,
-) -> ServedModel:
-    """Load one version, warm it up and give it a batcher and its metrics."""
-    t0 = time.perf_counter()
-    runtime = OnnxModel(
-        path, card, provider, settings.intra_op_threads, spinning=settings.intra_op_spinning
-    )
-    label_version = str(version)
-
-    def infer_probs(batch: np.ndarray) -> np.ndarray:
-        return softmax(runtime(batch))
-
-    batcher = DynamicBatcher(
-        infer_probs,
-        max_batch_size=settings.max_batch_size,
-        max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
-        max_queue_size=settings.max_queue_size,
-        timeout_s=settings.request_timeout_ms / 1000.0,
-        batching=settings.batching,
-        workers=settings.inference_workers,
-        retry_after_s=settings.retry_after_s,
-        name=f"{card.name}:{version}",
-        observer=_MetricsObserver(metrics, card.name, label_version),
-        arrivals=arrivals,
-        in_progress=in_progress,
-    )
-    served = ServedModel(
-        card,
-        version,
-        runtime,
-        batcher,
-        ModelRequestMetrics(metrics, card.name, label_version),
-        latencies=deque(maxlen=settings.latency_window),
-    )
-    runtime.warm_up(settings.warmup_runs)
-    batch1_ms = runtime.batch1_seconds() * 1000.0
-    batcher.inline = batch1_ms <= settings.inline_inference_max_ms
-    served.ready = True
-    labels = (card.name, label_version)
-    metrics.model_info.labels(
-        *labels,
-        card.training.method,
-        card.training.architecture,
-        card.precision,
-        runtime.provider,
-    ).set(1)
-    metrics.queue_capacity.labels(*labels).set(settings.max_queue_size)
-    metrics.queue_depth.labels(*labels).set(0)
-    metrics.in_flight.labels(*labels).set(0)
-    metrics.model_params.labels(*labels).set(card.params)
-    metrics.model_macs.labels(*labels).set(card.macs)
-    if card.version == version:
-        metrics.model_top1.labels(*labels).set(card.metrics.top1)
-    metrics.model_ready.labels(*labels).set(1)
-    log.info(
-        "loaded %s:%d on %s in %.0f ms (batch 1: %.3f ms%s)", card.name, version,
-        runtime.provider, (time.perf_counter() - t0) * 1000, batch1_ms,
-        ", lone requests inline" if batcher.inline else "",
-    )  # fmt: skip
-    return served

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from PIL import Image
 from service.contract.model_card import model_file, read_manifest
 from service.http.app import create_app
 from service.inference.predictions import softmax
-from service.settings import Settings
+from service.settings import ENV_PREFIX, Settings
 from tests.support.onnx_repo import digits_uint8_split
 
 
@@ -75,3 +76,12 @@ class Reference:
 def reference(digits_repo: Path) -> Callable[[str, int], Reference]:
     """Reference(name, version) factory."""
     return lambda name, version: Reference(digits_repo, name, version)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() writes CLI options into the environment: keep that inside the test."""
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            del os.environ[key]

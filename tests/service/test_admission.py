@@ -103,7 +103,9 @@ class LateBatcher:
     def __init__(self, inner: DynamicBatcher) -> None:
         self.inner = inner
 
-    async def submit(self, batch: np.ndarray, deadline: float) -> BatchResult:
+    async def submit(
+        self, batch: np.ndarray, deadline: float, abandon: object = None
+    ) -> BatchResult:
         result = await self.inner.submit(batch, None)
         await asyncio.sleep(max(0.0, deadline - time.monotonic()) + 0.01)
         return result

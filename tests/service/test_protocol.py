@@ -94,3 +94,18 @@ async def test_real_uvicorn_answers_through_the_protocol_streamed_or_not() -> No
     finally:
         server.should_exit = True
         await serving
+
+
+def test_missing_uvicorn_hooks_fall_back_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from uvicorn.protocols.http import httptools_impl
+
+    from service.http.uvicorn_hooks import PROTOCOL_PATH, protocol_hooks_missing
+
+    assert protocol_hooks_missing() is None and arrival_protocol() == PROTOCOL_PATH
+    monkeypatch.delattr(httptools_impl.HttpToolsProtocol, "on_message_begin")
+    with caplog.at_level("WARNING", logger="service.http.uvicorn_hooks"):
+        assert arrival_protocol() == "auto"
+    [warning] = caplog.records
+    assert "arrival stamps off" in warning.message and "on_message_begin" in warning.message

@@ -43,11 +43,18 @@ def test_resolution_of_names_and_versions(digits_repo: Path) -> None:
     assert load(digits_repo, default_model="digits-slow").default.name == "digits-slow"
 
 
-def test_tampered_model_file_is_refused(repo_copy: Path) -> None:
+def test_tampered_model_file_is_skipped_or_refused_when_strict(repo_copy: Path) -> None:
     with (repo_copy / "digits-logreg" / "1" / "model.onnx").open("ab") as fh:
         fh.write(b"\0")
+    registry = load(repo_copy)
+    assert sorted(registry.models["digits-logreg"]) == [2]  # the other versions are served
+    assert sorted(registry.models) == ["digits-logreg", "digits-slow"]
+    [failure] = registry.failures
+    assert (failure.model, failure.version) == ("digits-logreg", 1)
+    assert failure.line().startswith("model digits-logreg:1 not served: ")
+    assert "1/model.onnx: size or sha256 differs" in failure.line()
     with pytest.raises(ModelRepositoryError, match=r"1/model.onnx: size or sha256 differs"):
-        load(repo_copy)
+        load(repo_copy, strict_models=True)
 
 
 def test_version_without_record_is_not_served(repo_copy: Path) -> None:
@@ -56,10 +63,13 @@ def test_version_without_record_is_not_served(repo_copy: Path) -> None:
     assert sorted(registry.models["digits-logreg"]) == [1, 2]
 
 
-def test_missing_main_version_is_refused(repo_copy: Path) -> None:
+def test_missing_main_version_skips_the_model(repo_copy: Path) -> None:
     shutil.rmtree(repo_copy / "digits-slow" / "1")
+    registry = load(repo_copy)
+    assert sorted(registry.models) == ["digits-logreg"]
+    assert "version 1 of the manifest is missing" in registry.failures[0].reason
     with pytest.raises(ModelRepositoryError, match="version 1 of the manifest is missing"):
-        load(repo_copy)
+        load(repo_copy, strict_models=True)
 
 
 def test_manifest_input_must_match_the_graph(repo_copy: Path) -> None:
@@ -67,7 +77,24 @@ def test_manifest_input_must_match_the_graph(repo_copy: Path) -> None:
     card = json.loads(path.read_text())
     card["input"]["name"] = "pixels"
     path.write_text(json.dumps(card))
+    assert "'pixels' is not a graph input" in load(repo_copy).failures[0].reason
     with pytest.raises(ModelRepositoryError, match="'pixels' is not a graph input"):
+        load(repo_copy, strict_models=True)
+
+
+def test_output_width_must_match_the_labels(repo_copy: Path) -> None:
+    path = repo_copy / "digits-slow" / "manifest.json"
+    card = json.loads(path.read_text())
+    card["labels"] = card["labels"][:9]
+    path.write_text(json.dumps(card))
+    with pytest.raises(ModelRepositoryError, match=r"shape \[.*, 10\], but the card has 9 labels"):
+        load(repo_copy, strict_models=True)
+
+
+def test_nothing_servable_is_an_error(repo_copy: Path) -> None:
+    for name in ("digits-logreg", "digits-slow"):
+        (repo_copy / name / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelRepositoryError, match="no model version could be served; model "):
         load(repo_copy)
 
 
@@ -85,11 +112,11 @@ def test_provider_choice_on_a_cpu_only_runtime() -> None:
         choose_provider("cuda")
 
 
-async def test_app_start_up_fails_on_a_broken_repository(
+async def test_app_start_up_fails_on_a_broken_repository_when_strict(
     repo_copy: Path, make_settings: Callable[..., Settings]
 ) -> None:
     shutil.rmtree(repo_copy / "digits-slow" / "1")
-    app = create_app(make_settings(model_repository=repo_copy))
+    app = create_app(make_settings(model_repository=repo_copy, strict_models=True))
     with pytest.raises(ModelRepositoryError):
         async with app.router.lifespan_context(app):
             pass

@@ -58,17 +58,6 @@ def test_batching_off_allows_requests_bigger_than_a_batch(tmp_path: Path) -> Non
     assert s.max_inputs_per_request == 32
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """main() writes CLI options into the environment: keep that inside the test."""
-    import os
-
-    monkeypatch.setattr(os, "environ", dict(os.environ))
-    for key in list(os.environ):
-        if key.startswith(ENV_PREFIX):
-            del os.environ[key]
-
-
 @pytest.mark.usefixtures("clean_env")
 @pytest.mark.parametrize(
     ("argv", "message"),

@@ -52,6 +52,8 @@ async def held_app(settings: Settings, **batcher: Any) -> AsyncIterator[HeldApp]
         assert release.wait(20)
         return np.full((len(batch), 10), 0.1, dtype=np.float32)
 
+    # The loaded batcher's observer stays: the held model's batches show in the app's metrics.
+    batcher.setdefault("observer", served.batcher._observer)
     served.batcher = DynamicBatcher(held, **batcher)
     app = create_app(settings, registry=registry)
     try:

@@ -1,0 +1,240 @@
+"""Load a model repository into served model versions: verify, open, warm, wire to the metrics.
+
+Each version is loaded on its own: a card that does not parse, a file whose size or sha256
+differs from its card, a graph whose signature does not match the card, or a session that fails
+to run is that version's failure alone, logged as one line and listed in ``/models``; the other
+versions are served. ``strict_models`` turns any failure into a start-up error instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from service.contract.model_card import (
+    ModelCard,
+    ModelRepositoryError,
+    model_dirs,
+    model_file,
+    read_manifest,
+    sha256_file,
+    version_dirs,
+)
+from service.inference.batcher import BatchObserver, DynamicBatcher
+from service.inference.predictions import softmax
+from service.inference.session import OnnxModel, choose_provider
+from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
+from service.repository.registry import Arrivals, LoadFailure, ServedModel
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _MetricsObserver(BatchObserver):
+    """Feeds one model version's batcher events into the app's Prometheus metrics."""
+
+    def __init__(self, metrics: ServiceMetrics, name: str, version: str) -> None:
+        self._depth = metrics.queue_depth.labels(name, version)
+        self._wait = metrics.queue_wait.labels(name, version)
+        self._inference = metrics.inference.labels(name, version)
+        self._batch_size = metrics.batch_size.labels(name, version)
+        self._abandoned = metrics.abandoned
+        self._restarts = metrics.inference_restarts.labels(name, version)
+        self._labels = (name, version)
+
+    def queue_depth(self, depth: int) -> None:
+        self._depth.set(depth)
+
+    def batch_started(self, queue_waits: list[float]) -> None:
+        for wait in queue_waits:
+            self._wait.observe(wait)
+
+    def batch_done(self, batch_size: int, inference_s: float) -> None:
+        self._batch_size.observe(batch_size)
+        self._inference.observe(inference_s)
+
+    def abandoned(self, stage: str) -> None:
+        self._abandoned.labels(*self._labels, stage).inc()
+
+    def worker_restarted(self) -> None:
+        self._restarts.inc()
+
+
+def load_repository(
+    settings: Settings,
+    metrics: ServiceMetrics,
+    arrivals: Arrivals,
+    in_progress: Callable[[], int] | None,
+) -> tuple[dict[str, dict[int, ServedModel]], list[LoadFailure]]:
+    """Every version that can be served, and the failures of the others."""
+    provider = choose_provider(settings.provider)
+    log.info("execution provider: %s", provider)
+    models: dict[str, dict[int, ServedModel]] = {}
+    failures: list[LoadFailure] = []
+
+    def failed(model: str, version: int | None, reason: str) -> None:
+        failure = LoadFailure(model, version, reason)
+        if settings.strict_models:
+            raise ModelRepositoryError(failure.line())
+        log.error("%s", failure.line())
+        failures.append(failure)
+        metrics.load_failures.labels(model, "" if version is None else str(version)).inc()
+        if version is not None:
+            metrics.model_ready.labels(model, str(version)).set(0)
+
+    for model_dir in model_dirs(settings.model_repository):
+        try:
+            card = read_manifest(model_dir)
+            versions = verified_versions(model_dir, card)
+        except ModelRepositoryError as exc:
+            failed(model_dir.name, None, str(exc))
+            continue
+        for version, path in versions.items():
+            if isinstance(path, str):  # the version's verification failed: the reason
+                failed(card.name, version, path)
+                continue
+            try:
+                served = _serve(
+                    card, version, path, provider, settings, metrics, arrivals, in_progress
+                )
+            except ModelRepositoryError as exc:
+                failed(card.name, version, str(exc))
+                continue
+            except Exception as exc:  # ORT refusing to run a graph it loaded, and the like
+                failed(card.name, version, f"{path}: {type(exc).__name__}: {exc}")
+                continue
+            models.setdefault(card.name, {})[version] = served
+    if not models:
+        if failures:
+            raise ModelRepositoryError(f"no model version could be served; {failures[0].line()}")
+        raise ModelRepositoryError(
+            f"{settings.model_repository}: no model folders with a manifest.json"
+        )
+    return models, failures
+
+
+def verify_repository(settings: Settings) -> list[LoadFailure]:
+    """Every failure ``load_repository`` would meet, found without warming or serving anything:
+    cards, files and sha256, ONNX Runtime sessions and signatures (for ``--strict``)."""
+    provider = choose_provider(settings.provider)
+    failures: list[LoadFailure] = []
+    for model_dir in model_dirs(settings.model_repository):
+        try:
+            card = read_manifest(model_dir)
+            versions = verified_versions(model_dir, card)
+        except ModelRepositoryError as exc:
+            failures.append(LoadFailure(model_dir.name, None, str(exc)))
+            continue
+        for version, path in versions.items():
+            if isinstance(path, str):
+                failures.append(LoadFailure(card.name, version, path))
+                continue
+            try:
+                OnnxModel(path, card, provider, 1)
+            except ModelRepositoryError as exc:
+                failures.append(LoadFailure(card.name, version, str(exc)))
+    return failures
+
+
+def verified_versions(model_dir: Path, card: ModelCard) -> dict[int, Path | str]:
+    """Each version's file vouched for by the card (size and sha256 checked), or why it is not.
+
+    A version folder the card has no record of is not served (a warning, not a failure).
+    """
+    records = {r.version: r for r in card.version_records()}
+    found = version_dirs(model_dir)
+    if card.version not in found:
+        raise ModelRepositoryError(
+            f"{model_dir}: version {card.version} of the manifest is missing"
+        )
+    verified: dict[int, Path | str] = {}
+    for version in found:
+        path = model_file(model_dir, version)
+        record = records.get(version)
+        if record is None:
+            log.warning(
+                "%s: version %d has no record in manifest.json; not served", model_dir, version
+            )
+            continue
+        if not path.is_file():
+            verified[version] = f"{path}: model file is missing"
+        elif path.stat().st_size != record.size_bytes or sha256_file(path) != record.sha256:
+            verified[version] = f"{path}: size or sha256 differs from manifest.json"
+        else:
+            verified[version] = path
+    return verified
+
+
+def _serve(
+    card: ModelCard,
+    version: int,
+    path: Path,
+    provider: str,
+    settings: Settings,
+    metrics: ServiceMetrics,
+    arrivals: Arrivals,
+    in_progress: Callable[[], int] | None,
+) -> ServedModel:
+    """Load one version, warm it up and give it a batcher and its metrics."""
+    t0 = time.perf_counter()
+    runtime = OnnxModel(
+        path, card, provider, settings.intra_op_threads, spinning=settings.intra_op_spinning
+    )
+    label_version = str(version)
+
+    def infer_probs(batch: np.ndarray) -> np.ndarray:
+        return softmax(runtime(batch))
+
+    batcher = DynamicBatcher(
+        infer_probs,
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
+        max_queue_size=settings.max_queue_size,
+        timeout_s=settings.request_timeout_ms / 1000.0,
+        batching=settings.batching,
+        workers=settings.inference_workers,
+        retry_after_s=settings.retry_after_s,
+        name=f"{card.name}:{version}",
+        observer=_MetricsObserver(metrics, card.name, label_version),
+        arrivals=arrivals,
+        in_progress=in_progress,
+    )
+    served = ServedModel(
+        card,
+        version,
+        runtime,
+        batcher,
+        ModelRequestMetrics(metrics, card.name, label_version),
+        latencies=deque(maxlen=settings.latency_window),
+    )
+    runtime.warm_up(settings.warmup_runs)
+    batch1_ms = runtime.batch1_seconds() * 1000.0
+    batcher.inline = batch1_ms <= settings.inline_inference_max_ms
+    served.ready = True
+    labels = (card.name, label_version)
+    metrics.model_info.labels(
+        *labels,
+        card.training.method,
+        card.training.architecture,
+        card.precision,
+        runtime.provider,
+    ).set(1)
+    metrics.queue_capacity.labels(*labels).set(settings.max_queue_size)
+    metrics.queue_depth.labels(*labels).set(0)
+    metrics.in_flight.labels(*labels).set(0)
+    metrics.model_params.labels(*labels).set(card.params)
+    metrics.model_macs.labels(*labels).set(card.macs)
+    if card.version == version:
+        metrics.model_top1.labels(*labels).set(card.metrics.top1)
+    metrics.model_ready.labels(*labels).set(1)
+    log.info(
+        "loaded %s:%d on %s in %.0f ms (batch 1: %.3f ms%s)", card.name, version,
+        runtime.provider, (time.perf_counter() - t0) * 1000, batch1_ms,
+        ", lone requests inline" if batcher.inline else "",
+    )  # fmt: skip
+    return served
