@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ROCKETSERVE_"
@@ -128,6 +128,18 @@ class Settings(BaseSettings):
         description="On SIGTERM: how long accepted requests may take to finish before the "
         "process exits anyway. Shorter than the orchestrator's kill timeout (Kubernetes' "
         "terminationGracePeriodSeconds, 30 s by default).",
+    )
+    model_control_mode: Literal["none", "explicit"] = Field(
+        "none",
+        description="Who may change the served models at run time: 'none' (only a restart), "
+        "'explicit' (the v2 repository API: POST /v2/repository/models/{name}/load and "
+        "/unload, with the API key).",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="Key that the requests changing what is served (v2 load and unload) must "
+        "send as 'Authorization: Bearer <key>'. Unset: those requests are refused (403), never "
+        "open. Reads (inference, metadata, index) need no key.",
     )
     strict_models: bool = Field(
         False,

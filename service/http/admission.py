@@ -1,4 +1,8 @@
-"""AdmissionGate: serves POST /predict ahead of the routing, or sheds it (503) when overloaded."""
+"""AdmissionGate: serves the prediction requests ahead of the routing, or sheds them (503).
+
+POST /predict and the Open Inference Protocol's POST /v2/models/.../infer are the requests that
+cost CPU; both enter here, and only here.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +13,32 @@ from starlette.types import Receive, Scope, Send
 
 from service.errors import ServiceError, Unavailable
 from service.http.predict import predict
-from service.http.responses import INTERNAL_ERROR, error_reply
+from service.http.responses import INTERNAL_ERROR, Reply, error_reply
 from service.http.state import ServiceState
 from service.http.uvicorn_hooks import ARRIVAL_KEY
+from service.http.v2_infer import infer, is_infer
 
 log = logging.getLogger(__name__)
 
 PREDICT_PATH = "/predict"
 
-_INTERNAL_ERROR = error_reply(INTERNAL_ERROR)
+_NOT_ALLOWED = ServiceError(
+    "Method Not Allowed", code="method_not_allowed", status=405, headers={"Allow": "POST"}
+)
+# Ready-made answers, by dialect: this service's API ("rest") and the v2 protocol's.
+_CANNED: dict[str, dict[str, Reply]] = {
+    dialect: {
+        "internal": error_reply(INTERNAL_ERROR, dialect),
+        "not_allowed": error_reply(_NOT_ALLOWED, dialect),
+    }
+    for dialect in ("rest", "v2")
+}
 
 
 def is_predict(scope: Scope) -> bool:
-    """True for the HTTP calls the gate answers: any method on /predict (only POST is served)."""
-    return scope["type"] == "http" and scope["path"] == PREDICT_PATH
-
-
-_METHOD_NOT_ALLOWED = error_reply(
-    ServiceError(
-        "Method Not Allowed", code="method_not_allowed", status=405, headers={"Allow": "POST"}
-    )
-)
+    """True for the HTTP calls the gate answers: any method on /predict or on an infer path
+    (only POST is served)."""
+    return scope["type"] == "http" and (scope["path"] == PREDICT_PATH or is_infer(scope["path"]))
 
 
 class AdmissionGate:
@@ -52,23 +61,25 @@ class AdmissionGate:
         self._retry_after = str(settings.retry_after_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Refuse or serve one call to /predict; counts the requests in flight."""
+        """Refuse or serve one prediction request; counts the requests in flight."""
+        handler, dialect = (predict, "rest") if scope["path"] == PREDICT_PATH else (infer, "v2")
+        canned = _CANNED[dialect]
         if scope["method"] != "POST":
-            await _METHOD_NOT_ALLOWED.send(send)
+            await canned["not_allowed"].send(send)
             return
         state = self.state
         reason = self._refusal(scope)
         if reason is not None:
-            await self._refuse(send, *reason)
+            await self._refuse(send, dialect, *reason)
             state.metrics.requests.labels("unknown", "", "503").inc()
             return
         state.predicting += 1
         try:
             try:
-                reply = await predict(scope, receive, state)
+                reply = await handler(scope, receive, state)
             except Exception:
-                log.exception("unhandled error in /predict")
-                reply = _INTERNAL_ERROR
+                log.exception("unhandled error in %s", scope["path"])
+                reply = canned["internal"]
                 state.metrics.requests.labels("unknown", "", "500").inc()
             await reply.send(send)
         finally:
@@ -88,6 +99,6 @@ class AdmissionGate:
                 )
         return None
 
-    async def _refuse(self, send: Send, code: str, message: str) -> None:
+    async def _refuse(self, send: Send, dialect: str, code: str, message: str) -> None:
         refusal = Unavailable(message, code=code, headers={"Retry-After": self._retry_after})
-        await error_reply(refusal).send(send)
+        await error_reply(refusal, dialect).send(send)

@@ -19,6 +19,7 @@ from service.http.responses import install_error_handlers
 from service.http.routes import router
 from service.http.state import ServiceState
 from service.http.uvicorn_hooks import requests_in_progress
+from service.http.v2_routes import router as v2_router
 from service.inputs.pipeline import warm_up_decoders
 from service.observability.metrics import ServiceMetrics
 from service.repository.registry import ModelRegistry
@@ -117,6 +118,7 @@ def create_app(
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(router)
+    app.include_router(v2_router)
     return app
 
 

@@ -37,22 +37,28 @@ def dump_json(content: Any) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A finished answer: status, JSON body bytes and extra headers."""
+    """A finished answer: status, body bytes (JSON unless said otherwise) and extra headers."""
 
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = JSON_MEDIA_TYPE
 
     async def send(self, send: Send) -> None:
         """Write this answer as the two ASGI response messages."""
-        headers = [_JSON, (b"content-length", str(len(self.body)).encode())]
+        kind = (
+            _JSON
+            if self.content_type == JSON_MEDIA_TYPE
+            else (b"content-type", self.content_type.encode())
+        )
+        headers = [kind, (b"content-length", str(len(self.body)).encode())]
         headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers)
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
 
     def as_response(self) -> Response:
         """The same answer as a Starlette Response (for FastAPI routes and handlers)."""
-        return Response(self.body, self.status, dict(self.headers), media_type=JSON_MEDIA_TYPE)
+        return Response(self.body, self.status, dict(self.headers), media_type=self.content_type)
 
 
 def json_reply(content: Any, status: int = 200) -> Reply:
@@ -65,11 +71,14 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
 
-def error_reply(exc: ServiceError) -> Reply:
-    """The answer of a ServiceError: its status, the error body and its headers."""
-    return Reply(
-        exc.status, dump_json(error_body(exc.code, exc.message)), tuple(exc.headers.items())
-    )
+def error_reply(exc: ServiceError, dialect: str = "rest") -> Reply:
+    """The answer of a ServiceError: its status, the error body and its headers.
+
+    ``dialect`` "rest" (this service's API): ``{"error": {"code", "message"}}``; "v2" (the Open
+    Inference Protocol, whose clients read exactly this key): ``{"error": "message"}``.
+    """
+    content: Any = {"error": exc.message} if dialect == "v2" else error_body(exc.code, exc.message)
+    return Reply(exc.status, dump_json(content), tuple(exc.headers.items()))
 
 
 INTERNAL_ERROR = ServiceError("internal server error")  # status 500, code internal_error
@@ -106,7 +115,8 @@ async def _handle(request: Request, exc: Exception) -> Response:
         service = getattr(request.app.state, "service", None)
         if service is not None:
             service.metrics.requests.labels("unknown", "", str(error.status)).inc()
-    return error_reply(error).as_response()
+    dialect = "v2" if request.url.path.startswith("/v2") else "rest"
+    return error_reply(error, dialect).as_response()
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -118,6 +118,18 @@ class ServiceMetrics:
             MODEL_LABELS,
             registry=r,
         )
+        self.model_loads = Counter(
+            f"{PREFIX}_model_loads",
+            "Model loads and reloads at run time, by outcome (loaded or failed).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.model_unloads = Counter(
+            f"{PREFIX}_model_unloads",
+            "Models unloaded at run time.",
+            ["model"],
+            registry=r,
+        )
         self.load_failures = Counter(
             f"{PREFIX}_model_load_failures",
             "Model versions that could not be loaded (version '' when the whole model failed).",

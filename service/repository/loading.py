@@ -14,8 +14,6 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from service.contract.model_card import (
     ModelCard,
     ModelRepositoryError,
@@ -26,7 +24,6 @@ from service.contract.model_card import (
     version_dirs,
 )
 from service.inference.batcher import BatchObserver, DynamicBatcher
-from service.inference.predictions import softmax
 from service.inference.session import OnnxModel, choose_provider
 from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
 from service.repository.registry import Arrivals, LoadFailure, ServedModel
@@ -65,57 +62,84 @@ class _MetricsObserver(BatchObserver):
         self._restarts.inc()
 
 
-def load_repository(
-    settings: Settings,
-    metrics: ServiceMetrics,
-    arrivals: Arrivals,
-    in_progress: Callable[[], int] | None,
-) -> tuple[dict[str, dict[int, ServedModel]], list[LoadFailure]]:
-    """Every version that can be served, and the failures of the others."""
-    provider = choose_provider(settings.provider)
-    log.info("execution provider: %s", provider)
-    models: dict[str, dict[int, ServedModel]] = {}
-    failures: list[LoadFailure] = []
+class ModelLoader:
+    """Loads model folders of one repository into served versions, with what every load needs
+    (settings, metrics, the execution provider, the request counters the batchers read)."""
 
-    def failed(model: str, version: int | None, reason: str) -> None:
-        failure = LoadFailure(model, version, reason)
-        if settings.strict_models:
-            raise ModelRepositoryError(failure.line())
-        log.error("%s", failure.line())
-        failures.append(failure)
-        metrics.load_failures.labels(model, "" if version is None else str(version)).inc()
-        if version is not None:
-            metrics.model_ready.labels(model, str(version)).set(0)
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        arrivals: Arrivals,
+        in_progress: Callable[[], int] | None,
+    ) -> None:
+        self.settings, self.metrics = settings, metrics
+        self.arrivals, self.in_progress = arrivals, in_progress
+        self.provider = choose_provider(settings.provider)
+        log.info("execution provider: %s", self.provider)
 
-    for model_dir in model_dirs(settings.model_repository):
+    def load_all(self) -> tuple[dict[str, dict[int, ServedModel]], list[LoadFailure]]:
+        """Every version of the repository that can be served, and the failures of the others."""
+        models: dict[str, dict[int, ServedModel]] = {}
+        failures: list[LoadFailure] = []
+        for model_dir in model_dirs(self.settings.model_repository):
+            versions, failed = self.load_model(model_dir)
+            failures += failed
+            if versions:
+                models[model_dir.name] = versions
+        if not models:
+            if failures:
+                raise ModelRepositoryError(
+                    f"no model version could be served; {failures[0].line()}"
+                )
+            raise ModelRepositoryError(
+                f"{self.settings.model_repository}: no model folders with a manifest.json"
+            )
+        return models, failures
+
+    def load_model(self, model_dir: Path) -> tuple[dict[int, ServedModel], list[LoadFailure]]:
+        """The servable versions of one model folder (loaded and warm, batchers not started),
+        and the failures of the others."""
+        versions: dict[int, ServedModel] = {}
+        failures: list[LoadFailure] = []
+
+        def failed(model: str, version: int | None, reason: str) -> None:
+            failure = LoadFailure(model, version, reason)
+            if self.settings.strict_models:
+                raise ModelRepositoryError(failure.line())
+            log.error("%s", failure.line())
+            failures.append(failure)
+            label = "" if version is None else str(version)
+            self.metrics.load_failures.labels(model, label).inc()
+            if version is not None:
+                self.metrics.model_ready.labels(model, label).set(0)
+
         try:
             card = read_manifest(model_dir)
-            versions = verified_versions(model_dir, card)
+            files = verified_versions(model_dir, card)
         except ModelRepositoryError as exc:
             failed(model_dir.name, None, str(exc))
-            continue
-        for version, path in versions.items():
+            return versions, failures
+        for version, path in files.items():
             if isinstance(path, str):  # the version's verification failed: the reason
                 failed(card.name, version, path)
                 continue
             try:
-                served = _serve(
-                    card, version, path, provider, settings, metrics, arrivals, in_progress
+                versions[version] = _serve(
+                    card,
+                    version,
+                    path,
+                    self.provider,
+                    self.settings,
+                    self.metrics,
+                    self.arrivals,
+                    self.in_progress,
                 )
             except ModelRepositoryError as exc:
                 failed(card.name, version, str(exc))
-                continue
             except Exception as exc:  # ORT refusing to run a graph it loaded, and the like
                 failed(card.name, version, f"{path}: {type(exc).__name__}: {exc}")
-                continue
-            models.setdefault(card.name, {})[version] = served
-    if not models:
-        if failures:
-            raise ModelRepositoryError(f"no model version could be served; {failures[0].line()}")
-        raise ModelRepositoryError(
-            f"{settings.model_repository}: no model folders with a manifest.json"
-        )
-    return models, failures
+        return versions, failures
 
 
 def verify_repository(settings: Settings) -> list[LoadFailure]:
@@ -187,11 +211,8 @@ def _serve(
     )
     label_version = str(version)
 
-    def infer_probs(batch: np.ndarray) -> np.ndarray:
-        return softmax(runtime(batch))
-
     batcher = DynamicBatcher(
-        infer_probs,
+        runtime,  # logits: each protocol turns them into its own answer
         max_batch_size=settings.max_batch_size,
         max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
         max_queue_size=settings.max_queue_size,

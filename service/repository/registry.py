@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from service.contract.model_card import (
     ModelCard,
     ModelRepositoryError,
+    model_dirs,
 )
-from service.errors import NotFound
+from service.errors import BadRequest, NotFound, Unavailable
 from service.inference.batcher import DynamicBatcher
 from service.inference.session import OnnxModel
 from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from service.repository.loading import ModelLoader
+
 log = logging.getLogger(__name__)
+
+# Longest a retired version waits for the requests it accepted before it is stopped anyway.
+RETIRE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class ServedModel:
     request_metrics: ModelRequestMetrics
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
     ready: bool = False
+    active: int = 0  # requests that resolved this version and are not answered yet
 
     @property
     def name(self) -> str:
@@ -109,12 +119,16 @@ class ModelRegistry:
     ) -> None:
         if not models:
             raise ModelRepositoryError("the model repository holds no models")
-        self.models = models
         self.metrics = metrics
         self.arrivals = arrivals or Arrivals()
         self.default_model = default_model
-        self.default = self.resolve(default_model)
+        self.models: dict[str, dict[int, ServedModel]] = {}
+        self.default: ServedModel | None = None
+        self._switch(models)
+        if self.default is None:
+            self.resolve(default_model)  # raises NotFound naming what is served
         self.failures: list[LoadFailure] = []  # versions skipped at load, with the reason
+        self.loader: ModelLoader | None = None  # set by load(): what load_model needs
 
     @classmethod
     def load(
@@ -130,17 +144,100 @@ class ModelRegistry:
         ``in_progress`` counts the requests the HTTP server holds (see DynamicBatcher); the HTTP
         layer passes it in, so that nothing here knows which server runs the service.
         """
-        from service.repository.loading import load_repository
+        from service.repository.loading import ModelLoader
 
         arrivals = Arrivals()
-        models, failures = load_repository(settings, metrics, arrivals, in_progress)
+        loader = ModelLoader(settings, metrics, arrivals, in_progress)
+        models, failures = loader.load_all()
         default = settings.default_model or next(iter(sorted(models)))
         try:
             registry = cls(models, default, metrics, arrivals)
         except NotFound as exc:
             raise ModelRepositoryError(f"default_model {default!r}: {exc.message}") from None
         registry.failures = failures
+        registry.loader = loader
         return registry
+
+    def _switch(self, models: dict[str, dict[int, ServedModel]]) -> None:
+        """Serve ``models`` from now on: one assignment, so a request sees the old set or the
+        new one, never a mix."""
+        versions = models.get(self.default_model.partition(":")[0])
+        default = None
+        if versions:
+            _, sep, pinned = self.default_model.partition(":")
+            if not sep:
+                default = versions[max(versions)]
+            elif pinned.isascii() and pinned.isdecimal():
+                default = versions.get(int(pinned))
+        self.models, self.default = models, default
+
+    async def load_model(self, name: str) -> None:
+        """Load (or reload) one model from the repository folder without losing a request.
+
+        The new versions are loaded and warmed beside the serving ones, switched to at once,
+        then the old versions finish every request they accepted and are released. A model
+        that cannot be loaded leaves the serving versions untouched and says why.
+        """
+        loader = self.loader
+        if loader is None:
+            raise Unavailable("this registry was not loaded from a repository", code="not_ready")
+        folder = loader.settings.model_repository / name
+        if name not in {d.name for d in model_dirs(loader.settings.model_repository)}:
+            raise NotFound(f"no model {name!r} in the repository folder", code="unknown_model")
+        versions, failures = await asyncio.to_thread(loader.load_model, folder)
+        self.failures = [f for f in self.failures if f.model != name] + failures
+        if not versions:
+            self.metrics.model_loads.labels(name, "failed").inc()
+            reason = failures[0].reason if failures else "no version to serve"
+            raise BadRequest(f"model {name!r} could not be loaded: {reason}", code="load_failed")
+        for served in versions.values():
+            served.batcher.start()
+        old = self.models.get(name, {})
+        self._switch({**self.models, name: versions})
+        self.metrics.model_loads.labels(name, "loaded").inc()
+        log.info("model %s: serving versions %s", name, sorted(versions))
+        await self._retire(list(old.values()))
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving a model: new requests get 404; accepted ones still get their answers."""
+        old = self.models.get(name, {})
+        self._switch({k: v for k, v in self.models.items() if k != name})
+        self.metrics.model_unloads.labels(name).inc()
+        log.info("model %s: unloaded", name)
+        await self._retire(list(old.values()))
+
+    async def _retire(self, retired: list[ServedModel]) -> None:
+        """Let retired versions finish what they accepted, then stop and release them."""
+        for served in retired:
+            served.ready = False
+        deadline = time.monotonic() + RETIRE_TIMEOUT_S
+        while any(s.active for s in retired) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for served in retired:
+            await served.batcher.close()
+            current = self.models.get(served.name, {}).get(served.version)
+            if current is None:  # not reloaded under the same number
+                self.metrics.model_ready.labels(served.name, str(served.version)).set(0)
+
+    def index(self) -> list[dict[str, Any]]:
+        """The v2 repository index: every model of the folder, its versions and their state."""
+        entries: list[dict[str, Any]] = []
+        names = set(self.models)
+        if self.loader is not None:
+            names |= {d.name for d in model_dirs(self.loader.settings.model_repository)}
+        for name in sorted(names):
+            versions = self.models.get(name)
+            if versions:
+                entries += [
+                    {"name": name, "version": str(v), "state": "READY" if m.ready else "LOADING"}
+                    for v, m in sorted(versions.items())
+                ]
+                continue
+            reasons = [f.line() for f in self.failures if f.model == name]
+            entries.append(
+                {"name": name, "state": "UNAVAILABLE", "reason": "; ".join(reasons) or "unloaded"}
+            )
+        return entries
 
     def all(self) -> list[ServedModel]:
         """Every served version, by name then version."""
@@ -149,6 +246,11 @@ class ModelRegistry:
     def resolve(self, spec: str | None) -> ServedModel:
         """The version named by 'name' (highest version) or 'name:version'; default if None."""
         if spec is None or spec == "":
+            if self.default is None:
+                raise NotFound(
+                    f"the default model {self.default_model!r} is not loaded; name a model",
+                    code="unknown_model",
+                )
             return self.default
         name, sep, version = spec.partition(":")
         versions = self.models.get(name)

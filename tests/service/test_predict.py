@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from service.contract.preprocess import preprocess_image
 from service.errors import PayloadTooLarge, Unprocessable
-from service.http.predict import header, query_params, read_body
+from service.http.asgi_io import header, query_params, read_body
 from service.http.responses import error_reply
 from tests.service.conftest import Reference, png_bytes
 

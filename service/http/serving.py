@@ -1,0 +1,121 @@
+"""The life of one prediction request, shared by every protocol that asks for predictions.
+
+``/predict`` and the Open Inference Protocol's ``infer`` differ only in how a body names its
+model and inputs and how an answer is written; everything else is here, once: the deadline from
+the request's arrival, the body read (size limit, read timeout), the request counted while it may
+still join a batch, the model version's batcher (so concurrent requests of both protocols to one
+model share batches), a client that leaves while it waits, the late answer that is a 504, and
+every outcome counted in the metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope
+
+from service.errors import DeadlineExceeded, ServiceError, Unavailable
+from service.http.asgi_io import disconnected, header, read_body
+from service.http.responses import Reply, error_reply
+from service.http.state import ServiceState
+from service.http.uvicorn_hooks import arrival
+from service.inference.batcher import BatchResult
+from service.repository.registry import ModelRegistry, ServedModel
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request read and checked: its model version, its batch, and how to answer it."""
+
+    served: ServedModel
+    batch: np.ndarray
+    answer: Callable[[BatchResult, float], Reply]  # (result, total seconds) -> the 200 answer
+
+
+class Resolver:
+    """How a protocol names its model: ``resolve`` also tells the request's life which model
+    version it is for, so that a request refused after that is counted under its model."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+        self.served: ServedModel | None = None
+
+    def resolve(self, spec: str | None) -> ServedModel:
+        """The model version named by ``spec`` (see ModelRegistry.resolve)."""
+        served = self._registry.resolve(spec)
+        served.active += 1  # until answered: a retired version waits for its accepted requests
+        self.served = served
+        return served
+
+
+# (body, resolver) -> Prepared; raises a ServiceError for anything wrong with the request.
+Prepare = Callable[[bytes, Resolver], Awaitable[Prepared]]
+
+
+async def serve(
+    scope: Scope, receive: Receive, state: ServiceState, prepare: Prepare, dialect: str = "rest"
+) -> Reply:
+    """Answer one prediction request; never raises a ServiceError (it becomes the answer)."""
+    settings = state.settings
+    started = arrival(scope)
+    deadline = started + settings.request_timeout_ms / 1000.0
+    resolver: Resolver | None = None
+    in_flight = None
+    try:
+        registry = state.registry
+        if registry is None:
+            raise Unavailable(
+                "models are not loaded yet",
+                code="not_ready",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
+        with registry.arrivals:  # while read and decoded, this request may still join a batch
+            body = await read_body(
+                receive,
+                settings.max_body_bytes,
+                header(scope, b"content-length"),
+                started + settings.body_read_timeout_s,
+            )
+            resolver = Resolver(registry)
+            prepared = await prepare(body, resolver)
+            served = prepared.served
+            in_flight = served.request_metrics.in_flight
+            in_flight.inc()
+        result = await served.batcher.submit(
+            prepared.batch, deadline, lambda: disconnected(receive)
+        )
+        if time.monotonic() > deadline:
+            # The answer was ready in time but the event loop came back to it late (overload):
+            # it is late all the same, and a 200 past the deadline would break the contract.
+            raise DeadlineExceeded(
+                "the answer was not ready within the request deadline",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
+    except ServiceError as exc:
+        count(state, resolver.served if resolver else None, exc.status, started)
+        return error_reply(exc, dialect)
+    except ClientDisconnect:
+        count(state, resolver.served if resolver else None, 499, started)
+        return Reply(499, b"")
+    finally:
+        if in_flight is not None:
+            in_flight.dec()
+        if resolver is not None and resolver.served is not None:
+            resolver.served.active -= 1
+    total = time.monotonic() - started
+    reply = prepared.answer(result, total)
+    served.request_metrics.count(200, total)
+    served.latencies.append(total)
+    return reply
+
+
+def count(state: ServiceState, served: ServedModel | None, status: int, started: float) -> None:
+    """Count one finished request (and its latency when its model is known)."""
+    if served is None:
+        state.metrics.requests.labels("unknown", "", str(status)).inc()
+    else:
+        served.request_metrics.count(status, time.monotonic() - started)

@@ -1,0 +1,151 @@
+"""POST /v2/models/{name}[/versions/{v}]/infer: the Open Inference Protocol's inference.
+
+Inputs come as JSON ``data`` or through the binary tensor data extension (including a raw body
+that is the model's only input); the model's input may also be sent as BYTES holding encoded
+images, decoded and preprocessed exactly as /predict does it. Outputs go back as JSON or binary as
+asked, and the classification extension (``parameters.classification: K``) answers the top K as
+BYTES ``"value:index:label"`` (the output's own values, as Triton gives them). Errors are
+``{"error": "message"}``: 404 for an unknown model or version, 400 for a wrong shape, datatype or
+byte count. The request's life is ``service.http.serving``'s: same batches, deadlines, admission
+and metrics as /predict.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Any
+
+import numpy as np
+from starlette.types import Receive, Scope
+
+from service.errors import BadRequest, PayloadTooLarge
+from service.http.asgi_io import header
+from service.http.responses import Reply, dump_json
+from service.http.serving import Prepared, Resolver, serve
+from service.http.state import ServiceState
+from service.inference.batcher import BatchResult
+from service.inputs.pipeline import batch_from_images
+from service.inputs.v2_request import (
+    BYTES,
+    InferRequest,
+    RequestedOutput,
+    datatype_of,
+    model_batch,
+    parse_infer_request,
+)
+from service.repository.registry import ServedModel
+
+INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+BINARY_MEDIA_TYPE = "application/octet-stream"
+
+
+def is_infer(path: str) -> bool:
+    """True for the path of an infer request."""
+    return path.startswith("/v2/models/") and path.endswith("/infer")
+
+
+def model_spec(name: str, version: str | None) -> str:
+    """The registry's selector of a model (and version) named in a v2 path."""
+    return name if not version else f"{name}:{version}"
+
+
+async def infer(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
+    """Answer one infer request; never raises a ServiceError."""
+    settings = state.settings
+    match = INFER_PATH.match(scope["path"])
+
+    async def prepare(body: bytes, models: Resolver) -> Prepared:
+        if match is None:
+            raise BadRequest(f"{scope['path']} is not an infer path")
+        served = models.resolve(model_spec(match.group(1), match.group(2)))
+        spec = served.card.input
+        item_shape = tuple(spec.shape)
+        raw_input = (spec.name, datatype_of(np.dtype(spec.dtype)), item_shape)
+        request = parse_infer_request(
+            body, header(scope, b"inference-header-content-length"), raw_input
+        )
+        if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
+            names = [i.name for i in request.inputs]
+            raise BadRequest(f"model {served.name!r} takes one input, {spec.name!r}; got {names}")
+        for output in request.outputs or []:
+            if output.name != served.card.output.name:
+                raise BadRequest(
+                    f"model {served.name!r} has one output, {served.card.output.name!r}; "
+                    f"not {output.name!r}"
+                )
+        tensor = request.inputs[0]
+        limit = settings.max_inputs_per_request
+        if tensor.datatype == BYTES:
+            assert tensor.elements is not None
+            if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+                raise BadRequest(f"BYTES input {spec.name!r}: shape must be [N] or [N, 1] images")
+            batch = await batch_from_images(tensor.elements, spec, limit, settings.max_image_pixels)
+        else:
+            batch = model_batch(tensor, item_shape, np.dtype(spec.dtype))
+            if len(batch) > limit:
+                raise PayloadTooLarge(f"at most {limit} inputs per request", code="too_many_inputs")
+        return Prepared(served, batch, lambda result, _: answer(served, request, result))
+
+    return await serve(scope, receive, state, prepare, dialect="v2")
+
+
+def answer(served: ServedModel, request: InferRequest, result: BatchResult) -> Reply:
+    """The infer response: JSON, or a JSON header followed by the binary outputs."""
+    outputs = request.outputs or [RequestedOutput(served.card.output.name)]
+    values = np.ascontiguousarray(result.outputs, dtype=np.float32)
+    described: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for output in outputs:
+        binary = output.binary if output.binary is not None else request.binary_output
+        if output.classification:
+            k = min(output.classification, values.shape[1])
+            entry, blob = _classification(output.name, values, served.card.labels, k, binary)
+        else:
+            entry, blob = _tensor(output.name, values, binary)
+        described.append(entry)
+        if blob is not None:
+            blobs.append(blob)
+    head: dict[str, Any] = {
+        "model_name": served.name,
+        "model_version": str(served.version),
+        "outputs": described,
+    }
+    if request.id is not None:
+        head["id"] = request.id
+    header_bytes = dump_json(head)
+    if not blobs:
+        return Reply(200, header_bytes)
+    return Reply(
+        200,
+        header_bytes + b"".join(blobs),
+        (("Inference-Header-Content-Length", str(len(header_bytes))),),
+        content_type=BINARY_MEDIA_TYPE,
+    )
+
+
+def _tensor(name: str, values: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:
+    entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(values.shape)}
+    if binary:
+        blob = values.astype("<f4", copy=False).tobytes()
+        entry["parameters"] = {"binary_data_size": len(blob)}
+        return entry, blob
+    entry["data"] = values.ravel().tolist()
+    return entry, None
+
+
+def _classification(
+    name: str, values: np.ndarray, labels: tuple[str, ...], k: int, binary: bool
+) -> tuple[dict[str, Any], bytes | None]:
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    rows = [
+        [f"{values[r, i]:f}:{i}:{labels[i]}" for i in order[r].tolist()] for r in range(len(values))
+    ]
+    entry: dict[str, Any] = {"name": name, "datatype": BYTES, "shape": [len(rows), k]}
+    if binary:
+        encoded = [s.encode("utf-8") for row in rows for s in row]
+        blob = b"".join(struct.pack("<I", len(e)) + e for e in encoded)
+        entry["parameters"] = {"binary_data_size": len(blob)}
+        return entry, blob
+    entry["data"] = [s for row in rows for s in row]
+    return entry, None

@@ -1,0 +1,173 @@
+"""The Open Inference Protocol's REST endpoints other than infer: health, metadata, repository.
+
+``GET /v2/health/live|ready``, ``GET /v2`` (server metadata and its extensions), ``GET
+/v2/models/{name}[/versions/{v}]`` (inputs and outputs with datatype and shape, ``-1`` for the
+batch axis), ``.../ready``, and the model repository extension: ``POST /v2/repository/index``
+(open) and ``POST /v2/repository/models/{name}/load|unload`` (they change what is served, so they
+need ``Authorization: Bearer <ROCKETSERVE_API_KEY>`` and ``model_control_mode: explicit``).
+Errors are ``{"error": "message"}`` (``service.http.responses``, dialect "v2").
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+
+from service.errors import NotFound, ServiceError, Unavailable
+from service.http.responses import json_reply
+from service.http.state import ServiceState
+from service.http.v2_infer import model_spec
+from service.inputs.v2_request import datatype_of
+from service.repository.registry import ModelRegistry, ServedModel
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
+
+SERVER_NAME = "rocketserve"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
+PLATFORM = "onnx_onnxv1"
+
+
+def _state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+def _registry(request: Request) -> ModelRegistry:
+    registry = _state(request).registry
+    if registry is None:
+        raise Unavailable("models are not loaded yet", code="not_ready")
+    return registry
+
+
+def _empty(status: int) -> Response:
+    return Response(status_code=status)
+
+
+@router.get("/health/live", summary="Liveness (v2)")
+async def live() -> Response:
+    """200 while the process answers."""
+    return _empty(200)
+
+
+@router.get("/health/ready", summary="Readiness (v2)")
+async def ready(request: Request) -> Response:
+    """200 when every model version is ready and the server is not draining, else 503."""
+    state = _state(request)
+    ok = state.registry is not None and state.registry.ready and not state.draining
+    return _empty(200 if ok else 503)
+
+
+@router.get("", summary="Server metadata (v2)")
+async def server_metadata() -> dict[str, Any]:
+    """Name, version and the protocol extensions this server supports."""
+    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+
+
+def model_metadata(registry: ModelRegistry, served: ServedModel) -> dict[str, Any]:
+    """The v2 model metadata of one served version."""
+    card = served.card
+    return {
+        "name": served.name,
+        "versions": [str(v) for v in sorted(registry.models.get(served.name, {}))],
+        "platform": PLATFORM,
+        "inputs": [
+            {
+                "name": card.input.name,
+                "datatype": datatype_of(np.dtype(card.input.dtype)),
+                "shape": [-1, *card.input.shape],
+            }
+        ],
+        "outputs": [
+            {"name": card.output.name, "datatype": "FP32", "shape": [-1, len(card.labels)]}
+        ],
+    }
+
+
+@router.get("/models/{name}", summary="Model metadata (v2)")
+async def get_model(request: Request, name: str) -> dict[str, Any]:
+    """Metadata of the model's default (newest loaded) version."""
+    registry = _registry(request)
+    return model_metadata(registry, registry.resolve(model_spec(name, None)))
+
+
+@router.get("/models/{name}/versions/{version}", summary="Model version metadata (v2)")
+async def get_model_version(request: Request, name: str, version: str) -> dict[str, Any]:
+    """Metadata of one version."""
+    registry = _registry(request)
+    return model_metadata(registry, registry.resolve(model_spec(name, version)))
+
+
+def _ready(request: Request, name: str, version: str | None) -> Response:
+    served = _registry(request).resolve(model_spec(name, version))
+    return _empty(200 if served.ready and served.batcher.running else 503)
+
+
+@router.get("/models/{name}/ready", summary="Model readiness (v2)")
+async def model_ready(request: Request, name: str) -> Response:
+    """200 when the model's default version accepts requests; 404 if unknown."""
+    return _ready(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness (v2)")
+async def model_version_ready(request: Request, name: str, version: str) -> Response:
+    """200 when the version accepts requests; 404 if unknown."""
+    return _ready(request, name, version)
+
+
+@router.post("/repository/index", summary="Model repository index (v2)")
+async def repository_index(request: Request) -> Response:
+    """Every model of the repository folder and version loaded, with its state."""
+    return json_reply(_registry(request).index()).as_response()
+
+
+def _authorised(request: Request) -> None:
+    """Only a caller with the API key may change what is served."""
+    settings = _state(request).settings
+    if settings.model_control_mode != "explicit":
+        raise ServiceError(
+            f"loading and unloading models is off (model_control_mode is "
+            f"{settings.model_control_mode!r}; set ROCKETSERVE_MODEL_CONTROL_MODE=explicit)",
+            code="forbidden",
+            status=403,
+        )
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+    if not key:
+        raise ServiceError(
+            "loading and unloading models needs ROCKETSERVE_API_KEY to be set",
+            code="forbidden",
+            status=403,
+        )
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
+        raise ServiceError(
+            "missing or wrong API key (Authorization: Bearer ...)",
+            code="unauthorized",
+            status=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+@router.post("/repository/models/{name}/load", summary="Load or reload a model (v2)")
+async def load_model(request: Request, name: str) -> Response:
+    """Load the model's versions from the repository folder (a reload if it is loaded):
+    the new versions are loaded and warmed beside the old, switched to at once, and the old
+    ones finish what they accepted before they are released."""
+    _authorised(request)
+    await _registry(request).load_model(name)
+    return _empty(200)
+
+
+@router.post("/repository/models/{name}/unload", summary="Unload a model (v2)")
+async def unload_model(request: Request, name: str) -> Response:
+    """Stop serving the model: new requests get 404, accepted ones still get their answers."""
+    _authorised(request)
+    registry = _registry(request)
+    if name not in registry.models:
+        raise NotFound(f"model {name!r} is not loaded", code="unknown_model")
+    await registry.unload_model(name)
+    return _empty(200)

@@ -1,0 +1,170 @@
+"""The Open Inference Protocol v2 spoken to a real uvicorn by the real client, tritonclient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from service.contract.model_card import model_file, read_manifest
+from tests.service.conftest import png_bytes
+from tests.support.server import running_service
+
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+KEY = "test-key-0123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(digits_repo: Path) -> Iterator[tuple[str, str]]:
+    """The service on the digits repository, with the repository API on; (url, host:port)."""
+    env = {
+        "ROCKETSERVE_MODEL_CONTROL_MODE": "explicit",
+        "ROCKETSERVE_API_KEY": KEY,
+        "ROCKETSERVE_LOG_LEVEL": "warning",
+    }
+    with running_service(digits_repo, env) as (url, _):
+        yield url, url.removeprefix("http://")
+
+
+@pytest.fixture(scope="module")
+def client(server: tuple[str, str]) -> Iterator[object]:
+    c = httpclient.InferenceServerClient(server[1])
+    yield c
+    c.close()
+
+
+def reference(repo: Path, name: str, version: int, x: np.ndarray) -> np.ndarray:
+    """ONNX Runtime alone on the served file: the logits every answer must equal."""
+    card = read_manifest(repo / name)
+    session = ort.InferenceSession(
+        str(model_file(repo / name, version)), providers=["CPUExecutionProvider"]
+    )
+    return session.run([card.output.name], {card.input.name: x})[0]
+
+
+def tensor(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-2, 2, size=(n, 1, 8, 8)).astype(np.float32)
+
+
+def test_health_and_metadata(client: object) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    meta = client.get_server_metadata()
+    assert meta["name"] == "rocketserve"
+    assert {"binary_tensor_data", "classification", "model_repository"} <= set(meta["extensions"])
+    model = client.get_model_metadata("digits-logreg")
+    assert model["platform"] == "onnx_onnxv1" and model["versions"] == ["1", "2"]
+    assert model["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    assert model["outputs"][0]["datatype"] == "FP32" and model["outputs"][0]["shape"] == [-1, 10]
+    assert client.get_model_metadata("digits-logreg", "1")["name"] == "digits-logreg"
+    assert client.is_model_ready("digits-logreg") and client.is_model_ready("digits-logreg", "1")
+    assert not client.is_model_ready("nope")
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_equals_onnx_runtime(client: object, digits_repo: Path, binary: bool) -> None:
+    x = tensor(3)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    meta = client.get_model_metadata("digits-logreg")
+    out_name = meta["outputs"][0]["name"]
+    outputs = None if binary else [httpclient.InferRequestedOutput(out_name, binary_data=False)]
+    result = client.infer("digits-logreg", [inp], outputs=outputs)
+    got = result.as_numpy(out_name)
+    np.testing.assert_allclose(
+        got, reference(digits_repo, "digits-logreg", 2, x), rtol=1e-5, atol=1e-5
+    )
+    assert result.get_response()["model_version"] == "2"
+    pinned = client.infer("digits-logreg", [inp], model_version="1").as_numpy(out_name)
+    np.testing.assert_allclose(
+        pinned, reference(digits_repo, "digits-logreg", 1, x), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_classification_extension(client: object, digits_repo: Path) -> None:
+    x = tensor(2, seed=1)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    out_name = client.get_model_metadata("digits-logreg")["outputs"][0]["name"]
+    out = httpclient.InferRequestedOutput(out_name, class_count=3)
+    top = client.infer("digits-logreg", [inp], outputs=[out]).as_numpy(out_name)
+    logits = reference(digits_repo, "digits-logreg", 2, x)
+    assert top.shape == (2, 3)
+    for row, expected in zip(top, logits, strict=True):
+        parsed = [item.decode().split(":") for item in row]
+        assert [int(i) for _, i, _ in parsed] == np.argsort(-expected)[:3].tolist()
+        assert [label for _, _, label in parsed] == [str(int(i)) for _, i, _ in parsed]
+        np.testing.assert_allclose(
+            [float(v) for v, _, _ in parsed], np.sort(expected)[::-1][:3], rtol=1e-4
+        )
+
+
+def test_images_as_bytes_like_predict(client: object, server: tuple[str, str]) -> None:
+    image = png_bytes(Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)))
+    inp = httpclient.InferInput("input", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([image], dtype=np.object_))
+    out_name = client.get_model_metadata("digits-logreg")["outputs"][0]["name"]
+    out = httpclient.InferRequestedOutput(out_name, class_count=1)
+    top = client.infer("digits-logreg", [inp], outputs=[out]).as_numpy(out_name)
+    answer = httpx.post(
+        server[0] + "/predict", content=image, headers={"content-type": "image/png"}
+    ).json()
+    assert top[0][0].decode().split(":")[2] == answer["predictions"][0][0]["label"]
+
+
+def test_errors_are_v2_errors(client: object, server: tuple[str, str]) -> None:
+    inp = httpclient.InferInput("input", [1, 1, 8, 7], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 1, 8, 7), dtype=np.float32))
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("digits-logreg", [inp])
+    assert (
+        caught.value.status() == "400"
+        and "does not match the model's [-1, 1, 8, 8]" in caught.value.message()
+    )
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_metadata("nope")
+    assert caught.value.status() == "404"
+    r = httpx.post(server[0] + "/v2/models/digits-logreg/versions/9/infer", json={"inputs": []})
+    assert r.status_code == 404 and set(r.json()) == {"error"}
+    r = httpx.post(
+        server[0] + "/v2/models/digits-logreg/infer",
+        content=b"{",
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+
+
+def test_repository_index_load_and_unload(client: object) -> None:
+    index = client.get_model_repository_index()
+    assert {(m["name"], m.get("version")) for m in index} >= {
+        ("digits-logreg", "1"),
+        ("digits-slow", "1"),
+    }
+    with pytest.raises(InferenceServerException) as caught:
+        client.unload_model("digits-slow")  # no key
+    assert caught.value.status() == "401"
+    client.unload_model("digits-slow", headers=AUTH)
+    assert not client.is_model_ready("digits-slow")
+    states = {m["name"]: m["state"] for m in client.get_model_repository_index()}
+    assert states["digits-slow"] == "UNAVAILABLE"
+    client.load_model("digits-slow", headers=AUTH)
+    assert client.is_model_ready("digits-slow")
+    inp = httpclient.InferInput("input", [1, 1, 8, 8], "FP32")
+    inp.set_data_from_numpy(tensor(1))
+    assert client.infer("digits-slow", [inp]).get_response()["model_name"] == "digits-slow"
+
+
+def test_repository_api_is_refused_without_a_configured_key(digits_repo: Path) -> None:
+    with running_service(digits_repo, {"ROCKETSERVE_MODEL_CONTROL_MODE": "explicit"}) as (url, _):
+        r = httpx.post(url + "/v2/repository/models/digits-slow/unload", headers=AUTH)
+        assert r.status_code == 403 and "ROCKETSERVE_API_KEY" in r.json()["error"]
+        assert httpx.post(url + "/v2/repository/index").status_code == 200
