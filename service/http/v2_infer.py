@@ -80,7 +80,13 @@ async def infer(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
             assert tensor.elements is not None
             if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
                 raise BadRequest(f"BYTES input {spec.name!r}: shape must be [N] or [N, 1] images")
-            batch = await batch_from_images(tensor.elements, spec, limit, settings.max_image_pixels)
+            batch = await batch_from_images(
+                tensor.elements,
+                spec,
+                limit,
+                settings.max_image_pixels,
+                settings.max_decoded_pixels,
+            )
         else:
             batch = model_batch(tensor, item_shape, np.dtype(spec.dtype))
             if len(batch) > limit:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,16 @@ from python_multipart.multipart import parse_options_header
 from service.errors import BadRequest, Unprocessable, UnsupportedMediaType
 from service.inputs.multipart import split_form
 
-JSON_KEYS = frozenset({"image", "images", "tensor", "model", "top_k"})
+# Routing by objective instead of a model name (service.repository.routing).
+OBJECTIVE_KEYS = ("latency_budget_ms", "min_accuracy", "family", "fallback")
+JSON_KEYS = frozenset({"image", "images", "tensor", "model", "top_k", *OBJECTIVE_KEYS})
+# json.loads builds one Python object per value, and the smallest ones cost the most per byte of
+# body: an empty array ~60 bytes for its 3, a short string ~50 for 5. A body needs few of them (a
+# tensor has one array per row: N*C*H, 3,072 for 32 CIFAR-10 images; images and keys are a few
+# dozen strings), so bodies with more are refused before parsing, which bounds what parsing
+# costs to what numbers cost (docs/guarantees.md, "Memory per request is bounded").
+MAX_JSON_CONTAINERS = 1 << 16
+MAX_JSON_STRINGS = 1 << 12
 
 
 @dataclass
@@ -29,6 +39,7 @@ class PredictRequest:
     top_k: Any = None
     images: list[bytes] = field(default_factory=list)
     tensor: Any = None
+    objective: dict[str, Any] = field(default_factory=dict)  # routing fields given in the body
 
 
 def parse_body(content_type: str | None, body: bytes) -> PredictRequest:
@@ -71,11 +82,36 @@ def _parse_multipart(body: bytes, boundary: bytes | None) -> PredictRequest:
     return request
 
 
+def _check_json_size(body: bytes) -> None:
+    # Counted on the bytes: base64 has none of these, and UTF-8 bytes of other characters are
+    # >= 0x80, so a character inside a string is counted only in UTF-16/32 bodies (over-counted).
+    containers = body.count(b"[") + body.count(b"{")
+    if containers > MAX_JSON_CONTAINERS:
+        raise BadRequest(
+            f"JSON body holds {containers} arrays and objects, over the limit of "
+            f"{MAX_JSON_CONTAINERS} (a tensor needs one per row)",
+            code="invalid_json",
+        )
+    strings = body.count(b'"') // 2
+    if strings > MAX_JSON_STRINGS:
+        raise BadRequest(
+            f"JSON body holds {strings} strings, over the limit of {MAX_JSON_STRINGS}",
+            code="invalid_json",
+        )
+
+
 def _parse_json(body: bytes) -> PredictRequest:
+    _check_json_size(body)
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    except ValueError:
+        # Valid JSON, but an integer of more digits than int() converts (4,300 by default).
+        raise BadRequest(
+            f"JSON body holds an integer of more than {sys.get_int_max_str_digits()} digits",
+            code="invalid_json",
+        ) from None
     except RecursionError:
         raise BadRequest("JSON body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
@@ -94,8 +130,14 @@ def _parse_json(body: bytes) -> PredictRequest:
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise Unprocessable("'model' must be a string", code="invalid_model")
-    request = PredictRequest(model=model, top_k=data.get("top_k"))
+    request = PredictRequest(
+        model=model,
+        top_k=data.get("top_k"),
+        objective={k: data[k] for k in OBJECTIVE_KEYS if k in data},
+    )
     if "tensor" in data:
+        if data["tensor"] is None:  # None is how a request without a tensor is told apart
+            raise Unprocessable("'tensor' must be an array of numbers", code="invalid_tensor")
         request.tensor = data["tensor"]
         return request
     encoded = [data["image"]] if "image" in data else data["images"]

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from service.contract.model_card import InputSpec
-from service.contract.preprocess import image_to_uint8, resize_uint8
+from service.contract.preprocess import draft, draft_scale, image_to_uint8, resize_uint8
 from service.errors import BadRequest, PayloadTooLarge
 from service.inputs import fastjpeg
 
@@ -37,11 +37,27 @@ class OpenedImage:
     height: int
     image: Image.Image | None = None
     jpeg_colorspace: str | None = None
+    progressive: bool = False
 
     @property
     def pixels(self) -> int:
         """Declared width x height."""
         return self.width * self.height
+
+    def decoded_pixels(self, spec: InputSpec) -> int:
+        """Width x height this image is decoded at for ``spec``.
+
+        A baseline JPEG far larger than the model's input is decoded smaller (``draft_scale``);
+        anything else, a progressive JPEG included (libjpeg holds all its coefficients), at its
+        full size.
+        """
+        jpeg = self.jpeg_colorspace is not None or (
+            self.image is not None and self.image.format in ("JPEG", "MPO")
+        )
+        if not jpeg or self.progressive:
+            return self.pixels
+        scale = draft_scale(self.width, self.height, spec)
+        return -(-self.width // scale) * -(-self.height // scale)
 
 
 def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
@@ -73,11 +89,13 @@ def open_image(data: bytes, max_pixels: int, what: str = "image") -> OpenedImage
     if header is not None:
         width, height, colorspace = header
         _check_pixels(width, height, max_pixels, what)
-        return OpenedImage(data, what, width, height, jpeg_colorspace=colorspace)
+        progressive = fastjpeg.is_progressive(data)
+        return OpenedImage(data, what, width, height, None, colorspace, progressive)
     image = _open_with_pillow(data, what)
     width, height = image.size
     _check_pixels(width, height, max_pixels, what)
-    return OpenedImage(data, what, width, height, image=image)
+    progressive = bool(image.info.get("progressive"))
+    return OpenedImage(data, what, width, height, image=image, progressive=progressive)
 
 
 def open_images(images: list[bytes], max_pixels: int) -> list[OpenedImage]:
@@ -89,23 +107,50 @@ def open_images(images: list[bytes], max_pixels: int) -> list[OpenedImage]:
     ]
 
 
+def check_decoded_pixels(opened: list[OpenedImage], spec: InputSpec, max_pixels: int) -> None:
+    """Refuse (413) an image that would be decoded at more than ``max_pixels`` for ``spec``."""
+    for item in opened:
+        decoded = item.decoded_pixels(spec)
+        if decoded > max_pixels:
+            raise PayloadTooLarge(
+                f"{item.what} of {item.width}x{item.height} pixels would be decoded at "
+                f"{decoded} pixels, over the limit of {max_pixels} (refused before decoding; a "
+                "baseline JPEG is decoded at up to 1/8 of its size, other formats at full size)",
+                code="image_too_large",
+            )
+
+
 def decode_uint8(item: OpenedImage, spec: InputSpec) -> np.ndarray:
-    """Decode one opened image to the spec's colour and size: uint8 [H, W, C]."""
+    """Decode one opened image to the spec's colour and size: uint8 [H, W, C].
+
+    A JPEG far larger than the model's input is decoded at 1/2, 1/4 or 1/8 of its size
+    (``draft_scale``); anything else at its full size. The decoded pixels are released before
+    this returns (the item keeps only its bytes), so a request's images are never all decoded at
+    once.
+    """
     if item.jpeg_colorspace is not None:
-        pixels = fastjpeg.decode(item.data, item.jpeg_colorspace, spec.color)
+        scale = draft_scale(item.width, item.height, spec)
+        size = (item.width, item.height)
+        pixels = fastjpeg.decode(item.data, item.jpeg_colorspace, spec.color, size, scale)
         if pixels is not None:
             return resize_uint8(pixels, spec)
-    image = item.image if item.image is not None else _open_with_pillow(item.data, item.what)
+    image, item.image = item.image, None
+    if image is None:
+        image = _open_with_pillow(item.data, item.what)
     try:
-        image.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadRequest(
-            f"{item.what} is truncated or corrupt: {exc}", code="invalid_image"
-        ) from None
-    try:
-        return image_to_uint8(image, spec)
-    except (OSError, ValueError) as exc:
-        raise BadRequest(
-            f"{item.what}: mode {image.mode} cannot be converted to {spec.color}: {exc}",
-            code="invalid_image",
-        ) from None
+        draft(image, spec)
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise BadRequest(
+                f"{item.what} is truncated or corrupt: {exc}", code="invalid_image"
+            ) from None
+        try:
+            return image_to_uint8(image, spec)
+        except (OSError, ValueError) as exc:
+            raise BadRequest(
+                f"{item.what}: mode {image.mode} cannot be converted to {spec.color}: {exc}",
+                code="invalid_image",
+            ) from None
+    finally:
+        image.close()

@@ -16,9 +16,15 @@ from PIL import Image
 
 from service.contract.model_card import InputSpec
 from service.contract.preprocess import normalize_uint8
-from service.errors import PayloadTooLarge
+from service.errors import BadRequest, PayloadTooLarge
 from service.inputs.body import PredictRequest
-from service.inputs.images import OpenedImage, decode_uint8, open_image, open_images
+from service.inputs.images import (
+    OpenedImage,
+    check_decoded_pixels,
+    decode_uint8,
+    open_image,
+    open_images,
+)
 from service.inputs.tensors import tensor_to_batch
 from service.settings import Settings
 
@@ -52,11 +58,22 @@ def batch_from_tensor(value: object, spec: InputSpec, max_inputs: int) -> np.nda
 
 
 async def batch_from_images(
-    images: list[bytes], spec: InputSpec, max_inputs: int, max_pixels: int
+    images: list[bytes],
+    spec: InputSpec,
+    max_inputs: int,
+    max_pixels: int,
+    max_decoded_pixels: int,
 ) -> np.ndarray:
-    """The model batch of encoded images; big images are decoded off the event loop."""
+    """The model batch of encoded images; big images are decoded off the event loop.
+
+    Every header is checked (declared and decoded size) before any image is decoded, and the
+    images are decoded one after the other, each released once resized.
+    """
+    if not images:
+        raise BadRequest("the request has no image", code="missing_input")
     _check_count(len(images), max_inputs)
     opened = open_images(images, max_pixels)
+    check_decoded_pixels(opened, spec, max_decoded_pixels)
     if sum(item.pixels for item in opened) > INLINE_DECODE_PIXELS:
         return await asyncio.to_thread(load_batch, opened, spec)
     return load_batch(opened, spec)
@@ -67,7 +84,9 @@ async def to_batch(request: PredictRequest, spec: InputSpec, settings: Settings)
     limit = settings.max_inputs_per_request
     if request.tensor is not None:
         return batch_from_tensor(request.tensor, spec, limit)
-    return await batch_from_images(request.images, spec, limit, settings.max_image_pixels)
+    return await batch_from_images(
+        request.images, spec, limit, settings.max_image_pixels, settings.max_decoded_pixels
+    )
 
 
 def _check_count(count: int, limit: int) -> None:
