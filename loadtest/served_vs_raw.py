@@ -2,8 +2,9 @@
 
 For concurrency 1, 8 and 64 it drives a real ``python -m service`` process on 127.0.0.1 (batching
 on, then off) with keep-alive HTTP/1.1 clients sending one PNG per request, and measures raw
-in-process ONNX Runtime at batch sizes 1, 8 and 64 with the same thread count. Every figure is
-printed with the machine it was measured on. Client and server share the machine's cores.
+in-process ONNX Runtime at batch sizes 1, 8 and 64 with the same thread count and execution
+provider (``--provider cuda`` on a GPU machine with onnxruntime-gpu: both sides on CUDA). Every
+figure is printed with the machine it was measured on. Client and server share the machine's cores.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -38,6 +40,8 @@ from service.contract.model_card import (
 )
 
 _CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 @dataclass
@@ -87,13 +91,22 @@ def sample_png(card: ModelCard) -> bytes:
 
 
 class RawOrt:
-    """In-process ONNX Runtime on the same file and thread count: the ceiling to compare with."""
+    """In-process ONNX Runtime on the same file, thread count and provider: the ceiling."""
 
-    def __init__(self, card: ModelCard, path: Path, threads: int) -> None:
+    def __init__(self, card: ModelCard, path: Path, threads: int, provider: str = "cpu") -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        wanted = PROVIDERS[provider]
+        # CPU stays listed after CUDA, as in the service, for operators CUDA lacks.
+        providers = [wanted, PROVIDERS["cpu"]] if provider == "cuda" else [wanted]
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        if self.session.get_providers()[0] != wanted:  # ORT falls back to CPU with a warning
+            raise SystemExit(
+                f"error: ONNX Runtime could not use {wanted} (available: "
+                f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu, alone, "
+                "on a machine with an NVIDIA GPU and CUDA 12 or newer drivers"
+            )
         self.card = card
 
     def measure(self, batch_size: int, seconds: float) -> Row:
@@ -239,12 +252,16 @@ def _order(row: Row) -> tuple[int, int]:
 
 
 def report(
-    card: ModelCard, threads: int, rows: list[Row], load: tuple[float, float] | None = None
+    card: ModelCard,
+    threads: int,
+    rows: list[Row],
+    load: tuple[float, float] | None = None,
+    provider: str = "cpu",
 ) -> str:
     """The results as a Markdown table with the machine and a verdict on the issue's targets."""
     lines = [
         f"model {card.name} ({card.training.architecture}, {card.macs:,} MACs/image, "
-        f"input {list(card.input.shape)}), onnxruntime {ort.__version__} CPU, "
+        f"input {list(card.input.shape)}), onnxruntime {ort.__version__} {provider.upper()}, "
         f"intra-op threads {threads}",
         f"machine: {machine()}"
         + (f"; 1-min load average {load[0]:.1f} before, {load[1]:.1f} after" if load else ""),
@@ -283,6 +300,13 @@ def report(
     return "\n".join(lines)
 
 
+def repository_of_one(repo: Path, name: str, into: Path) -> Path:
+    """A repository in ``into`` serving only model ``name`` of ``repo`` (a link to its folder):
+    the servers load and warm that model alone (on a GPU, one set of device buffers)."""
+    (into / name).symlink_to((repo / name).resolve(), target_is_directory=True)
+    return into
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(prog="python -m loadtest.served_vs_raw", description=__doc__)
@@ -294,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="measured time per level")
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads (both sides)")
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    parser.add_argument(
+        "--provider",
+        choices=sorted(PROVIDERS),
+        default="cpu",
+        help="execution provider of both sides (cuda needs onnxruntime-gpu and a GPU)",
+    )
     args = parser.parse_args(argv)
     repo = args.model_repository
     if not repo.is_dir():
@@ -311,12 +341,15 @@ def main(argv: list[str] | None = None) -> int:
         "ROCKETSERVE_MAX_BATCH_SIZE": str(max(64, biggest)),
         "ROCKETSERVE_MAX_QUEUE_SIZE": str(max(512, 4 * biggest)),
         "ROCKETSERVE_MAX_INPUTS_PER_REQUEST": "1",
+        "ROCKETSERVE_PROVIDER": args.provider,
     }
-    raw = RawOrt(card, path, args.threads)
+    raw = RawOrt(card, path, args.threads, args.provider)
     off = {**common, "ROCKETSERVE_BATCHING": "false"}
+    one_model = tempfile.TemporaryDirectory(prefix="served-vs-raw-")
+    served = repository_of_one(repo, card.name, Path(one_model.name))
     servers = [
-        Server(repo, card, common, "batching on"),
-        Server(repo, card, off, "batching off"),
+        Server(served, card, common, "batching on"),
+        Server(served, card, off, "batching off"),
     ]
     rows: list[Row] = []
     load_before = os.getloadavg()
@@ -330,8 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers:
             server.stop()
+        one_model.cleanup()
     load = (load_before[0], os.getloadavg()[0])
-    print(report(card, args.threads, sorted(rows, key=_order), load))
+    print(report(card, args.threads, sorted(rows, key=_order), load, args.provider))
     return 0
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.support.onnx_repo import build_digits_model
+
+# prometheus-client reads it once, at import: set in a developer's shell it would make every app
+# of the tests share one set of metric files (and so would the servers they start).
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,11 @@ class OnnxModel:
             raise ModelRepositoryError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
         self.path = path
         self.provider = self.session.get_providers()[0]
+        if provider == CUDA and self.provider != CUDA:
+            raise ModelRepositoryError(
+                f"{path}: provider 'cuda' requested but ONNX Runtime fell back to "
+                f"{self.provider} (are the CUDA and cuDNN libraries installed?)"
+            )
         self.dtype = np.dtype(card.input.dtype)
         self.input_name = card.input.name
         self.output_name = card.output.name

@@ -2,13 +2,30 @@
 
 The metric names below are a contract with deploy/ (Grafana dashboards, alert rules): rename
 one and the dashboards' PromQL must follow.
+
+With several worker processes (``service.observability.multiprocess``) a scrape merges every
+worker's values: counters and histograms are summed; each gauge says how (``multiprocess_mode``),
+and only live workers count ('live...'; a dead worker's gauges are dropped):
+
+- ``livesum``: queue depth, queue capacity, in-flight requests: the service's totals (each worker
+  has its own queue of ``max_queue_size``, so depth / capacity stays the service's fill);
+- ``livemin``: model ready: 1 only when every live worker has the version ready, 0 when any
+  has not (failed, unloaded, shutting down);
+- ``livemax``: model info, top-1, parameters, MACs: the same constant in every worker (read from
+  the same card), which a sum would multiply by the number of workers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from service.observability.multiprocess import (
+    WorkersCollector,
+    forget_dead_workers,
+    multiprocess_dir,
+)
 
 PREFIX = "rocketserve"
 
@@ -24,10 +41,20 @@ MODEL_LABELS = ("model", "version")
 
 
 class ServiceMetrics:
-    """All metrics of one app instance, registered on ``registry``."""
+    """All metrics of one app instance, registered on ``registry``.
+
+    When prometheus-client writes metric files (several workers), ``exposition()`` reads every
+    worker's files instead of this instance's registry.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._scraped = self.registry
+        shared = multiprocess_dir()
+        if shared is not None:
+            forget_dead_workers(shared)  # a replacement worker starts: its predecessor is gone
+            self._scraped = CollectorRegistry()
+            self._scraped.register(WorkersCollector(shared))
         r = self.registry
         self.requests = Counter(
             f"{PREFIX}_requests",
@@ -67,42 +94,62 @@ class ServiceMetrics:
             f"{PREFIX}_queue_depth",
             "Inputs waiting in the batcher queue.",
             MODEL_LABELS,
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.queue_capacity = Gauge(
             f"{PREFIX}_queue_capacity",
             "Maximum inputs the batcher queue accepts (max_queue_size).",
             MODEL_LABELS,
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.in_flight = Gauge(
             f"{PREFIX}_in_flight_requests",
             "Prediction requests being handled right now.",
             MODEL_LABELS,
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.model_info = Gauge(
             f"{PREFIX}_model_info",
             "Constant 1 per served model version, with its descriptive labels.",
             [*MODEL_LABELS, "method", "architecture", "precision", "provider"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.model_ready = Gauge(
             f"{PREFIX}_model_ready",
             "1 when the model version is loaded and warm, else 0.",
             MODEL_LABELS,
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.routed = Counter(
+            f"{PREFIX}_routed_requests",
+            "Requests routed by objective instead of a model name, by objective and chosen model.",
+            ["objective", "model"],
+            registry=r,
+        )
+        self.model_versions = Gauge(
+            f"{PREFIX}_model_versions",
+            "Versions of each model by state: 'ready' (served) or 'failed' (could not be loaded).",
+            ["model", "state"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.model_top1 = Gauge(
             f"{PREFIX}_model_top1_accuracy",
             "Offline top-1 accuracy (fraction) measured with ONNX Runtime on the test split.",
             MODEL_LABELS,
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.model_params = Gauge(
             f"{PREFIX}_model_parameters",
             "Number of parameters of the model.",
             MODEL_LABELS,
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.abandoned = Counter(
@@ -140,8 +187,18 @@ class ServiceMetrics:
             f"{PREFIX}_model_macs",
             "Multiply-accumulates per image.",
             MODEL_LABELS,
+            multiprocess_mode="livemax",
             registry=r,
         )
+
+    @property
+    def multiprocess(self) -> bool:
+        """Whether a scrape merges the metric files of several worker processes."""
+        return self._scraped is not self.registry
+
+    def exposition(self) -> bytes:
+        """Prometheus text of the service: this registry, or every worker's files merged."""
+        return generate_latest(self._scraped)
 
 
 class ModelRequestMetrics:
