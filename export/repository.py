@@ -146,6 +146,9 @@ def publish(
         created_at=utc_now(),
         **measured,
     )
+    # The version's own card first (a service polling the folder loads a version only once its
+    # card and file agree), then the model's card, which describes the newest version.
+    write_manifest(model_dir / str(version), card)
     write_manifest(model_dir, card)
     return card
 

@@ -204,9 +204,32 @@ def validate_model_name(name: str) -> str:
     return name
 
 
+def read_version_card(model_dir: Path, version: int) -> ModelCard | None:
+    """The card of one version, ``<model_dir>/<version>/manifest.json``, if it has its own."""
+    path = model_dir / str(version) / MANIFEST_FILENAME
+    if not path.is_file():
+        return None
+    card = _load_card(path)
+    if card.name != model_dir.name or card.version != version:
+        raise ModelRepositoryError(
+            f"{path}: card of {card.name!r} version {card.version} in the folder of "
+            f"{model_dir.name!r} version {version}"
+        )
+    return card
+
+
 def read_manifest(model_dir: Path) -> ModelCard:
     """Load and validate ``<model_dir>/manifest.json``."""
     path = model_dir / MANIFEST_FILENAME
+    card = _load_card(path)
+    if card.name != model_dir.name:
+        raise ModelRepositoryError(
+            f"{path}: manifest name {card.name!r} does not match folder {model_dir.name!r}"
+        )
+    return card
+
+
+def _load_card(path: Path) -> ModelCard:
     if not path.is_file():
         raise ModelRepositoryError(f"{path}: manifest.json is missing")
     try:
@@ -221,10 +244,6 @@ def read_manifest(model_dir: Path) -> ModelCard:
         raise ModelRepositoryError(
             f"{path}: invalid manifest: {where}: {first['msg']} ({exc.error_count()} error(s))"
         ) from None
-    if card.name != model_dir.name:
-        raise ModelRepositoryError(
-            f"{path}: manifest name {card.name!r} does not match folder {model_dir.name!r}"
-        )
     return card
 
 

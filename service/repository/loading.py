@@ -20,6 +20,7 @@ from service.contract.model_card import (
     model_dirs,
     model_file,
     read_manifest,
+    read_version_card,
     sha256_file,
     version_dirs,
 )
@@ -120,13 +121,18 @@ class ModelLoader:
         except ModelRepositoryError as exc:
             failed(model_dir.name, None, str(exc))
             return versions, failures
-        for version, path in files.items():
-            if isinstance(path, str):  # the version's verification failed: the reason
-                failed(card.name, version, path)
-                continue
+        servable: dict[int, tuple[ModelCard, Path]] = {}
+        for version, checked in files.items():
+            if isinstance(checked, str):  # the version's verification failed: the reason
+                failed(card.name, version, checked)
+            else:
+                servable[version] = checked
+        policy = self.settings.policy_for(card.name)
+        for version in select_versions(policy, list(servable)):
+            vcard, path = servable[version]
             try:
                 versions[version] = _serve(
-                    card,
+                    vcard,
                     version,
                     path,
                     self.provider,
@@ -143,8 +149,8 @@ class ModelLoader:
 
 
 def verify_repository(settings: Settings) -> list[LoadFailure]:
-    """Every failure ``load_repository`` would meet, found without warming or serving anything:
-    cards, files and sha256, ONNX Runtime sessions and signatures (for ``--strict``)."""
+    """Every failure loading would meet, found without warming or serving anything: cards,
+    files and sha256, ONNX Runtime sessions and signatures (for ``--strict``)."""
     provider = choose_provider(settings.provider)
     failures: list[LoadFailure] = []
     for model_dir in model_dirs(settings.model_repository):
@@ -154,21 +160,25 @@ def verify_repository(settings: Settings) -> list[LoadFailure]:
         except ModelRepositoryError as exc:
             failures.append(LoadFailure(model_dir.name, None, str(exc)))
             continue
-        for version, path in versions.items():
-            if isinstance(path, str):
-                failures.append(LoadFailure(card.name, version, path))
+        for version, checked in versions.items():
+            if isinstance(checked, str):
+                failures.append(LoadFailure(card.name, version, checked))
                 continue
+            vcard, path = checked
             try:
-                OnnxModel(path, card, provider, 1)
+                OnnxModel(path, vcard, provider, 1)
             except ModelRepositoryError as exc:
                 failures.append(LoadFailure(card.name, version, str(exc)))
     return failures
 
 
-def verified_versions(model_dir: Path, card: ModelCard) -> dict[int, Path | str]:
-    """Each version's file vouched for by the card (size and sha256 checked), or why it is not.
+def verified_versions(model_dir: Path, card: ModelCard) -> dict[int, tuple[ModelCard, Path] | str]:
+    """Each version's card and file, the file checked against the card (size, sha256), or why
+    the version cannot be served.
 
-    A version folder the card has no record of is not served (a warning, not a failure).
+    A version's card is its own ``<v>/manifest.json`` when it has one, else the model's card when
+    that records the version; a version no card vouches for is never served with another
+    version's labels or preprocessing.
     """
     records = {r.version: r for r in card.version_records()}
     found = version_dirs(model_dir)
@@ -176,22 +186,40 @@ def verified_versions(model_dir: Path, card: ModelCard) -> dict[int, Path | str]
         raise ModelRepositoryError(
             f"{model_dir}: version {card.version} of the manifest is missing"
         )
-    verified: dict[int, Path | str] = {}
+    verified: dict[int, tuple[ModelCard, Path] | str] = {}
     for version in found:
         path = model_file(model_dir, version)
-        record = records.get(version)
-        if record is None:
-            log.warning(
-                "%s: version %d has no record in manifest.json; not served", model_dir, version
-            )
+        try:
+            own = read_version_card(model_dir, version)
+        except ModelRepositoryError as exc:
+            verified[version] = str(exc)
             continue
-        if not path.is_file():
+        vouching = own if own is not None else card
+        record = own.version_records()[0] if own is not None else records.get(version)
+        if record is None:
+            verified[version] = (
+                f"{path}: no card vouches for it (no {version}/manifest.json, and "
+                f"manifest.json records no version {version})"
+            )
+        elif not path.is_file():
             verified[version] = f"{path}: model file is missing"
         elif path.stat().st_size != record.size_bytes or sha256_file(path) != record.sha256:
-            verified[version] = f"{path}: size or sha256 differs from manifest.json"
+            where = f"{version}/manifest.json" if own is not None else "manifest.json"
+            verified[version] = f"{path}: size or sha256 differs from {where}"
         else:
-            verified[version] = path
+            verified[version] = (vouching, path)
     return verified
+
+
+def select_versions(policy: str, candidates: list[int]) -> list[int]:
+    """The versions a policy serves among those that can be: 'all', 'latest:N', 'specific:..'."""
+    kind, _, arg = policy.partition(":")
+    if kind == "all":
+        return sorted(candidates)
+    if kind == "latest":
+        return sorted(candidates)[-int(arg) :]
+    wanted = {int(v) for v in arg.split(",")}
+    return sorted(v for v in candidates if v in wanted)
 
 
 def _serve(
@@ -236,6 +264,7 @@ def _serve(
     runtime.warm_up(settings.warmup_runs)
     batch1_ms = runtime.batch1_seconds() * 1000.0
     batcher.inline = batch1_ms <= settings.inline_inference_max_ms
+    served.batch1_ms = batch1_ms
     served.ready = True
     labels = (card.name, label_version)
     metrics.model_info.labels(

@@ -21,6 +21,7 @@ from service.errors import BadRequest, NotFound, Unavailable
 from service.inference.batcher import DynamicBatcher
 from service.inference.session import OnnxModel
 from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
+from service.repository.routing import LatencyWindow, Objective, candidates, choose, routing_note
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class ServedModel:
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
     ready: bool = False
     active: int = 0  # requests that resolved this version and are not answered yet
+    batch1_ms: float = 0.0  # a batch-1 call measured at load: the router's figure before traffic
+    window: LatencyWindow = field(default_factory=LatencyWindow)  # recent latencies, for routing
 
     @property
     def name(self) -> str:
@@ -71,6 +74,15 @@ class ServedModel:
             return {"requests": 0, "p50_ms": None, "p99_ms": None}
         p50, p99 = np.percentile(recent, [50, 99]) * 1000.0
         return {"requests": len(recent), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3)}
+
+    def routing_figures(self) -> dict[str, Any]:
+        """What the router weighs this version by now: its predicted p99 and where it comes from."""
+        [candidate] = candidates([self], None, time.monotonic())
+        return {
+            "predicted_p99_ms": round(candidate.predicted_p99_ms, 3),
+            "prediction": "live" if candidate.live else "measured at load",
+            "accuracy": candidate.accuracy,
+        }
 
     def describe(self) -> dict[str, Any]:
         """Public description of this version for /models."""
@@ -87,6 +99,7 @@ class ServedModel:
                 "profile": card.profile.model_dump() if measured_here else None,
             },
             "live": self.live_latency_ms(),
+            "routing": self.routing_figures(),
         }
 
 
@@ -105,6 +118,27 @@ class Arrivals:
 
     def __exit__(self, *_: object) -> None:
         self.count -= 1
+
+
+def default_by_budget(models: dict[str, dict[int, ServedModel]], budget_ms: float) -> str:
+    """The model a request that names none gets: the most accurate whose card's batch-1 p99
+    is within ``budget_ms`` (ties: the first by name), else the fastest by its card.
+
+    From the cards, not from live figures, so that the default is the same at every start-up.
+    """
+
+    def figures(name: str) -> tuple[float, float]:
+        card = models[name][max(models[name])].card
+        rows = [r for r in card.profile.rows if r.batch_size == 1]
+        p99 = rows[0].p99_ms if rows else float("inf")
+        return card.metrics.top1, p99
+
+    names = sorted(models)
+    within = [n for n in names if figures(n)[1] <= budget_ms]
+    if within:
+        best = max(figures(n)[0] for n in within)
+        return next(n for n in within if figures(n)[0] == best)
+    return min(names, key=lambda n: (figures(n)[1], n))
 
 
 class ModelRegistry:
@@ -129,6 +163,7 @@ class ModelRegistry:
             self.resolve(default_model)  # raises NotFound naming what is served
         self.failures: list[LoadFailure] = []  # versions skipped at load, with the reason
         self.loader: ModelLoader | None = None  # set by load(): what load_model needs
+        self._routed: dict[tuple[str, str], Any] = {}  # routed-requests counter children
 
     @classmethod
     def load(
@@ -149,13 +184,17 @@ class ModelRegistry:
         arrivals = Arrivals()
         loader = ModelLoader(settings, metrics, arrivals, in_progress)
         models, failures = loader.load_all()
-        default = settings.default_model or next(iter(sorted(models)))
+        default = settings.default_model or default_by_budget(
+            models, settings.default_latency_budget_ms
+        )
         try:
             registry = cls(models, default, metrics, arrivals)
         except NotFound as exc:
             raise ModelRepositoryError(f"default_model {default!r}: {exc.message}") from None
         registry.failures = failures
         registry.loader = loader
+        for failure in failures:
+            registry._count_versions(failure.model)
         return registry
 
     def _switch(self, models: dict[str, dict[int, ServedModel]]) -> None:
@@ -170,6 +209,14 @@ class ModelRegistry:
             elif pinned.isascii() and pinned.isdecimal():
                 default = versions.get(int(pinned))
         self.models, self.default = models, default
+        for name in set(models) | {f.model for f in getattr(self, "failures", [])}:
+            self._count_versions(name)
+
+    def _count_versions(self, name: str) -> None:
+        ready = len(self.models.get(name, {}))
+        failed = sum(1 for f in getattr(self, "failures", []) if f.model == name)
+        self.metrics.model_versions.labels(name, "ready").set(ready)
+        self.metrics.model_versions.labels(name, "failed").set(failed)
 
     async def load_model(self, name: str) -> None:
         """Load (or reload) one model from the repository folder without losing a request.
@@ -186,6 +233,7 @@ class ModelRegistry:
             raise NotFound(f"no model {name!r} in the repository folder", code="unknown_model")
         versions, failures = await asyncio.to_thread(loader.load_model, folder)
         self.failures = [f for f in self.failures if f.model != name] + failures
+        self._count_versions(name)
         if not versions:
             self.metrics.model_loads.labels(name, "failed").inc()
             reason = failures[0].reason if failures else "no version to serve"
@@ -218,6 +266,19 @@ class ModelRegistry:
             current = self.models.get(served.name, {}).get(served.version)
             if current is None:  # not reloaded under the same number
                 self.metrics.model_ready.labels(served.name, str(served.version)).set(0)
+
+    def route(self, objective: Objective) -> tuple[ServedModel, dict[str, Any]]:
+        """The model version an objective chooses, and what the answer says about it."""
+        newest = [versions[max(versions)] for versions in self.models.values() if versions]
+        found = candidates(newest, objective.family, time.monotonic())
+        chosen, met = choose(found, objective)
+        served: ServedModel = chosen.served
+        key = (objective.kind, served.name)
+        counter = self._routed.get(key)
+        if counter is None:  # labels() costs a lookup under a lock: resolve each child once
+            counter = self._routed[key] = self.metrics.routed.labels(*key)
+        counter.inc()
+        return served, routing_note(chosen, met, objective, len(found))
 
     def index(self) -> list[dict[str, Any]]:
         """The v2 repository index: every model of the folder, its versions and their state."""

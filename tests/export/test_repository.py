@@ -22,6 +22,7 @@ from service.contract.model_card import (
     ModelRepositoryError,
     model_file,
     read_manifest,
+    read_version_card,
     sha256_file,
 )
 from tests.export.test_onnx_support import trained_digits
@@ -75,6 +76,10 @@ def test_second_publish_is_version_two_and_keeps_the_first_record(tmp_path: Path
     assert [r.version for r in second.version_records()] == [2, 1]
     assert second.other_versions[0].sha256 == first.sha256
     assert model_file(tmp_path / second.name, 1).is_file()
+    # Each version also has its own card, which the service serves that version with.
+    for card in (first, second):
+        own = read_version_card(tmp_path / card.name, card.version)
+        assert own is not None and own.sha256 == card.sha256 and own.version == card.version
 
 
 def test_variant_card_records_precision_and_source(tmp_path: Path) -> None:

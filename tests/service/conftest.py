@@ -40,7 +40,12 @@ def make_settings(digits_repo: Path) -> Callable[..., Settings]:
     """Settings on the shared digits repository, with overrides."""
 
     def make(**overrides: Any) -> Settings:
-        base: dict[str, Any] = {"model_repository": digits_repo, "warmup_runs": 1}
+        # Every version served: the tests pick versions of the two-version digits-logreg.
+        base: dict[str, Any] = {
+            "model_repository": digits_repo,
+            "warmup_runs": 1,
+            "version_policy": "all",
+        }
         base.update(overrides)
         return Settings(**base)
 

@@ -26,6 +26,7 @@ def repo_copy(digits_repo: Path, tmp_path: Path) -> Path:
 
 
 def load(repo: Path, **overrides: object) -> ModelRegistry:
+    overrides.setdefault("version_policy", "all")
     settings = Settings(model_repository=repo, warmup_runs=1, **overrides)  # type: ignore[arg-type]
     return ModelRegistry.load(settings, ServiceMetrics())
 

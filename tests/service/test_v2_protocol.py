@@ -30,6 +30,7 @@ def server(digits_repo: Path) -> Iterator[tuple[str, str]]:
     env = {
         "ROCKETSERVE_MODEL_CONTROL_MODE": "explicit",
         "ROCKETSERVE_API_KEY": KEY,
+        "ROCKETSERVE_VERSION_POLICY": "all",
         "ROCKETSERVE_LOG_LEVEL": "warning",
     }
     with running_service(digits_repo, env) as (url, _):

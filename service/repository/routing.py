@@ -1,0 +1,234 @@
+"""Routing by objective: the most accurate model that meets a latency budget and accuracy floor.
+
+A request may name an objective instead of a model: ``latency_budget_ms`` (the end-to-end p99
+it can accept), ``min_accuracy`` (a top-1 floor, from the cards), or both, optionally within a
+``family`` (the data set its labels come from). Each candidate is the newest loaded version of a
+model; its accuracy is its card's top-1 and its predicted p99 is the live p99 of its recent
+requests (queue wait, inference and service overhead, as the clients saw them) while it has
+recent traffic, else its batch-1 time measured at load plus the work queued ahead of it. The
+choice costs a few microseconds: the live p99 is recomputed at most every
+``LatencyWindow.REFRESH`` requests or ``REFRESH_S`` seconds, not per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.errors import Unprocessable
+
+FALLBACKS = ("cheapest", "most_accurate")
+# Service overhead added to a model's measured batch-1 time when it has no live figures yet
+# (reading, decoding, answering a request; about what the service adds on the 2-core machine).
+OVERHEAD_MS = 1.0
+
+
+class LatencyWindow:
+    """Recent end-to-end latencies of one model version, and their p99, cached."""
+
+    SIZE = 256  # requests in the window
+    MIN_SAMPLES = 20  # fewer than this: no live figure yet
+    MAX_AGE_S = 30.0  # a window whose newest request is older than this is stale
+    REFRESH = 32  # recompute the p99 after this many new requests ...
+    REFRESH_S = 0.25  # ... or this long after the last computation
+
+    def __init__(self) -> None:
+        self._samples: deque[float] = deque(maxlen=self.SIZE)
+        self._last_at = 0.0
+        self._new = 0
+        self._p99_ms: float | None = None
+        self._computed_at = 0.0
+
+    def add(self, seconds: float, now: float) -> None:
+        """One answered request's end-to-end latency."""
+        self._samples.append(seconds)
+        self._last_at = now
+        self._new += 1
+
+    def p99_ms(self, now: float) -> float | None:
+        """The live p99 in ms, or None without enough recent requests."""
+        if len(self._samples) < self.MIN_SAMPLES or now - self._last_at > self.MAX_AGE_S:
+            return None
+        if (
+            self._p99_ms is None
+            or self._new >= self.REFRESH
+            or now - self._computed_at > self.REFRESH_S
+        ):
+            samples = np.fromiter(self._samples, dtype=np.float64)
+            self._p99_ms = float(np.percentile(samples, 99)) * 1000.0
+            self._new, self._computed_at = 0, now
+        return self._p99_ms
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a request asks for instead of a model name."""
+
+    latency_budget_ms: float | None = None
+    min_accuracy: float | None = None
+    family: str | None = None
+    fallback: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """'latency', 'accuracy' or 'latency+accuracy' (the metric's label)."""
+        parts = [
+            name
+            for name, value in (
+                ("latency", self.latency_budget_ms),
+                ("accuracy", self.min_accuracy),
+            )
+            if value is not None
+        ]
+        return "+".join(parts)
+
+    def describe(self) -> dict[str, Any]:
+        """The objective as the answer repeats it."""
+        return {
+            k: v
+            for k, v in (
+                ("latency_budget_ms", self.latency_budget_ms),
+                ("min_accuracy", self.min_accuracy),
+                ("family", self.family),
+                ("fallback", self.fallback),
+            )
+            if v is not None
+        }
+
+
+def parse_objective(values: dict[str, Any]) -> Objective | None:
+    """The objective in a request's fields (query or body), or None if it names none."""
+    budget, floor = values.get("latency_budget_ms"), values.get("min_accuracy")
+    family, fallback = values.get("family"), values.get("fallback")
+    if budget is None and floor is None:
+        if family is not None or fallback is not None:
+            raise Unprocessable(
+                "'family' and 'fallback' go with latency_budget_ms or min_accuracy",
+                code="invalid_objective",
+            )
+        return None
+    objective = Objective(
+        latency_budget_ms=_number(budget, "latency_budget_ms", 0.0, 3_600_000.0),
+        min_accuracy=_number(floor, "min_accuracy", 0.0, 1.0),
+        family=_text(family, "family"),
+        fallback=_text(fallback, "fallback"),
+    )
+    if objective.fallback is not None and objective.fallback not in FALLBACKS:
+        raise Unprocessable(
+            f"fallback must be one of {', '.join(FALLBACKS)}, not {objective.fallback!r}",
+            code="invalid_objective",
+        )
+    return objective
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise Unprocessable(f"{name} must be a number", code="invalid_objective")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise Unprocessable(
+            f"{name} must be a number, got {value!r}", code="invalid_objective"
+        ) from None
+    if not low < number <= high:
+        raise Unprocessable(
+            f"{name} must be above {low:g} and at most {high:g}, got {value!r}",
+            code="invalid_objective",
+        )
+    return number
+
+
+def _text(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise Unprocessable(f"{name} must be a string", code="invalid_objective")
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One model version the router weighs: its accuracy and predicted p99."""
+
+    served: Any  # ServedModel (typed loosely: the registry module imports this one)
+    accuracy: float
+    predicted_p99_ms: float
+    live: bool
+
+
+def candidates(models: list[Any], family: str | None, now: float) -> list[Candidate]:
+    """The newest loaded version of each model (of ``family``), with its figures."""
+    found = []
+    for served in models:
+        card = served.card
+        if family is not None and card.training.dataset != family:
+            continue
+        accuracy = card.metrics.top1 if card.version == served.version else 0.0
+        live = served.window.p99_ms(now)
+        if live is not None:
+            found.append(Candidate(served, accuracy, live, True))
+            continue
+        per_image_ms = served.batch1_ms
+        queued = served.batcher.queue_depth
+        predicted = served.batch1_ms + OVERHEAD_MS + queued * per_image_ms
+        found.append(Candidate(served, accuracy, predicted, False))
+    return found
+
+
+def choose(found: list[Candidate], objective: Objective) -> tuple[Candidate, bool]:
+    """The chosen candidate, and whether it met the objective (False: a fallback)."""
+    if not found:
+        where = f" of family {objective.family!r}" if objective.family else ""
+        raise Unprocessable(
+            f"no model{where} is loaded to route to", code="no_model_meets_objective"
+        )
+    budget, floor = objective.latency_budget_ms, objective.min_accuracy
+    meeting = [
+        c
+        for c in found
+        if (budget is None or c.predicted_p99_ms <= budget)
+        and (floor is None or c.accuracy >= floor)
+    ]
+    if meeting:
+        return max(meeting, key=lambda c: (c.accuracy, -c.predicted_p99_ms)), True
+    fastest = min(found, key=lambda c: (c.predicted_p99_ms, -c.accuracy))
+    best = max(found, key=lambda c: (c.accuracy, -c.predicted_p99_ms))
+    if objective.fallback == "cheapest":
+        return fastest, False
+    if objective.fallback == "most_accurate":
+        return best, False
+    raise Unprocessable(
+        "no model meets the objective "
+        + ", ".join(f"{k}={v}" for k, v in objective.describe().items())
+        + f"; the fastest is {fastest.served.name} (predicted p99 "
+        f"{fastest.predicted_p99_ms:.2f} ms, top-1 {fastest.accuracy:.2%}), the most accurate "
+        f"{best.served.name} (predicted p99 {best.predicted_p99_ms:.2f} ms, top-1 "
+        f"{best.accuracy:.2%}); relax the objective or add fallback=cheapest|most_accurate",
+        code="no_model_meets_objective",
+    )
+
+
+def routing_note(
+    chosen: Candidate, met: bool, objective: Objective, considered: int
+) -> dict[str, Any]:
+    """What the answer says about the choice."""
+    note: dict[str, Any] = {
+        "objective": objective.describe(),
+        "chosen": f"{chosen.served.name}:{chosen.served.version}",
+        "predicted_p99_ms": round(chosen.predicted_p99_ms, 3),
+        "prediction": "live" if chosen.live else "measured at load",
+        "accuracy": chosen.accuracy,
+        "candidates_considered": considered,
+    }
+    if not met:
+        note["fallback"] = objective.fallback
+    return note
+
+
+def now() -> float:
+    """The clock the windows use."""
+    return time.monotonic()

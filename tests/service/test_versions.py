@@ -1,0 +1,107 @@
+"""Model versions: policies, each version with its own card, and memory given back on unload."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.contract.model_card import sha256_file
+from service.observability.metrics import ServiceMetrics
+from service.repository.registry import ModelRegistry
+from service.settings import Settings
+from tests.support.onnx_repo import build_digits_model
+
+pytestmark = pytest.mark.timeout(180)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(repo: Path, **overrides: object) -> ModelRegistry:
+    overrides.setdefault("warmup_runs", 1)
+    settings = Settings(model_repository=repo, **overrides)  # type: ignore[arg-type]
+    return ModelRegistry.load(settings, ServiceMetrics())
+
+
+@pytest.mark.parametrize(
+    ("policy", "served"),
+    [("latest:1", [2]), ("latest:5", [1, 2]), ("all", [1, 2]), ("specific:1", [1])],
+)
+def test_version_policies(digits_repo: Path, policy: str, served: list[int]) -> None:
+    registry = load(digits_repo, version_policy=policy)
+    assert sorted(registry.models["digits-logreg"]) == served
+    assert registry.resolve("digits-logreg").version == max(served)  # the newest loaded
+
+
+def test_per_model_policy_overrides_the_default(digits_repo: Path) -> None:
+    registry = load(digits_repo, model_version_policies={"digits-logreg": "all"})
+    assert sorted(registry.models["digits-logreg"]) == [1, 2]
+    with pytest.raises(ValueError, match="not 'all', 'latest:N'"):
+        Settings(model_repository=digits_repo, model_version_policies={"m": "newest"})
+
+
+def test_each_version_is_served_with_its_own_card(digits_repo: Path, tmp_path: Path) -> None:
+    repo = Path(shutil.copytree(digits_repo, tmp_path / "repo"))
+    model_dir = repo / "digits-logreg"
+    card = json.loads((model_dir / "manifest.json").read_text())
+    # Version 1 gets a card of its own, with labels of its own.
+    own = dict(card, version=1, labels=[f"digit-{i}" for i in range(10)], other_versions=[])
+    own["sha256"] = sha256_file(model_dir / "1" / "model.onnx")
+    own["size_bytes"] = (model_dir / "1" / "model.onnx").stat().st_size
+    (model_dir / "1" / "manifest.json").write_text(json.dumps(own))
+    registry = load(repo, version_policy="all")
+    assert registry.resolve("digits-logreg:1").card.labels[0] == "digit-0"
+    assert registry.resolve("digits-logreg:2").card.labels[0] == "0"
+    assert not registry.failures
+
+
+def test_a_version_no_card_vouches_for_is_refused(digits_repo: Path, tmp_path: Path) -> None:
+    repo = Path(shutil.copytree(digits_repo, tmp_path / "repo"))
+    path = repo / "digits-logreg" / "manifest.json"
+    card = json.loads(path.read_text())
+    card["other_versions"] = []  # the card no longer records version 1
+    path.write_text(json.dumps(card))
+    registry = load(repo, version_policy="all")
+    assert sorted(registry.models["digits-logreg"]) == [2]
+    [failure] = registry.failures
+    assert failure.version == 1 and "no card vouches for it" in failure.reason
+
+
+async def test_memory_is_given_back_after_50_load_unload_cycles(tmp_path: Path) -> None:
+    import psutil
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    name = "cifar10-teacher-wrn-40-2"  # the biggest model of the zoo: a leak would show
+    shutil.copytree(ROOT / "models" / name, repo / name)
+    build_digits_model(repo, "digits-logreg")
+    registry = load(repo, warmup_runs=0)
+    registry.start()
+    process = psutil.Process()
+    rss = []
+    x = np.zeros((4, 3, 32, 32), dtype=np.float32)
+    for _ in range(50):
+        await registry.unload_model(name)
+        await registry.load_model(name)
+        await registry.resolve(name).batcher.submit(x)  # and use it
+        rss.append(process.memory_info().rss)
+    await registry.close()
+    growth_mb = (rss[-1] - rss[0]) / 2**20
+    print(f"RSS after cycle 1: {rss[0] / 2**20:.0f} MB, after 50: {rss[-1] / 2**20:.0f} MB")
+    assert growth_mb < 50, f"RSS grew {growth_mb:.0f} MB over 50 load/unload cycles"
+
+
+def test_the_default_model_is_the_best_within_the_default_budget(digits_repo: Path) -> None:
+    from service.repository.registry import default_by_budget
+
+    zoo = load(ROOT / "models", warmup_runs=0)
+    # The zoo's best student under 1 ms at batch 1 (by its card), not the first name.
+    assert zoo.default_model == "cifar10-rocket-kd-wrn-16-1-int8"
+    assert default_by_budget(zoo.models, 1e6) == "cifar10-teacher-wrn-40-2"  # no real budget
+    assert default_by_budget(zoo.models, 1e-6) == "cifar10-kd-wrn-16-1-int8"  # none: the fastest
+    assert load(
+        ROOT / "models", warmup_runs=0, default_model="cifar10-kd-wrn-16-1"
+    ).default_model == ("cifar10-kd-wrn-16-1")
+    assert load(digits_repo).default_model == "digits-logreg"  # equal top-1: the first by name
