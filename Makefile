@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= export,dev,loadtest,docs
 
-.PHONY: venv system-deps run zoo cifar-zoo test lint typecheck unit docs settings-table clean
+.PHONY: venv system-deps run zoo cifar-zoo test lint typecheck unit docs settings-table gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -63,6 +63,11 @@ settings-table: venv
 	$(BIN)/python scripts/settings_table.py
 
 test: venv system-deps lint typecheck unit docs
+
+# On a machine with an NVIDIA GPU: the gpu-marked tests and the teacher's bench on CUDA
+# (docs/deployment.md, "Checking a GPU machine").
+gpu-check:
+	bash scripts/gpu-check.sh
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

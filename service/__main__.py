@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from service.contract.model_card import ModelRepositoryError, model_dirs, read_manifest
 from service.http.uvicorn_hooks import arrival_protocol
+from service.observability.multiprocess import share_metrics_across_workers
 from service.repository.loading import verify_repository
 from service.repository.registry import LoadFailure
 from service.settings import ENV_PREFIX, Settings
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if failures and settings.strict_models:
         print(f"error: {failures[0].line()}", file=sys.stderr)
         return 2
+    # Before the workers start: with several, /metrics merges all their metric files.
+    share_metrics_across_workers(settings.workers)
     uvicorn.run(
         "service.http.app:app_from_env",
         factory=True,

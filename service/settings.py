@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ROCKETSERVE_"
 IN_FLIGHT_PER_CORE = 128
+VERSION_POLICY = re.compile(r"^(all|latest:[1-9][0-9]*|specific:[1-9][0-9]*(,[1-9][0-9]*)*)$")
 
 
 def usable_cores() -> int:
@@ -39,8 +41,15 @@ class Settings(BaseSettings):
     )
     default_model: str | None = Field(
         None,
-        description="Model served when a request names none (name or name:version); "
-        "by default the first model of the repository in name order.",
+        description="Model served when a request names none (name or name:version). By "
+        "default: the most accurate model whose card's batch-1 p99 is within "
+        "default_latency_budget_ms (the best student on the Pareto front, for the zoo).",
+    )
+    default_latency_budget_ms: float = Field(
+        1.0,
+        gt=0,
+        description="The latency budget that picks the default model from the cards when "
+        "default_model is unset (if no card meets it: the fastest model).",
     )
     provider: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
@@ -129,11 +138,32 @@ class Settings(BaseSettings):
         "process exits anyway. Shorter than the orchestrator's kill timeout (Kubernetes' "
         "terminationGracePeriodSeconds, 30 s by default).",
     )
-    model_control_mode: Literal["none", "explicit"] = Field(
+    model_control_mode: Literal["none", "explicit", "poll"] = Field(
         "none",
-        description="Who may change the served models at run time: 'none' (only a restart), "
+        description="How the served models change at run time: 'none' (only a restart), "
         "'explicit' (the v2 repository API: POST /v2/repository/models/{name}/load and "
-        "/unload, with the API key).",
+        "/unload, with the API key), 'poll' (the service watches the repository folder and "
+        "loads, reloads and unloads what changed, once a change has held still for two polls).",
+    )
+    repository_poll_s: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="Seconds between two looks at the repository folder in 'poll' mode. A "
+        "change is applied once two looks in a row see it the same (a half-copied file is "
+        "never loaded: a version loads only when its file matches its card's sha256).",
+    )
+    version_policy: str = Field(
+        "latest:1",
+        pattern=VERSION_POLICY.pattern,
+        description="Which versions of each model are served, as Triton has it: 'latest:N' "
+        "(the N highest version numbers that load), 'all', or 'specific:1,3'. "
+        "'name:version' selects a served version; a name alone, the newest.",
+    )
+    model_version_policies: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per-model version policies that override version_policy, as JSON: "
+        '\'{"cifar10-kd-wrn-16-1": "all"}\'.',
     )
     api_key: SecretStr | None = Field(
         None,
@@ -165,6 +195,14 @@ class Settings(BaseSettings):
         description="Largest declared width*height of an image; bigger ones are refused "
         "before decoding (decompression-bomb guard, 413).",
     )
+    max_decoded_pixels: int = Field(
+        16_777_216,
+        ge=1,
+        description="Largest width*height an image may be decoded at, checked before decoding "
+        "(413): it bounds the memory one image costs (docs/guarantees.md). A baseline JPEG far "
+        "larger than the model's input is decoded at 1/2, 1/4 or 1/8 of its size and counts at "
+        "that size; PNG, TIFF, WebP, GIF, BMP and progressive JPEGs count at their full size.",
+    )
     max_inputs_per_request: int = Field(
         32, ge=1, description="Most images or tensors one request may carry (413 beyond)."
     )
@@ -193,6 +231,10 @@ class Settings(BaseSettings):
         "moment a client reuses it: that race loses the request with no answer at all.",
     )
 
+    def policy_for(self, model: str) -> str:
+        """The version policy of one model."""
+        return self.model_version_policies.get(model, self.version_policy)
+
     @property
     def in_flight_limit(self) -> int:
         """max_in_flight, or its default sized from the cores this process may use (0 = none)."""
@@ -209,6 +251,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        for model, policy in self.model_version_policies.items():
+            if not VERSION_POLICY.match(policy):
+                raise ValueError(
+                    f"model_version_policies[{model!r}]: {policy!r} is not 'all', 'latest:N' "
+                    "or 'specific:V,...'"
+                )
         if self.batching and self.max_inputs_per_request > self.max_batch_size:
             raise ValueError(
                 f"max_inputs_per_request ({self.max_inputs_per_request}) must not exceed "

@@ -22,6 +22,7 @@ from service.http.uvicorn_hooks import requests_in_progress
 from service.http.v2_routes import router as v2_router
 from service.inputs.pipeline import warm_up_decoders
 from service.observability.metrics import ServiceMetrics
+from service.repository.polling import RepositoryPoller
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
 
@@ -103,11 +104,19 @@ def create_app(
             warm_up_decoders(model.card.input)
         state.registry.start()
         restore_sigterm = drain_on_sigterm(state)
+        poller = None
+        if settings.model_control_mode == "poll":
+            watcher = RepositoryPoller(
+                state.registry, settings.model_repository, settings.repository_poll_s
+            )
+            poller = asyncio.create_task(watcher.run(), name="repository-poller")
         log.info("ready: %d model version(s)", len(state.registry.all()))
         try:
             yield
         finally:
             restore_sigterm()
+            if poller is not None:
+                poller.cancel()
             await state.registry.close()
 
     app = RocketServeApp(

@@ -88,6 +88,21 @@ def predict_path_item() -> tuple[dict[str, Any], dict[str, Any]]:
             "description": "predictions per input (a body field of the same name wins)",
         },
     ]
+    query += [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": schema,
+            "description": f"route by objective (see the JSON body's {name})",
+        }
+        for name, schema in (
+            ("latency_budget_ms", {"type": "number", "exclusiveMinimum": 0}),
+            ("min_accuracy", {"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
+            ("family", {"type": "string"}),
+            ("fallback", {"type": "string", "enum": ["cheapest", "most_accurate"]}),
+        )
+    ]
     operation = {
         "summary": "Classify images or a preprocessed tensor",
         "description": "Classify every input of the body with one model; concurrent requests "

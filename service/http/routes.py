@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.errors import Unavailable
 from service.http.responses import error_reply, json_reply
@@ -74,7 +74,5 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition of this app's registry."""
-    return Response(
-        generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+    """Prometheus text exposition of the service (all its worker processes, when several)."""
+    return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -7,7 +7,7 @@ published schema so that the two cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
@@ -35,11 +35,37 @@ Tensor3 = list[list[list[float]]]
 Tensor4 = list[list[list[list[float]]]]
 
 
+LatencyBudget = Annotated[
+    float,
+    Field(
+        gt=0,
+        le=3_600_000,
+        description="Route by objective: the end-to-end p99 (ms) the client accepts; the most "
+        "accurate model predicted to meet it serves. Instead of 'model'.",
+    ),
+]
+MinAccuracy = Annotated[
+    float,
+    Field(
+        gt=0, le=1, description="Route by objective: the top-1 floor (a fraction, from the cards)."
+    ),
+]
+Family = Annotated[str, Field(description="Route only among models of this data set (cards).")]
+Fallback = Annotated[
+    Literal["cheapest", "most_accurate"],
+    Field(description="When no model meets the objective: serve this one instead of a 422."),
+]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: ModelSelector | None = None
     top_k: TopK | None = None
+    latency_budget_ms: LatencyBudget | None = None
+    min_accuracy: MinAccuracy | None = None
+    family: Family | None = None
+    fallback: Fallback | None = None
 
 
 class PredictImage(_Body):
@@ -88,6 +114,18 @@ class Timing(BaseModel):
     total_ms: float = Field(ge=0, description="From the request's arrival to its answer.")
 
 
+class Routing(BaseModel):
+    """Why this model served, when the request gave an objective instead of a model name."""
+
+    objective: dict[str, float | str]
+    chosen: str = Field(description="name:version")
+    predicted_p99_ms: float = Field(ge=0)
+    prediction: Literal["live", "measured at load"]
+    accuracy: float = Field(ge=0, le=1)
+    candidates_considered: int = Field(ge=0)
+    fallback: Literal["cheapest", "most_accurate"] | None = None
+
+
 class PredictResponse(BaseModel):
     """Answer of POST /predict: one list of top-k predictions per input, in input order."""
 
@@ -98,6 +136,7 @@ class PredictResponse(BaseModel):
     predictions: list[list[Prediction]]
     timing: Timing
     batch_size: int = Field(ge=1, description="Inputs in the batch this request ran in.")
+    routing: Routing | None = None
 
 
 class ErrorDetail(BaseModel):
@@ -124,7 +163,8 @@ PREDICT_ERRORS: dict[int, str] = {
     413: "Body, image pixel count or number of inputs over a limit.",
     415: "Unsupported content type.",
     422: "Readable but invalid: tensor shape/dtype/rank or non-finite values, unknown field, "
-    "top_k out of range.",
+    "top_k out of range, an objective no model meets (the answer names the best candidates).",
+    408: "The body did not arrive within the body-read timeout; the connection is closed.",
     500: "A fault of the server (the model failed on a batch); never a client's mistake.",
     503: "Overloaded, queue full or not ready; sent with Retry-After.",
     504: "The deadline passed before the answer was ready; sent with Retry-After.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from starlette.requests import ClientDisconnect
@@ -25,6 +26,7 @@ from service.http.state import ServiceState
 from service.http.uvicorn_hooks import arrival
 from service.inference.batcher import BatchResult
 from service.repository.registry import ModelRegistry, ServedModel
+from service.repository.routing import Objective
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,13 @@ class Resolver:
     def __init__(self, registry: ModelRegistry) -> None:
         self._registry = registry
         self.served: ServedModel | None = None
+
+    def route(self, objective: Objective) -> tuple[ServedModel, dict[str, Any]]:
+        """The model version an objective chooses (see ModelRegistry.route)."""
+        served, note = self._registry.route(objective)
+        served.active += 1
+        self.served = served
+        return served, note
 
     def resolve(self, spec: str | None) -> ServedModel:
         """The model version named by ``spec`` (see ModelRegistry.resolve)."""
@@ -110,6 +119,7 @@ async def serve(
     reply = prepared.answer(result, total)
     served.request_metrics.count(200, total)
     served.latencies.append(total)
+    served.window.add(total, time.monotonic())
     return reply
 
 

@@ -127,7 +127,7 @@ async def repository_index(request: Request) -> Response:
 def _authorised(request: Request) -> None:
     """Only a caller with the API key may change what is served."""
     settings = _state(request).settings
-    if settings.model_control_mode != "explicit":
+    if settings.model_control_mode != "explicit":  # 'poll': the folder decides, not the API
         raise ServiceError(
             f"loading and unloading models is off (model_control_mode is "
             f"{settings.model_control_mode!r}; set ROCKETSERVE_MODEL_CONTROL_MODE=explicit)",

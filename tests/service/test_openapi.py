@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from collections.abc import Callable, Iterator
@@ -87,7 +88,8 @@ class PublishedSchema:
 @pytest.fixture(scope="module")
 def served(digits_repo: Path) -> Iterator[tuple[httpx.Client, PublishedSchema]]:
     """A real uvicorn on the digits repository, and the OpenAPI document it publishes."""
-    with running_service(digits_repo) as (url, _), httpx.Client(base_url=url, timeout=30) as c:
+    env = {"ROCKETSERVE_VERSION_POLICY": "all"}
+    with running_service(digits_repo, env) as (url, _), httpx.Client(base_url=url, timeout=30) as c:
         doc = c.get("/openapi.json").json()
         yield c, PublishedSchema(doc)
 
@@ -199,9 +201,31 @@ async def test_server_side_errors_are_answered_as_published(digits_repo: Path) -
     assert r.status_code == 500
     schema.check_answer(r)
 
+    # 408: the body does not arrive in time.
+    slow = Settings(model_repository=digits_repo, warmup_runs=1, body_read_timeout_s=0.05)
+    app = create_app(slow)
+    sent: list[dict[str, Any]] = []
+
+    async def never() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "query_string": b"",
+             "headers": [(b"content-type", b"image/png")], "state": {}}  # fmt: skip
+    async with app.router.lifespan_context(app):
+        await app(scope, never, send)
+    start, body = sent
+    headers = [(k.decode(), v.decode()) for k, v in start["headers"]]
+    r = httpx.Response(start["status"], headers=headers, content=body["body"])
+    assert r.status_code == 408
+    schema.check_answer(r)
+
 
 def test_every_documented_error_status_is_produced_by_a_test() -> None:
-    produced = {status for _, _, status, _ in CASES} | {500, 503, 504}
+    produced = {status for _, _, status, _ in CASES} | {408, 500, 503, 504}
     documented = {
         int(s)
         for s in create_app(Settings(model_repository=Path("."))).openapi()["paths"]["/predict"][
