@@ -46,6 +46,10 @@ class Resolver:
         self._registry = registry
         self.served: ServedModel | None = None
 
+    def knows(self, name: str) -> bool:
+        """Whether a model of that name is served."""
+        return name in self._registry.models
+
     def route(self, objective: Objective) -> tuple[ServedModel, dict[str, Any]]:
         """The model version an objective chooses (see ModelRegistry.route)."""
         served, note = self._registry.route(objective)

@@ -25,6 +25,7 @@ from service.http.responses import Reply, dump_json
 from service.http.serving import Prepared, Resolver, serve
 from service.http.state import ServiceState
 from service.inference.batcher import BatchResult
+from service.inputs.body import OBJECTIVE_KEYS
 from service.inputs.pipeline import batch_from_images
 from service.inputs.v2_request import (
     BYTES,
@@ -35,7 +36,11 @@ from service.inputs.v2_request import (
     parse_infer_request,
 )
 from service.repository.registry import ServedModel
+from service.repository.routing import parse_objective
 
+# POST /v2/models/auto/infer with parameters.latency_budget_ms / min_accuracy routes by objective
+# (unless a model of that name is served).
+ROUTED_NAME = "auto"
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 BINARY_MEDIA_TYPE = "application/octet-stream"
 
@@ -58,13 +63,28 @@ async def infer(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
     async def prepare(body: bytes, models: Resolver) -> Prepared:
         if match is None:
             raise BadRequest(f"{scope['path']} is not an infer path")
-        served = models.resolve(model_spec(match.group(1), match.group(2)))
-        spec = served.card.input
+        name, version = match.group(1), match.group(2)
+        header_length = header(scope, b"inference-header-content-length")
+        note = None
+        if name == ROUTED_NAME and not models.knows(name):
+            if version:
+                raise BadRequest(f"model {ROUTED_NAME!r} routes by objective: it has no versions")
+            request = parse_infer_request(body, header_length, None)
+            fields = {k: request.parameters[k] for k in OBJECTIVE_KEYS if k in request.parameters}
+            objective = parse_objective(fields)
+            if objective is None:
+                raise BadRequest(
+                    f"model {ROUTED_NAME!r} routes by objective: give parameters."
+                    "latency_budget_ms and/or min_accuracy"
+                )
+            served, note = models.route(objective)
+            spec = served.card.input
+        else:
+            served = models.resolve(model_spec(name, version))
+            spec = served.card.input
+            raw_input = (spec.name, datatype_of(np.dtype(spec.dtype)), tuple(spec.shape))
+            request = parse_infer_request(body, header_length, raw_input)
         item_shape = tuple(spec.shape)
-        raw_input = (spec.name, datatype_of(np.dtype(spec.dtype)), item_shape)
-        request = parse_infer_request(
-            body, header(scope, b"inference-header-content-length"), raw_input
-        )
         if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
             names = [i.name for i in request.inputs]
             raise BadRequest(f"model {served.name!r} takes one input, {spec.name!r}; got {names}")
@@ -91,12 +111,17 @@ async def infer(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
             batch = model_batch(tensor, item_shape, np.dtype(spec.dtype))
             if len(batch) > limit:
                 raise PayloadTooLarge(f"at most {limit} inputs per request", code="too_many_inputs")
-        return Prepared(served, batch, lambda result, _: answer(served, request, result))
+        return Prepared(served, batch, lambda result, _: answer(served, request, result, note))
 
     return await serve(scope, receive, state, prepare, dialect="v2")
 
 
-def answer(served: ServedModel, request: InferRequest, result: BatchResult) -> Reply:
+def answer(
+    served: ServedModel,
+    request: InferRequest,
+    result: BatchResult,
+    routing: dict[str, Any] | None = None,
+) -> Reply:
     """The infer response: JSON, or a JSON header followed by the binary outputs."""
     outputs = request.outputs or [RequestedOutput(served.card.output.name)]
     values = np.ascontiguousarray(result.outputs, dtype=np.float32)
@@ -119,6 +144,8 @@ def answer(served: ServedModel, request: InferRequest, result: BatchResult) -> R
     }
     if request.id is not None:
         head["id"] = request.id
+    if routing is not None:
+        head["parameters"] = {"routing": routing}
     header_bytes = dump_json(head)
     if not blobs:
         return Reply(200, header_bytes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,3 +115,26 @@ def test_objective_parsing() -> None:
     objective = parse_objective({"latency_budget_ms": "5", "min_accuracy": 0.5})
     assert objective == Objective(latency_budget_ms=5.0, min_accuracy=0.5)
     assert objective.kind == "latency+accuracy"
+
+
+def test_v2_infer_routes_by_parameters(served: tuple[httpx.Client, dict]) -> None:
+    client, _ = served
+    header: dict = {
+        "inputs": [{"name": "input", "datatype": "BYTES", "shape": [1]}],
+        "parameters": {"min_accuracy": 0.83},
+    }
+    element = len(JPEG).to_bytes(4, "little") + JPEG
+    header["inputs"][0]["parameters"] = {"binary_data_size": len(element)}
+    head = json.dumps(header).encode()
+    r = client.post(
+        "/v2/models/auto/infer",
+        content=head + element,
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["model_name"] == SLOW
+    assert answer["parameters"]["routing"]["chosen"] == f"{SLOW}:1"
+    zeros = {"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 3072}
+    r = client.post("/v2/models/auto/infer", json={"inputs": [zeros]})  # no objective
+    assert r.status_code == 400 and "routes by objective" in r.json()["error"]
