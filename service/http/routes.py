@@ -10,22 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service.errors import Unavailable
 from service.http.responses import error_reply, json_reply
 from service.http.schemas import PREDICT_ERRORS, ErrorResponse
-from service.http.state import ServiceState
-from service.repository.registry import ModelRegistry
+from service.http.state import registry_of, state_of
 
 router = APIRouter()
-
-
-def _state(request: Request) -> ServiceState:
-    state: ServiceState = request.app.state.service
-    return state
-
-
-def _registry(request: Request) -> ModelRegistry:
-    registry = _state(request).registry
-    if registry is None:
-        raise Unavailable("models are not loaded yet", code="not_ready")
-    return registry
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -36,7 +23,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.get("/models", summary="Every served model")
 async def list_models(request: Request) -> dict[str, Any]:
     """Versions, labels, input spec, provider, offline figures and live latency of every model."""
-    registry = _registry(request)
+    registry = registry_of(request)
     return {
         "default_model": registry.default_model,
         "models": [registry.describe(name) for name in sorted(registry.models)],
@@ -49,7 +36,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.get("/models/{name}", summary="One served model", responses={404: _ERRORS[404]})
 async def get_model(request: Request, name: str) -> dict[str, Any]:
     """Versions, labels, input spec, provider, offline figures and live latency of one model."""
-    return _registry(request).describe(name)
+    return registry_of(request).describe(name)
 
 
 @router.get("/healthz", summary="Liveness")
@@ -61,7 +48,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="Readiness", responses={503: _ERRORS[503]})
 async def readyz(request: Request) -> Response:
     """200 when every model version is loaded, warm and accepting requests, else 503."""
-    state = _state(request)
+    state = state_of(request)
     registry = state.registry
     if state.draining:
         refusal = Unavailable("shutting down: finishing accepted requests", code="shutting_down")
@@ -75,4 +62,4 @@ async def readyz(request: Request) -> Response:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the service (all its worker processes, when several)."""
-    return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(state_of(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from starlette.requests import Request
+
+from service.errors import Unavailable
 from service.observability.metrics import ServiceMetrics
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
@@ -18,3 +21,17 @@ class ServiceState:
     registry: ModelRegistry | None = None
     predicting: int = 0  # /predict requests past the AdmissionGate right now
     draining: bool = False  # SIGTERM received: not ready, finishing what was accepted
+
+
+def state_of(request: Request) -> ServiceState:
+    """The ServiceState of the app that received ``request``."""
+    state: ServiceState = request.app.state.service
+    return state
+
+
+def registry_of(request: Request) -> ModelRegistry:
+    """The loaded models of the app that received ``request``; 503 before they are loaded."""
+    registry = state_of(request).registry
+    if registry is None:
+        raise Unavailable("models are not loaded yet", code="not_ready")
+    return registry

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from service.errors import NotFound, ServiceError, Unavailable
+from service.errors import NotFound, ServiceError
 from service.http.responses import json_reply
-from service.http.state import ServiceState
+from service.http.state import registry_of, state_of
 from service.http.v2_infer import model_spec
 from service.inputs.v2_request import datatype_of
 from service.repository.registry import ModelRegistry, ServedModel
@@ -29,18 +29,6 @@ SERVER_NAME = "rocketserve"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
 PLATFORM = "onnx_onnxv1"
-
-
-def _state(request: Request) -> ServiceState:
-    state: ServiceState = request.app.state.service
-    return state
-
-
-def _registry(request: Request) -> ModelRegistry:
-    registry = _state(request).registry
-    if registry is None:
-        raise Unavailable("models are not loaded yet", code="not_ready")
-    return registry
 
 
 def _empty(status: int) -> Response:
@@ -56,7 +44,7 @@ async def live() -> Response:
 @router.get("/health/ready", summary="Readiness (v2)")
 async def ready(request: Request) -> Response:
     """200 when every model version is ready and the server is not draining, else 503."""
-    state = _state(request)
+    state = state_of(request)
     ok = state.registry is not None and state.registry.ready and not state.draining
     return _empty(200 if ok else 503)
 
@@ -90,19 +78,19 @@ def model_metadata(registry: ModelRegistry, served: ServedModel) -> dict[str, An
 @router.get("/models/{name}", summary="Model metadata (v2)")
 async def get_model(request: Request, name: str) -> dict[str, Any]:
     """Metadata of the model's default (newest loaded) version."""
-    registry = _registry(request)
+    registry = registry_of(request)
     return model_metadata(registry, registry.resolve(model_spec(name, None)))
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model version metadata (v2)")
 async def get_model_version(request: Request, name: str, version: str) -> dict[str, Any]:
     """Metadata of one version."""
-    registry = _registry(request)
+    registry = registry_of(request)
     return model_metadata(registry, registry.resolve(model_spec(name, version)))
 
 
 def _ready(request: Request, name: str, version: str | None) -> Response:
-    served = _registry(request).resolve(model_spec(name, version))
+    served = registry_of(request).resolve(model_spec(name, version))
     return _empty(200 if served.ready and served.batcher.running else 503)
 
 
@@ -121,12 +109,12 @@ async def model_version_ready(request: Request, name: str, version: str) -> Resp
 @router.post("/repository/index", summary="Model repository index (v2)")
 async def repository_index(request: Request) -> Response:
     """Every model of the repository folder and version loaded, with its state."""
-    return json_reply(_registry(request).index()).as_response()
+    return json_reply(registry_of(request).index()).as_response()
 
 
 def _authorised(request: Request) -> None:
     """Only a caller with the API key may change what is served."""
-    settings = _state(request).settings
+    settings = state_of(request).settings
     if settings.model_control_mode != "explicit":  # 'poll': the folder decides, not the API
         raise ServiceError(
             f"loading and unloading models is off (model_control_mode is "
@@ -158,7 +146,7 @@ async def load_model(request: Request, name: str) -> Response:
     the new versions are loaded and warmed beside the old, switched to at once, and the old
     ones finish what they accepted before they are released."""
     _authorised(request)
-    await _registry(request).load_model(name)
+    await registry_of(request).load_model(name)
     return _empty(200)
 
 
@@ -166,7 +154,7 @@ async def load_model(request: Request, name: str) -> Response:
 async def unload_model(request: Request, name: str) -> Response:
     """Stop serving the model: new requests get 404, accepted ones still get their answers."""
     _authorised(request)
-    registry = _registry(request)
+    registry = registry_of(request)
     if name not in registry.models:
         raise NotFound(f"model {name!r} is not loaded", code="unknown_model")
     await registry.unload_model(name)

@@ -21,6 +21,30 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 CLIENTS = 32
 
 
+class Traffic:
+    """``CLIENTS`` clients that keep /predict requests in flight against one model until
+    stopped, keeping every answer."""
+
+    def __init__(self, url: str, seed: int) -> None:
+        self.x = np.random.default_rng(seed).uniform(-2, 2, size=(1, 1, 8, 8)).astype(np.float32)
+        self.body = {"tensor": self.x.tolist(), "model": "digits-logreg", "top_k": 10}
+        self.answers: list[tuple[int, dict]] = []
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._client(url)) for _ in range(CLIENTS)]
+
+    async def _client(self, url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            while not self._stop.is_set():
+                r = await c.post("/predict", json=self.body)
+                self.answers.append((r.status_code, r.json()))
+
+    async def stop(self) -> list[tuple[int, dict]]:
+        """Stop the clients; every request they sent, with its answer."""
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return self.answers
+
+
 async def test_reload_under_load_answers_every_request(digits_repo: Path, tmp_path: Path) -> None:
     repo = Path(shutil.copytree(digits_repo, tmp_path / "repo"))
     env = {
@@ -28,19 +52,9 @@ async def test_reload_under_load_answers_every_request(digits_repo: Path, tmp_pa
         "ROCKETSERVE_API_KEY": KEY,
         "ROCKETSERVE_LOG_LEVEL": "warning",
     }
-    x = np.random.default_rng(0).uniform(-2, 2, size=(1, 1, 8, 8)).astype(np.float32)
-    body = {"tensor": x.tolist(), "model": "digits-logreg", "top_k": 10}
-    answers: list[tuple[int, dict]] = []
-    stop = asyncio.Event()
-
-    async def client(url: str) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-            while not stop.is_set():
-                r = await c.post("/predict", json=body)
-                answers.append((r.status_code, r.json()))
-
     with running_service(repo, env) as (url, _):
-        workers = [asyncio.create_task(client(url)) for _ in range(CLIENTS)]
+        traffic = Traffic(url, seed=0)
+        body, x = traffic.body, traffic.x
         async with httpx.AsyncClient(base_url=url, timeout=60) as admin:
             await asyncio.sleep(0.5)
             for version in (3, 4):
@@ -58,8 +72,7 @@ async def test_reload_under_load_answers_every_request(digits_repo: Path, tmp_pa
                 r = await admin.post(f"/v2/repository/models/digits-slow/{action}", headers=AUTH)
                 assert r.status_code == 200, r.text
             await asyncio.sleep(0.5)
-        stop.set()
-        await asyncio.gather(*workers)
+        answers = await traffic.stop()
     failures = [a for a in answers if a[0] != 200]
     print(f"hot reload under load: {len(answers)} requests, {len(failures)} failures")
     assert not failures, failures[:3]
@@ -81,31 +94,19 @@ async def test_poll_mode_rolls_out_published_versions_under_load(
         "ROCKETSERVE_REPOSITORY_POLL_S": "0.2",
         "ROCKETSERVE_LOG_LEVEL": "warning",
     }
-    x = np.random.default_rng(1).uniform(-2, 2, size=(1, 1, 8, 8)).astype(np.float32)
-    body = {"tensor": x.tolist(), "model": "digits-logreg", "top_k": 10}
-    answers: list[tuple[int, dict]] = []
-    stop = asyncio.Event()
-
-    async def client(url: str) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-            while not stop.is_set():
-                r = await c.post("/predict", json=body)
-                answers.append((r.status_code, r.json()))
-
     with running_service(repo, env) as (url, _):
-        workers = [asyncio.create_task(client(url)) for _ in range(CLIENTS)]
+        traffic = Traffic(url, seed=1)
         await asyncio.sleep(0.5)
         for version in (3, 4):
             await asyncio.to_thread(build_digits_model, repo, "digits-logreg", version)
             for _ in range(200):  # applied within a few polls
                 await asyncio.sleep(0.05)
-                if answers and answers[-1][1].get("version") == version:
+                if traffic.answers and traffic.answers[-1][1].get("version") == version:
                     break
             else:
                 raise AssertionError(f"version {version} was never served")
         await asyncio.sleep(0.5)
-        stop.set()
-        await asyncio.gather(*workers)
+        answers = await traffic.stop()
     failures = [a for a in answers if a[0] != 200]
     print(f"poll-mode roll-out under load: {len(answers)} requests, {len(failures)} failures")
     assert not failures, failures[:3]
