@@ -171,6 +171,19 @@ class Settings(BaseSettings):
         "send as 'Authorization: Bearer <key>'. Unset: those requests are refused (403), never "
         "open. Reads (inference, metadata, index) need no key.",
     )
+    agreement_sample_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of answered requests re-run, off the request's path, through the "
+        "model's reference (its teacher when served) to measure live agreement without labels; "
+        "a sample is taken only when the reference's queue is under a quarter full. 0 = off.",
+    )
+    agreement_reference: str | None = Field(
+        None,
+        description="Reference model for agreement when a model's card names no served teacher "
+        "(default: the most accurate model with the same labels and input).",
+    )
     strict_models: bool = Field(
         False,
         description="Refuse to start (exit status 2) when any model version cannot be loaded. "

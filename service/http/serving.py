@@ -121,6 +121,10 @@ async def serve(
             resolver.served.active -= 1
     total = time.monotonic() - started
     reply = prepared.answer(result, total)
+    registry = state.registry
+    if registry is not None and registry.sampler is not None:
+        # After the answer is built; a sample runs as its own task, off this request's path.
+        registry.sampler.offer(served, prepared.batch, result.outputs, registry.newest)
     served.request_metrics.count(200, total)
     served.latencies.append(total)
     served.window.add(total, time.monotonic())

@@ -139,6 +139,11 @@ class DynamicBatcher:
         return self._depth
 
     @property
+    def capacity(self) -> int:
+        """Most inputs the queue holds (max_queue_size)."""
+        return self._max_queue_size
+
+    @property
     def running(self) -> bool:
         """True between start() and close()."""
         return bool(self._threads) and not self._closing

@@ -131,6 +131,34 @@ class ServiceMetrics:
             ["objective", "model"],
             registry=r,
         )
+        pair = ["model", "reference"]
+        self.agreement = Counter(
+            f"{PREFIX}_agreement",
+            "Sampled inputs re-run through the model's reference (its teacher): whether the "
+            "two top-1 classes agree.",
+            [*pair, "agree"],
+            registry=r,
+        )
+        self.agreement_ratio = Gauge(
+            f"{PREFIX}_agreement_ratio",
+            "Share of the model's last 200 sampled inputs whose top-1 equals its reference's.",
+            pair,
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.agreement_top1_diff = Histogram(
+            f"{PREFIX}_agreement_top1_prob_diff",
+            "Absolute difference of the model's and its reference's top-1 probabilities.",
+            pair,
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0),
+            registry=r,
+        )
+        self.agreement_dropped = Counter(
+            f"{PREFIX}_agreement_samples_dropped",
+            "Samples not re-run because the reference's queue had no room to spare.",
+            pair,
+            registry=r,
+        )
         self.model_versions = Gauge(
             f"{PREFIX}_model_versions",
             "Versions of each model by state: 'ready' (served) or 'failed' (could not be loaded).",

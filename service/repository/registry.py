@@ -21,6 +21,7 @@ from service.errors import BadRequest, NotFound, Unavailable
 from service.inference.batcher import DynamicBatcher
 from service.inference.session import OnnxModel
 from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
+from service.repository.agreement import AgreementSampler
 from service.repository.routing import LatencyWindow, Objective, candidates, choose, routing_note
 from service.settings import Settings
 
@@ -164,6 +165,7 @@ class ModelRegistry:
         self.failures: list[LoadFailure] = []  # versions skipped at load, with the reason
         self.loader: ModelLoader | None = None  # set by load(): what load_model needs
         self._routed: dict[tuple[str, str], Any] = {}  # routed-requests counter children
+        self.sampler: AgreementSampler | None = None  # live agreement with a reference model
 
     @classmethod
     def load(
@@ -193,6 +195,9 @@ class ModelRegistry:
             raise ModelRepositoryError(f"default_model {default!r}: {exc.message}") from None
         registry.failures = failures
         registry.loader = loader
+        registry.sampler = AgreementSampler(
+            metrics, settings.agreement_sample_rate, settings.agreement_reference
+        )
         for failure in failures:
             registry._count_versions(failure.model)
         return registry
@@ -209,6 +214,7 @@ class ModelRegistry:
             elif pinned.isascii() and pinned.isdecimal():
                 default = versions.get(int(pinned))
         self.models, self.default = models, default
+        self.newest = {name: v[max(v)] for name, v in models.items() if v}
         for name in set(models) | {f.model for f in getattr(self, "failures", [])}:
             self._count_versions(name)
 
@@ -345,6 +351,8 @@ class ModelRegistry:
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Stop every batcher (queued requests are rejected, running batches finish)."""
+        if self.sampler is not None:
+            await self.sampler.close()
         for model in self.all():
             model.ready = False
             self.metrics.model_ready.labels(model.name, str(model.version)).set(0)
