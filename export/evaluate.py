@@ -92,6 +92,20 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean((top == labels[:, None]).any(axis=1)))
 
 
+def top1_agreement(
+    session: ort.InferenceSession,
+    spec: InputSpec,
+    teacher: ort.InferenceSession,
+    teacher_spec: InputSpec,
+    images: np.ndarray,
+) -> float:
+    """Share of ``images`` (uint8 [N,H,W,C]) on which two models' top-1 classes are the same,
+    each preprocessed as its own card says."""
+    ours = logits_of(session, normalize_uint8(images, spec)).argmax(axis=1)
+    theirs = logits_of(teacher, normalize_uint8(images, teacher_spec)).argmax(axis=1)
+    return float(np.mean(ours == theirs))
+
+
 def evaluate_accuracy(
     session: ort.InferenceSession,
     spec: InputSpec,
@@ -117,6 +131,7 @@ def evaluate_accuracy(
         top1=topk_accuracy(logits, labels, 1),
         top5=topk_accuracy(logits, labels, 5) if n_classes > 5 else None,
         measured_with=f"onnxruntime {ort.__version__}",
+        teacher_agreement=None,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from export.complexity import count_complexity
-from export.evaluate import evaluate_accuracy, make_session, profile_latency
+from export.evaluate import evaluate_accuracy, make_session, profile_latency, top1_agreement
 from service.contract.model_card import (
     MANIFEST_FILENAME,
     InputSpec,
@@ -41,6 +41,8 @@ class ArtifactInfo:
     precision: str = "fp32"
     derived_from: str | None = None
     output_name: str = "logits"
+    # The teacher's ONNX file and input spec, to measure the agreement with it on the split.
+    teacher: tuple[Path, InputSpec] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,15 +83,25 @@ def training_info(meta: Any) -> TrainingInfo:
 
 
 def measured_fields(
-    path: Path, spec: InputSpec, data: EvalData, settings: ProfileSettings
+    path: Path,
+    spec: InputSpec,
+    data: EvalData,
+    settings: ProfileSettings,
+    teacher: tuple[Path, InputSpec] | None = None,
 ) -> dict[str, Any]:
-    """Every figure of a card that is measured on the ONNX file at ``path``."""
+    """Every figure of a card that is measured on the ONNX file at ``path`` (and, given the
+    teacher's file and input spec, its agreement with the teacher on the split)."""
     session = make_session(path, settings.provider, settings.threads)
     complexity = count_complexity(path)
+    metrics = evaluate_accuracy(
+        session, spec, data.images, data.labels, dataset=data.dataset, split=data.split
+    )
+    if teacher is not None:
+        teacher_session = make_session(teacher[0], settings.provider, settings.threads)
+        agreement = top1_agreement(session, spec, teacher_session, teacher[1], data.images)
+        metrics = metrics.model_copy(update={"teacher_agreement": agreement})
     return {
-        "metrics": evaluate_accuracy(
-            session, spec, data.images, data.labels, dataset=data.dataset, split=data.split
-        ),
+        "metrics": metrics,
         "profile": profile_latency(
             session,
             spec,
@@ -124,7 +136,7 @@ def publish(
         previous = read_manifest(model_dir).version_records()
     version = next_version(model_dir)
     # Measure first, then copy: a failed measurement leaves no half-written version behind.
-    measured = measured_fields(onnx_src, info.input, data, settings)
+    measured = measured_fields(onnx_src, info.input, data, settings, info.teacher)
     dst = model_file(model_dir, version)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(".onnx.tmp")
@@ -159,7 +171,13 @@ def remeasure(model_dir: Path, data: EvalData, settings: ProfileSettings) -> Mod
     path = model_file(model_dir, card.version)
     if not path.is_file():
         raise ModelRepositoryError(f"{path}: model file of version {card.version} is missing")
-    updated = card.model_copy(update=measured_fields(path, card.input, data, settings))
+    teacher = None
+    teacher_dir = model_dir.parent / (card.training.teacher or "")
+    if card.training.teacher and (teacher_dir / MANIFEST_FILENAME).is_file():
+        # The teacher is a model of the same repository: measure the agreement with it.
+        teacher_card = read_manifest(teacher_dir)
+        teacher = (model_file(teacher_dir, teacher_card.version), teacher_card.input)
+    updated = card.model_copy(update=measured_fields(path, card.input, data, settings, teacher))
     write_manifest(model_dir, ModelCard.model_validate(updated.model_dump()))
     return updated
 

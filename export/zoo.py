@@ -141,6 +141,7 @@ class Zoo:
         )
         self.teacher_name: str | None = None
         self.teacher_artifact: Path | None = None
+        self.teacher_onnx: Path | None = None
 
     def model_name(self, entry: dict[str, Any]) -> str:
         """Repository name of an entry: ``<dataset>-<entry name>``, lower-case."""
@@ -188,6 +189,7 @@ class Zoo:
         self.log(f"[{name}] trained in {time.perf_counter() - t0:.1f}s")
         if entry is self.config["teacher"]:
             self.teacher_name, self.teacher_artifact = name, artifact
+            self.teacher_onnx = self.work / str(entry["name"]) / "model.onnx"
         have = {c.name for c in load_cards(self.repo)} if self.opts.resume else set()
         wanted = [name] + [f"{name}-{p}" for p in entry.get("variants", []) or []]
         if all(n in have for n in wanted):
@@ -197,11 +199,15 @@ class Zoo:
         onnx_path = self.work / str(entry["name"]) / "model.onnx"
         parity = export_with_parity(model, onnx_path, spec, self.splits.test_images)
         self.log(f"[{name}] {parity.summary()}")
+        teacher = None
+        if entry.get("teacher") == ZOO_TEACHER and self.teacher_onnx is not None:
+            teacher = (self.teacher_onnx, spec)  # zoo students share the teacher's data spec
         info = ArtifactInfo(
             name=name,
             labels=tuple(meta.labels),
             input=spec,
             training=self._card_training(meta, entry, companions),
+            teacher=teacher,
         )
         cards = [] if name in have else [self._publish(info, onnx_path)]
         for precision in entry.get("variants", []) or []:

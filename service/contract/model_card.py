@@ -116,6 +116,13 @@ class EvalMetrics(_Strict):
         None, ge=0, le=1, description="Top-5 accuracy (more than 5 classes)."
     )
     measured_with: str = Field(description="e.g. 'onnxruntime 1.20.1'.")
+    teacher_agreement: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Share of the split on which the model's top-1 equals its teacher's "
+        "(training.teacher): the baseline the service's live agreement is compared with.",
+    )
 
 
 class ProfileRow(_Strict):

@@ -153,6 +153,13 @@ class ServiceMetrics:
             buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0),
             registry=r,
         )
+        self.offline_agreement = Gauge(
+            f"{PREFIX}_model_offline_agreement",
+            "Share of the test split on which the model's top-1 equals its teacher's (card).",
+            MODEL_LABELS,
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.agreement_dropped = Counter(
             f"{PREFIX}_agreement_samples_dropped",
             "Samples not re-run because the reference's queue had no room to spare.",

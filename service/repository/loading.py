@@ -281,6 +281,8 @@ def _serve(
     metrics.model_macs.labels(*labels).set(card.macs)
     if card.version == version:
         metrics.model_top1.labels(*labels).set(card.metrics.top1)
+        if card.metrics.teacher_agreement is not None:
+            metrics.offline_agreement.labels(*labels).set(card.metrics.teacher_agreement)
     metrics.model_ready.labels(*labels).set(1)
     log.info(
         "loaded %s:%d on %s in %.0f ms (batch 1: %.3f ms%s)", card.name, version,

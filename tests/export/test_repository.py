@@ -120,3 +120,29 @@ def test_bad_name_and_missing_file_are_repository_errors(tmp_path: Path) -> None
     model_file(tmp_path / card.name, 1).unlink()
     with pytest.raises(ModelRepositoryError, match="model file of version 1 is missing"):
         remeasure(tmp_path / card.name, _data(), FAST)
+
+
+def test_agreement_with_the_teacher_is_measured_into_the_card(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    import onnx
+    from onnx import numpy_helper
+
+    d = trained_digits()
+    alone = publish(tmp_path, _info(), d.onnx_path, _data(), FAST)
+    assert alone.metrics.teacher_agreement is None  # no teacher, no baseline
+    spec = d.splits.input_spec
+    copy = publish(
+        tmp_path, replace(_info("copy"), teacher=(d.onnx_path, spec)), d.onnx_path, _data(), FAST
+    )
+    assert copy.metrics.teacher_agreement == 1.0  # the same network agrees everywhere
+    # A network with every weight negated disagrees with the original on most inputs.
+    graph = onnx.load(str(d.onnx_path))
+    for init in graph.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+    flipped = tmp_path / "flipped.onnx"
+    onnx.save(graph, str(flipped))
+    other = publish(
+        tmp_path, replace(_info("other"), teacher=(d.onnx_path, spec)), flipped, _data(), FAST
+    )
+    assert other.metrics.teacher_agreement is not None and other.metrics.teacher_agreement < 0.5

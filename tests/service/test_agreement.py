@@ -136,7 +136,8 @@ async def test_a_blocked_reference_never_delays_the_client(
             for _ in range(30):
                 t0 = time.monotonic()
                 r = await c.post("/predict", json={"tensor": tensor, "model": "digits-copy"})
-                assert r.status_code == 200 and time.monotonic() - t0 < 0.5
+                # Far below the 2 s deadline and the 30 s the reference is blocked for.
+                assert r.status_code == 200 and time.monotonic() - t0 < 1.5
         labels = ("digits-copy", "digits-logreg")
         dropped = state.metrics.agreement_dropped.labels(*labels)._value.get()
         # The reference's queue (64 inputs) takes samples only while under a quarter full: the
