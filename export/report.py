@@ -168,15 +168,20 @@ def render_students(cards: Sequence[ModelCard]) -> list[str]:
         "",
         f"Teacher: **{teacher.name}** ({teacher.training.architecture}), top-1 "
         f"{teacher.metrics.top1 * 100:.2f} %, {t32:.0f} img/s at batch 32. Speed-up = the "
-        "student's images/s at batch 32 over the teacher's, both measured above on this machine.",
+        "student's images/s at batch 32 over the teacher's, both measured above on this machine. "
+        "Agreement = the share of the test split on which the student's top-1 equals its "
+        "teacher's (measured on the served files; the baseline of the service's live agreement).",
         "",
-        "| student | precision | top-1 % | gap to teacher (points) | speed-up b32 | MACs ratio |",
-        "|---|---|--:|--:|--:|--:|",
+        "| student | precision | top-1 % | gap to teacher (points) | agreement with teacher % "
+        "| speed-up b32 | MACs ratio |",
+        "|---|---|--:|--:|--:|--:|--:|",
     ]
     for c in sorted(students, key=lambda c: -c.metrics.top1):
         gap = (teacher.metrics.top1 - c.metrics.top1) * 100
+        agreement = c.metrics.teacher_agreement
+        agree = f"{agreement * 100:.2f}" if agreement is not None else "-"
         lines.append(
-            f"| {c.name} | {c.precision} | {c.metrics.top1 * 100:.2f} | {gap:+.2f} "
+            f"| {c.name} | {c.precision} | {c.metrics.top1 * 100:.2f} | {gap:+.2f} | {agree} "
             f"| {(_b32(c) or 0.0) / t32:.1f}x | {teacher.macs / max(c.macs, 1):.1f}x |"
         )
     gap = (teacher.metrics.top1 - best.metrics.top1) * 100

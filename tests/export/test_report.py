@@ -101,11 +101,19 @@ def _zoo(digits_repo: Path) -> list[ModelCard]:
 def test_students_section_measures_the_best_student_against_the_teacher(
     digits_repo: Path,
 ) -> None:
-    text = render_report(_zoo(digits_repo), "zoo")
+    cards = _zoo(digits_repo)
+    cards = [  # one student with its agreement with the teacher measured, the others without
+        c.model_copy(update={"metrics": c.metrics.model_copy(update={"teacher_agreement": 0.9712})})
+        if c.name == "c-rocket-kd"
+        else c
+        for c in cards
+    ]
+    text = render_report(cards, "zoo")
     section = text.split("## Students against the teacher")[1].split("##")[0]
     assert "Teacher: **c-teacher** (wrn-40-2), top-1 93.00 %" in section
     # Throughput at batch 32 is 1000/p50: the teacher 100 img/s, c-rocket-kd 400 img/s.
-    assert "| c-rocket-kd | fp32 | 90.50 | +2.50 | 4.0x | 12.0x |" in section
+    assert "| c-rocket-kd | fp32 | 90.50 | +2.50 | 97.12 | 4.0x | 12.0x |" in section
+    assert "| c-kd | " in section and "| - |" in section
     assert "Best student: **c-rocket-kd**, 4.0x the teacher's throughput at batch 32, " \
         "2.50 points below the teacher's top-1." in section  # fmt: skip
     assert "c-teacher |" not in section.split("|---|")[1]
