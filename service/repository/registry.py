@@ -166,6 +166,7 @@ class ModelRegistry:
         self.loader: ModelLoader | None = None  # set by load(): what load_model needs
         self._routed: dict[tuple[str, str], Any] = {}  # routed-requests counter children
         self.sampler: AgreementSampler | None = None  # live agreement with a reference model
+        self._changing = asyncio.Lock()  # loads and unloads, one at a time
 
     @classmethod
     def load(
@@ -231,6 +232,10 @@ class ModelRegistry:
         then the old versions finish every request they accepted and are released. A model
         that cannot be loaded leaves the serving versions untouched and says why.
         """
+        async with self._changing:  # one change at a time: each retires what it replaced
+            await self._load_model(name)
+
+    async def _load_model(self, name: str) -> None:
         loader = self.loader
         if loader is None:
             raise Unavailable("this registry was not loaded from a repository", code="not_ready")
@@ -254,6 +259,10 @@ class ModelRegistry:
 
     async def unload_model(self, name: str) -> None:
         """Stop serving a model: new requests get 404; accepted ones still get their answers."""
+        async with self._changing:
+            await self._unload_model(name)
+
+    async def _unload_model(self, name: str) -> None:
         old = self.models.get(name, {})
         self._switch({k: v for k, v in self.models.items() if k != name})
         self.metrics.model_unloads.labels(name).inc()
