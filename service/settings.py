@@ -226,7 +226,8 @@ class Settings(BaseSettings):
     latency_window: int = Field(
         1024,
         ge=16,
-        description="Recent requests per model version used for the live p50/p99 in /models.",
+        description="Recent requests per model version behind the live p50/p99 in /models and "
+        "the router's predicted p99.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the service and uvicorn."

@@ -126,7 +126,6 @@ async def serve(
         # After the answer is built; a sample runs as its own task, off this request's path.
         registry.sampler.offer(served, prepared.batch, result.outputs, registry.newest)
     served.request_metrics.count(200, total)
-    served.latencies.append(total)
     served.window.add(total, time.monotonic())
     return reply
 

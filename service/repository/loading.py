@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from service.inference.batcher import BatchObserver, DynamicBatcher
 from service.inference.session import OnnxModel, choose_provider
 from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
 from service.repository.registry import Arrivals, LoadFailure, ServedModel
+from service.repository.routing import LatencyWindow
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def _serve(
         runtime,
         batcher,
         ModelRequestMetrics(metrics, card.name, label_version),
-        latencies=deque(maxlen=settings.latency_window),
+        window=LatencyWindow(settings.latency_window),
     )
     runtime.warm_up(settings.warmup_runs)
     batch1_ms = runtime.batch1_seconds() * 1000.0

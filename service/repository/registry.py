@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,11 +56,10 @@ class ServedModel:
     runtime: OnnxModel
     batcher: DynamicBatcher
     request_metrics: ModelRequestMetrics
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
     ready: bool = False
     active: int = 0  # requests that resolved this version and are not answered yet
     batch1_ms: float = 0.0  # a batch-1 call measured at load: the router's figure before traffic
-    window: LatencyWindow = field(default_factory=LatencyWindow)  # recent latencies, for routing
+    window: LatencyWindow = field(default_factory=LatencyWindow)  # recent end-to-end latencies
 
     @property
     def name(self) -> str:
@@ -70,7 +68,7 @@ class ServedModel:
 
     def live_latency_ms(self) -> dict[str, float | int | None]:
         """p50/p99 of recent end-to-end request latencies, in milliseconds."""
-        recent = np.fromiter(self.latencies, dtype=np.float64)
+        recent = self.window.samples()
         if not len(recent):
             return {"requests": 0, "p50_ms": None, "p99_ms": None}
         p50, p99 = np.percentile(recent, [50, 99]) * 1000.0
@@ -159,10 +157,10 @@ class ModelRegistry:
         self.default_model = default_model
         self.models: dict[str, dict[int, ServedModel]] = {}
         self.default: ServedModel | None = None
+        self.failures: list[LoadFailure] = []  # versions skipped at load, with the reason
         self._switch(models)
         if self.default is None:
             self.resolve(default_model)  # raises NotFound naming what is served
-        self.failures: list[LoadFailure] = []  # versions skipped at load, with the reason
         self.loader: ModelLoader | None = None  # set by load(): what load_model needs
         self._routed: dict[tuple[str, str], Any] = {}  # routed-requests counter children
         self.sampler: AgreementSampler | None = None  # live agreement with a reference model
@@ -216,12 +214,12 @@ class ModelRegistry:
                 default = versions.get(int(pinned))
         self.models, self.default = models, default
         self.newest = {name: v[max(v)] for name, v in models.items() if v}
-        for name in set(models) | {f.model for f in getattr(self, "failures", [])}:
+        for name in set(models) | {f.model for f in self.failures}:
             self._count_versions(name)
 
     def _count_versions(self, name: str) -> None:
         ready = len(self.models.get(name, {}))
-        failed = sum(1 for f in getattr(self, "failures", []) if f.model == name)
+        failed = sum(1 for f in self.failures if f.model == name)
         self.metrics.model_versions.labels(name, "ready").set(ready)
         self.metrics.model_versions.labels(name, "failed").set(failed)
 

@@ -28,16 +28,16 @@ OVERHEAD_MS = 1.0
 
 
 class LatencyWindow:
-    """Recent end-to-end latencies of one model version, and their p99, cached."""
+    """Recent end-to-end latencies of one model version (the live p50/p99 of /models and the
+    router's prediction), and their p99, cached."""
 
-    SIZE = 256  # requests in the window
     MIN_SAMPLES = 20  # fewer than this: no live figure yet
     MAX_AGE_S = 30.0  # a window whose newest request is older than this is stale
     REFRESH = 32  # recompute the p99 after this many new requests ...
     REFRESH_S = 0.25  # ... or this long after the last computation
 
-    def __init__(self) -> None:
-        self._samples: deque[float] = deque(maxlen=self.SIZE)
+    def __init__(self, size: int = 1024) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
         self._last_at = 0.0
         self._new = 0
         self._p99_ms: float | None = None
@@ -49,6 +49,10 @@ class LatencyWindow:
         self._last_at = now
         self._new += 1
 
+    def samples(self) -> np.ndarray:
+        """The latencies in the window, in seconds."""
+        return np.fromiter(self._samples, dtype=np.float64)
+
     def p99_ms(self, now: float) -> float | None:
         """The live p99 in ms, or None without enough recent requests."""
         if len(self._samples) < self.MIN_SAMPLES or now - self._last_at > self.MAX_AGE_S:
@@ -58,8 +62,7 @@ class LatencyWindow:
             or self._new >= self.REFRESH
             or now - self._computed_at > self.REFRESH_S
         ):
-            samples = np.fromiter(self._samples, dtype=np.float64)
-            self._p99_ms = float(np.percentile(samples, 99)) * 1000.0
+            self._p99_ms = float(np.percentile(self.samples(), 99)) * 1000.0
             self._new, self._computed_at = 0, now
         return self._p99_ms
 
