@@ -38,12 +38,15 @@ def read_log(out_dir: Path) -> list[dict[str, Any]]:
 
 
 class Progress:
-    """A tqdm bar over one epoch's steps showing running loss, accuracy and img/s."""
+    """A tqdm bar over one epoch's steps showing running loss, accuracy and img/s.
+
+    Redirected to a file (a long training run's log), it writes once a minute, not every step.
+    """
 
     def __init__(self, total: int, desc: str, enabled: bool) -> None:
         self.bar = tqdm(
             total=total, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
-            leave=False,
+            leave=False, mininterval=0.1 if sys.stderr.isatty() else 60.0,
         )  # fmt: skip
         self.start = time.perf_counter()
 
