@@ -53,7 +53,9 @@ class Progress:
     def update(self, loss: float, acc: float, images: int) -> None:
         """Advance one step."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", img_s=f"{images / elapsed:.0f}")
+        self.bar.set_postfix(
+            loss=f"{loss:.4f}", acc=f"{acc:.3f}", img_s=f"{images / elapsed:.0f}", refresh=False
+        )
         self.bar.update(1)
 
     def close(self) -> None:
