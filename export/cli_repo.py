@@ -103,8 +103,9 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-measure every model of a repository; rewrite its manifests and the report."""
     from export.data import load_dataset
+    from export.pick import report_cards
     from export.report import write_report
-    from export.repository import EvalData, load_cards, remeasure
+    from export.repository import EvalData, remeasure
     from service.contract.model_card import model_dirs, read_manifest
 
     settings = _profile_settings(args)
@@ -122,10 +123,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{new.name}: top-1 {card.metrics.top1:.2%} -> {new.metrics.top1:.2%}, "
             f"p50 b1 {card.profile.rows[0].p50_ms:.3f} -> {new.profile.rows[0].p50_ms:.3f} ms"
         )
-    cards = load_cards(args.repo)
-    title = f"Model zoo: {', '.join(sorted({c.metrics.dataset for c in cards}))}"
-    report, pareto = write_report(args.repo, cards, title)
+    cards, served = report_cards(args.repo)
+    dataset = ", ".join(sorted({c.metrics.dataset for c in cards}))
+    if len(cards) > len(served):  # a picked repository: the report covers the whole zoo
+        title = f"Model zoo: {dataset} ({len(cards)} models trained, {len(served)} served)"
+        report, pareto = write_report(args.repo, cards, title, served=served)
+    else:
+        report, pareto = write_report(args.repo, cards, f"Model zoo: {dataset}")
     print(f"wrote {report} and {pareto}")
+    return 0
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    """Serve the teacher, each architecture's best network and the Pareto front of a zoo."""
+    from export.pick import pick
+
+    picked = pick(args.zoo, args.into, tuple(args.also or ()))
+    for name, reason in sorted(picked.reasons.items()):
+        print(f"{name}: {reason}")
+    print(f"{args.into}: {len(picked.reasons)} models served, REPORT.md covers the whole zoo")
     return 0
 
 
@@ -177,7 +193,7 @@ def _guard(func: Any) -> Any:
 
 
 def register(sub: Any) -> None:
-    """Add the onnx, evaluate, verify and zoo subcommands to an argparse subparsers object."""
+    """Add the onnx, evaluate, pick, verify and zoo subcommands to an argparse subparsers object."""
     p = sub.add_parser("onnx", help=cmd_onnx.__doc__, description=cmd_onnx.__doc__)
     p.add_argument("checkpoint", type=Path, help="trained artifact (export.checkpoint)")
     p.add_argument("--out", type=Path, help="ONNX file to write (default: beside the artifact)")
@@ -197,6 +213,12 @@ def register(sub: Any) -> None:
     p.add_argument("--data-dir", help="data set folder (default: from each card's config)")
     _add_profile_args(p, "intra-op threads (0: as each card was measured)")
     p.set_defaults(func=_guard(cmd_evaluate))
+
+    p = sub.add_parser("pick", help=cmd_pick.__doc__, description=cmd_pick.__doc__)
+    p.add_argument("zoo", type=Path, help="the zoo's repository (make cifar-zoo's ZOO_DIR)")
+    p.add_argument("--into", type=Path, required=True, help="the served repository, e.g. models")
+    p.add_argument("--also", nargs="*", help="more zoo models to serve, by name")
+    p.set_defaults(func=_guard(cmd_pick))
 
     p = sub.add_parser("verify", help=cmd_verify.__doc__, description=cmd_verify.__doc__)
     p.add_argument("repo", type=Path)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from export.comparisons import render_ablation, render_depth, render_methods, render_mobilenet
 from service.contract.model_card import ModelCard, ProfileRow
 
 REPORT_FILENAME = "REPORT.md"
@@ -48,8 +48,14 @@ def _ms(row: ProfileRow | None, attr: str) -> str:
     return "n/a" if row is None else f"{getattr(row, attr):.3f}"
 
 
-def render_report(cards: Sequence[ModelCard], title: str) -> str:
-    """Markdown: the machine, then one table row per model sorted by batch-1 latency."""
+def render_report(
+    cards: Sequence[ModelCard], title: str, served: Collection[str] | None = None
+) -> str:
+    """Markdown: the machine, then one table row per model sorted by batch-1 latency.
+
+    ``served``: when the cards are a whole zoo and the repository serves some of them, their
+    names; the table then says which are served.
+    """
     ordered = sorted(cards, key=latency_ms)
     front = pareto_front(cards)
     machines = sorted({c.profile.machine for c in cards})
@@ -57,7 +63,11 @@ def render_report(cards: Sequence[ModelCard], title: str) -> str:
     lines = [
         f"# {title}",
         "",
-        "Every figure below was measured with ONNX Runtime on the ONNX file that is served.",
+        "Every figure below was measured with ONNX Runtime on the ONNX file that is served."
+        if served is None
+        else "Every figure below was measured with ONNX Runtime on the exported ONNX file of "
+        "each model. This repository serves the models marked ✓ (their cards and files are "
+        "here); the others were trained by the same zoo and are reported for comparison.",
         "",
         f"- Machine: {'; '.join(machines)}",
         f"- ONNX Runtime: {'; '.join(setups)}; {cards[0].metrics.measured_with}"
@@ -71,8 +81,10 @@ def render_report(cards: Sequence[ModelCard], title: str) -> str:
         "- Pareto: ★ marks models that no other model beats on both top-1 and batch-1 latency.",
         "",
         "| model | precision | top-1 % | top-5 % | p50 ms b1 | p99 ms b1 | img/s b32 "
-        "| params | MACs | size | method | architecture | teacher | pareto |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|---|:-:|",
+        "| params | MACs | size | method | architecture | teacher | pareto |"
+        + (" served |" if served is not None else ""),
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|---|:-:|"
+        + (":-:|" if served is not None else ""),
     ]
     for card in ordered:
         b1, b32 = _row(card, 1), _row(card, 32)
@@ -84,31 +96,17 @@ def render_report(cards: Sequence[ModelCard], title: str) -> str:
             f"| {_human(card.params)} | {_human(card.macs)} | {_size(card.size_bytes)} "
             f"| {card.training.method} | {card.training.architecture} "
             f"| {card.training.teacher or '-'} | {'★' if card.name in front else ''} |"
+            + ("" if served is None else f" {'✓' if card.name in served else ''} |")
         )
     lines += ["", f"![accuracy against latency]({PARETO_FILENAME})", ""]
     lines += render_training(cards)
     lines += render_students(cards)
-    lines += render_rocket_comparison(cards)
+    teacher = find_teacher(cards)
+    lines += render_methods(cards, teacher)
+    lines += render_ablation(cards)
+    lines += render_depth(cards)
+    lines += render_mobilenet(cards)
     return "\n".join(lines)
-
-
-# Zhou et al., "Rocket Launching: A Universal and Efficient Framework for Training
-# Well-performing Light Net", AAAI 2018: CIFAR-10 test error (%), light net WRN-16-1,
-# booster WRN-40-1, 200 epochs.
-PAPER_ERROR = {"baseline": 8.77, "kd": 8.39, "rocket": 7.87, "rocket-kd": 7.52}
-PAPER_BOOSTER_ERROR = 6.58
-PAPER_SETTING = ("cifar10", "wrn-16-1")
-COMPARED_METHODS = ("baseline", "kd", "rocket", "rocket-kd")
-_METHOD_TEXT = {"baseline": "alone", "kd": "KD", "rocket": "Rocket", "rocket-kd": "Rocket+KD"}
-# The paper's claims, as steps from one method to a better one.
-_PAPER_STEPS = (
-    ("baseline", "kd"),
-    ("baseline", "rocket"),
-    ("kd", "rocket"),
-    ("rocket", "rocket-kd"),
-    ("kd", "rocket-kd"),
-    ("baseline", "rocket-kd"),
-)
 
 
 def render_training(cards: Sequence[ModelCard]) -> list[str]:
@@ -195,88 +193,6 @@ def render_students(cards: Sequence[ModelCard]) -> list[str]:
     return lines
 
 
-def _standard_error(p: float, n: int) -> float:
-    """Binomial standard error of an accuracy ``p`` measured on ``n`` images."""
-    return math.sqrt(max(p * (1 - p), 1e-12) / n)
-
-
-def render_rocket_comparison(cards: Sequence[ModelCard]) -> list[str]:
-    """The Rocket Launching comparison: one architecture alone, with KD, Rocket, Rocket+KD."""
-    by_arch: dict[str, dict[str, ModelCard]] = {}
-    for c in cards:
-        if c.precision == "fp32" and c.derived_from is None and c.training.method in _METHOD_TEXT:
-            by_arch.setdefault(c.training.architecture, {})[c.training.method] = c
-    rows = {a: m for a, m in by_arch.items() if {"baseline", "rocket"} <= set(m)}
-    if not rows:
-        return []
-    arch, found = max(rows.items(), key=lambda item: len(item[1]))
-    dataset = next(iter(found.values())).metrics.dataset
-    paper = (dataset, arch) == PAPER_SETTING
-    n = next(iter(found.values())).metrics.n
-    seeds = sorted({c.training.seed for c in found.values()})
-    lines = [
-        "## Rocket Launching comparison",
-        "",
-        f"{arch} trained alone, with KD, with Rocket and with Rocket+KD"
-        + (" beside the paper's figures (Zhou et al., AAAI 2018, 200 epochs)" if paper else "")
-        + f". One seed per method (seed {', '.join(map(str, seeds))}); error = 100 - top-1 on "
-        f"the {n:,} test images.",
-        "",
-        "| light net | method | epochs | top-1 % | error % | paper error % |",
-        "|---|---|--:|--:|--:|--:|",
-    ]
-    for method in COMPARED_METHODS:
-        if method not in found:
-            continue
-        c = found[method]
-        ref = f"{PAPER_ERROR[method]:.2f}" if paper else "-"
-        lines.append(
-            f"| {c.name} | {_METHOD_TEXT[method]} | {c.training.epochs:g} "
-            f"| {c.metrics.top1 * 100:.2f} | {(1 - c.metrics.top1) * 100:.2f} | {ref} |"
-        )
-    for method in ("rocket", "rocket-kd"):
-        light = found.get(method)
-        if light is not None and "booster" in light.training.companions:
-            c = light
-            top1 = c.training.companions["booster"]
-            ref = f"{PAPER_BOOSTER_ERROR:.2f}" if paper else "-"
-            booster = c.training.config.get("booster", "booster")
-            lines.append(
-                f"| booster {booster} of {c.name} | {_METHOD_TEXT[method]} (booster) "
-                f"| {c.training.epochs:g} | {top1 * 100:.2f} | {(1 - top1) * 100:.2f} | {ref} |"
-            )
-    teacher = find_teacher(cards)
-    if teacher is not None:
-        lines.append(
-            f"| teacher {teacher.name} | alone | {teacher.training.epochs:g} "
-            f"| {teacher.metrics.top1 * 100:.2f} | {(1 - teacher.metrics.top1) * 100:.2f} | - |"
-        )
-    lines += [
-        "",
-        "Booster figures are PyTorch's on the test split at the end of training (boosters are "
-        "not served); every other figure is ONNX Runtime's on the served file.",
-        "",
-        "Reading, step by step, against the paper's ordering. A gap counts as beyond test-set "
-        "noise when it exceeds twice the binomial standard error of the difference; seed-to-seed "
-        "variation is not measured (one seed each) and can be as large.",
-        "",
-    ]
-    for low, high in _PAPER_STEPS:
-        a, b = found.get(low), found.get(high)
-        if a is None or b is None:
-            continue
-        gain = (b.metrics.top1 - a.metrics.top1) * 100
-        se = math.hypot(_standard_error(a.metrics.top1, n), _standard_error(b.metrics.top1, n))
-        verdict = "beyond" if abs(gain) > 2 * se * 100 else "within"
-        paper_gain = f"; paper {PAPER_ERROR[low] - PAPER_ERROR[high]:+.2f}" if paper else ""
-        lines.append(
-            f"- {_METHOD_TEXT[low]} -> {_METHOD_TEXT[high]}: {gain:+.2f} points of top-1 "
-            f"({verdict} noise, 2 s.e. = {2 * se * 100:.2f}){paper_gain}."
-        )
-    lines.append("")
-    return lines
-
-
 def _label_offsets(cards: Sequence[ModelCard]) -> list[tuple[int, int]]:
     """Label offsets in points that stack the names of nearby points instead of overprinting."""
     xs = [latency_ms(c) for c in cards]
@@ -337,10 +253,12 @@ def plot_pareto(cards: Sequence[ModelCard], path: Path, title: str) -> Path:
     return path
 
 
-def write_report(repo: Path, cards: Sequence[ModelCard], title: str) -> tuple[Path, Path]:
+def write_report(
+    repo: Path, cards: Sequence[ModelCard], title: str, served: Collection[str] | None = None
+) -> tuple[Path, Path]:
     """Write ``repo/REPORT.md`` and ``repo/pareto.png``; returns both paths."""
     if not cards:
         raise ValueError(f"{repo}: no models to report on")
     report = repo / REPORT_FILENAME
-    report.write_text(render_report(cards, title), encoding="utf-8")
+    report.write_text(render_report(cards, title, served), encoding="utf-8")
     return report, plot_pareto(cards, repo / PARETO_FILENAME, title)

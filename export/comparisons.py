@@ -1,0 +1,397 @@
+"""REPORT.md's studies: every method on one student, Rocket's ablations, deep vs shallow, MobileNet.
+
+Each study reads the cards of a zoo (served or not) and renders a table plus a reading that says,
+for each comparison, whether the gap is beyond test-set noise: more than twice the binomial
+standard error of the difference and, where both sides have two or more seeds, more than the
+larger seed-to-seed range. A gap within noise with one seed per side is flagged as needing a second
+seed rather than read as a result.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from service.contract.model_card import ModelCard, ProfileRow
+
+# Zhou et al., "Rocket Launching: A Universal and Efficient Framework for Training
+# Well-performing Light Net", AAAI 2018, Table 1: CIFAR-10 test error (%), light net WRN-16-1,
+# booster WRN-40-1. The paper reports no FitNets or SNN-MIMIC figure for this pair.
+PAPER_ERROR = {"baseline": 8.77, "kd": 8.39, "rocket": 7.87, "rocket-kd": 7.52}
+PAPER_BOOSTER_ERROR = 6.58
+PAPER_SETTING = ("cifar10", "wrn-16-1")
+
+METHOD_TEXT = {
+    "baseline": "alone",
+    "kd": "KD",
+    "fitnet": "FitNets (hint stage, then KD)",
+    "fitnet-one-stage": "FitNets, one stage (hint + CE)",
+    "mimic": "SNN-MIMIC",
+    "rocket": "Rocket",
+    "rocket-kd": "Rocket+KD",
+}
+METHODS_STUDIED = tuple(METHOD_TEXT)
+ROCKET_METHODS = ("rocket", "rocket-kd")
+# The comparisons the method table reads, as steps from one method to a (claimed) better one.
+METHOD_STEPS = (
+    ("baseline", "kd"),
+    ("baseline", "fitnet"),
+    ("baseline", "mimic"),
+    ("baseline", "rocket"),
+    ("kd", "rocket"),
+    ("rocket", "rocket-kd"),
+    ("kd", "rocket-kd"),
+    ("baseline", "rocket-kd"),
+)
+ABLATIONS = ("no gradient block", "no sharing", "no joint training")
+
+
+def _row(card: ModelCard, batch_size: int) -> ProfileRow | None:
+    return next((r for r in card.profile.rows if r.batch_size == batch_size), None)
+
+
+def trained_networks(cards: Sequence[ModelCard]) -> list[ModelCard]:
+    """The networks as trained (fp32, not a converted variant)."""
+    return [c for c in cards if c.derived_from is None and c.precision == "fp32"]
+
+
+def ablation_of(card: ModelCard) -> str | None:
+    """Which Rocket ablation a card's training config is, or None for Rocket as published."""
+    if card.training.method not in ROCKET_METHODS:
+        return None
+    cfg = card.training.config
+    if cfg.get("gradient_block") is False:
+        return "no gradient block"
+    if cfg.get("sharing") == "none":
+        return "no sharing"
+    if cfg.get("joint") is False:
+        return "no joint training"
+    return None
+
+
+def standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` images."""
+    return math.sqrt(max(p * (1 - p), 1e-12) / n)
+
+
+@dataclass(frozen=True)
+class Runs:
+    """One configuration trained with one or more seeds."""
+
+    cards: tuple[ModelCard, ...]
+
+    @property
+    def top1(self) -> float:
+        """Mean top-1 over the seeds."""
+        return statistics.fmean(c.metrics.top1 for c in self.cards)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds, in order."""
+        return [c.training.seed for c in self.cards]
+
+    @property
+    def spread(self) -> float | None:
+        """max - min top-1 over the seeds (None with one seed)."""
+        if len(self.cards) < 2:
+            return None
+        values = [c.metrics.top1 for c in self.cards]
+        return max(values) - min(values)
+
+    @property
+    def n(self) -> int:
+        """Test images per evaluation."""
+        return self.cards[0].metrics.n
+
+    def per_seed(self) -> str:
+        """Top-1 % of each seed, e.g. '90.12 (s0), 90.40 (s1)'."""
+        return ", ".join(f"{c.metrics.top1 * 100:.2f} (s{c.training.seed})" for c in self.cards)
+
+
+def group_runs(cards: Sequence[ModelCard]) -> Runs:
+    """The seeds of one configuration, sorted by seed."""
+    return Runs(tuple(sorted(cards, key=lambda c: (c.training.seed, c.name))))
+
+
+def compare(low: Runs, high: Runs) -> str:
+    """'+0.85 points (beyond noise, 2 s.e. = 0.78)' with the seeds taken into account."""
+    gain = (high.top1 - low.top1) * 100
+    # Seeds share one test split: averaging them does not shrink the test set's sampling noise.
+    se = math.hypot(standard_error(low.top1, low.n), standard_error(high.top1, high.n))
+    spreads = [s for s in (low.spread, high.spread) if s is not None]
+    seed_noise = max(spreads) * 100 if len(spreads) == 2 else None
+    beyond = abs(gain) > 2 * se * 100 and (seed_noise is None or abs(gain) > seed_noise)
+    parts = [f"2 s.e. = {2 * se * 100:.2f}"]
+    if seed_noise is not None:
+        parts.append(f"seed range {seed_noise:.2f}")
+    verdict = "beyond noise" if beyond else "within noise"
+    if not beyond and len(low.cards) == 1 and len(high.cards) == 1:
+        verdict += ", one seed each: a second seed of both is due"
+    return f"{gain:+.2f} points ({verdict}; {', '.join(parts)})"
+
+
+def _by(cards: Sequence[ModelCard], key: str) -> dict[tuple[str, float], list[ModelCard]]:
+    """Cards grouped by (method or ablation label, epochs)."""
+    groups: dict[tuple[str, float], list[ModelCard]] = {}
+    for c in cards:
+        label = c.training.method if key == "method" else (ablation_of(c) or "reference")
+        groups.setdefault((label, c.training.epochs), []).append(c)
+    return groups
+
+
+def _student_arch(cards: Sequence[ModelCard]) -> str | None:
+    """The architecture most methods were compared on (the paper's WRN-16-1 when present)."""
+    counts: dict[str, set[str]] = {}
+    for c in trained_networks(cards):
+        if c.training.method in METHODS_STUDIED and ablation_of(c) is None:
+            counts.setdefault(c.training.architecture, set()).add(c.training.method)
+    candidates = {a: m for a, m in counts.items() if len(m) >= 2 and "baseline" in m}
+    if not candidates:
+        return None
+    if PAPER_SETTING[1] in candidates:
+        return PAPER_SETTING[1]
+    return max(sorted(candidates), key=lambda a: len(candidates[a]))
+
+
+def render_methods(cards: Sequence[ModelCard], teacher: ModelCard | None) -> list[str]:
+    """One student architecture trained by every method at one budget, beside the paper."""
+    arch = _student_arch(cards)
+    if arch is None:
+        return []
+    pool = [
+        c for c in trained_networks(cards)
+        if c.training.architecture == arch and ablation_of(c) is None
+        and c.training.method in METHODS_STUDIED
+    ]  # fmt: skip
+    budget = max(c.training.epochs for c in pool if c.training.method == "baseline")
+    runs = {
+        method: group_runs(group)
+        for (method, epochs), group in _by(pool, "method").items()
+        if epochs == budget
+    }
+    dataset = pool[0].metrics.dataset
+    paper = (dataset, arch) == PAPER_SETTING
+    lines = [
+        "## Every method on one student",
+        "",
+        f"{arch} trained at the same budget ({budget:g} epochs, same recipe) by each method"
+        + (" beside the paper's figures (Zhou et al., AAAI 2018, 200 epochs)" if paper else "")
+        + f". Top-1 on the {pool[0].metrics.n:,} test images, measured on the exported file; "
+        "with several seeds, the mean and each seed. Agreement = share of the test split on "
+        "which the student's top-1 equals the teacher's.",
+        "",
+        "| method | seeds | top-1 % (mean) | per seed | error % | paper error % "
+        "| agreement with teacher % |",
+        "|---|--:|--:|---|--:|--:|--:|",
+    ]
+    for method in METHODS_STUDIED:
+        if method not in runs:
+            continue
+        r = runs[method]
+        agreements = [c.metrics.teacher_agreement for c in r.cards]
+        agree = (
+            f"{statistics.fmean(a for a in agreements if a is not None) * 100:.2f}"
+            if any(a is not None for a in agreements)
+            else "-"
+        )
+        ref = f"{PAPER_ERROR[method]:.2f}" if paper and method in PAPER_ERROR else "-"
+        lines.append(
+            f"| {METHOD_TEXT[method]} | {len(r.cards)} | {r.top1 * 100:.2f} | {r.per_seed()} "
+            f"| {(1 - r.top1) * 100:.2f} | {ref} | {agree} |"
+        )
+    lines += _companion_rows(runs, paper)
+    if teacher is not None:
+        lines.append(
+            f"| teacher {teacher.name} ({teacher.training.architecture}, "
+            f"{teacher.training.epochs:g} epochs) | 1 | {teacher.metrics.top1 * 100:.2f} | - "
+            f"| {(1 - teacher.metrics.top1) * 100:.2f} | - | 100.00 |"
+        )
+    lines += ["", "Reading, step by step:", ""]
+    for low, high in METHOD_STEPS:
+        if low in runs and high in runs:
+            claim = (
+                f"; paper {PAPER_ERROR[low] - PAPER_ERROR[high]:+.2f}"
+                if paper and low in PAPER_ERROR and high in PAPER_ERROR
+                else ""
+            )
+            lines.append(
+                f"- {METHOD_TEXT[low]} -> {METHOD_TEXT[high]}: "
+                f"{compare(runs[low], runs[high])}{claim}."
+            )
+    return [*lines, ""]
+
+
+def _companion_rows(runs: dict[str, Runs], paper: bool) -> list[str]:
+    """Rows for the boosters Rocket trained beside its light nets (not served)."""
+    lines = []
+    for method in ROCKET_METHODS:
+        r = runs.get(method)
+        if r is None:
+            continue
+        tops = [
+            c.training.companions["booster"] for c in r.cards if "booster" in c.training.companions
+        ]
+        if not tops:
+            continue
+        mean = statistics.fmean(tops)
+        booster = r.cards[0].training.config.get("booster", "booster")
+        ref = f"{PAPER_BOOSTER_ERROR:.2f}" if paper else "-"
+        lines.append(
+            f"| booster {booster} of {METHOD_TEXT[method]} (PyTorch, not served) | {len(tops)} "
+            f"| {mean * 100:.2f} | - | {(1 - mean) * 100:.2f} | {ref} | - |"
+        )
+    return lines
+
+
+def render_ablation(cards: Sequence[ModelCard]) -> list[str]:
+    """Rocket without each of its parts, against Rocket at the same (shorter) budget."""
+    rocket = [c for c in trained_networks(cards) if c.training.method == "rocket"]
+    groups = _by(rocket, "ablation")
+    budgets = sorted({e for (label, e) in groups if label != "reference"})
+    lines: list[str] = []
+    for budget in budgets:
+        reference = groups.get(("reference", budget))
+        if reference is None:
+            continue
+        ref = group_runs(reference)
+        arch = ref.cards[0].training.architecture
+        booster = ref.cards[0].training.config.get("booster", "booster")
+        lines += [
+            f"## Rocket ablation ({budget:g} epochs)",
+            "",
+            f"Light net {arch}, booster {booster}; each row removes one part of Rocket and is "
+            f"compared with Rocket itself rerun at the same {budget:g}-epoch budget.",
+            "",
+            "| variant | seeds | light net top-1 % | per seed | booster top-1 % (PyTorch) "
+            "| against Rocket |",
+            "|---|--:|--:|---|--:|---|",
+            _ablation_row("Rocket (reference)", ref, "-"),
+        ]
+        for label in ABLATIONS:
+            if (label, budget) in groups:
+                r = group_runs(groups[(label, budget)])
+                lines.append(_ablation_row(label, r, compare(ref, r)))
+        lines.append("")
+    return lines
+
+
+def _ablation_row(label: str, r: Runs, against: str) -> str:
+    boosters = [
+        c.training.companions["booster"] for c in r.cards if "booster" in c.training.companions
+    ]
+    booster = f"{statistics.fmean(boosters) * 100:.2f}" if boosters else "-"
+    return (
+        f"| {label} | {len(r.cards)} | {r.top1 * 100:.2f} | {r.per_seed()} | {booster} "
+        f"| {against} |"
+    )
+
+
+def _speed(card: ModelCard) -> str:
+    b1, b32 = _row(card, 1), _row(card, 32)
+    p50 = "n/a" if b1 is None else f"{b1.p50_ms:.3f}"
+    tput = "n/a" if b32 is None else f"{b32.images_per_s:,.0f}"
+    return f"{p50} | {tput}"
+
+
+def _net_rows(cards: Sequence[ModelCard]) -> list[str]:
+    rows = []
+    for c in sorted(cards, key=lambda c: (c.training.architecture, c.training.method, c.name)):
+        method = METHOD_TEXT.get(c.training.method, c.training.method)
+        rows.append(
+            f"| {c.name} | {c.training.architecture} | {method} "
+            f"| {c.training.epochs:g} | {c.params / 1e3:,.0f}k | {c.macs / 1e6:,.1f}M "
+            f"| {c.metrics.top1 * 100:.2f} | {_speed(c)} |"
+        )
+    return rows
+
+
+_NET_HEADER = [
+    "| model | architecture | method | epochs | params | MACs | top-1 % | p50 ms b1 | img/s b32 |",
+    "|---|---|---|--:|--:|--:|--:|--:|--:|",
+]
+
+
+def _pair_reading(
+    cards: Sequence[ModelCard], low_method: str, high_method: str, arch: str
+) -> str | None:
+    low = [c for c in cards if c.training.architecture == arch and c.training.method == low_method]
+    high = [
+        c for c in cards if c.training.architecture == arch and c.training.method == high_method
+    ]
+    if not low or not high:
+        return None
+    text = compare(group_runs(low), group_runs(high))
+    return f"- {arch}: {METHOD_TEXT[low_method]} -> {METHOD_TEXT[high_method]}: {text}."
+
+
+def render_depth(cards: Sequence[ModelCard]) -> list[str]:
+    """Deep vs shallow: shallow, wide nets alone and by SNN-MIMIC beside the deep students."""
+    nets = trained_networks(cards)
+    shallow = [c for c in nets if c.training.architecture.startswith("shallow")]
+    if not shallow:
+        return []
+    deep_arch = _student_arch(cards)
+    deep = [
+        c for c in nets
+        if c.training.architecture == deep_arch and c.training.method in ("baseline", "mimic")
+        and c.training.seed == 0
+    ]  # fmt: skip
+    lines = [
+        "## Deep vs shallow (SNN-MIMIC)",
+        "",
+        "Can a shallow net learn what a deep one knows (Ba & Caruana, NeurIPS 2014)? Shallow, wide "
+        "networks (one or two convolutions) trained on the labels alone and by regressing the "
+        "teacher's logits, beside the deep student of the same methods. Latency: ONNX Runtime, "
+        "batch 1 p50 and batch 32 throughput on the exported file, as in the main table.",
+        "",
+        *_NET_HEADER,
+        *_net_rows(shallow + deep),
+        "",
+    ]
+    readings = [
+        _pair_reading(nets, "baseline", "mimic", arch)
+        for arch in sorted({c.training.architecture for c in shallow + deep})
+    ]
+    lines += [r for r in readings if r]
+    best_shallow = max(shallow, key=lambda c: c.metrics.top1)
+    if deep:
+        best_deep = max(deep, key=lambda c: c.metrics.top1)
+        gap = (best_deep.metrics.top1 - best_shallow.metrics.top1) * 100
+        lines.append(
+            f"- Best shallow ({best_shallow.name}, {best_shallow.params / 1e3:,.0f}k params) is "
+            f"{gap:+.2f} points below the best deep student shown ({best_deep.name}, "
+            f"{best_deep.params / 1e3:,.0f}k params)."
+        )
+    return [*lines, ""]
+
+
+def render_mobilenet(cards: Sequence[ModelCard]) -> list[str]:
+    """Hard compression: the MobileNet-style student alone and with KD, beside the WRN students."""
+    nets = trained_networks(cards)
+    mobile = [c for c in nets if c.training.architecture.startswith("mobilenet")]
+    if not mobile:
+        return []
+    deep_arch = _student_arch(cards)
+    context = [
+        c for c in nets
+        if c.training.architecture == deep_arch and c.training.method in ("baseline", "kd")
+        and c.training.seed == 0
+    ]  # fmt: skip
+    lines = [
+        "## Hard compression: MobileNetV2",
+        "",
+        "Depthwise-separable MobileNetV2 trained alone and with KD from the teacher, beside the "
+        "WRN student trained the same ways.",
+        "",
+        *_NET_HEADER,
+        *_net_rows(mobile + context),
+        "",
+    ]
+    readings = [
+        _pair_reading(nets, "baseline", "kd", arch)
+        for arch in sorted({c.training.architecture for c in mobile + context})
+    ]
+    lines += [r for r in readings if r]
+    return [*lines, ""]
