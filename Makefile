@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= export,dev,loadtest,docs
 
-.PHONY: venv system-deps run zoo cifar-zoo test lint typecheck unit docs settings-table gpu-check clean
+.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-pick test lint typecheck unit docs settings-table gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -41,6 +41,11 @@ ZOO_ONLY ?=
 cifar-zoo: venv
 	OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/python -m export zoo --dataset cifar10 \
 		--data-dir $(CIFAR10) --out $(ZOO_DIR) --resume $(if $(ZOO_ONLY),--only $(ZOO_ONLY))
+
+# models/ from the zoo: the teacher, each architecture's most accurate network and the Pareto
+# front (with their int8 variants); REPORT.md keeps every network the zoo trained.
+cifar-zoo-pick: venv
+	$(BIN)/python -m export pick $(ZOO_DIR) --into models
 
 lint: venv
 	$(BIN)/ruff check .
