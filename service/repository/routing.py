@@ -29,40 +29,52 @@ OVERHEAD_MS = 1.0
 
 class LatencyWindow:
     """Recent end-to-end latencies of one model version (the live p50/p99 of /models and the
-    router's prediction), and their p99, cached."""
+    router's prediction), and their p99, cached.
+
+    Recent means both: at most ``size`` requests and none older than ``MAX_AGE_S``. The age
+    limit is what lets a model the router stopped choosing come back: its congested figures
+    age out, it is predicted from its load-time figures again, gets traffic and a fresh window.
+    """
 
     MIN_SAMPLES = 20  # fewer than this: no live figure yet
-    MAX_AGE_S = 30.0  # a window whose newest request is older than this is stale
+    MAX_AGE_S = 10.0  # requests older than this have left the window
     REFRESH = 32  # recompute the p99 after this many new requests ...
     REFRESH_S = 0.25  # ... or this long after the last computation
 
     def __init__(self, size: int = 1024) -> None:
-        self._samples: deque[float] = deque(maxlen=size)
-        self._last_at = 0.0
+        self._samples: deque[tuple[float, float]] = deque(maxlen=size)  # (answered at, seconds)
         self._new = 0
         self._p99_ms: float | None = None
         self._computed_at = 0.0
 
     def add(self, seconds: float, now: float) -> None:
         """One answered request's end-to-end latency."""
-        self._samples.append(seconds)
-        self._last_at = now
+        self._samples.append((now, seconds))
         self._new += 1
 
-    def samples(self) -> np.ndarray:
+    def _expire(self, now: float) -> None:
+        samples, oldest = self._samples, now - self.MAX_AGE_S
+        while samples and samples[0][0] < oldest:
+            samples.popleft()
+            self._p99_ms = None
+
+    def samples(self, now: float | None = None) -> np.ndarray:
         """The latencies in the window, in seconds."""
-        return np.fromiter(self._samples, dtype=np.float64)
+        self._expire(time.monotonic() if now is None else now)
+        return np.fromiter((s for _, s in self._samples), dtype=np.float64)
 
     def p99_ms(self, now: float) -> float | None:
         """The live p99 in ms, or None without enough recent requests."""
-        if len(self._samples) < self.MIN_SAMPLES or now - self._last_at > self.MAX_AGE_S:
+        if self._samples and self._samples[0][0] < now - self.MAX_AGE_S:
+            self._expire(now)
+        if len(self._samples) < self.MIN_SAMPLES:
             return None
         if (
             self._p99_ms is None
             or self._new >= self.REFRESH
             or now - self._computed_at > self.REFRESH_S
         ):
-            self._p99_ms = float(np.percentile(self.samples(), 99)) * 1000.0
+            self._p99_ms = float(np.percentile(self.samples(now), 99)) * 1000.0
             self._new, self._computed_at = 0, now
         return self._p99_ms
 

@@ -1,0 +1,37 @@
+"""The router's live window: p99 over recent requests only, so a shut-out model comes back."""
+
+from __future__ import annotations
+
+from service.repository.routing import LatencyWindow
+
+
+def test_no_live_figure_before_enough_requests() -> None:
+    window = LatencyWindow(size=100)
+    for i in range(LatencyWindow.MIN_SAMPLES - 1):
+        window.add(0.002, now=100.0 + i * 0.01)
+    assert window.p99_ms(now=101.0) is None
+    window.add(0.002, now=101.0)
+    assert window.p99_ms(now=101.0) == 2.0
+
+
+def test_congested_figures_age_out_and_fresh_ones_replace_them() -> None:
+    window = LatencyWindow(size=1024)
+    for i in range(200):  # a congested spell: 30 ms answers
+        window.add(0.030, now=i * 0.01)
+    assert window.p99_ms(now=2.0) == 30.0
+    # The router stops choosing the model; its old answers leave the window after MAX_AGE_S.
+    later = 2.0 + LatencyWindow.MAX_AGE_S + 0.1
+    assert window.p99_ms(now=later) is None  # back to the load-time prediction
+    assert len(window.samples(now=later)) == 0
+    for i in range(LatencyWindow.MIN_SAMPLES):  # traffic again, now fast
+        window.add(0.003, now=later + i * 0.01)
+    assert window.p99_ms(now=later + 1.0) == 3.0
+
+
+def test_the_window_is_bounded_by_size_and_age() -> None:
+    window = LatencyWindow(size=50)
+    for i in range(120):
+        window.add(0.001 * (i + 1), now=i / 20)  # 6 s of requests
+    assert len(window.samples(now=6.0)) == 50  # the size bound
+    assert round(window.samples(now=6.0).min(), 6) == 0.071  # the oldest kept is request 71
+    assert len(window.samples(now=6.0 + LatencyWindow.MAX_AGE_S - 2.0)) == 40  # the age bound
