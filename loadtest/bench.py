@@ -29,7 +29,7 @@ import httpx
 from loadtest.payloads import ModelInfo, images_for, parse_models
 from loadtest.plots import plot_all
 from loadtest.profiling import ProfilerMissing, report, start_recording
-from loadtest.raw import RawResult, raw_ceiling
+from loadtest.raw import RawCeiling, raw_ceiling
 from loadtest.server import ServiceStartError, start_service
 from loadtest.sweep import run_point
 from service.contract.machine import cpu_model_name
@@ -57,6 +57,9 @@ CSV_FIELDS = (
     "raw_p50_ms",
     "raw_p50_paused_ms",
     "served_over_raw",
+    "raw_best_images_per_s",
+    "raw_best_layout",
+    "served_over_best",
     "server_cpu_ms_per_req",
     "client_cpu_ms_per_req",
     "machine",
@@ -122,19 +125,18 @@ def target(
         raise BenchError(str(exc)) from None
 
 
-def raw_for(
-    args: argparse.Namespace, models: Sequence[ModelInfo]
-) -> dict[str, dict[int, RawResult]]:
-    """Raw in-process ORT results per model at every batch size the sweep can form."""
+def raw_for(args: argparse.Namespace, models: Sequence[ModelInfo]) -> dict[str, RawCeiling]:
+    """The raw in-process ORT ceiling per model: the best thread layout at batch 1, 8, 32 and at
+    every batch size the sweep can form, ``--raw-time`` seconds per cell."""
     if args.model_repository is None:
         return {}
     sizes = sorted({1} | {min(c, args.max_batch_size) for c in args.concurrency})
-    return {
-        m.name: raw_ceiling(
-            args.model_repository / m.name, images_for(m), sizes, args.ort_threads, args.raw_time
-        )
-        for m in models
-    }
+    ceilings = {}
+    for m in models:
+        ceiling = raw_ceiling(args.model_repository / m.name, images_for(m), sizes, args.raw_time)
+        print(f"{m.name}: {ceiling.describe()}", flush=True)
+        ceilings[m.name] = ceiling
+    return ceilings
 
 
 @contextmanager
@@ -160,7 +162,7 @@ def sweep(args: argparse.Namespace, machine: str) -> list[dict[str, Any]]:
     """Run every (batching mode, model, concurrency) point and return CSV rows."""
     modes = [("url", True)] if args.url else [(m, m == "on") for m in args.batching]
     rows: list[dict[str, Any]] = []
-    raw: dict[str, dict[int, RawResult]] | None = None
+    raw: dict[str, RawCeiling] | None = None
     for label, batching in modes:
         with target(args, batching, label) as (url, pid):
             models = discover_models(url, args.models)
@@ -185,7 +187,7 @@ def sweep(args: argparse.Namespace, machine: str) -> list[dict[str, Any]]:
                             )
                         )
                     raw_bs = min(c, args.max_batch_size) if batching else 1
-                    ceiling = raw.get(model.name, {})
+                    ceiling = raw.get(model.name)
                     row = _row(model, label, args.payload, args.client, point, ceiling, raw_bs)
                     rows.append({**row, "machine": machine})
                     print(_format_row(row), flush=True)
@@ -198,11 +200,12 @@ def _row(
     payload: str,
     client: str,
     point: Any,
-    raw: dict[int, RawResult],
+    raw: RawCeiling | None,
     raw_bs: int,
 ) -> dict[str, Any]:
-    ceiling = raw.get(raw_bs)
+    ceiling = raw.at(raw_bs) if raw else None  # the best layout at the batch the service formed
     raw_ips = ceiling.images_per_s if ceiling else float("nan")
+    best_ips = raw.best.result.images_per_s if raw else float("nan")
     p = asdict(point)
     p.pop("duration_s")
     first_error = p.pop("first_error")
@@ -221,6 +224,9 @@ def _row(
         "raw_p50_ms": ceiling.p50_ms if ceiling else float("nan"),
         "raw_p50_paused_ms": ceiling.p50_paused_ms if ceiling else float("nan"),
         "served_over_raw": point.throughput_rps / raw_ips if ceiling else float("nan"),
+        "raw_best_images_per_s": best_ips,
+        "raw_best_layout": raw.best_label if raw else "",
+        "served_over_best": point.throughput_rps / best_ips if raw else float("nan"),
     }
 
 
@@ -236,7 +242,7 @@ def _format_row(r: dict[str, Any]) -> str:
         f"ok={r['ok']:<6} err={r['errors']:<4} {_fmt(r['throughput_rps'], 1):>8} req/s "
         f"p50={_fmt(r['p50_ms'])}ms p99={_fmt(r['p99_ms'])}ms batch={_fmt(r['mean_batch'], 1)} "
         f"raw@{r['raw_batch_size']}={_fmt(r['raw_images_per_s'], 0)} img/s "
-        f"served/raw={_fmt(r['served_over_raw'], 3)} "
+        f"served/raw={_fmt(r['served_over_raw'], 3)} served/best={_fmt(r['served_over_best'], 3)} "
         f"cpu/req server={_fmt(r['server_cpu_ms_per_req'], 3)}ms "
         f"client={_fmt(r['client_cpu_ms_per_req'], 3)}ms"
     )
@@ -254,7 +260,8 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Headline lines: served/raw at the highest concurrency and the c=1 latency overhead."""
+    """Headline lines: served over the raw best at the highest concurrency, and the c=1 latency
+    over the best lone raw batch-1 call (back to back and after pauses)."""
     lines = []
     for model in sorted({r["model"] for r in rows}):
         mine = [r for r in rows if r["model"] == model and r["batching"] in ("on", "url")]
@@ -266,8 +273,10 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[str]:
         )
         one = min(mine, key=lambda r: r["concurrency"])
         lines.append(
-            f"{model}: c={top['concurrency']} served/raw = {_fmt(top['served_over_raw'], 3)} "
-            f"({_fmt(top['throughput_rps'], 1)} vs {_fmt(top['raw_images_per_s'], 1)} img/s); "
+            f"{model}: c={top['concurrency']} served/raw best = "
+            f"{_fmt(top['served_over_best'], 3)} ({_fmt(top['throughput_rps'], 1)} vs "
+            f"{_fmt(top['raw_best_images_per_s'], 1)} img/s, raw best: "
+            f"{top['raw_best_layout'] or '-'}); "
             f"c={one['concurrency']} p50 {_fmt(one['p50_ms'], 3)} ms "
             f"(in the service {_fmt(one['service_p50_ms'], 3)} ms) vs raw "
             f"batch-{one['raw_batch_size']} "
@@ -298,9 +307,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--duration", type=float, default=4.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per point")
-    p.add_argument("--raw-time", type=float, default=1.0, help="seconds per raw batch size")
+    p.add_argument(
+        "--raw-time", type=float, default=1.0, help="seconds per raw (thread layout, batch size)"
+    )
     p.add_argument("--max-batch-size", type=int, default=32, help="service max_batch_size")
-    p.add_argument("--ort-threads", type=int, default=1, help="intra-op threads, service and raw")
+    p.add_argument(
+        "--ort-threads",
+        default="auto",
+        help="service intra-op threads: auto (default, chosen per model) or a count; the raw "
+        "ceiling searches every thread layout either way",
+    )
     p.add_argument("--workers", type=int, default=1, help="service worker processes")
     p.add_argument(
         "--max-in-flight", type=int, default=0, help="service max_in_flight (0: no limit)"
@@ -330,6 +346,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not args.batching or set(args.batching) - {"on", "off"}:
         p.error("--batching takes on, off or on,off")
     args.models = [m for m in args.models.split(",") if m]
+    if args.ort_threads != "auto" and not args.ort_threads.isdecimal():
+        p.error("--ort-threads takes auto or a non-negative integer")
     if args.quick:
         args.concurrency, args.duration, args.warmup = QUICK_CONCURRENCY, 0.5, 0.2
         args.raw_time = 0.1

@@ -165,7 +165,7 @@ def read_rows(paths: Sequence[Path]) -> list[Row]:
     return rows
 
 
-_TEXT_FIELDS = {"model", "batching", "payload", "client", "machine"}
+_TEXT_FIELDS = {"model", "batching", "payload", "client", "machine", "raw_best_layout"}
 _INT_FIELDS = {"version", "concurrency", "ok", "errors", "raw_batch_size"}
 
 

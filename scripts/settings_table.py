@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 from pydantic.fields import FieldInfo  # noqa: E402
 from pydantic_core import PydanticUndefined  # noqa: E402
 
-from service.settings import ENV_PREFIX, Settings  # noqa: E402
+from service.settings import ENV_PREFIX, AutoOrCount, Settings  # noqa: E402
 
 DOC = ROOT / "docs" / "settings.md"
 START = "<!-- settings-table:start -->"
@@ -51,7 +51,10 @@ def _type_name(annotation: Any) -> str:
     """A reader's name for a field's type: 'integer', 'one of `a`, `b`', 'number, optional'."""
     origin = get_origin(annotation)
     if origin is Literal:
-        return "one of " + ", ".join(f"`{v}`" for v in get_args(annotation))
+        values = get_args(annotation)
+        if len(values) == 1:
+            return f"`{values[0]}`"
+        return "one of " + ", ".join(f"`{v}`" for v in values)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
         inner = " or ".join(_type_name(a) for a in args)
@@ -63,6 +66,9 @@ def _bounds(field: FieldInfo) -> str:
     """The numeric constraints pydantic enforces, e.g. '1 to 64', '≥ 0', '> 0'."""
     low = high = ""
     for item in field.metadata:
+        check = getattr(item, "func", None)  # a pydantic validator's function
+        if isinstance(check, AutoOrCount):
+            return f"{check.low} to {check.high}"
         if isinstance(item, annotated_types.Ge):
             low = f"≥ {item.ge}"
         elif isinstance(item, annotated_types.Gt):

@@ -29,6 +29,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="TCP port (default 8000)")
     parser.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
     parser.add_argument("--default-model", help="model used when a request names none")
+    parser.add_argument(
+        "--intra-op-threads",
+        metavar="N|auto",
+        help="ONNX Runtime threads per session: auto (default) or 0-256",
+    )
+    parser.add_argument(
+        "--inference-workers",
+        metavar="N|auto",
+        help="batches run at once per model version: auto (default) or 1-16",
+    )
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument(
         "--strict",

@@ -4,15 +4,45 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ROCKETSERVE_"
 IN_FLIGHT_PER_CORE = 128
 VERSION_POLICY = re.compile(r"^(all|latest:[1-9][0-9]*|specific:[1-9][0-9]*(,[1-9][0-9]*)*)$")
+AUTO: Literal["auto"] = "auto"  # the value of a setting the service chooses itself
+
+
+@dataclass(frozen=True)
+class AutoOrCount:
+    """Parses a setting that is 'auto' or an integer from ``low`` to ``high``, with one message."""
+
+    low: int
+    high: int
+
+    def __call__(self, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
+        text = value.strip() if isinstance(value, str) else value
+        if isinstance(text, int | str) and not isinstance(text, bool):
+            try:
+                number = int(text)
+            except ValueError:
+                pass
+            else:
+                if self.low <= number <= self.high:
+                    return number
+        raise ValueError(f"must be 'auto' or an integer from {self.low} to {self.high}")
+
+
+# Thread counts: "auto" (chosen per model version at load, see service/inference/layout.py) or
+# an explicit integer, which wins.
+IntraOpThreads = Annotated[Literal["auto"] | int, BeforeValidator(AutoOrCount(0, 256))]
+InferenceWorkers = Annotated[Literal["auto"] | int, BeforeValidator(AutoOrCount(1, 16))]
 
 
 def usable_cores() -> int:
@@ -56,13 +86,15 @@ class Settings(BaseSettings):
         description="ONNX Runtime execution provider: 'auto' takes CUDA when onnxruntime-gpu "
         "and a GPU are present, else CPU; 'cuda' fails at start-up without them.",
     )
-    intra_op_threads: int = Field(
-        1,
-        ge=0,
-        le=256,
-        description="ONNX Runtime intra-op threads per session (0 = ORT default: one per core). "
-        "1 by default: every model version has its own session and pool, and batches already "
-        "run on their own inference threads, so more threads per session fight over the cores.",
+    intra_op_threads: IntraOpThreads = Field(
+        AUTO,
+        description="ONNX Runtime intra-op threads per session (0 = ORT default: one per "
+        "core). 'auto' chooses per model version at load from its batch-1 call, timed on 1 "
+        "thread and on every core this process may use (cores / workers): a model that takes at "
+        "least 0.5 ms and runs at least 1.25x faster on every core gets them all (a lone "
+        "request and each batch use the whole machine); any other gets 1 thread and runs its "
+        "batches side by side (inference_workers). GET /models shows each version's choice and "
+        "why.",
     )
     intra_op_spinning: bool = Field(
         False,
@@ -70,11 +102,12 @@ class Settings(BaseSettings):
         "default). Off by default: spinning pools of many sessions burn the cores the event "
         "loop and the other models need; on only helps one big model on dedicated cores.",
     )
-    inference_workers: int = Field(
-        1,
-        ge=1,
-        le=16,
-        description="Batches run at the same time per model (its inference threads).",
+    inference_workers: InferenceWorkers = Field(
+        AUTO,
+        description="Batches run at the same time per model version (its inference threads). "
+        "'auto' gives each version its share of the cores this process may use (cores / workers "
+        "/ versions served, at least 1) divided by its intra-op threads: 1 for a model that "
+        "takes every core per call, up to the cores for a one-thread model.",
     )
     inline_inference_max_ms: float = Field(
         2.0,

@@ -118,11 +118,14 @@ class OnnxModel:
         result: np.ndarray = self.session.run([self.output_name], {self.input_name: batch})[0]
         return result
 
-    def batch1_seconds(self, runs: int = 10) -> float:
-        """Median wall time of a batch-1 call, measured here (decides inline inference)."""
+    def batch1_seconds(self, runs: int = 10, pause_s: float = 0.0) -> float:
+        """Median wall time of a batch-1 call, measured here (decides inline inference and the
+        thread layout); with ``pause_s``, each call follows that long idle, as a lone request."""
         x = np.zeros((1, *self.item_shape), dtype=self.dtype)
         times = []
         for _ in range(runs):
+            if pause_s:
+                time.sleep(pause_s)
             t0 = time.perf_counter()
             self(x)
             times.append(time.perf_counter() - t0)

@@ -225,6 +225,20 @@ class ServiceMetrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.intra_op_threads = Gauge(
+            f"{PREFIX}_model_intra_op_threads",
+            "ONNX Runtime intra-op threads of the version's session (chosen at load or set).",
+            MODEL_LABELS,
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.inference_workers = Gauge(
+            f"{PREFIX}_model_inference_workers",
+            "Batches the version runs at the same time (chosen at load or set).",
+            MODEL_LABELS,
+            multiprocess_mode="livemax",
+            registry=r,
+        )
 
     @property
     def multiprocess(self) -> bool:

@@ -24,6 +24,7 @@ from service.contract.model_card import (
     version_dirs,
 )
 from service.inference.batcher import BatchObserver, DynamicBatcher
+from service.inference.layout import open_with_layout
 from service.inference.session import OnnxModel, choose_provider
 from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
 from service.repository.registry import Arrivals, LoadFailure, ServedModel
@@ -128,6 +129,7 @@ class ModelLoader:
             else:
                 servable[version] = checked
         policy = self.settings.policy_for(card.name)
+        served_versions = planned_versions(self.settings)
         for version in select_versions(policy, list(servable)):
             vcard, path = servable[version]
             try:
@@ -136,6 +138,7 @@ class ModelLoader:
                     version,
                     path,
                     self.provider,
+                    served_versions,
                     self.settings,
                     self.metrics,
                     self.arrivals,
@@ -146,6 +149,17 @@ class ModelLoader:
             except Exception as exc:  # ORT refusing to run a graph it loaded, and the like
                 failed(card.name, version, f"{path}: {type(exc).__name__}: {exc}")
         return versions, failures
+
+
+def planned_versions(settings: Settings) -> int:
+    """How many versions the repository's folders and version policies serve (at least 1): the
+    versions that share the cores, counted without reading or verifying a file."""
+    count = 0
+    for model_dir in model_dirs(settings.model_repository):
+        count += len(
+            select_versions(settings.policy_for(model_dir.name), list(version_dirs(model_dir)))
+        )
+    return max(1, count)
 
 
 def verify_repository(settings: Settings) -> list[LoadFailure]:
@@ -227,16 +241,15 @@ def _serve(
     version: int,
     path: Path,
     provider: str,
+    served_versions: int,
     settings: Settings,
     metrics: ServiceMetrics,
     arrivals: Arrivals,
     in_progress: Callable[[], int] | None,
 ) -> ServedModel:
-    """Load one version, warm it up and give it a batcher and its metrics."""
+    """Load one version with its thread layout, warm it up, give it a batcher and its metrics."""
     t0 = time.perf_counter()
-    runtime = OnnxModel(
-        path, card, provider, settings.intra_op_threads, spinning=settings.intra_op_spinning
-    )
+    runtime, layout = open_with_layout(path, card, provider, settings, served_versions)
     label_version = str(version)
 
     batcher = DynamicBatcher(
@@ -246,7 +259,7 @@ def _serve(
         max_queue_size=settings.max_queue_size,
         timeout_s=settings.request_timeout_ms / 1000.0,
         batching=settings.batching,
-        workers=settings.inference_workers,
+        workers=layout.inference_workers,
         retry_after_s=settings.retry_after_s,
         name=f"{card.name}:{version}",
         observer=_MetricsObserver(metrics, card.name, label_version),
@@ -260,9 +273,9 @@ def _serve(
         batcher,
         ModelRequestMetrics(metrics, card.name, label_version),
         window=LatencyWindow(settings.latency_window),
+        layout=layout,
     )
-    runtime.warm_up(settings.warmup_runs)
-    batch1_ms = runtime.batch1_seconds() * 1000.0
+    batch1_ms = runtime.batch1_seconds() * 1000.0  # the session that serves, warm
     batcher.inline = batch1_ms <= settings.inline_inference_max_ms
     served.batch1_ms = batch1_ms
     served.ready = True
@@ -279,14 +292,18 @@ def _serve(
     metrics.in_flight.labels(*labels).set(0)
     metrics.model_params.labels(*labels).set(card.params)
     metrics.model_macs.labels(*labels).set(card.macs)
+    metrics.intra_op_threads.labels(*labels).set(layout.intra_op_threads)
+    metrics.inference_workers.labels(*labels).set(layout.inference_workers)
     if card.version == version:
         metrics.model_top1.labels(*labels).set(card.metrics.top1)
         if card.metrics.teacher_agreement is not None:
             metrics.offline_agreement.labels(*labels).set(card.metrics.teacher_agreement)
     metrics.model_ready.labels(*labels).set(1)
     log.info(
-        "loaded %s:%d on %s in %.0f ms (batch 1: %.3f ms%s)", card.name, version,
-        runtime.provider, (time.perf_counter() - t0) * 1000, batch1_ms,
-        ", lone requests inline" if batcher.inline else "",
+        "loaded %s:%d on %s in %.0f ms (batch 1: %.3f ms%s; %d intra-op thread(s), %d inference "
+        "worker(s): %s)", card.name, version, runtime.provider,
+        (time.perf_counter() - t0) * 1000, batch1_ms,
+        ", lone requests inline" if batcher.inline else "", layout.intra_op_threads,
+        layout.inference_workers, layout.reason,
     )  # fmt: skip
     return served

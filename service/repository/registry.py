@@ -18,6 +18,7 @@ from service.contract.model_card import (
 )
 from service.errors import BadRequest, NotFound, Unavailable
 from service.inference.batcher import DynamicBatcher
+from service.inference.layout import Layout
 from service.inference.session import OnnxModel
 from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
 from service.repository.agreement import AgreementSampler
@@ -60,6 +61,7 @@ class ServedModel:
     active: int = 0  # requests that resolved this version and are not answered yet
     batch1_ms: float = 0.0  # a batch-1 call measured at load: the router's figure before traffic
     window: LatencyWindow = field(default_factory=LatencyWindow)  # recent end-to-end latencies
+    layout: Layout | None = None  # threads and inference workers chosen at load, and why
 
     @property
     def name(self) -> str:
@@ -99,6 +101,7 @@ class ServedModel:
             },
             "live": self.live_latency_ms(),
             "routing": self.routing_figures(),
+            "layout": self.layout.describe() if self.layout else None,
         }
 
 

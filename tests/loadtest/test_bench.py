@@ -39,6 +39,12 @@ def test_quick_sweep_writes_csv_plots_and_ratios(digits_repo: Path, tmp_path: Pa
             ratio, float(row["throughput_rps"]) / float(row["raw_images_per_s"]), rel_tol=1e-2
         )
         assert 0 < float(row["top1"]) <= 1
+        # The machine's best over thread layouts and batch sizes bounds every batch size's best.
+        best = float(row["raw_best_images_per_s"])
+        assert best >= float(row["raw_images_per_s"]) and ", batch " in row["raw_best_layout"]
+        assert math.isclose(
+            float(row["served_over_best"]), float(row["throughput_rps"]) / best, rel_tol=1e-2
+        )
         assert int(row["raw_batch_size"]) == (
             int(row["concurrency"]) if row["batching"] == "on" else 1
         )
@@ -56,6 +62,7 @@ def test_quick_sweep_writes_csv_plots_and_ratios(digits_repo: Path, tmp_path: Pa
         with Image.open(tmp_path / f"{name}.png") as png:
             assert png.format == "PNG" and png.size[0] >= 400
     assert "served/raw" in proc.stdout and "machine:" in proc.stdout
+    assert proc.stdout.count("raw best: ") >= 2  # one per model, naming the winning layout
     replot = run_module(
         "loadtest.plots", str(tmp_path / "again"), str(tmp_path / "bench.csv"), timeout=60
     )

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from loadtest.served_vs_raw import RawOrt, Row, Server, pick_model, report, sample_png
+from loadtest.raw import RawCeiling, RawCell, RawLayout, RawResult
+from loadtest.served_vs_raw import (
+    RawOrt,
+    Row,
+    Server,
+    pick_model,
+    raw_rows,
+    report,
+    sample_png,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,6 +50,32 @@ def test_report_verdicts_follow_the_targets(digits_repo: Path) -> None:
     assert "p50 +1.40 ms over raw batch-1 (target <= 1.5 ms: met)" in text
     assert "load average 1.0 before, 2.0 after" in text
     assert "| batching on | 64 | 690 | 90.00 | 99.00 | 40.0 | 0 |" in text
+
+
+def test_verdicts_compare_with_the_raw_best_when_searched(digits_repo: Path) -> None:
+    card, _ = pick_model(digits_repo, None)
+    lone, wide = RawLayout(1, 2, 1), RawLayout(2, 1, 2)
+    best = RawCeiling(
+        (
+            RawCell(lone, RawResult(1, 1000.0, 1.0, 2.0, 1.2)),
+            RawCell(wide, RawResult(1, 1150.0, 1.3, 2.0)),
+            RawCell(lone, RawResult(32, 900.0, 35.0, 40.0)),
+            RawCell(wide, RawResult(32, 1200.0, 50.0, 60.0)),
+            RawCell(wide, RawResult(64, 1100.0, 110.0, 120.0)),
+        )
+    )
+    rows = [
+        *raw_rows(best, [1, 64]),
+        Row("batching on", 1, 500.0, 2.4, 3.0, 1.0),
+        Row("batching on", 64, 900.0, 90.0, 99.0, 40.0),
+    ]
+    text = report(card, "auto", rows, None, best=best)
+    assert "raw best: 2 sessions x 1 thread, batch 32, 1,200 img/s" in text
+    assert "75.0% of the raw best (2 sessions x 1 thread, batch 32, 1,200 img/s)" in text
+    assert "(target >= 70%: met)" in text
+    assert "p50 +1.40 ms over the best lone raw batch-1 call (1 session x 2 threads" in text
+    assert "| raw ORT | 64 | 1,100 | 110.00 | 120.00 | 64.0 | 0 |" in text
+    assert "service intra-op threads auto" in text
 
 
 @pytest.mark.slow

@@ -133,7 +133,7 @@ def test_io_binding_path_gives_the_plain_run_results(digits_repo: Path) -> None:
     assert bound(x).shape == (5, 10)
 
 
-def test_sessions_default_to_one_thread_that_does_not_spin(
+def test_tiny_models_get_one_thread_that_does_not_spin_by_default(
     make_settings: Callable[..., Settings],
 ) -> None:
     spin = "session.intra_op.allow_spinning"

@@ -53,6 +53,23 @@ def test_invalid_settings_fail_at_start_up(
         Settings(model_repository=tmp_path, **overrides)  # type: ignore[arg-type]
 
 
+def test_thread_settings_are_auto_by_default_and_explicit_counts_win(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    s = Settings(model_repository=tmp_path)
+    assert (s.intra_op_threads, s.inference_workers) == ("auto", "auto")
+    monkeypatch.setenv("ROCKETSERVE_INTRA_OP_THREADS", "0")
+    monkeypatch.setenv("ROCKETSERVE_INFERENCE_WORKERS", " 4 ")
+    s = Settings(model_repository=tmp_path)
+    assert (s.intra_op_threads, s.inference_workers) == (0, 4)
+    monkeypatch.setenv("ROCKETSERVE_INTRA_OP_THREADS", "AUTO")
+    assert Settings(model_repository=tmp_path).intra_op_threads == "auto"
+    for bad in ("-1", "257", "2.5", "true", ""):
+        monkeypatch.setenv("ROCKETSERVE_INTRA_OP_THREADS", bad)
+        with pytest.raises(ValidationError, match="must be 'auto' or an integer from 0 to 256"):
+            Settings(model_repository=tmp_path)
+
+
 def test_batching_off_allows_requests_bigger_than_a_batch(tmp_path: Path) -> None:
     s = Settings(model_repository=tmp_path, batching=False, max_batch_size=1)
     assert s.max_inputs_per_request == 32
@@ -66,6 +83,11 @@ def test_batching_off_allows_requests_bigger_than_a_batch(tmp_path: Path) -> Non
         (["--model-repository", "/does/not/exist"], "folder does not exist"),
         (["--model-repository", ".", "--workers", "0"], "ROCKETSERVE_WORKERS"),
         (["--model-repository", ".", "--port", "70000"], "ROCKETSERVE_PORT"),
+        (
+            ["--model-repository", ".", "--intra-op-threads", "many"],
+            "ROCKETSERVE_INTRA_OP_THREADS: Value error, must be 'auto' or an integer from 0 to 256",
+        ),
+        (["--model-repository", ".", "--inference-workers", "0"], "ROCKETSERVE_INFERENCE_WORKERS"),
     ],
 )
 def test_cli_errors_are_one_line_with_non_zero_exit(

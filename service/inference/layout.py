@@ -1,0 +1,153 @@
+"""Thread layout of a model version (ORT intra-op threads, inference workers), chosen at load.
+
+The rule (``choose_layout``), for one version on a CPU, where ``cores`` is what this process may
+use (its affinity mask divided by the worker processes) and ``versions`` how many versions the
+repository serves:
+
+* Time a batch-1 call on a 1-thread session, each call after a short pause as a lone request
+  finds the model. Under ``SMALL_MS`` the model is *small* without more ado: waking a second
+  thread costs about what splitting so short a call could save.
+* Otherwise time it on a session with every core. At least ``SPEEDUP`` times faster: the model
+  is *big* and keeps every core with one batch at a time, so a lone request and each batch under
+  load use the whole machine (a second batch at once would only split the same cores). Less: it
+  is *small*.
+* A small model gets 1 thread and runs up to its share of the cores (cores // versions, at least
+  1) batches side by side, so concurrent batches fill the machine without a pool per batch.
+
+Only batch 1 is timed: a batch of N gives ORT's kernels N times the work to split, so it
+usually splits at least as well as a lone call (a big model uses every core under load too), and
+a model that does not gain still fills the cores under load with side-by-side batches; timing
+batch N would cost start-up (~0.1 s a call for the fp32 WRN-40-2 teacher at 32) without changing
+the choice. The extra cost of the
+rule at start-up: ten paused batch-1 calls, plus, for a model over ``SMALL_MS`` on several cores,
+a second session with its warm-up (the loser is dropped). Explicit settings always win; the
+other half of the layout is then derived from them. On CUDA the GPU runs the batches: 1 thread,
+1 batch at a time, unless set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.contract.model_card import ModelCard
+from service.inference.session import CUDA, OnnxModel
+from service.settings import AUTO, Settings, usable_cores
+
+SPEEDUP = 1.25  # batch 1 on every core must be this much faster than on 1 thread
+SMALL_MS = 0.5  # a batch-1 call shorter than this on 1 thread stays on 1 thread
+PROBE_RUNS = 10
+PROBE_PAUSE_S = 0.001  # long enough for ORT's non-spinning threads to go back to sleep
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one model version uses the cores, where the choice came from, and why."""
+
+    intra_op_threads: int
+    inference_workers: int
+    source: str  # "auto" (chosen here, in part or whole) or "settings" (both given)
+    reason: str
+
+    def describe(self) -> dict[str, Any]:
+        """The layout as /models shows it."""
+        return {
+            "intra_op_threads": self.intra_op_threads,
+            "inference_workers": self.inference_workers,
+            "source": self.source,
+            "reason": self.reason,
+        }
+
+
+def process_cores(processes: int) -> int:
+    """The cores one of ``processes`` worker processes may count on (at least 1)."""
+    return max(1, usable_cores() // max(1, processes))
+
+
+def _batches(workers: int) -> str:
+    return "one batch at a time" if workers == 1 else f"{workers} batches at a time"
+
+
+def choose_layout(
+    cores: int,
+    versions: int,
+    threads: int | str,
+    workers: int | str,
+    lone_ms: Callable[[int], float],
+    gpu: bool = False,
+) -> Layout:
+    """The layout of one version (see the module's docstring for the rule).
+
+    ``threads`` and ``workers`` are the settings ('auto' or a count; 0 threads is ORT's default,
+    one per core); ``lone_ms(n)`` times a lone batch-1 call on an ``n``-thread session, and is
+    called only when the choice needs it.
+    """
+    share = max(1, cores // max(1, versions))  # this version's cores when all are busy
+    source = "settings" if threads != AUTO and workers != AUTO else AUTO
+    set_workers = None if workers == AUTO else int(workers)
+    given = "" if set_workers is None else f", inference_workers={set_workers} from the settings"
+
+    def workers_for(n_threads: int) -> int:
+        if set_workers is not None:
+            return set_workers
+        return max(1, share // (cores if n_threads == 0 else n_threads))
+
+    if threads != AUTO:
+        n = int(threads)
+        if set_workers is None:
+            why = f"intra_op_threads={n} from the settings; {_batches(workers_for(n))}"
+        else:
+            why = f"intra_op_threads={n} and inference_workers={set_workers} from the settings"
+        return Layout(n, workers_for(n), source, why)
+    if gpu:
+        return Layout(1, set_workers or 1, source, f"CUDA runs the batches{given}")
+    small = "1 thread"
+    if set_workers is None:
+        small += f" per call, {_batches(workers_for(1))} ({cores} cores / {versions} versions)"
+    # Every core per call, or as many as leave each of the set workers its own.
+    wide = cores if set_workers is None else max(1, cores // set_workers)
+    if wide == 1:
+        why = f"{cores} core(s) for this process: {small}{given}"
+        return Layout(1, workers_for(1), source, why)
+    one = lone_ms(1)
+    if one < SMALL_MS:
+        why = f"batch 1 takes {one:.2f} ms on 1 thread: small model, {small}{given}"
+        return Layout(1, workers_for(1), source, why)
+    many = lone_ms(wide)
+    timed = f"batch 1 takes {one:.2f} ms on 1 thread, {many:.2f} ms on {wide}"
+    if one >= SPEEDUP * many:
+        big = "every core per call" if set_workers is None else f"{wide} threads per call"
+        return Layout(wide, workers_for(wide), source, f"{timed}: big model, {big}{given}")
+    why = f"{timed}: more threads do not pay, {small}{given}"
+    return Layout(1, workers_for(1), source, why)
+
+
+def open_with_layout(
+    path: Path, card: ModelCard, provider: str, settings: Settings, versions: int
+) -> tuple[OnnxModel, Layout]:
+    """The version's warm session, opened with the layout chosen for it, and that layout."""
+    sessions: dict[int, OnnxModel] = {}
+
+    def session(threads: int) -> OnnxModel:
+        if threads not in sessions:
+            model = OnnxModel(path, card, provider, threads, spinning=settings.intra_op_spinning)
+            model.warm_up(settings.warmup_runs)
+            sessions[threads] = model
+        return sessions[threads]
+
+    def lone_ms(threads: int) -> float:
+        return session(threads).batch1_seconds(PROBE_RUNS, PROBE_PAUSE_S) * 1000.0
+
+    layout = choose_layout(
+        process_cores(settings.workers),
+        versions,
+        settings.intra_op_threads,
+        settings.inference_workers,
+        lone_ms,
+        gpu=provider == CUDA,
+    )
+    runtime = session(layout.intra_op_threads)
+    sessions.clear()  # the probe's other session, if any, is released here
+    return runtime, layout

@@ -1,0 +1,145 @@
+"""Thread layout per model version: the decision rule at both ends, settings, /models, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.inference.layout import SMALL_MS, SPEEDUP, Layout, choose_layout
+from service.observability.metrics import ServiceMetrics
+from service.repository.loading import planned_versions
+from service.repository.registry import ModelRegistry
+from service.settings import Settings
+from tests.support.server import running_service
+
+AUTO = "auto"
+
+
+class Timings:
+    """A fake model: batch-1 ms per thread count, and which counts were timed."""
+
+    def __init__(self, ms: dict[int, float]) -> None:
+        self.ms = ms
+        self.timed: list[int] = []
+
+    def __call__(self, threads: int) -> float:
+        self.timed.append(threads)
+        return self.ms[threads]
+
+
+def never(threads: int) -> float:
+    raise AssertionError(f"timed on {threads} thread(s) though the choice needs no timing")
+
+
+# The fp32 WRN-40-2 teacher and the int8 WRN-16-1 student on this project's 2-core VM.
+TEACHER = {1: 2.9, 2: 1.6, 4: 0.9, 8: 0.6, 16: 0.45}
+STUDENT = {1: 0.3, 2: 0.28, 4: 0.3, 8: 0.35, 16: 0.4}
+MEDIUM = {1: 1.0, 2: 0.95, 4: 0.9, 8: 0.9}  # over SMALL_MS, but more threads do not pay
+
+
+@pytest.mark.parametrize("cores", [2, 4, 8])
+def test_a_big_model_takes_every_core_per_call_one_batch_at_a_time(cores: int) -> None:
+    timings = Timings(TEACHER)
+    layout = choose_layout(cores, 1, AUTO, AUTO, timings)
+    assert (layout.intra_op_threads, layout.inference_workers) == (cores, 1)
+    assert layout.source == "auto" and timings.timed == [1, cores]
+    assert "big model, every core per call" in layout.reason
+    assert f"{TEACHER[1]:.2f} ms on 1 thread, {TEACHER[cores]:.2f} ms on {cores}" in layout.reason
+
+
+@pytest.mark.parametrize("cores", [2, 4, 8])
+def test_a_small_model_keeps_one_thread_and_runs_batches_side_by_side(cores: int) -> None:
+    timings = Timings(STUDENT)
+    layout = choose_layout(cores, 1, AUTO, AUTO, timings)
+    assert (layout.intra_op_threads, layout.inference_workers) == (1, cores)
+    assert timings.timed == [1]  # under SMALL_MS: no second session is opened
+    assert "small model" in layout.reason and f"{cores} batches at a time" in layout.reason
+    assert STUDENT[1] < SMALL_MS
+
+
+def test_a_model_that_gains_too_little_from_threads_keeps_one() -> None:
+    timings = Timings(MEDIUM)
+    layout = choose_layout(4, 1, AUTO, AUTO, timings)
+    assert (layout.intra_op_threads, layout.inference_workers) == (1, 4)
+    assert timings.timed == [1, 4] and "more threads do not pay" in layout.reason
+    assert MEDIUM[1] < SPEEDUP * MEDIUM[4]
+
+
+def test_one_core_needs_no_timing() -> None:
+    layout = choose_layout(1, 1, AUTO, AUTO, never)
+    assert (layout.intra_op_threads, layout.inference_workers) == (1, 1)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4, 16])
+@pytest.mark.parametrize("versions", [1, 2, 3, 11, 40])
+def test_many_models_do_not_oversubscribe_the_cores(cores: int, versions: int) -> None:
+    """No version keeps more threads busy than there are cores, and the batches all versions
+    can run at once stay within the cores (or one per version, when they outnumber them)."""
+    small = [choose_layout(cores, versions, AUTO, AUTO, Timings(STUDENT)) for _ in range(versions)]
+    big = choose_layout(cores, versions, AUTO, AUTO, Timings(TEACHER))
+    for layout in [*small, big]:
+        assert layout.intra_op_threads * layout.inference_workers <= cores
+    assert sum(layout.inference_workers for layout in small) <= max(cores, versions)
+    # A lone request to a big model finds the other models idle: it still gets every core.
+    assert big.intra_op_threads == cores and big.inference_workers == 1
+
+
+def test_explicit_settings_win() -> None:
+    both = choose_layout(4, 1, 1, 3, never)
+    assert (both.intra_op_threads, both.inference_workers, both.source) == (1, 3, "settings")
+    assert "from the settings" in both.reason
+    threads = choose_layout(4, 1, 2, AUTO, never)  # workers derived: 4 cores / 2 threads
+    assert (threads.intra_op_threads, threads.inference_workers, threads.source) == (2, 2, "auto")
+    ort_default = choose_layout(4, 1, 0, AUTO, never)  # 0: ORT's one thread per core
+    assert (ort_default.intra_op_threads, ort_default.inference_workers) == (0, 1)
+    # Workers set, threads auto: a big model gets the cores left to each worker.
+    timings = Timings(TEACHER)
+    workers = choose_layout(8, 1, AUTO, 2, timings)
+    assert (workers.intra_op_threads, workers.inference_workers) == (4, 2)
+    assert timings.timed == [1, 4] and "inference_workers=2 from the settings" in workers.reason
+    assert choose_layout(2, 1, AUTO, 2, never).intra_op_threads == 1
+
+
+def test_cuda_runs_one_batch_at_a_time_on_one_cpu_thread() -> None:
+    layout = choose_layout(8, 1, AUTO, AUTO, never, gpu=True)
+    assert (layout.intra_op_threads, layout.inference_workers) == (1, 1)
+
+
+def test_versions_are_counted_by_policy_without_loading(
+    make_settings: Callable[..., Settings],
+) -> None:
+    assert planned_versions(make_settings(version_policy="all")) == 3
+    assert planned_versions(make_settings(version_policy="latest:1")) == 2
+
+
+def test_the_served_session_has_the_chosen_threads(make_settings: Callable[..., Settings]) -> None:
+    registry = ModelRegistry.load(make_settings(), ServiceMetrics())
+    for served in registry.all():
+        assert isinstance(served.layout, Layout) and served.layout.source == "auto"
+        opts = served.runtime.session.get_session_options()
+        assert opts.intra_op_num_threads == served.layout.intra_op_threads
+        assert served.batch1_ms > 0
+
+
+@pytest.mark.timeout(120)
+def test_models_and_metrics_show_each_versions_layout(digits_repo: Path) -> None:
+    with running_service(digits_repo) as (url, _):
+        models = httpx.get(url + "/models", timeout=30).json()["models"]
+        metrics = httpx.get(url + "/metrics", timeout=30).text
+    for model in models:
+        layout = model["versions"][0]["layout"]
+        assert layout["source"] == "auto" and layout["reason"]
+        assert layout["intra_op_threads"] >= 1 and layout["inference_workers"] >= 1
+        labels = f'model="{model["name"]}",version="{model["versions"][0]["version"]}"'
+        threads = f"rocketserve_model_intra_op_threads{{{labels}}} "
+        assert f"{threads}{float(layout['intra_op_threads'])}" in metrics
+    env = {"ROCKETSERVE_INTRA_OP_THREADS": "2", "ROCKETSERVE_INFERENCE_WORKERS": "3"}
+    with running_service(digits_repo, env) as (url, _):
+        models = httpx.get(url + "/models", timeout=30).json()["models"]
+    for model in models:
+        layout = model["versions"][0]["layout"]
+        assert (layout["intra_op_threads"], layout["inference_workers"]) == (2, 3)
+        assert layout["source"] == "settings"
