@@ -105,9 +105,10 @@ class Settings(BaseSettings):
     inference_workers: InferenceWorkers = Field(
         AUTO,
         description="Batches run at the same time per model version (its inference threads). "
-        "'auto' gives each version its share of the cores this process may use (cores / workers "
-        "/ versions served, at least 1) divided by its intra-op threads: 1 for a model that "
-        "takes every core per call, up to the cores for a one-thread model.",
+        "'auto': the cores this process may use (cores / workers) divided by the version's "
+        "intra-op threads: 1 for a model that takes every core per call, every core for a "
+        "one-thread model. However many versions are busy, their batches together hold at most "
+        "the process's cores at once (a shared, fair core budget).",
     )
     inline_inference_max_ms: float = Field(
         2.0,

@@ -34,6 +34,7 @@ from service.errors import (
     ServiceError,
     Unavailable,
 )
+from service.inference.cores import CoreBudget
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ class DynamicBatcher:
         arrivals: Callable[[], int] | None = None,
         inline: bool = False,
         in_progress: Callable[[], int] | None = None,
+        cores: CoreBudget | None = None,
+        core_weight: int = 1,
     ) -> None:
         """``arrivals`` (optional) counts requests still being read or decoded that may join a
         batch; when it is 0 a partial batch starts at once instead of waiting for the delay, so a
@@ -107,6 +110,9 @@ class DynamicBatcher:
         model whose call is shorter than those two thread wake-ups this is faster and cheaper.
         ``in_progress`` (optional) counts the requests the HTTP server holds, the caller's
         included: inline only when it is exactly 1 (0 means not known: batched, to be safe).
+        ``cores`` (optional): the process's core budget; each batch holds ``core_weight`` of it
+        (its session's intra-op threads) while it runs, so the batches of all models together
+        do not oversubscribe the cores.
         """
         if max_batch_size < 1 or max_queue_size < 1 or workers < 1:
             raise ValueError("max_batch_size, max_queue_size and workers must be positive")
@@ -132,6 +138,8 @@ class DynamicBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inline = inline
         self._in_progress = in_progress
+        self._cores = cores
+        self._core_weight = core_weight
 
     @property
     def queue_depth(self) -> int:
@@ -398,7 +406,12 @@ class DynamicBatcher:
         t0 = time.perf_counter()
         try:
             x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
-            out = self._model(x)
+            if self._cores is None:
+                out = self._model(x)
+            else:
+                with self._cores.hold(self._core_weight):
+                    t0 = time.perf_counter()  # inference time: not the wait for the cores
+                    out = self._model(x)
             if len(out) != len(x):
                 raise InferenceFailed(
                     f"model {self._name!r} returned {len(out)} rows for a batch of {len(x)} inputs"

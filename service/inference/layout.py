@@ -1,8 +1,7 @@
 """Thread layout of a model version (ORT intra-op threads, inference workers), chosen at load.
 
 The rule (``choose_layout``), for one version on a CPU, where ``cores`` is what this process may
-use (its affinity mask divided by the worker processes) and ``versions`` how many versions the
-repository serves:
+use (its affinity mask divided by the worker processes):
 
 * Time a batch-1 call on a 1-thread session, each call after a short pause as a lone request
   finds the model. Under ``SMALL_MS`` the model is *small* without more ado: waking a second
@@ -11,8 +10,10 @@ repository serves:
   is *big* and keeps every core with one batch at a time, so a lone request and each batch under
   load use the whole machine (a second batch at once would only split the same cores). Less: it
   is *small*.
-* A small model gets 1 thread and runs up to its share of the cores (cores // versions, at least
-  1) batches side by side, so concurrent batches fill the machine without a pool per batch.
+* A small model gets 1 thread and runs up to ``cores`` batches side by side, so that one busy
+  model fills the machine without a pool per batch. Many busy models do not oversubscribe it:
+  every batch of every model holds its threads' worth of the process's ``CoreBudget`` while it
+  runs (service/inference/cores.py).
 
 Only batch 1 is timed: a batch of N gives ORT's kernels N times the work to split, so it
 usually splits at least as well as a lone call (a big model uses every core under load too), and
@@ -72,7 +73,6 @@ def _batches(workers: int) -> str:
 
 def choose_layout(
     cores: int,
-    versions: int,
     threads: int | str,
     workers: int | str,
     lone_ms: Callable[[int], float],
@@ -84,7 +84,6 @@ def choose_layout(
     one per core); ``lone_ms(n)`` times a lone batch-1 call on an ``n``-thread session, and is
     called only when the choice needs it.
     """
-    share = max(1, cores // max(1, versions))  # this version's cores when all are busy
     source = "settings" if threads != AUTO and workers != AUTO else AUTO
     set_workers = None if workers == AUTO else int(workers)
     given = "" if set_workers is None else f", inference_workers={set_workers} from the settings"
@@ -92,7 +91,7 @@ def choose_layout(
     def workers_for(n_threads: int) -> int:
         if set_workers is not None:
             return set_workers
-        return max(1, share // (cores if n_threads == 0 else n_threads))
+        return max(1, cores // (cores if n_threads == 0 else n_threads))
 
     if threads != AUTO:
         n = int(threads)
@@ -105,7 +104,7 @@ def choose_layout(
         return Layout(1, set_workers or 1, source, f"CUDA runs the batches{given}")
     small = "1 thread"
     if set_workers is None:
-        small += f" per call, {_batches(workers_for(1))} ({cores} cores / {versions} versions)"
+        small += f" per call, {_batches(workers_for(1))}"
     # Every core per call, or as many as leave each of the set workers its own.
     wide = cores if set_workers is None else max(1, cores // set_workers)
     if wide == 1:
@@ -125,7 +124,7 @@ def choose_layout(
 
 
 def open_with_layout(
-    path: Path, card: ModelCard, provider: str, settings: Settings, versions: int
+    path: Path, card: ModelCard, provider: str, settings: Settings
 ) -> tuple[OnnxModel, Layout]:
     """The version's warm session, opened with the layout chosen for it, and that layout."""
     sessions: dict[int, OnnxModel] = {}
@@ -142,7 +141,6 @@ def open_with_layout(
 
     layout = choose_layout(
         process_cores(settings.workers),
-        versions,
         settings.intra_op_threads,
         settings.inference_workers,
         lone_ms,

@@ -24,8 +24,9 @@ from service.contract.model_card import (
     version_dirs,
 )
 from service.inference.batcher import BatchObserver, DynamicBatcher
-from service.inference.layout import open_with_layout
-from service.inference.session import OnnxModel, choose_provider
+from service.inference.cores import CoreBudget
+from service.inference.layout import open_with_layout, process_cores
+from service.inference.session import CUDA, OnnxModel, choose_provider
 from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
 from service.repository.registry import Arrivals, LoadFailure, ServedModel
 from service.repository.routing import LatencyWindow
@@ -79,6 +80,8 @@ class ModelLoader:
         self.arrivals, self.in_progress = arrivals, in_progress
         self.provider = choose_provider(settings.provider)
         log.info("execution provider: %s", self.provider)
+        # One budget for every model this process serves (none on a GPU: it runs the batches).
+        self.cores = None if self.provider == CUDA else CoreBudget(process_cores(settings.workers))
 
     def load_all(self) -> tuple[dict[str, dict[int, ServedModel]], list[LoadFailure]]:
         """Every version of the repository that can be served, and the failures of the others."""
@@ -129,7 +132,6 @@ class ModelLoader:
             else:
                 servable[version] = checked
         policy = self.settings.policy_for(card.name)
-        served_versions = planned_versions(self.settings)
         for version in select_versions(policy, list(servable)):
             vcard, path = servable[version]
             try:
@@ -138,7 +140,7 @@ class ModelLoader:
                     version,
                     path,
                     self.provider,
-                    served_versions,
+                    self.cores,
                     self.settings,
                     self.metrics,
                     self.arrivals,
@@ -149,17 +151,6 @@ class ModelLoader:
             except Exception as exc:  # ORT refusing to run a graph it loaded, and the like
                 failed(card.name, version, f"{path}: {type(exc).__name__}: {exc}")
         return versions, failures
-
-
-def planned_versions(settings: Settings) -> int:
-    """How many versions the repository's folders and version policies serve (at least 1): the
-    versions that share the cores, counted without reading or verifying a file."""
-    count = 0
-    for model_dir in model_dirs(settings.model_repository):
-        count += len(
-            select_versions(settings.policy_for(model_dir.name), list(version_dirs(model_dir)))
-        )
-    return max(1, count)
 
 
 def verify_repository(settings: Settings) -> list[LoadFailure]:
@@ -241,7 +232,7 @@ def _serve(
     version: int,
     path: Path,
     provider: str,
-    served_versions: int,
+    cores: CoreBudget | None,
     settings: Settings,
     metrics: ServiceMetrics,
     arrivals: Arrivals,
@@ -249,7 +240,7 @@ def _serve(
 ) -> ServedModel:
     """Load one version with its thread layout, warm it up, give it a batcher and its metrics."""
     t0 = time.perf_counter()
-    runtime, layout = open_with_layout(path, card, provider, settings, served_versions)
+    runtime, layout = open_with_layout(path, card, provider, settings)
     label_version = str(version)
 
     batcher = DynamicBatcher(
@@ -260,6 +251,8 @@ def _serve(
         timeout_s=settings.request_timeout_ms / 1000.0,
         batching=settings.batching,
         workers=layout.inference_workers,
+        cores=cores,
+        core_weight=layout.intra_op_threads or (cores.cores if cores else 1),
         retry_after_s=settings.retry_after_s,
         name=f"{card.name}:{version}",
         observer=_MetricsObserver(metrics, card.name, label_version),
