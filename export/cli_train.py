@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from export.models import ARCHITECTURES
+from export.distill import METHODS
+from export.models import ARCHITECTURES, is_architecture
 
 # Flags that map one-to-one onto config keys; None means "not given" (the YAML/default stays).
 _OVERRIDES: list[tuple[str, str, Any, str]] = [
-    ("--method", "method", str, "baseline, kd, fitnet, mimic, rocket, rocket-kd"),
+    ("--method", "method", str, "baseline, kd, fitnet, fitnet-one-stage, mimic, rocket..."),
     ("--dataset", "dataset", str, "digits (default), cifar10 or imagefolder"),
     ("--data-dir", "data_dir", str, "data folder (cifar10 default: ../shared/datasets/cifar10)"),
     ("--cache-dir", "cache_dir", str, "decoded-image cache (default ~/.cache/rocketserve)"),
@@ -33,8 +34,10 @@ _OVERRIDES: list[tuple[str, str, Any, str]] = [
     ("--seed", "seed", int, "random seed"),
     ("--temperature", "temperature", float, "KD temperature T"),
     ("--alpha", "alpha", float, "KD weight alpha (1 - alpha on cross-entropy)"),
-    ("--hint-weight", "hint_weight", float, "FitNets hint-loss weight"),
-    ("--hint-layer", "hint_layer", int, "FitNets student stage index"),
+    ("--hint-weight", "hint_weight", float, "fitnet-one-stage: hint-loss weight"),
+    ("--hint-epochs", "hint_epochs", float, "fitnet: stage-1 (hint) epochs (default: epochs/4)"),
+    ("--hint-layer", "hint_layer", int, "FitNets student stage index (guided layer)"),
+    ("--teacher-hint-layer", "teacher_hint_layer", int, "FitNets teacher stage index (hint)"),
     ("--ce-weight", "ce_weight", float, "mimic: weight of an extra cross-entropy term"),
     ("--lambda", "lambda", float, "rocket hint weight lambda"),
     ("--sharing", "sharing", str, "rocket sharing: bottom, interval or none"),
@@ -48,7 +51,7 @@ _OVERRIDES: list[tuple[str, str, Any, str]] = [
     ("--recipe", "recipe", str, "one-line description of the recipe for the model card"),
 ]
 _CHOICES = {
-    "method": ["baseline", "kd", "fitnet", "mimic", "rocket", "rocket-kd"],
+    "method": list(METHODS),
     "dataset": ["digits", "cifar10", "imagefolder"],
     "optimizer": ["sgd", "adamw"],
     "schedule": ["onecycle", "cosine", "constant"],
@@ -65,6 +68,14 @@ _SWITCHES = [
     ("channels-last", "channels_last memory format (default: on for CPU)"),
     ("progress", "progress bar"),
 ]
+
+
+def _architecture(name: str) -> str:
+    if not is_architecture(name):
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is not an architecture ({', '.join(ARCHITECTURES)}...)"
+        )
+    return name
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -96,7 +107,7 @@ def train_config(args: argparse.Namespace) -> dict[str, Any]:
             config[flag.replace("-", "_")] = value
     if args.resume:
         config["resume"] = True
-    for key in ("epochs", "teacher_epochs"):
+    for key in ("epochs", "teacher_epochs", "hint_epochs"):
         value = config.get(key)
         if isinstance(value, float) and value.is_integer():
             config[key] = int(value)
@@ -161,7 +172,10 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
-    p.add_argument("--archs", nargs="*", choices=ARCHITECTURES, help="default: CIFAR ones")
+    p.add_argument(
+        "--archs", nargs="*", type=_architecture, help="default: the CIFAR ones (any name of "
+        "a family, e.g. wrn-28-2 or shallow-2-96)"
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per architecture")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -26,3 +26,21 @@ class HintRegressor(nn.Module):
 def hint_loss(regressed: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
     """Mean squared error between the regressed student feature and the (fixed) teacher hint."""
     return F.mse_loss(regressed, teacher_feature.detach())
+
+
+def hint_layers(
+    student_stages: int,
+    teacher_stages: int,
+    hint_layer: int | None = None,
+    teacher_hint_layer: int | None = None,
+) -> tuple[int, int]:
+    """(student guided stage, teacher hint stage): the middle student stage by default, and the
+    teacher stage at the same relative depth; a negative teacher index also means the default."""
+    guided = student_stages // 2 if hint_layer is None else hint_layer
+    if not 0 <= guided < student_stages:
+        raise ValueError(f"hint_layer must be in 0..{student_stages - 1}, got {guided}")
+    if teacher_hint_layer is None or teacher_hint_layer < 0:
+        teacher_hint_layer = round(guided * (teacher_stages - 1) / max(1, student_stages - 1))
+    if not 0 <= teacher_hint_layer < teacher_stages:
+        raise ValueError(f"teacher_hint_layer must be in 0..{teacher_stages - 1}")
+    return guided, teacher_hint_layer

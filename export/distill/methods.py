@@ -1,17 +1,24 @@
-"""The training methods: baseline, kd, fitnet, mimic, rocket, rocket-kd."""
+"""The training methods: baseline, kd, the FitNets stages, mimic, rocket, rocket-kd."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from export.distill.fitnet import HintRegressor, hint_loss
+from export.distill.fitnet import HintRegressor, hint_layers, hint_loss
 from export.distill.kd import KDLoss, kd_loss
 from export.distill.mimic import mimic_loss
 from export.distill.registry import DistillMethod, MethodContext, register
 from export.distill.rocket import RocketLoss
 from export.models.base import StagedNet
 from export.models.rocket import RocketNet
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 @register("baseline")
@@ -53,41 +60,107 @@ class KnowledgeDistillation(Baseline):
         return self.loss(logits, self.teacher_logits(x), y), logits
 
 
-@register("fitnet")
-class FitNet(Baseline):
-    """CE plus hint_weight * MSE(regressor(student layer), teacher hint layer)."""
+class HintedStudent(Baseline):
+    """A student with a FitNets regressor from its guided stage to the teacher's hint stage."""
 
     needs_teacher = True
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        stages = len(self.net.stages)
-        default = stages // 2
-        self.hint_layer = int(ctx.options.get("hint_layer", default))
-        teacher_layer = int(ctx.options.get("teacher_hint_layer", -1))
-        t_channels = self.teacher.stage_channels()
-        self.teacher_hint_layer = (
-            teacher_layer if teacher_layer >= 0 else round(self.hint_layer * (len(t_channels) - 1)
-                                                           / max(1, stages - 1))
-        )  # fmt: skip
-        if not 0 <= self.hint_layer < stages:
-            raise ValueError(f"hint_layer must be in 0..{stages - 1}, got {self.hint_layer}")
-        if not 0 <= self.teacher_hint_layer < len(t_channels):
-            raise ValueError(f"teacher_hint_layer must be in 0..{len(t_channels) - 1}")
-        self.regressor = HintRegressor(
-            self.net.stage_channels()[self.hint_layer], t_channels[self.teacher_hint_layer]
+        self.hint_layer, self.teacher_hint_layer = hint_layers(
+            len(self.net.stages),
+            len(self.teacher.stages),
+            _optional_int(ctx.options.get("hint_layer")),
+            _optional_int(ctx.options.get("teacher_hint_layer")),
         )
+        self.regressor = HintRegressor(
+            self.net.stage_channels()[self.hint_layer],
+            self.teacher.stage_channels()[self.teacher_hint_layer],
+        )
+
+    def hint_term(self, guided: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """MSE(regressor(student guided stage), teacher hint stage); the teacher runs only up to
+        its hint stage."""
+        teacher = self.teacher
+        with torch.no_grad():
+            hint = teacher.stem(x)
+            for stage in teacher.stages[: self.teacher_hint_layer + 1]:
+                hint = stage(hint)
+        return hint_loss(self.regressor(guided, tuple(hint.shape[-2:])), hint)
+
+
+@register("fitnet-one-stage")
+class FitNetOneStage(HintedStudent):
+    """CE plus hint_weight * hint loss, trained together in one stage."""
+
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
         self.hint_weight = float(ctx.options.get("hint_weight", 2.0))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CE + weighted hint loss."""
         logits, feats = self.net(x, return_features=True)
-        _, t_feats = self.teacher_logits(x, features=True)
-        hint_t = t_feats[self.teacher_hint_layer]
-        hint = hint_loss(self.regressor(feats[self.hint_layer], tuple(hint_t.shape[-2:])), hint_t)
+        hint = self.hint_term(feats[self.hint_layer], x)
         ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         self.last_terms = {"ce": ce.detach(), "hint": hint.detach()}
         return ce + self.hint_weight * hint, logits
+
+
+@register("fitnet-hints")
+class FitNetHintStage(HintedStudent):
+    """FitNets stage 1: the student's stem and stages up to the guided one, plus the regressor,
+    learn the hint loss alone; the stages above and the head stay frozen, in eval mode.
+
+    Run inside a ``fitnet`` run (its ``fitnet-hints/`` sub-run); on its own it delivers a
+    student whose upper layers are untrained.
+    """
+
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
+        for module in self.upper_layers():
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def upper_layers(self) -> list[nn.Module]:
+        """The student's stages above the guided one, and its head."""
+        return [*self.net.stages[self.hint_layer + 1 :], self.net.head]
+
+    def train(self, mode: bool = True) -> FitNetHintStage:
+        """Train mode, except that the frozen upper layers keep their batch-norm statistics."""
+        super().train(mode)
+        for module in self.upper_layers():
+            module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hint loss, and the logits of the student as it stands (for the log only)."""
+        h = self.net.stem(x)
+        for stage in self.net.stages[: self.hint_layer + 1]:
+            h = stage(h)
+        hint = self.hint_term(h, x)
+        with torch.no_grad():
+            upper = h.detach()
+            for stage in self.net.stages[self.hint_layer + 1 :]:
+                upper = stage(upper)
+            logits = self.net.head(upper)
+        self.last_terms = {"hint": hint.detach()}
+        return hint, logits
+
+
+@register("fitnet")
+class FitNet(KnowledgeDistillation):
+    """FitNets stage 2: KD of the whole student from the teacher, starting from the student that
+    stage 1 (``fitnet-hints``) trained, given as ``extras["hint_trained_student"]``."""
+
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
+        stage1 = ctx.extras.get("hint_trained_student")
+        if stage1 is None:
+            raise ValueError(
+                "fitnet starts from the student of its hint stage (fitnet-hints); run_training "
+                "trains it first, or use fitnet-one-stage"
+            )
+        self.net.load_state_dict(stage1.state_dict())
 
 
 @register("mimic")

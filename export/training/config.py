@@ -45,7 +45,8 @@ DEFAULTS: dict[str, Any] = {
     # method options
     "temperature": 4.0,
     "alpha": 0.9,
-    "hint_weight": 2.0,
+    "hint_weight": 2.0,  # fitnet-one-stage
+    "hint_epochs": None,  # fitnet: epochs of stage 1 (hints), part of epochs (default: a quarter)
     "hint_layer": None,
     "teacher_hint_layer": None,
     "ce_weight": 0.0,
@@ -97,7 +98,7 @@ _OPTIONAL_INT = (
     "stop_after",
     "threads",
 )
-_OPTIONAL_NUMBER = ("teacher_epochs",)
+_OPTIONAL_NUMBER = ("teacher_epochs", "hint_epochs")
 _OPTIONAL_BOOL = ("augment", "channels_last")
 _CHOICES = {
     "optimizer": ("sgd", "adamw"),
@@ -108,7 +109,8 @@ _CHOICES = {
     "precision": ("fp32", "bf16"),
 }
 ROCKET_METHODS = ("rocket", "rocket-kd")
-TEACHER_METHODS = ("kd", "fitnet", "mimic", "rocket-kd")
+TEACHER_METHODS = ("kd", "fitnet", "fitnet-one-stage", "fitnet-hints", "mimic", "rocket-kd")
+HINT_STAGE_FRACTION = 0.25  # fitnet's default share of the epochs spent on stage 1
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
@@ -159,7 +161,22 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {cfg['method']!r}")
     _check_ranges(cfg)
     _check_method(cfg)
+    if cfg["method"] == "fitnet":
+        cfg["hint_epochs"] = _hint_epochs(cfg)
     return cfg
+
+
+def _hint_epochs(cfg: dict[str, Any]) -> int | float:
+    """fitnet's stage-1 epochs: given, or a quarter of the run's; stage 2 gets the rest."""
+    hint = cfg["hint_epochs"]
+    if hint is None:
+        hint = cfg["epochs"] * HINT_STAGE_FRACTION
+    if not 0 < hint < cfg["epochs"]:
+        raise ConfigError(
+            f"hint_epochs must be in (0, epochs={cfg['epochs']}): stage 1 (hints) takes "
+            f"hint_epochs of the run's epochs and stage 2 (KD) the rest, got {hint!r}"
+        )
+    return int(hint) if float(hint).is_integer() else hint
 
 
 def _check_ranges(cfg: dict[str, Any]) -> None:

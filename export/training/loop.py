@@ -180,6 +180,7 @@ class Trainer:
                 method, find_unused_parameters=method.find_unused_parameters
             )
         self.state = LoopState()
+        self.epochs_run = 0  # by this process's run(), unlike state.epoch
 
     @property
     def checkpoint_path(self) -> Path:
@@ -226,10 +227,9 @@ class Trainer:
     def run(self, fingerprint: dict[str, Any]) -> bool:
         """Train until the budget is spent (True) or ``stop_after`` epochs were run (False)."""
         stop_after = self.cfg["stop_after"]
-        ran = 0
         spe = self.source.steps_per_epoch
         while self.state.epoch < self.num_epochs:
-            if stop_after is not None and ran >= stop_after:
+            if stop_after is not None and self.epochs_run >= stop_after:
                 return False
             epoch = self.state.epoch
             steps_left = self.total_steps - epoch * spe
@@ -246,7 +246,7 @@ class Trainer:
                     flush=True,
                 )
             self.save_checkpoint(fingerprint)
-            ran += 1
+            self.epochs_run += 1
         return True
 
     def _one_epoch(self, epoch: int, steps: int) -> dict[str, Any]:

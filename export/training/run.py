@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from export.training.runtime import (
 
 RESULT_FILENAME = "result.json"
 ARTIFACT_FILENAME = "trained.pt"
+HINT_STAGE_DIR = "fitnet-hints"  # fitnet's stage-1 sub-run
 
 
 @dataclass
@@ -50,7 +51,8 @@ class TrainResult:
     wall_time_s: float = 0.0
     out_dir: Path = Path(".")
     completed: bool = True
-    epochs_done: int = 0
+    epochs_done: int = 0  # epoch loops finished (of both stages for fitnet)
+    epochs_run: int = 0  # by this call (a finished run returned again ran none)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly dict (paths as strings)."""
@@ -62,6 +64,7 @@ class TrainResult:
             "out_dir": str(self.out_dir),
             "completed": self.completed,
             "epochs_done": self.epochs_done,
+            "epochs_run": self.epochs_run,
         }
 
 
@@ -74,8 +77,15 @@ def _recipe(cfg: dict[str, Any], augment: bool) -> str:
         f"{cfg['optimizer']}{momentum}{nesterov}, {cfg['schedule']} lr {cfg['lr']}, "
         f"batch {cfg['batch_size']}, weight decay {cfg['weight_decay']}, label smoothing "
         f"{cfg['label_smoothing']}, augmentation {'crop+flip' if augment else 'none'}, "
-        f"{cfg['epochs']} epochs, {cfg['precision']} training"
+        f"{cfg['epochs']} epochs{_stage_split(cfg)}, {cfg['precision']} training"
     )
+
+
+def _stage_split(cfg: dict[str, Any]) -> str:
+    if cfg["method"] != "fitnet":
+        return ""
+    hint = cfg["hint_epochs"]
+    return f" ({hint} of stage 1, hints; {cfg['epochs'] - hint:g} of stage 2, KD)"
 
 
 def _train_subset(data: DatasetSplits, limit: int | None, seed: int) -> np.ndarray:
@@ -98,6 +108,21 @@ def _sub_run(cfg: dict[str, Any], out_dir: Path, arch: str, name: str) -> Path:
         stop_after=None,
     )
     return run_training(sub).artifact_path
+
+
+def _hint_stage(cfg: dict[str, Any], out_dir: Path, teacher: Path) -> TrainResult:
+    """FitNets stage 1 (fitnet-hints, hint_epochs of the run's epochs) as a sub-run: part of
+    this run, so it resumes (or, finished, is reused) when the run resumes, and shares its
+    stop_after."""
+    sub = {k: v for k, v in cfg.items() if k not in ("booster", "teacher_epochs")}
+    sub.update(
+        method="fitnet-hints",
+        teacher=str(teacher),
+        epochs=cfg["hint_epochs"],
+        hint_epochs=None,
+        out_dir=str(out_dir / HINT_STAGE_DIR),
+    )
+    return run_training(sub)
 
 
 def _load_net(path: Path, data: DatasetSplits, role: str) -> tuple[StagedNet, str]:
@@ -202,9 +227,17 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
         if not cfg["joint"]:
             booster_path = _sub_run(cfg, out_dir, options["booster"], "booster-pretrain")
             ctx_extras["pretrained_booster"], _ = _load_net(booster_path, data, "booster")
-    for key in ("hint_layer", "teacher_hint_layer"):
-        if options[key] is None:
-            options.pop(key)
+    # fitnet: stage 1 first; this run's Trainer is then stage 2, with its own schedule.
+    stage_cfg, before = cfg, TrainResult(out_dir / ARTIFACT_FILENAME, out_dir=out_dir)
+    if cfg["method"] == "fitnet":
+        before = _hint_stage(cfg, out_dir, extra["teacher"])
+        if not before.completed:
+            return replace(before, artifact_path=out_dir / ARTIFACT_FILENAME, out_dir=out_dir,
+                           extra_artifacts=extra)  # fmt: skip
+        ctx_extras["hint_trained_student"], _ = _load_net(before.artifact_path, data, "stage 1")
+        stage_cfg = {**cfg, "epochs": cfg["epochs"] - cfg["hint_epochs"]}
+        if cfg["stop_after"] is not None:
+            stage_cfg["stop_after"] = cfg["stop_after"] - before.epochs_run
 
     def make_net(arch: str) -> StagedNet:
         return build_model(
@@ -236,7 +269,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
         dist_info=dist_info,
     )
     log = RunLog(out_dir, enabled=dist_info.is_main)
-    trainer = Trainer(method, source, cfg, out_dir, dist_info, log)
+    trainer = Trainer(method, source, stage_cfg, out_dir, dist_info, log)
     resumed = cfg["resume"] and trainer.load_checkpoint(fp)
     device_text = describe_device(device, dist_info.world_size)
     log.write(
@@ -248,19 +281,25 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
         train_images=len(source.images),
         test_images=len(source.test_images),
         steps_per_epoch=source.steps_per_epoch,
+        **({"hint_stage": str(out_dir / HINT_STAGE_DIR)} if stage_cfg is not cfg else {}),
     )
     wall_start = time.perf_counter()
     completed = trainer.run(fp)
+    # A two-stage run counts stage 1's epochs and time too.
+    wall_time_s = round(before.wall_time_s + trainer.state.elapsed_s, 3)
+    epochs_done = before.epochs_done + trainer.state.epoch
+    epochs_run = before.epochs_run + trainer.epochs_run
     if not completed:
         log.write("stopped", epoch=trainer.state.epoch)
         return TrainResult(
             out_dir / ARTIFACT_FILENAME,
             extra,
             0.0,
-            trainer.state.elapsed_s,
+            wall_time_s,
             out_dir,
             False,
-            trainer.state.epoch,
+            epochs_done,
+            epochs_run,
         )
     checksums = rank_checksums(method) if dist_info.enabled else None
     artifacts: dict[str, Path] = {}
@@ -287,7 +326,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
             epochs=float(cfg["epochs"]),
             seed=cfg["seed"],
             config=_jsonable(cfg),
-            wall_time_s=round(trainer.state.elapsed_s, 3),
+            wall_time_s=wall_time_s,
             device=device_text,
             recipe=_recipe(cfg, augment),
             test_top1=acc,
@@ -301,10 +340,11 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
         artifacts["student"],
         extra,
         top1,
-        round(trainer.state.elapsed_s, 3),
+        wall_time_s,
         out_dir,
         True,
-        trainer.state.epoch,
+        epochs_done,
+        epochs_run,
     )
     log.write(
         "end",

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from export.distill import METHODS, MethodContext, get_method
+from export.distill.fitnet import hint_layers
 from export.distill.kd import KDLoss, kd_loss
 from export.distill.mimic import mimic_loss
 from export.distill.rocket import RocketLoss, logit_hint
@@ -35,8 +36,11 @@ def _softmax(values: list[float]) -> list[float]:
     return [e / sum(exps) for e in exps]
 
 
-def test_registry_holds_the_six_methods() -> None:
-    assert set(METHODS) == {"baseline", "kd", "fitnet", "mimic", "rocket", "rocket-kd"}
+def test_registry_holds_every_method() -> None:
+    assert set(METHODS) == {
+        "baseline", "kd", "fitnet", "fitnet-one-stage", "fitnet-hints", "mimic", "rocket",
+        "rocket-kd",
+    }  # fmt: skip
     with pytest.raises(ValueError, match="unknown method"):
         get_method("dml")
 
@@ -124,11 +128,11 @@ def _step(method: torch.nn.Module) -> None:
     opt.step()
 
 
-def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+def _snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
     return [p.detach().clone() for p in params]
 
 
-def _changed(before: list[torch.Tensor], params: list[torch.nn.Parameter]) -> list[bool]:
+def _changed(before: list[torch.Tensor], params: list[torch.Tensor]) -> list[bool]:
     return [not torch.equal(b, p) for b, p in zip(before, params, strict=True)]
 
 
@@ -182,13 +186,76 @@ def test_kd_teacher_is_frozen_and_outside_the_optimised_parameters() -> None:
     assert all(torch.equal(a, b) for a, b in zip(stats, teacher.buffers(), strict=True))
 
 
-def test_fitnet_regressor_maps_student_hint_onto_teacher_hint() -> None:
+def _fitnet(name: str, **extras: object) -> Any:
     torch.manual_seed(0)
     teacher = _net("wrn-16-2")
-    method: Any = get_method("fitnet")(
-        MethodContext({}, "wrn-10-1", _net, teacher=teacher, teacher_arch="wrn-16-2")
-    )
+    ctx = MethodContext({}, "wrn-10-1", _net, teacher, "wrn-16-2", extras=dict(extras))
+    return get_method(name)(ctx)
+
+
+def test_hint_layers_default_to_the_middle_and_the_same_relative_depth() -> None:
+    assert hint_layers(3, 3) == (1, 1)
+    assert hint_layers(3, 5) == (1, 2)
+    assert hint_layers(2, 3) == (1, 2)  # a two-stage (shallow) student guides its last stage
+    assert hint_layers(3, 3, hint_layer=0) == (0, 0)
+    assert hint_layers(3, 3, hint_layer=2, teacher_hint_layer=-1) == (2, 2)
+    assert hint_layers(3, 3, teacher_hint_layer=0) == (1, 0)
+    with pytest.raises(ValueError, match=r"^hint_layer must be in 0\.\.2"):
+        hint_layers(3, 3, hint_layer=3)
+    with pytest.raises(ValueError, match=r"^teacher_hint_layer must be in 0\.\.2"):
+        hint_layers(3, 3, teacher_hint_layer=3)
+
+
+def test_fitnet_one_stage_trains_ce_and_hint_together() -> None:
+    method = _fitnet("fitnet-one-stage")
     assert method.regressor.conv.in_channels == 32 and method.regressor.conv.out_channels == 64
+    params = list(method.net.parameters())
+    before = _snapshot(params)
     _step(method)
     assert set(method.last_terms) == {"ce", "hint"}
     assert method.regressor.conv.weight.grad is not None
+    assert all(_changed(before, params))
+
+
+def test_fitnet_hint_stage_trains_only_the_guided_layers_and_the_regressor() -> None:
+    method = _fitnet("fitnet-hints")
+    net = method.net
+    assert method.hint_layer == 1 and method.teacher_hint_layer == 1
+    lower = [*net.stem.parameters(), *net.stages[0].parameters(), *net.stages[1].parameters()]
+    lower += list(method.regressor.parameters())
+    upper = [*net.stages[2].parameters(), *net.head.parameters()]
+    upper_buffers = [*net.stages[2].buffers(), *net.head.buffers()]
+    before, before_upper = _snapshot(lower), _snapshot(upper)
+    stats = _snapshot(upper_buffers)
+    teacher_before = _snapshot(list(method.teacher.parameters()))
+    _step(method)
+    _step(method)
+    assert set(method.last_terms) == {"hint"}
+    assert all(_changed(before, lower))
+    assert not any(_changed(before_upper, upper))
+    assert not any(_changed(stats, upper_buffers))
+    assert not any(_changed(teacher_before, list(method.teacher.parameters())))
+    assert not any(p.requires_grad for p in upper)
+    assert not net.stages[2].training and not net.head.training and net.stages[1].training
+
+
+def test_fitnet_stage_two_starts_from_stage_one_and_trains_every_layer() -> None:
+    stage1 = _net("wrn-10-1")
+    with torch.no_grad():
+        for p in stage1.parameters():
+            p.add_(0.5)
+    method = _fitnet("fitnet", hint_trained_student=stage1)
+    for (name, a), b in zip(
+        method.net.state_dict().items(), stage1.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert method.net is not stage1 and not hasattr(method, "regressor")
+    params = list(method.net.parameters())
+    before = _snapshot(params)
+    _step(method)
+    assert all(_changed(before, params))
+
+
+def test_fitnet_without_its_hint_stage_is_an_error() -> None:
+    with pytest.raises(ValueError, match="fitnet-one-stage"):
+        _fitnet("fitnet")

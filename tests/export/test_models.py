@@ -49,7 +49,9 @@ def test_published_sizes() -> None:
 
 
 def test_is_architecture_agrees_with_build_model() -> None:
-    for name in [*ARCHITECTURES, "resnet21", "wrn-17-1", "wrn-16-0", "vgg16", "mobilenetv2-0"]:
+    names = [*ARCHITECTURES, "resnet21", "wrn-17-1", "wrn-16-0", "vgg16", "mobilenetv2-0"]
+    names += ["shallow-1-8", "shallow-3-64", "shallow-0-64", "shallow-2-0", "shallow-64"]
+    for name in names:
         try:
             _net(name)
             builds = True
@@ -65,9 +67,11 @@ def test_bad_names_and_depths() -> None:
         _net("resnet21")
     with pytest.raises(ValueError, match="6n\\+4"):
         _net("wrn-17-1")
+    with pytest.raises(ValueError, match="1 or 2 convolution layers"):
+        _net("shallow-3-64")
 
 
-@pytest.mark.parametrize("arch", ["wrn-16-1", "resnet20", "mobilenetv2-0.25"])
+@pytest.mark.parametrize("arch", ["wrn-16-1", "resnet20", "mobilenetv2-0.25", "shallow-2-128"])
 def test_onnx_export_with_dynamic_batch_matches_torch(arch: str, tmp_path: Path) -> None:
     net = _net(arch, 32, 3).eval()
     path = tmp_path / "m.onnx"
@@ -161,3 +165,58 @@ def test_extracted_light_net_is_standalone_and_identical(sharing: str) -> None:
         for p in rocket.booster.parameters():
             p.add_(1.0)
     assert torch.equal(extracted(x), light_logits)
+
+
+def _layers(net: Any, kind: type) -> list[Any]:
+    return [m for m in net.modules() if isinstance(m, kind)]
+
+
+def test_shallow_nets_are_shallow_and_wide() -> None:
+    """shallow-c-w: c convolutions of w filters, a 2w linear bottleneck, an 8w ReLU layer."""
+    net = _net("shallow-2-128", 32, 3).eval()
+    convs = _layers(net, torch.nn.Conv2d)
+    assert [(c.kernel_size, c.stride, c.out_channels) for c in convs] == [
+        ((5, 5), (2, 2), 128), ((3, 3), (1, 1), 128),
+    ]  # fmt: skip
+    linears = [(m.in_features, m.out_features) for m in _layers(net, torch.nn.Linear)]
+    assert linears == [(128 * 4 * 4, 256), (256, 1024), (1024, 10)]
+    assert count_params(net) > 5 * count_params(_net("wrn-16-1", 32, 3))  # WRN-16-1: 175k
+    _, feats = net(torch.randn(2, 3, 32, 32), return_features=True)
+    assert [tuple(f.shape[1:]) for f in feats] == [(128, 16, 16), (128, 8, 8)]
+    assert net.stage_channels() == [128, 128]
+    one = _net("shallow-1-256", 32, 3)
+    assert len(_layers(one, torch.nn.Conv2d)) == 1 and len(one.stages) == 1
+    _, feats = one(torch.randn(2, 3, 32, 32), return_features=True)
+    assert tuple(feats[0].shape[1:]) == (256, 8, 8)
+
+
+@pytest.mark.parametrize("size", [7, 9, 28, 33])
+def test_shallow_nets_take_any_image_size(size: int) -> None:
+    for arch in ("shallow-1-8", "shallow-2-8"):
+        net = _net(arch, size, 3).eval()
+        assert net(torch.randn(2, 3, size, size)).shape == (2, 10)
+
+
+def test_shallow_net_exports_and_quantizes_after_training(tmp_path: Path) -> None:
+    """A trained shallow net passes the ONNX parity check and its int8 variant keeps top-1."""
+    from export.checkpoint import load_trained
+    from export.data import load_dataset
+    from export.evaluate import logits_of, make_session
+    from export.onnx_export import export_with_parity
+    from export.quantize import quantize_int8
+    from export.training import run_training
+    from service.contract.preprocess import normalize_uint8
+
+    cfg = {"student": "shallow-2-16", "epochs": 4, "threads": 1, "progress": False}
+    result = run_training({**cfg, "out_dir": str(tmp_path / "run")})
+    model, _ = load_trained(result.artifact_path)
+    data = load_dataset("digits")
+    fp32 = tmp_path / "m.onnx"
+    assert export_with_parity(model, fp32, data.input_spec, data.test_images).ok
+    int8 = quantize_int8(fp32, tmp_path / "m-int8.onnx", data.train_images, data.input_spec)
+    x = normalize_uint8(data.test_images, data.input_spec)
+    top1 = {
+        p.name: float(np.mean(logits_of(make_session(p), x).argmax(1) == data.test_labels))
+        for p in (fp32, int8)
+    }
+    assert top1["m.onnx"] >= 0.9 and top1["m.onnx"] - top1["m-int8.onnx"] <= 0.01, top1

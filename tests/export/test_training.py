@@ -11,6 +11,7 @@ import torch
 
 from export.checkpoint import load_trained
 from export.data import load_dataset
+from export.models import build_model
 from export.training import ConfigError, TrainResult, run_training
 from export.training.logs import read_log
 from export.training.loop import ResumeError
@@ -49,6 +50,7 @@ def _onnx_free_accuracy(artifact: Path) -> float:
         ("baseline", {}),
         ("kd", {"teacher": "TEACHER"}),
         ("fitnet", {"teacher": "TEACHER"}),
+        ("fitnet-one-stage", {"teacher": "TEACHER"}),
         ("mimic", {"teacher": "TEACHER"}),
         ("rocket", {"booster": "wrn-16-1"}),
         ("rocket-kd", {"booster": "wrn-16-1", "teacher": "TEACHER"}),
@@ -71,8 +73,10 @@ def test_every_method_reaches_90_percent_on_digits(
         assert meta.teacher == "wrn-16-1"
         _, booster_meta = load_trained(result.extra_artifacts["booster"])
         assert booster_meta.arch == "wrn-16-1" and booster_meta.test_top1 > 0.5
+    # fitnet: a quarter of the epochs were its hint stage, logged in its own sub-run folder.
+    main_epochs = 3 if method == "fitnet" else 4
     events = [r["event"] for r in read_log(tmp_path)]
-    assert events == ["start", "epoch", "epoch", "epoch", "epoch", "end"]
+    assert events == ["start", *["epoch"] * main_epochs, "end"]
     epoch = read_log(tmp_path)[-2]
     assert {"loss", "train_acc", "test_top1", "img_per_s", "lr"} <= set(epoch)
 
@@ -96,6 +100,77 @@ def test_rocket_ablation_switches_train(switches: dict[str, Any], tmp_path: Path
         pairs = zip(pretrained.state_dict().items(), final.state_dict().values(), strict=True)
         for (name, a), b in pairs:
             assert torch.equal(a, b), name
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return load_trained(path)[0].state_dict()
+
+
+def _fitnet(teacher: TrainResult, out: Path, **options: Any) -> TrainResult:
+    cfg = {**FAST, "method": "fitnet", "teacher": str(teacher.artifact_path), **options}
+    return run_training({**cfg, "out_dir": str(out)})
+
+
+def test_fitnet_stage_one_trains_only_the_guided_layers_then_stage_two_trains_all(
+    teacher: TrainResult, tmp_path: Path
+) -> None:
+    result = _fitnet(teacher, tmp_path, epochs=2, hint_epochs=1)
+    assert result.completed and result.epochs_done == 2 and result.test_top1 >= 0.5
+    stage1 = _state(tmp_path / "fitnet-hints" / "trained.pt")
+    torch.manual_seed(FAST.get("seed", 0))  # the run seeds before building the student
+    initial = build_model("wrn-10-1", in_channels=1, num_classes=10, image_size=8).state_dict()
+    # wrn-10-1 has three stages: the middle one is guided; above it stage 3 and the head.
+    upper = [k for k in initial if k.startswith(("stages.2.", "head."))]
+    lower = [k for k in initial if k.startswith(("stem.", "stages.0.", "stages.1."))]
+    assert upper and lower and len(upper) + len(lower) == len(initial)
+    for key in upper:  # weights and batch-norm statistics alike
+        assert torch.equal(stage1[key], initial[key]), key
+    lower_weights = [k for k in lower if k.endswith("weight")]
+    assert all(not torch.equal(stage1[k], initial[k]) for k in lower_weights)
+    final = _state(result.artifact_path)
+    weights = [k for k in final if k.endswith(("weight", "bias"))]
+    assert all(not torch.equal(final[k], stage1[k]) for k in weights)
+    _, meta = load_trained(result.artifact_path)
+    assert meta.method == "fitnet" and meta.epochs == 2 and meta.config["hint_epochs"] == 1
+    assert "2 epochs (1 of stage 1, hints; 1 of stage 2, KD)" in (meta.recipe or "")
+    stage1_log = read_log(tmp_path / "fitnet-hints")
+    assert [r["event"] for r in stage1_log] == ["start", "epoch", "end"]
+    assert stage1_log[0]["config"]["method"] == "fitnet-hints"
+    assert set(stage1_log[1]) >= {"hint"} and "ce" not in stage1_log[1]
+    assert meta.wall_time_s > load_trained(tmp_path / "fitnet-hints" / "trained.pt")[1].wall_time_s
+
+
+def test_fitnet_resumes_within_stage_one_and_across_the_stage_boundary(
+    teacher: TrainResult, tmp_path: Path
+) -> None:
+    options = {"epochs": 4, "hint_epochs": 2}
+    whole = _fitnet(teacher, tmp_path / "whole", **options)
+    part = tmp_path / "part"
+    first = _fitnet(teacher, part, **options, stop_after=1)  # stopped inside stage 1
+    assert not first.completed and first.epochs_done == 1 and first.epochs_run == 1
+    assert not (part / "log.jsonl").exists()
+    second = _fitnet(teacher, part, **options, stop_after=2, resume=True)  # across the boundary
+    assert not second.completed and second.epochs_done == 3 and second.epochs_run == 2
+    third = _fitnet(teacher, part, **options, resume=True)  # inside stage 2
+    assert third.completed and third.epochs_done == 4 and third.epochs_run == 1
+    hint_events = [r["event"] for r in read_log(part / "fitnet-hints")]
+    # Stage 1 resumed once and was not run again when the run resumed in stage 2.
+    assert hint_events == ["start", "epoch", "stopped", "resume", "epoch", "end"]
+    events = [r["event"] for r in read_log(part)]
+    assert events == ["start", "epoch", "stopped", "resume", "epoch", "end"]
+    a, b = _state(whole.artifact_path), _state(third.artifact_path)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert third.test_top1 == whole.test_top1
+
+
+@pytest.mark.parametrize("method", ["mimic", "fitnet"])
+def test_shallow_student_learns_from_the_teacher(
+    method: str, teacher: TrainResult, tmp_path: Path
+) -> None:
+    cfg = {**FAST, "method": method, "student": "shallow-2-16"}
+    result = run_training({**cfg, "teacher": str(teacher.artifact_path), "out_dir": str(tmp_path)})
+    assert result.test_top1 >= 0.90, f"{method}: {result.test_top1:.3f}"
 
 
 def test_teacher_given_as_an_architecture_is_trained_first(tmp_path: Path) -> None:
@@ -153,6 +228,9 @@ def test_max_train_images_limits_the_budget(tmp_path: Path) -> None:
         ({"method": "dml"}, "method must be one of"),
         ({"learning_rate": 0.1}, "unknown config key"),
         ({"method": "kd"}, "needs a teacher"),
+        ({"method": "fitnet"}, "needs a teacher"),
+        ({"method": "fitnet", "teacher": "wrn-10-1", "hint_epochs": 4}, "hint_epochs must be in"),
+        ({"method": "fitnet", "teacher": "wrn-10-1", "hint_epochs": 0}, "hint_epochs must be in"),
         ({"method": "rocket"}, "needs a booster"),
         ({"method": "kd", "teacher": "not-a-net"}, "neither an architecture nor a trained"),
         ({"method": "rocket", "booster": "wrn-16-2"}, "cannot share"),

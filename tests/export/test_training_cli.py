@@ -48,6 +48,12 @@ def test_flags_override_the_yaml_config(tmp_path: Path) -> None:
     assert config == {"method": "kd", "teacher": "wrn-16-1", "epochs": 2, "lambda": 0.5}
 
 
+def test_fitnet_flags() -> None:
+    args = _parse(["--method", "fitnet", "--hint-epochs", "2", "--teacher-hint-layer", "1"])
+    assert train_config(args) == {"method": "fitnet", "hint_epochs": 2, "teacher_hint_layer": 1}
+    assert train_config(_parse(["--method", "fitnet-one-stage"]))["method"] == "fitnet-one-stage"
+
+
 TRAIN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("zoo-"))
 
 
@@ -109,3 +115,12 @@ def test_bench_prints_img_per_s(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     rows = payload["rows"]
     assert [r["precision"] for r in rows] == ["fp32", "bf16"]
     assert all(r["arch"] == "resnet8" and r["images_per_s"] > 0 and r["steps"] >= 3 for r in rows)
+
+
+def test_bench_takes_any_architecture_of_a_family(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "--archs", "shallow-2-8", "--seconds", "0", "--batch-size", "8"]
+    assert main(argv) == 0
+    assert any(line.startswith("shallow-2-8") for line in capsys.readouterr().out.splitlines())
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--archs", "vgg16"])
+    assert exc.value.code == 2 and "'vgg16' is not an architecture" in capsys.readouterr().err
