@@ -20,7 +20,7 @@ from tests.support.cli import run_module
 
 ALL_METHODS = {"baseline", "kd", "fitnet", "mimic", "rocket", "rocket-kd"}
 # The CIFAR-10 zoo is cut to a CPU budget: the Rocket Launching comparison and hard compression.
-CIFAR_METHODS = {"baseline", "kd", "rocket", "rocket-kd"}
+CIFAR_METHODS = ALL_METHODS
 
 
 def _export(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -45,6 +45,31 @@ def test_packaged_config_covers_every_method_and_resolves(dataset: str) -> None:
         if cfg.get("teacher") == ZOO_TEACHER:
             cfg["teacher"] = config["teacher"]["student"]
         resolve_config(cfg)  # raises ConfigError on an unknown key or a bad value
+
+
+def test_the_cifar10_plan_holds_every_study_of_the_report() -> None:
+    """Every method on WRN-16-1 at one budget, the three Rocket ablations beside Rocket at theirs,
+    deep vs shallow, MobileNet alone and with KD, and second seeds."""
+    config = load_zoo_config(config_path("cifar10"))
+    default_epochs = config["defaults"]["epochs"]
+    runs = [
+        (e["method"], e["student"], e.get("epochs", default_epochs), e.get("seed", 0), e)
+        for e in config["students"]
+    ]
+    main = {m for m, arch, ep, seed, _ in runs if arch == "wrn-16-1" and ep == default_epochs}
+    assert main == ALL_METHODS
+    short = [e for m, _, ep, _, e in runs if m == "rocket" and ep < default_epochs]
+    flags = [(e.get("gradient_block", True), e.get("sharing"), e.get("joint", True)) for e in short]
+    assert (True, "interval", True) in flags  # Rocket itself at the ablation's budget
+    assert {(False, "interval", True), (True, "none", True), (True, "interval", False)} <= set(
+        flags
+    )
+    shallow = {m for m, arch, *_ in runs if arch.startswith("shallow")}
+    assert shallow == {"baseline", "mimic"}
+    assert {m for m, arch, *_ in runs if arch.startswith("mobilenetv2")} == {"baseline", "kd"}
+    seeds = {m for m, arch, ep, seed, _ in runs if seed != 0 and ep == default_epochs}
+    assert seeds == {"baseline", "kd", "rocket", "rocket-kd"}
+    assert config["teacher"]["epochs"] >= default_epochs >= 30
 
 
 def test_a_broken_config_is_a_zoo_error(tmp_path: Path) -> None:
