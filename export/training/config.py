@@ -232,3 +232,10 @@ FINGERPRINT_IGNORES = (
 def fingerprint(cfg: dict[str, Any]) -> dict[str, Any]:
     """The part of a config that must match for a run to be resumed."""
     return {k: v for k, v in cfg.items() if k not in FINGERPRINT_IGNORES}
+
+
+def fingerprint_changes(new: dict[str, Any], old: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two fingerprints. An option added since ``old`` was
+    written reads as unset (None) there, so a new option left at its unset default does not stop
+    a long run from resuming."""
+    return sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from export.data import DatasetSplits
 from export.data.augment import Normalizer, random_crop_flip
 from export.distill import DistillMethod
+from export.training.config import fingerprint_changes
 from export.training.logs import Progress, RunLog
 from export.training.runtime import DistInfo
 
@@ -209,11 +210,8 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             return False
         blob = torch.load(self.checkpoint_path, map_location=self.source.device, weights_only=True)
-        if blob["fingerprint"] != fingerprint:
-            changed = sorted(
-                k for k in set(fingerprint) | set(blob["fingerprint"])
-                if fingerprint.get(k) != blob["fingerprint"].get(k)
-            )  # fmt: skip
+        changed = fingerprint_changes(fingerprint, blob["fingerprint"])
+        if changed:
             raise ResumeError(
                 f"{self.checkpoint_path} was written with a different config "
                 f"({', '.join(changed)}); use another out_dir or the same options"

@@ -23,6 +23,7 @@ from export.training.config import (
     ConfigError,
     default_out_dir,
     fingerprint,
+    fingerprint_changes,
     resolve_config,
 )
 from export.training.logs import RunLog
@@ -195,7 +196,8 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
     result_file = out_dir / RESULT_FILENAME
     if cfg["resume"] and result_file.is_file():
         stored = json.loads(result_file.read_text(encoding="utf-8"))
-        if stored.get("fingerprint") == fp and stored["result"]["completed"]:
+        same = not fingerprint_changes(_jsonable(fp), stored.get("fingerprint") or {})
+        if same and stored["result"]["completed"]:
             r = stored["result"]
             return TrainResult(
                 Path(r["artifact_path"]),

@@ -293,3 +293,14 @@ def test_bf16_training_learns_and_the_card_says_so(tmp_path: Path) -> None:
     assert all(p.dtype == torch.float32 for p in load_trained(result.artifact_path)[0].parameters())
     with pytest.raises(ConfigError, match="precision must be one of"):
         run_training({**FAST, "precision": "int4", "out_dir": str(tmp_path / "bad")})
+
+
+def test_a_new_option_left_unset_does_not_block_resuming() -> None:
+    from export.training.config import fingerprint_changes
+
+    written = {"epochs": 40, "lr": 0.1}  # a checkpoint from before 'hint_epochs' existed
+    assert fingerprint_changes({"epochs": 40, "lr": 0.1, "hint_epochs": None}, written) == []
+    assert fingerprint_changes({"epochs": 40, "lr": 0.1, "hint_epochs": 6}, written) == [
+        "hint_epochs"
+    ]
+    assert fingerprint_changes({"epochs": 30, "lr": 0.1}, written) == ["epochs"]
