@@ -10,6 +10,8 @@ from PIL import Image
 
 from loadtest.raw import RawCeiling, RawCell, RawLayout, RawResult
 from loadtest.served_vs_raw import (
+    STUDENT_TARGETS,
+    TEACHER_TARGETS,
     RawOrt,
     Row,
     Server,
@@ -17,6 +19,7 @@ from loadtest.served_vs_raw import (
     raw_rows,
     report,
     sample_png,
+    targets_for,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,9 +48,9 @@ def test_report_verdicts_follow_the_targets(digits_repo: Path) -> None:
         Row("batching on", 1, 500.0, 2.4, 3.0, 1.0),
         Row("batching on", 64, 690.0, 90.0, 99.0, 40.0),
     ]
-    text = report(card, 1, rows, (1.0, 2.0))
-    assert "69.0% of raw ORT at batch 64 (target >= 70%: NOT met)" in text
-    assert "p50 +1.40 ms over raw batch-1 (target <= 1.5 ms: met)" in text
+    text = report(card, 1, rows, (1.0, 2.0), targets=STUDENT_TARGETS)
+    assert "69.0% of raw ORT at batch 64 (target for a student >= 50%: met)" in text
+    assert "p50 +1.40 ms over raw batch-1 (target for a student <= +0.5 ms: NOT met)" in text
     assert "load average 1.0 before, 2.0 after" in text
     assert "| batching on | 64 | 690 | 90.00 | 99.00 | 40.0 | 0 |" in text
 
@@ -72,10 +75,22 @@ def test_verdicts_compare_with_the_raw_best_when_searched(digits_repo: Path) -> 
     text = report(card, "auto", rows, None, best=best)
     assert "raw best: 2 sessions x 1 thread, batch 32, 1,200 img/s" in text
     assert "75.0% of the raw best (2 sessions x 1 thread, batch 32, 1,200 img/s)" in text
-    assert "(target >= 70%: met)" in text
+    assert "(target for the largest model or a variant of it >= 90%: NOT met)" in text
     assert "p50 +1.40 ms over the best lone raw batch-1 call (1 session x 2 threads" in text
+    assert "(target for the largest model or a variant of it <= +1.0 ms: NOT met)" in text
     assert "| raw ORT | 64 | 1,100 | 110.00 | 120.00 | 64.0 | 0 |" in text
     assert "service intra-op threads auto" in text
+
+
+def test_the_largest_model_and_its_variants_get_the_teachers_targets(
+    digits_repo: Path,
+) -> None:
+    slow, _ = pick_model(digits_repo, "digits-slow")  # the hidden layer: the most MACs
+    small, _ = pick_model(digits_repo, "digits-logreg")
+    assert targets_for(slow, digits_repo) is TEACHER_TARGETS
+    assert targets_for(small, digits_repo) is STUDENT_TARGETS
+    variant = small.model_copy(update={"derived_from": "digits-slow"})
+    assert targets_for(variant, digits_repo) is TEACHER_TARGETS
 
 
 @pytest.mark.slow
