@@ -257,6 +257,15 @@ class Settings(BaseSettings):
     warmup_runs: int = Field(
         3, ge=0, le=1000, description="Inference runs per model version before it is ready."
     )
+    routing_headroom: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="A model meets a request's latency_budget_ms while its predicted p99 is "
+        "within this share of the budget: the router leaves a model before its p99 reaches the "
+        "budget, not after, and keeps room for what it cannot see (the client's side of the "
+        "connection). 1 routes up to the budget itself.",
+    )
     latency_window: int = Field(
         1024,
         ge=16,

@@ -168,6 +168,7 @@ class ModelRegistry:
         self._routed: dict[tuple[str, str], Any] = {}  # routed-requests counter children
         self.sampler: AgreementSampler | None = None  # live agreement with a reference model
         self._changing = asyncio.Lock()  # loads and unloads, one at a time
+        self.headroom = 1.0  # routing: the share of a latency budget a model may predict
 
     @classmethod
     def load(
@@ -197,6 +198,7 @@ class ModelRegistry:
             raise ModelRepositoryError(f"default_model {default!r}: {exc.message}") from None
         registry.failures = failures
         registry.loader = loader
+        registry.headroom = settings.routing_headroom
         registry.sampler = AgreementSampler(
             metrics, settings.agreement_sample_rate, settings.agreement_reference
         )
@@ -287,7 +289,7 @@ class ModelRegistry:
         """The model version an objective chooses, and what the answer says about it."""
         newest = [versions[max(versions)] for versions in self.models.values() if versions]
         found = candidates(newest, objective.family, time.monotonic())
-        chosen, met = choose(found, objective)
+        chosen, met = choose(found, objective, self.headroom)
         served: ServedModel = chosen.served
         key = (objective.kind, served.name)
         counter = self._routed.get(key)

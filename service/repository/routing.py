@@ -194,8 +194,14 @@ def candidates(models: list[Any], family: str | None, now: float) -> list[Candid
     return found
 
 
-def choose(found: list[Candidate], objective: Objective) -> tuple[Candidate, bool]:
-    """The chosen candidate, and whether it met the objective (False: a fallback)."""
+def choose(
+    found: list[Candidate], objective: Objective, headroom: float = 1.0
+) -> tuple[Candidate, bool]:
+    """The chosen candidate, and whether it met the objective (False: a fallback).
+
+    A candidate meets the latency budget while its predicted p99 is within ``headroom`` times
+    the budget, so traffic moves to a cheaper model before the budget breaks.
+    """
     if not found:
         where = f" of family {objective.family!r}" if objective.family else ""
         raise Unprocessable(
@@ -205,7 +211,7 @@ def choose(found: list[Candidate], objective: Objective) -> tuple[Candidate, boo
     meeting = [
         c
         for c in found
-        if (budget is None or c.predicted_p99_ms <= budget)
+        if (budget is None or c.predicted_p99_ms <= budget * headroom)
         and (floor is None or c.accuracy >= floor)
     ]
     if meeting:
@@ -222,7 +228,14 @@ def choose(found: list[Candidate], objective: Objective) -> tuple[Candidate, boo
         + f"; the fastest is {fastest.served.name} (predicted p99 "
         f"{fastest.predicted_p99_ms:.2f} ms, top-1 {fastest.accuracy:.2%}), the most accurate "
         f"{best.served.name} (predicted p99 {best.predicted_p99_ms:.2f} ms, top-1 "
-        f"{best.accuracy:.2%}); relax the objective or add fallback=cheapest|most_accurate",
+        f"{best.accuracy:.2%})"
+        + (
+            f"; a model meets the budget at a predicted p99 of {budget * headroom:.2f} ms "
+            f"or less (routing_headroom {headroom:g})"
+            if budget is not None and headroom < 1.0
+            else ""
+        )
+        + "; relax the objective or add fallback=cheapest|most_accurate",
         code="no_model_meets_objective",
     )
 
