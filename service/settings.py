@@ -91,9 +91,10 @@ class Settings(BaseSettings):
         description="ONNX Runtime intra-op threads per session (0 = ORT default: one per "
         "core). 'auto' chooses per model version at load from its batch-1 call, timed on 1 "
         "thread and on every core this process may use (cores / workers): a model that takes at "
-        "least 0.5 ms and runs at least 1.25x faster on every core gets them all (a lone "
-        "request and each batch use the whole machine); any other gets 1 thread and runs its "
-        "batches side by side (inference_workers). GET /models shows each version's choice and "
+        "least 0.5 ms and runs at least 1.25x faster on every core gets them all for a batch "
+        "that runs alone (a lone request uses the whole machine) and, under load, runs "
+        "one-thread batches side by side on a second session; any other gets 1 thread and runs "
+        "its batches side by side (inference_workers). GET /models shows each version's choice and "
         "why.",
     )
     intra_op_spinning: bool = Field(
@@ -105,9 +106,8 @@ class Settings(BaseSettings):
     inference_workers: InferenceWorkers = Field(
         AUTO,
         description="Batches run at the same time per model version (its inference threads). "
-        "'auto': the cores this process may use (cores / workers) divided by the version's "
-        "intra-op threads: 1 for a model that takes every core per call, every core for a "
-        "one-thread model. However many versions are busy, their batches together hold at most "
+        "'auto': the cores this process may use (cores / workers), one batch per core (a big "
+        "model's batches beside another run on one thread each). However many versions are busy, their batches together hold at most "
         "the process's cores at once (a shared, fair core budget).",
     )
     inline_inference_max_ms: float = Field(

@@ -100,6 +100,7 @@ class DynamicBatcher:
         in_progress: Callable[[], int] | None = None,
         cores: CoreBudget | None = None,
         core_weight: int = 1,
+        narrow: BatchModel | None = None,
     ) -> None:
         """``arrivals`` (optional) counts requests still being read or decoded that may join a
         batch; when it is 0 a partial batch starts at once instead of waiting for the delay, so a
@@ -113,6 +114,10 @@ class DynamicBatcher:
         ``cores`` (optional): the process's core budget; each batch holds ``core_weight`` of it
         (its session's intra-op threads) while it runs, so the batches of all models together
         do not oversubscribe the cores.
+        ``narrow`` (optional): a one-thread session of the same model. A batch that starts
+        while another batch of this model runs uses it (holding 1 core), a batch alone uses
+        ``model`` (holding ``core_weight``): a big model gives every core to a lone request and
+        runs one-thread batches side by side under load, the faster layout for throughput.
         """
         if max_batch_size < 1 or max_queue_size < 1 or workers < 1:
             raise ValueError("max_batch_size, max_queue_size and workers must be positive")
@@ -140,6 +145,7 @@ class DynamicBatcher:
         self._in_progress = in_progress
         self._cores = cores
         self._core_weight = core_weight
+        self._narrow = narrow
 
     @property
     def queue_depth(self) -> int:
@@ -406,12 +412,15 @@ class DynamicBatcher:
         t0 = time.perf_counter()
         try:
             x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
+            model, weight = self._model, self._core_weight
+            if self._narrow is not None and len(self._running) > 1:
+                model, weight = self._narrow, 1  # another batch runs: one thread each
             if self._cores is None:
-                out = self._model(x)
+                out = model(x)
             else:
-                with self._cores.hold(self._core_weight):
+                with self._cores.hold(weight):
                     t0 = time.perf_counter()  # inference time: not the wait for the cores
-                    out = self._model(x)
+                    out = model(x)
             if len(out) != len(x):
                 raise InferenceFailed(
                     f"model {self._name!r} returned {len(out)} rows for a batch of {len(x)} inputs"

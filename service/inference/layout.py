@@ -7,9 +7,11 @@ use (its affinity mask divided by the worker processes):
   finds the model. Under ``SMALL_MS`` the model is *small* without more ado: waking a second
   thread costs about what splitting so short a call could save.
 * Otherwise time it on a session with every core. At least ``SPEEDUP`` times faster: the model
-  is *big* and keeps every core with one batch at a time, so a lone request and each batch under
-  load use the whole machine (a second batch at once would only split the same cores). Less: it
-  is *small*.
+  is *big*. A batch that runs alone (a lone request, light load) gets every core; under load,
+  when a batch starts while another runs, it runs on a second, one-thread session, so ``cores``
+  one-thread batches run side by side: the layout that gives the most images per second (each
+  core on its own batch, no thread synchronisation), as the raw layout search shows on WRN-40-2.
+  Less than ``SPEEDUP``: the model is *small*.
 * A small model gets 1 thread and runs up to ``cores`` batches side by side, so that one busy
   model fills the machine without a pool per batch. Many busy models do not oversubscribe it:
   every batch of every model holds its threads' worth of the process's ``CoreBudget`` while it
@@ -51,12 +53,19 @@ class Layout:
     inference_workers: int
     source: str  # "auto" (chosen here, in part or whole) or "settings" (both given)
     reason: str
+    # A big model under load: a batch that starts beside another runs on a one-thread session.
+    side_by_side: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The layout as /models shows it."""
         return {
             "intra_op_threads": self.intra_op_threads,
             "inference_workers": self.inference_workers,
+            "under_load": (
+                f"{self.inference_workers} one-thread batches side by side"
+                if self.side_by_side
+                else f"{self.inference_workers} batch(es) of {self.intra_op_threads} thread(s)"
+            ),
             "source": self.source,
             "reason": self.reason,
         }
@@ -117,16 +126,23 @@ def choose_layout(
     many = lone_ms(wide)
     timed = f"batch 1 takes {one:.2f} ms on 1 thread, {many:.2f} ms on {wide}"
     if one >= SPEEDUP * many:
-        big = "every core per call" if set_workers is None else f"{wide} threads per call"
-        return Layout(wide, workers_for(wide), source, f"{timed}: big model, {big}{given}")
+        if set_workers is None:
+            why = (
+                f"{timed}: big model, every core for a batch alone, {cores} one-thread batches "
+                "side by side under load"
+            )
+            return Layout(wide, cores, source, why, side_by_side=True)
+        why = f"{timed}: big model, {wide} threads per call{given}"
+        return Layout(wide, workers_for(wide), source, why)
     why = f"{timed}: more threads do not pay, {small}{given}"
     return Layout(1, workers_for(1), source, why)
 
 
 def open_with_layout(
     path: Path, card: ModelCard, provider: str, settings: Settings
-) -> tuple[OnnxModel, Layout]:
-    """The version's warm session, opened with the layout chosen for it, and that layout."""
+) -> tuple[OnnxModel, OnnxModel | None, Layout]:
+    """The version's warm session, opened with the layout chosen for it, its one-thread session
+    for batches side by side (a big model under load; else None), and the layout."""
     sessions: dict[int, OnnxModel] = {}
 
     def session(threads: int) -> OnnxModel:
@@ -147,5 +163,6 @@ def open_with_layout(
         gpu=provider == CUDA,
     )
     runtime = session(layout.intra_op_threads)
+    narrow = session(1) if layout.side_by_side else None
     sessions.clear()  # the probe's other session, if any, is released here
-    return runtime, layout
+    return runtime, narrow, layout

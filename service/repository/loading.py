@@ -240,7 +240,7 @@ def _serve(
 ) -> ServedModel:
     """Load one version with its thread layout, warm it up, give it a batcher and its metrics."""
     t0 = time.perf_counter()
-    runtime, layout = open_with_layout(path, card, provider, settings)
+    runtime, narrow, layout = open_with_layout(path, card, provider, settings)
     label_version = str(version)
 
     batcher = DynamicBatcher(
@@ -253,6 +253,7 @@ def _serve(
         workers=layout.inference_workers,
         cores=cores,
         core_weight=layout.intra_op_threads or (cores.cores if cores else 1),
+        narrow=narrow,
         retry_after_s=settings.retry_after_s,
         name=f"{card.name}:{version}",
         observer=_MetricsObserver(metrics, card.name, label_version),

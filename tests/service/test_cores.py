@@ -107,3 +107,43 @@ async def test_busy_models_with_side_by_side_batches_share_the_budget() -> None:
     assert state["peak"] == 2 and budget.free == 2
     for b in batchers:
         await b.close()
+
+
+class Recorder:
+    """Records its calls; the first one waits until released."""
+
+    def __init__(self, name: str, calls: list[str], release: threading.Event) -> None:
+        self.name, self.calls, self.release = name, calls, release
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.calls.append(self.name)
+        if len(self.calls) == 1:
+            assert self.release.wait(10)
+        return x
+
+
+async def test_a_batch_beside_another_runs_on_the_one_thread_session() -> None:
+    """A big model: the batch alone on the wide session, one starting beside it on the narrow."""
+    calls: list[str] = []
+    release = threading.Event()
+    batcher = DynamicBatcher(
+        Recorder("wide", calls, release),  # type: ignore[arg-type]
+        max_batch_size=1,
+        max_queue_delay_s=0.0,
+        workers=2,
+        narrow=Recorder("narrow", calls, release),  # type: ignore[arg-type]
+    )
+    batcher.start()
+    x = np.ones((1, 1), dtype=np.float32)
+    first = asyncio.ensure_future(batcher.submit(x))
+    for _ in range(1000):  # until the first batch is inside the wide session
+        if calls:
+            break
+        await asyncio.sleep(0.001)
+    second = await batcher.submit(x)  # runs while the first is held: the narrow session
+    release.set()
+    await first
+    assert calls == ["wide", "narrow"] and second.outputs.shape == (1, 1)
+    third = await batcher.submit(x)  # alone again: the wide session
+    assert calls[-1] == "wide" and third.outputs.shape == (1, 1)
+    await batcher.close()

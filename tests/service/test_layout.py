@@ -40,12 +40,15 @@ MEDIUM = {1: 1.0, 2: 0.95, 4: 0.9, 8: 0.9}  # over SMALL_MS, but more threads do
 
 
 @pytest.mark.parametrize("cores", [2, 4, 8])
-def test_a_big_model_takes_every_core_per_call_one_batch_at_a_time(cores: int) -> None:
+def test_a_big_model_takes_every_core_alone_and_one_thread_batches_under_load(
+    cores: int,
+) -> None:
     timings = Timings(TEACHER)
     layout = choose_layout(cores, AUTO, AUTO, timings)
-    assert (layout.intra_op_threads, layout.inference_workers) == (cores, 1)
-    assert layout.source == "auto" and timings.timed == [1, cores]
-    assert "big model, every core per call" in layout.reason
+    assert (layout.intra_op_threads, layout.inference_workers) == (cores, cores)
+    assert layout.side_by_side and layout.source == "auto" and timings.timed == [1, cores]
+    assert "big model, every core for a batch alone" in layout.reason
+    assert layout.describe()["under_load"] == f"{cores} one-thread batches side by side"
     assert f"{TEACHER[1]:.2f} ms on 1 thread, {TEACHER[cores]:.2f} ms on {cores}" in layout.reason
 
 
@@ -76,14 +79,15 @@ def test_one_core_needs_no_timing() -> None:
 def test_no_single_batch_oversubscribes_and_a_lone_big_request_gets_every_core(
     cores: int,
 ) -> None:
-    """Each version's batches fit the cores; many busy versions together are held to the cores
-    by the process's core budget (tests/service/test_cores.py), not by shrinking each one."""
+    """Each version's batches fit the cores (a big model's batches beside another run on one
+    thread each); many busy versions together are held to the cores by the process's core
+    budget (tests/service/test_cores.py), not by shrinking each one."""
     small = choose_layout(cores, AUTO, AUTO, Timings(STUDENT))
     big = choose_layout(cores, AUTO, AUTO, Timings(TEACHER))
-    for layout in (small, big):
-        assert layout.intra_op_threads * layout.inference_workers <= cores
+    assert small.intra_op_threads * small.inference_workers <= cores
     assert small.inference_workers == cores  # one busy small model fills the machine
-    assert big.intra_op_threads == cores and big.inference_workers == 1
+    assert big.intra_op_threads == cores  # a lone request gets every core
+    assert big.inference_workers == (cores if big.side_by_side else 1)
 
 
 def test_explicit_settings_win() -> None:
