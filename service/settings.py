@@ -107,8 +107,9 @@ class Settings(BaseSettings):
         AUTO,
         description="Batches run at the same time per model version (its inference threads). "
         "'auto': the cores this process may use (cores / workers), one batch per core (a big "
-        "model's batches beside another run on one thread each). However many versions are busy, their batches together hold at most "
-        "the process's cores at once (a shared, fair core budget).",
+        "model's batches beside another run on one thread each). However many versions are "
+        "busy, their batches together hold at most the process's cores at once (a shared, "
+        "fair core budget).",
     )
     inline_inference_max_ms: float = Field(
         2.0,
