@@ -326,35 +326,43 @@ def _pair_reading(
     return f"- {arch}: {METHOD_TEXT[low_method]} -> {METHOD_TEXT[high_method]}: {text}."
 
 
-def render_depth(cards: Sequence[ModelCard]) -> list[str]:
-    """Deep vs shallow: shallow, wide nets alone and by SNN-MIMIC beside the deep students."""
+def _family_study(
+    cards: Sequence[ModelCard], prefix: str, methods: tuple[str, str], title: str, intro: str
+) -> tuple[list[str], list[ModelCard], list[ModelCard]]:
+    """A family (architectures starting with ``prefix``) trained by two methods, beside the deep
+    student trained the same two ways: the table and readings, and the two groups of cards."""
     nets = trained_networks(cards)
-    shallow = [c for c in nets if c.training.architecture.startswith("shallow")]
-    if not shallow:
-        return []
+    family = [c for c in nets if c.training.architecture.startswith(prefix)]
+    if not family:
+        return [], [], []
     deep_arch = _student_arch(cards)
     deep = [
         c for c in nets
-        if c.training.architecture == deep_arch and c.training.method in ("baseline", "mimic")
+        if c.training.architecture == deep_arch and c.training.method in methods
         and c.training.seed == 0
     ]  # fmt: skip
-    lines = [
-        "## Deep vs shallow (SNN-MIMIC)",
-        "",
+    lines = [f"## {title}", "", intro, "", *_NET_HEADER, *_net_rows(family + deep), ""]
+    readings = [
+        _pair_reading(nets, *methods, arch)
+        for arch in sorted({c.training.architecture for c in family + deep})
+    ]
+    return lines + [r for r in readings if r], family, deep
+
+
+def render_depth(cards: Sequence[ModelCard]) -> list[str]:
+    """Deep vs shallow: shallow, wide nets alone and by SNN-MIMIC beside the deep students."""
+    lines, shallow, deep = _family_study(
+        cards,
+        "shallow",
+        ("baseline", "mimic"),
+        "Deep vs shallow (SNN-MIMIC)",
         "Can a shallow net learn what a deep one knows (Ba & Caruana, NeurIPS 2014)? Shallow, wide "
         "networks (one or two convolutions) trained on the labels alone and by regressing the "
         "teacher's logits, beside the deep student of the same methods. Latency: ONNX Runtime, "
         "batch 1 p50 and batch 32 throughput on the exported file, as in the main table.",
-        "",
-        *_NET_HEADER,
-        *_net_rows(shallow + deep),
-        "",
-    ]
-    readings = [
-        _pair_reading(nets, "baseline", "mimic", arch)
-        for arch in sorted({c.training.architecture for c in shallow + deep})
-    ]
-    lines += [r for r in readings if r]
+    )
+    if not shallow:
+        return []
     best_shallow = max(shallow, key=lambda c: c.metrics.top1)
     if deep:
         best_deep = max(deep, key=lambda c: c.metrics.top1)
@@ -369,29 +377,12 @@ def render_depth(cards: Sequence[ModelCard]) -> list[str]:
 
 def render_mobilenet(cards: Sequence[ModelCard]) -> list[str]:
     """Hard compression: the MobileNet-style student alone and with KD, beside the WRN students."""
-    nets = trained_networks(cards)
-    mobile = [c for c in nets if c.training.architecture.startswith("mobilenet")]
-    if not mobile:
-        return []
-    deep_arch = _student_arch(cards)
-    context = [
-        c for c in nets
-        if c.training.architecture == deep_arch and c.training.method in ("baseline", "kd")
-        and c.training.seed == 0
-    ]  # fmt: skip
-    lines = [
-        "## Hard compression: MobileNetV2",
-        "",
+    lines, mobile, _ = _family_study(
+        cards,
+        "mobilenet",
+        ("baseline", "kd"),
+        "Hard compression: MobileNetV2",
         "Depthwise-separable MobileNetV2 trained alone and with KD from the teacher, beside the "
         "WRN student trained the same ways.",
-        "",
-        *_NET_HEADER,
-        *_net_rows(mobile + context),
-        "",
-    ]
-    readings = [
-        _pair_reading(nets, "baseline", "kd", arch)
-        for arch in sorted({c.training.architecture for c in mobile + context})
-    ]
-    lines += [r for r in readings if r]
-    return [*lines, ""]
+    )
+    return [*lines, ""] if mobile else []
