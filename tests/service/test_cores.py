@@ -38,7 +38,7 @@ def test_holds_never_exceed_the_budget() -> None:
 
 
 def test_a_wide_batch_is_not_starved_by_narrow_ones() -> None:
-    budget = CoreBudget(2)
+    budget = CoreBudget(2, max_wait_s=10.0)
     order: list[str] = []
     first = budget.hold(1)
     first.__enter__()  # one core busy: the wide waiter cannot start yet
@@ -147,3 +147,18 @@ async def test_a_batch_beside_another_runs_on_the_one_thread_session() -> None:
     third = await batcher.submit(x)  # alone again: the wide session
     assert calls[-1] == "wide" and third.outputs.shape == (1, 1)
     await batcher.close()
+
+
+def test_a_hung_holder_delays_the_others_by_at_most_max_wait() -> None:
+    budget = CoreBudget(2, max_wait_s=0.05)
+    hung = budget.hold(2)
+    hung.__enter__()  # a model call that never returns, holding every core
+    t0 = time.monotonic()
+    with budget.hold(1):
+        waited = time.monotonic() - t0
+    assert 0.04 <= waited < 1.0 and budget.overruns == 1
+    assert budget.free == 0  # the overrun held nothing and gave nothing back
+    hung.__exit__(None, None, None)
+    with budget.hold(1):  # the queue is not left blocked by the one that gave up
+        assert budget.free == 1
+    assert budget.overruns == 1 and budget.free == 2
