@@ -71,7 +71,7 @@ def test_the_best_student_is_three_times_faster_than_the_teacher() -> None:
     assert b32(best) >= 3 * b32(teacher), f"{best.name}: {b32(best):.0f} vs {b32(teacher):.0f}"
     report = (MODELS / "REPORT.md").read_text(encoding="utf-8")
     assert f"Best student: **{best.name}**" in report
-    assert "## Rocket Launching comparison" in report and "| 8.77 |" in report
+    assert "## Every method on one student" in report and "| 8.77 |" in report
 
 
 @pytest.fixture(scope="module")
