@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -45,12 +46,32 @@ IntraOpThreads = Annotated[Literal["auto"] | int, BeforeValidator(AutoOrCount(0,
 InferenceWorkers = Annotated[Literal["auto"] | int, BeforeValidator(AutoOrCount(1, 16))]
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cgroup_cpu_limit(path: Path = CGROUP_CPU_MAX) -> int | None:
+    """The cores a cgroup v2 CPU quota allows (a container's CPU limit, rounded up), if any."""
     try:
-        return len(os.sched_getaffinity(0))
+        quota, period = path.read_text(encoding="ascii").split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask (else the machine's count),
+    capped by a cgroup CPU quota (a container's or pod's CPU limit)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return min(cores, limit) if limit else cores
 
 
 class Settings(BaseSettings):
@@ -90,8 +111,8 @@ class Settings(BaseSettings):
         AUTO,
         description="ONNX Runtime intra-op threads per session (0 = ORT default: one per "
         "core). 'auto' chooses per model version at load from its batch-1 call, timed on 1 "
-        "thread and on every core this process may use (cores / workers): a model that takes at "
-        "least 0.5 ms and runs at least 1.25x faster on every core gets them all for a batch "
+        "thread and on every core this process may use (its affinity mask or cgroup CPU "
+        "limit, divided by workers): a model that takes at least 0.5 ms and runs at least 1.25x faster on every core gets them all for a batch "
         "that runs alone (a lone request uses the whole machine) and, under load, runs "
         "one-thread batches side by side on a second session; any other gets 1 thread and runs "
         "its batches side by side (inference_workers). GET /models shows each version's choice and "

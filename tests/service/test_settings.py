@@ -105,3 +105,16 @@ def test_cli_reports_a_broken_manifest(capsys: pytest.CaptureFixture[str], tmp_p
     assert main(["--model-repository", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not valid JSON" in err
+
+
+def test_a_cgroup_cpu_quota_caps_the_usable_cores(tmp_path: Path) -> None:
+    from service.settings import cgroup_cpu_limit
+
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")  # a 1.5-CPU limit: 2 cores' worth of threads
+    assert cgroup_cpu_limit(cpu_max) == 2
+    cpu_max.write_text("max 100000\n")  # no limit
+    assert cgroup_cpu_limit(cpu_max) is None
+    cpu_max.write_text("garbage\n")
+    assert cgroup_cpu_limit(cpu_max) is None
+    assert cgroup_cpu_limit(tmp_path / "absent") is None
