@@ -112,11 +112,11 @@ class Settings(BaseSettings):
         description="ONNX Runtime intra-op threads per session (0 = ORT default: one per "
         "core). 'auto' chooses per model version at load from its batch-1 call, timed on 1 "
         "thread and on every core this process may use (its affinity mask or cgroup CPU "
-        "limit, divided by workers): a model that takes at least 0.5 ms and runs at least 1.25x faster on every core gets them all for a batch "
-        "that runs alone (a lone request uses the whole machine) and, under load, runs "
-        "one-thread batches side by side on a second session; any other gets 1 thread and runs "
-        "its batches side by side (inference_workers). GET /models shows each version's choice and "
-        "why.",
+        "limit, divided by workers): a model that takes at least 0.5 ms and runs at least "
+        "1.25x faster on every core gets them all for a batch that runs alone (a lone request "
+        "uses the whole machine) and, under load, runs one-thread batches side by side on a "
+        "second session; any other gets 1 thread and runs its batches side by side "
+        "(inference_workers). GET /models shows each version's choice and why.",
     )
     intra_op_spinning: bool = Field(
         False,
