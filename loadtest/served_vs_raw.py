@@ -429,15 +429,15 @@ def main(argv: list[str] | None = None) -> int:
     off = {**common, "ROCKETSERVE_BATCHING": "false"}
     one_model = tempfile.TemporaryDirectory(prefix="served-vs-raw-")
     served = repository_of_one(repo, card.name, Path(one_model.name))
-    servers = [
-        Server(served, card, common, "batching on"),
-        Server(served, card, off, "batching off"),
-    ]
+    servers: list[Server] = []
     rows: list[Row] = []
     load_before = os.getloadavg()
     try:
-        for server in servers:
-            server.wait_ready()
+        # One after the other: each service times its model at start-up to choose its thread
+        # layout, and two doing so at once would each see the other's load.
+        for env, label in ((common, "batching on"), (off, "batching off")):
+            servers.append(Server(served, card, env, label))
+            servers[-1].wait_ready()
         # Interleaved per level so that raw and served see the same background load.
         for c in args.concurrency:
             if raw is not None:
