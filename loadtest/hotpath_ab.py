@@ -32,7 +32,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from loadtest.served_vs_raw import Row, Server, machine, pick_model
+from loadtest.served_report import Row, machine
+from loadtest.served_vs_raw import Server, pick_model
 from service.contract.model_card import ModelCard
 
 VARIANTS = ("current", "pillow-jpeg", "orjson")

@@ -9,18 +9,15 @@ import pytest
 from PIL import Image
 
 from loadtest.raw import RawCeiling, RawCell, RawLayout, RawResult
-from loadtest.served_vs_raw import (
+from loadtest.served_report import (
     STUDENT_TARGETS,
     TEACHER_TARGETS,
-    RawOrt,
     Row,
-    Server,
-    pick_model,
     raw_rows,
     report,
-    sample_png,
     targets_for,
 )
+from loadtest.served_vs_raw import RawOrt, Server, pick_model, sample_png
 
 pytestmark = pytest.mark.timeout(120)
 
