@@ -109,3 +109,39 @@ def test_missing_uvicorn_hooks_fall_back_with_one_warning(
         assert arrival_protocol() == "auto"
     [warning] = caplog.records
     assert "arrival stamps off" in warning.message and "on_message_begin" in warning.message
+
+
+@pytest.mark.parametrize("bound_as", ["workers", "single"])
+async def test_every_connection_has_nagle_off_however_the_port_was_bound(bound_as: str) -> None:
+    """``--workers N`` binds with ``socket.socket()`` (proto 0), for which asyncio leaves Nagle
+    on; an answer written as head then body then waited for the client's delayed ACK (+40 ms).
+    The protocol turns it off itself."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    if bound_as == "workers":
+        sock = socket.socket(family=socket.AF_INET)  # as uvicorn's Config.bind_socket does
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, http=arrival_protocol(), lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient() as client:
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}/x"
+            assert (await client.get(url)).status_code == 204
+            connections = list(server.server_state.connections)
+            assert connections, "the keep-alive connection is still open"
+            for protocol in connections:
+                accepted = protocol.transport.get_extra_info("socket")
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        server.should_exit = True
+        await serving
