@@ -317,7 +317,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="service intra-op threads: auto (default, chosen per model) or a count; the raw "
         "ceiling searches every thread layout either way",
     )
-    p.add_argument("--workers", type=int, default=1, help="service worker processes")
+    p.add_argument(
+        "--workers", default="auto", help="service worker processes: auto (the default) or N"
+    )
     p.add_argument(
         "--max-in-flight", type=int, default=0, help="service max_in_flight (0: no limit)"
     )

@@ -80,6 +80,7 @@ def report(
     provider: str = "cpu",
     best: RawCeiling | None = None,
     targets: Targets = TEACHER_TARGETS,
+    processes: str | None = None,
 ) -> str:
     """The results as a Markdown table with the machine and a verdict on the issue's targets:
     against ``best`` (the raw best over thread layouts and batch sizes) when given, else against
@@ -87,7 +88,8 @@ def report(
     lines = [
         f"model {card.name} ({card.training.architecture}, {card.macs:,} MACs/image, "
         f"input {list(card.input.shape)}), onnxruntime {ort.__version__} {provider.upper()}, "
-        f"service intra-op threads {threads}",
+        f"service intra-op threads {threads}"
+        + (f", worker processes {processes}" if processes else ""),
         f"machine: {machine()}"
         + (f"; 1-min load average {load[0]:.1f} before, {load[1]:.1f} after" if load else ""),
         *([best.describe()] if best else []),

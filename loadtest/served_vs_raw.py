@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+from pydantic import ValidationError
 
 from loadtest.raw import SEARCH_BATCH_SIZES, RawCeiling, RawCell, search_layouts
 from loadtest.served_report import Row, order, raw_rows, report, targets_for
@@ -40,6 +41,8 @@ from service.contract.model_card import (
     read_manifest,
     version_dirs,
 )
+from service.inference.processes import choose_processes
+from service.settings import Settings
 
 _CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 
@@ -258,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="service intra-op threads: auto (default) or a count (raw CUDA: 1 for auto)",
     )
+    parser.add_argument(
+        "--workers", default="auto", help="service worker processes: auto (default) or a count"
+    )
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     parser.add_argument(
         "--provider",
@@ -285,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "ROCKETSERVE_MAX_QUEUE_SIZE": str(max(512, 4 * biggest)),
         "ROCKETSERVE_MAX_INPUTS_PER_REQUEST": "1",
         "ROCKETSERVE_PROVIDER": args.provider,
+        "ROCKETSERVE_WORKERS": args.workers,
     }
     # CPU: the machine's best over thread layouts; CUDA: one session, as the service runs it.
     threads = 1 if args.threads == "auto" else int(args.threads)
@@ -298,6 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     off = {**common, "ROCKETSERVE_BATCHING": "false"}
     one_model = tempfile.TemporaryDirectory(prefix="served-vs-raw-")
     served = repository_of_one(repo, card.name, Path(one_model.name))
+    try:
+        chosen = Settings.model_validate(
+            {"model_repository": served, "workers": args.workers, "provider": args.provider}
+        )
+    except ValidationError:
+        parser.error("--workers takes auto or an integer from 1 to 64")
+    processes, why = choose_processes(chosen, [card])
+    workers = f"{args.workers} ({processes}: {why})"
     servers: list[Server] = []
     rows: list[Row] = []
     load_before = os.getloadavg()
@@ -325,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     if best is not None:
         rows += raw_rows(best, args.concurrency)
     targets = targets_for(card, args.model_repository)
-    print(report(card, args.threads, sorted(rows, key=order), load, args.provider, best, targets))
+    table = sorted(rows, key=order)
+    print(report(card, args.threads, table, load, args.provider, best, targets, workers))
     return 0
 
 

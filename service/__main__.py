@@ -9,8 +9,14 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from service.contract.model_card import ModelRepositoryError, model_dirs, read_manifest
+from service.contract.model_card import (
+    ModelCard,
+    ModelRepositoryError,
+    model_dirs,
+    read_manifest,
+)
 from service.http.uvicorn_hooks import arrival_protocol
+from service.inference.processes import choose_processes
 from service.observability.multiprocess import share_metrics_across_workers
 from service.repository.loading import verify_repository
 from service.repository.registry import LoadFailure
@@ -27,7 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-repository", help="model repository folder")
     parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default 8000)")
-    parser.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
+    parser.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="worker processes: auto (default: one per core for light models, else 1) or 1-64",
+    )
     parser.add_argument("--default-model", help="model used when a request names none")
     parser.add_argument(
         "--intra-op-threads",
@@ -81,6 +91,17 @@ def check_repository(settings: Settings) -> list[LoadFailure]:
     return failures
 
 
+def servable_cards(settings: Settings) -> list[ModelCard]:
+    """The cards of the repository's models that can be read (the others are skipped)."""
+    cards = []
+    for model_dir in model_dirs(settings.model_repository):
+        try:
+            cards.append(read_manifest(model_dir))
+        except ModelRepositoryError:
+            continue
+    return cards
+
+
 def main(argv: list[str] | None = None) -> int:
     """Validate settings and repository, then run uvicorn with the app factory."""
     args = parse_args(argv)
@@ -91,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()  # type: ignore[call-arg]  # model_repository comes from the env
         failures = check_repository(settings)
+        workers, why = choose_processes(settings, servable_cards(settings))
     except ValidationError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -100,14 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     if failures and settings.strict_models:
         print(f"error: {failures[0].line()}", file=sys.stderr)
         return 2
+    if settings.log_level in ("info", "debug"):
+        print(f"INFO:     {workers} worker process(es): {why}", file=sys.stderr)
+    # Every worker reads the number chosen here (it divides the cores among them).
+    os.environ[f"{ENV_PREFIX}WORKERS"] = str(workers)
     # Before the workers start: with several, /metrics merges all their metric files.
-    share_metrics_across_workers(settings.workers)
+    share_metrics_across_workers(workers)
     uvicorn.run(
         "service.http.app:app_from_env",
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=settings.workers,
+        workers=workers,
         loop=settings.event_loop,
         http=arrival_protocol(),  # deadlines count from the first parsed byte, not the route
         log_level=settings.log_level,

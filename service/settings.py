@@ -44,6 +44,8 @@ class AutoOrCount:
 # an explicit integer, which wins.
 IntraOpThreads = Annotated[Literal["auto"] | int, BeforeValidator(AutoOrCount(0, 256))]
 InferenceWorkers = Annotated[Literal["auto"] | int, BeforeValidator(AutoOrCount(1, 16))]
+# Worker processes: "auto" (chosen from the cards before they start, service/inference/processes.py)
+WorkerProcesses = Annotated[Literal["auto"] | int, BeforeValidator(AutoOrCount(1, 64))]
 
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -84,7 +86,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on.")
-    workers: int = Field(1, ge=1, le=64, description="Number of uvicorn worker processes.")
+    workers: WorkerProcesses = Field(
+        AUTO,
+        description="uvicorn worker processes, each with its own event loop and a share of the "
+        "cores. 'auto': one per core (at most 8) when every model's card times a lone call at "
+        "1 ms or less (the loop's work per request then outweighs inference), else 1; always 1 "
+        "with model_control_mode 'explicit' or on CUDA. The choice is logged at start-up.",
+    )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio",
         description="Event loop of uvicorn. asyncio by default: under overload uvloop left new "

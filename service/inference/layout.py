@@ -71,9 +71,12 @@ class Layout:
         }
 
 
-def process_cores(processes: int) -> int:
-    """The cores one of ``processes`` worker processes may count on (at least 1)."""
-    return max(1, usable_cores() // max(1, processes))
+def process_cores(processes: int | str) -> int:
+    """The cores one of ``processes`` worker processes may count on (at least 1). 'auto' is
+    only ever seen by an app made in-process (``python -m service`` passes its workers the
+    number it chose): one process."""
+    count = processes if isinstance(processes, int) else 1
+    return max(1, usable_cores() // max(1, count))
 
 
 def _batches(workers: int) -> str:

@@ -29,13 +29,18 @@ def running_service(
     repo: Path | str, env: dict[str, str] | None = None, ready_timeout: float = 60
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The service on ``repo`` until /readyz answers 200; yields its base URL and process, and
-    stops it with SIGTERM (killed after 10 s) on exit."""
+    stops it with SIGTERM (killed after 10 s) on exit.
+
+    One worker process unless ``env`` says otherwise: the tests that use this prove what one
+    process does (its /models, its metrics, its routing window); ``workers=auto`` choosing
+    several is tested on its own (tests/service/test_processes.py).
+    """
     port = free_port()
     argv = [sys.executable, "-m", "service", "--model-repository", str(repo), "--port", str(port)]
     proc = subprocess.Popen(
         argv,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "ROCKETSERVE_WORKERS": "1", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
