@@ -14,8 +14,8 @@ Variants (``--variants``):
   git:REV             the service as it was at git revision REV (a temporary worktree)
 
 ``python -m loadtest.hotpath_ab serve VARIANT [service options]`` runs one variant (used by the
-harness; a variant patches the service in this process before uvicorn starts, so it needs
-``--workers 1``).
+harness; a variant patches the service in this process before uvicorn starts, so every variant runs
+with one worker process).
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ def measure(
         launcher, cwd = [sys.executable, "-m", "service"], trees[variant]
     else:
         launcher, cwd = [sys.executable, "-m", "loadtest.hotpath_ab", "serve", variant], None
-    server = Server(repo, card, {}, variant, launcher=launcher, cwd=cwd, payload=payload)
+    # One process for every variant: a variant patches the service in the process it starts.
+    env = {"ROCKETSERVE_WORKERS": "1"}
+    server = Server(repo, card, env, variant, launcher=launcher, cwd=cwd, payload=payload)
     try:
         server.wait_ready()
         return server.measure(64, seconds), server.measure(1, seconds)
