@@ -85,11 +85,14 @@ async def test_reload_under_load_answers_every_request(digits_repo: Path, tmp_pa
             np.testing.assert_allclose([scores[i] for i in range(10)], expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_poll_mode_rolls_out_published_versions_under_load(
-    digits_repo: Path, tmp_path: Path
+    digits_repo: Path, tmp_path: Path, workers: str
 ) -> None:
+    """Every worker process watches the repository: with two, each rolls out on its own."""
     repo = Path(shutil.copytree(digits_repo, tmp_path / "repo"))
     env = {
+        "ROCKETSERVE_WORKERS": workers,
         "ROCKETSERVE_MODEL_CONTROL_MODE": "poll",
         "ROCKETSERVE_REPOSITORY_POLL_S": "0.2",
         "ROCKETSERVE_LOG_LEVEL": "warning",

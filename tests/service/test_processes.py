@@ -65,6 +65,8 @@ def test_explicit_control_and_a_set_number(digits_repo: Path) -> None:
     set_three = settings(digits_repo, workers=3)
     assert choose_processes(set_three, light, cores=1) == (3, "set by workers")
     assert settings(digits_repo, workers="AUTO").workers == "auto"
+    with pytest.raises(ValueError, match="'explicit' needs one worker process, not 2"):
+        settings(digits_repo, workers=2, model_control_mode="explicit")
     with pytest.raises(ValueError, match="'auto' or an integer from 1 to 64"):
         settings(digits_repo, workers=0)
 
