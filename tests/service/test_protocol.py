@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,6 +16,21 @@ import uvicorn
 from service.http.uvicorn_hooks import ARRIVAL_KEY, arrival_protocol
 
 pytestmark = pytest.mark.timeout(30)
+
+
+@contextlib.asynccontextmanager
+async def served(app: Any, sock: socket.socket) -> AsyncIterator[uvicorn.Server]:
+    """A real uvicorn server with the service's protocol on ``sock`` (bound), until exit."""
+    config = uvicorn.Config(app, http=arrival_protocol(), lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        yield server
+    finally:
+        server.should_exit = True
+        await serving
 
 
 async def test_real_uvicorn_stamps_arrival_before_the_body_is_complete() -> None:
@@ -32,13 +49,8 @@ async def test_real_uvicorn_stamps_arrival_before_the_body_is_complete() -> None
     assert protocol != "auto", "httptools is installed in the dev environment"
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=protocol, lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        port = sock.getsockname()[1]
-        while not server.started:
-            await asyncio.sleep(0.01)
+    port = sock.getsockname()[1]
+    async with served(app, sock):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         before = time.monotonic()
         writer.write(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nab")
@@ -50,9 +62,6 @@ async def test_real_uvicorn_stamps_arrival_before_the_body_is_complete() -> None
         writer.close()
         async with httpx.AsyncClient() as client:  # a second request on a new connection
             assert (await client.post(f"http://127.0.0.1:{port}/y")).status_code == 204
-    finally:
-        server.should_exit = True
-        await serving
     (stamp, handled), (second, _) = seen
     assert isinstance(stamp, float) and isinstance(second, float)
     # The deadline clock starts when the request began arriving, not when the route ran.
@@ -72,12 +81,7 @@ async def test_real_uvicorn_answers_through_the_protocol_streamed_or_not() -> No
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=arrival_protocol(), lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
+    async with served(app, sock):
         reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
         writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
         t0 = time.monotonic()
@@ -91,9 +95,6 @@ async def test_real_uvicorn_answers_through_the_protocol_streamed_or_not() -> No
         assert (await reader.readline()).startswith(b"HTTP/1.1 200")
         assert b"done" in await reader.readuntil(b"0\r\n\r\n")
         writer.close()
-    finally:
-        server.should_exit = True
-        await serving
 
 
 def test_missing_uvicorn_hooks_fall_back_with_one_warning(
@@ -128,20 +129,11 @@ async def test_every_connection_has_nagle_off_however_the_port_was_bound(bound_a
     else:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=arrival_protocol(), lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient() as client:
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}/x"
-            assert (await client.get(url)).status_code == 204
-            connections = list(server.server_state.connections)
-            assert connections, "the keep-alive connection is still open"
-            for protocol in connections:
-                accepted = protocol.transport.get_extra_info("socket")
-                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    finally:
-        server.should_exit = True
-        await serving
+    async with served(app, sock) as server, httpx.AsyncClient() as client:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/x"
+        assert (await client.get(url)).status_code == 204
+        connections = list(server.server_state.connections)
+        assert connections, "the keep-alive connection is still open"
+        for protocol in connections:
+            accepted = protocol.transport.get_extra_info("socket")
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
