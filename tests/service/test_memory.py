@@ -34,12 +34,13 @@ from service.inputs.pipeline import load_batch
 from service.settings import Settings
 from tests.support.cli import ROOT
 from tests.support.server import running_service
+from tests.support.zoo import smallest_student
 
 MiB = 1 << 20
 BYTES_PER_PIXEL = 16  # WebP's decoding (libwebp's canvas, a copy, the image, RGB): the most
 BYTES_PER_BODY_BYTE = 16  # JSON numbers: ~32 bytes of Python objects for every 2-4 body bytes
 FIXED = 32 * MiB
-MODEL = "cifar10-kd-wrn-16-1"
+MODEL = smallest_student(precision="fp32").name  # a CIFAR-10 student, 3 x 32 x 32 input
 LIMIT = Settings.model_fields["max_decoded_pixels"].default  # 4096 x 4096
 
 

@@ -14,11 +14,13 @@ import pytest
 from service.repository.routing import Objective, parse_objective
 from tests.service.test_endpoints import samples
 from tests.support.server import running_service
+from tests.support.zoo import smallest_student, teacher
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST, SLOW = "cifar10-kd-wrn-16-1-int8", "cifar10-teacher-wrn-40-2"  # 27M and 328M MACs
+# The int8 student with the fewest MACs and the fp32 teacher (27M and 328M MACs today).
+FAST, SLOW = smallest_student().name, teacher().name
 JPEG = (ROOT / "loadtest/data/cifar10/cat_0000.jpg").read_bytes()
 
 

@@ -14,6 +14,7 @@ from service.observability.metrics import ServiceMetrics
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
 from tests.support.onnx_repo import build_digits_model
+from tests.support.zoo import batch1_p99_ms, teacher, zoo_cards
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +75,7 @@ async def test_memory_is_given_back_after_50_load_unload_cycles(tmp_path: Path) 
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    name = "cifar10-teacher-wrn-40-2"  # the biggest model of the zoo: a leak would show
+    name = teacher().name  # the biggest model of the zoo: a leak would show
     shutil.copytree(ROOT / "models" / name, repo / name)
     build_digits_model(repo, "digits-logreg")
     registry = load(repo, warmup_runs=0)
@@ -97,15 +98,19 @@ def test_the_default_model_is_the_best_within_the_default_budget(digits_repo: Pa
     from service.repository.registry import default_by_budget
 
     zoo = load(ROOT / "models", warmup_runs=0)
-    # The zoo's best student under 1 ms at batch 1 (by its card), not the first name.
-    assert zoo.default_model == "cifar10-rocket-kd-wrn-16-1-int8"
-    assert default_by_budget(zoo.models, 1e6) == "cifar10-teacher-wrn-40-2"  # no real budget
+    # The zoo's most accurate model whose card times batch 1 within 1 ms, not the first name.
+    cards = zoo_cards()
+    within = [c for c in cards if batch1_p99_ms(c) <= 1.0]
+    assert within, "the zoo has students within the default budget"
+    best = max(within, key=lambda c: c.metrics.top1)  # cards by name: ties go to the first
+    assert zoo.default_model == best.name
+    most_accurate = max(cards, key=lambda c: c.metrics.top1)
+    assert default_by_budget(zoo.models, 1e6) == most_accurate.name  # no real budget
     fastest = min(
         (v[max(v)] for v in zoo.models.values()),
         key=lambda m: (next(r.p99_ms for r in m.card.profile.rows if r.batch_size == 1), m.name),
     )
     assert default_by_budget(zoo.models, 1e-6) == fastest.name  # none meets it: the fastest
-    assert load(
-        ROOT / "models", warmup_runs=0, default_model="cifar10-kd-wrn-16-1"
-    ).default_model == ("cifar10-kd-wrn-16-1")
+    other = next(c.name for c in cards if c.name != best.name)
+    assert load(ROOT / "models", warmup_runs=0, default_model=other).default_model == other
     assert load(digits_repo).default_model == "digits-logreg"  # equal top-1: the first by name

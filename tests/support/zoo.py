@@ -1,0 +1,36 @@
+"""The committed zoo (models/) by role, read from its cards, so that tests outlive a new zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from export.report import find_teacher
+from service.contract.model_card import ModelCard, model_dirs, read_manifest
+from tests.support.cli import ROOT
+
+MODELS = ROOT / "models"
+
+
+def zoo_cards(repo: Path = MODELS) -> list[ModelCard]:
+    """Every card of the repository, by name."""
+    return sorted((read_manifest(d) for d in model_dirs(repo)), key=lambda c: c.name)
+
+
+def teacher(repo: Path = MODELS) -> ModelCard:
+    """The teacher the students were distilled from (fp32)."""
+    found = find_teacher(zoo_cards(repo))
+    assert found is not None, "the zoo has a teacher"
+    return found
+
+
+def smallest_student(repo: Path = MODELS, precision: str = "int8") -> ModelCard:
+    """The student with the fewest MACs in ``precision`` (ties: the faster batch 1, the name)."""
+    cards = [c for c in zoo_cards(repo) if c.precision == precision]
+    big = teacher(repo)
+    students = [c for c in cards if big.name not in (c.name, c.derived_from)]
+    return min(students, key=lambda c: (c.macs, batch1_p99_ms(c), c.name))
+
+
+def batch1_p99_ms(card: ModelCard) -> float:
+    """The batch-1 p99 its card measured."""
+    return next(r.p99_ms for r in card.profile.rows if r.batch_size == 1)
