@@ -29,7 +29,7 @@ OVERHEAD_MS = 1.0
 
 class LatencyWindow:
     """Recent end-to-end latencies of one model version (the live p50/p99 of /models and the
-    router's prediction), and their p99, cached.
+    router's prediction), and their p99 (``robust_p99``), cached.
 
     Recent means both: at most ``size`` requests and none older than ``MAX_AGE_S``. The age
     limit is what lets a model the router stopped choosing come back: its congested figures
@@ -74,9 +74,21 @@ class LatencyWindow:
             or self._new >= self.REFRESH
             or now - self._computed_at > self.REFRESH_S
         ):
-            self._p99_ms = float(np.percentile(self.samples(now), 99)) * 1000.0
+            self._p99_ms = robust_p99(self.samples(now)) * 1000.0
             self._new, self._computed_at = 0, now
         return self._p99_ms
+
+
+def robust_p99(samples: np.ndarray) -> float:
+    """The 99th percentile of ``samples``, except that under 101 samples it is never above the
+    second largest: with fewer, the 99th percentile is the maximum, and one slow request (a
+    collection pause, a cold cache) would shut the model out until it ages out of the window.
+    Two slow requests count."""
+    n = len(samples)
+    if n < 2:
+        return float(samples.max()) if n else 0.0
+    q = min(99.0, 100.0 * (n - 2) / (n - 1))  # at most the rank of the second largest
+    return float(np.percentile(samples, q))
 
 
 @dataclass(frozen=True)

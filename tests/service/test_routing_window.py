@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from service.repository.routing import LatencyWindow
+import numpy as np
+
+from service.repository.routing import LatencyWindow, robust_p99
 
 
 def test_no_live_figure_before_enough_requests() -> None:
@@ -35,3 +37,25 @@ def test_the_window_is_bounded_by_size_and_age() -> None:
     assert len(window.samples(now=6.0)) == 50  # the size bound
     assert round(window.samples(now=6.0).min(), 6) == 0.071  # the oldest kept is request 71
     assert len(window.samples(now=6.0 + LatencyWindow.MAX_AGE_S - 2.0)) == 40  # the age bound
+
+
+def test_one_slow_request_does_not_shut_a_model_out_but_two_do() -> None:
+    window = LatencyWindow(size=1024)
+    for i in range(LatencyWindow.MIN_SAMPLES - 1):
+        window.add(0.002, now=100.0 + i * 0.01)
+    window.add(0.050, now=100.5)  # one collection pause among fast answers
+    assert window.p99_ms(now=100.5) == 2.0
+    for i in range(LatencyWindow.REFRESH):
+        window.add(0.002, now=100.6 + i * 0.001)
+    window.add(0.050, now=100.7)  # a second slow answer: the model may really be slow now
+    assert window.p99_ms(now=100.7) == 50.0
+
+
+def test_robust_p99_is_the_percentile_from_a_hundred_and_one_samples_on() -> None:
+    rng = np.random.default_rng(0)
+    for n in (101, 500, 1024):
+        x = rng.exponential(1.0, n)
+        assert robust_p99(x) == float(np.percentile(x, 99))
+    x = np.arange(1.0, 51.0)  # 50 samples: never above the second largest
+    assert robust_p99(x) == 49.0
+    assert robust_p99(np.array([3.0])) == 3.0 and robust_p99(np.array([])) == 0.0
