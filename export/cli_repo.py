@@ -173,6 +173,9 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         only=tuple(args.only or ()),
         work_dir=args.work_dir,
         resume=args.resume,
+        lanes=args.lanes,
+        torch_threads=args.torch_threads,
+        report=not args.no_report,
     )
     result = run_zoo(args.dataset, args.out, opts, config_file=args.config)
     print(f"{len(result.cards)} model versions in {args.out} ({result.wall_time_s:.1f}s)")
@@ -242,4 +245,13 @@ def register(sub: Any) -> None:
         action="store_true",
         help="continue an interrupted zoo from its checkpoints; keep models already published",
     )
+    p.add_argument(
+        "--lanes",
+        type=int,
+        default=1,
+        help="train the students in this many parallel processes after the teacher, each with "
+        "its share of the cores and its own log in the work dir (default 1: one after another)",
+    )
+    p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: config)")
+    p.add_argument("--no-report", action="store_true", help="do not write REPORT.md at the end")
     p.set_defaults(func=_guard(cmd_zoo))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -12,6 +13,7 @@ from typing import Any
 import yaml
 
 from export.evaluate import default_threads, machine_description, pick_provider
+from export.lanes import run_lanes
 from export.onnx_export import export_with_parity
 from export.quantize import make_variant
 from export.report import write_report
@@ -50,6 +52,11 @@ class ZooOptions:
     # Continue an interrupted zoo: training picks up from each run's last epoch checkpoint and an
     # entry whose models the repository already holds is not exported or published again.
     resume: bool = False
+    # Students in this many parallel processes after the teacher (export/lanes.py); 1: in turn.
+    lanes: int = 1
+    torch_threads: int | None = None  # overrides the config's torch_threads
+    report: bool = True  # write REPORT.md and pareto.png at the end (a lane's child does not)
+    config_file: Path | None = None  # the zoo YAML, when not the packaged one (lanes pass it on)
 
 
 @dataclass
@@ -123,6 +130,8 @@ class Zoo:
         from export.data import load_dataset
 
         self.config, self.repo, self.opts, self.log = config, repo, opts, log
+        if opts.lanes < 1:
+            raise ZooError(f"lanes must be at least 1, not {opts.lanes}")
         self.dataset = str(config["dataset"])
         data_dir = opts.data_dir if opts.data_dir is not None else config.get("data_dir")
         self.splits = load_dataset(self.dataset, data_dir)
@@ -221,6 +230,26 @@ class Zoo:
             cards.append(self._publish(derived, variant))
         return cards
 
+    def _lane_argv(self, names: list[str], threads: int) -> list[str]:
+        """The command of a lane's child: this zoo, cut to ``names``, resumed, no report."""
+        o = self.opts
+        argv = [sys.executable, "-m", "export", "zoo", "--dataset", self.dataset]
+        argv += ["--out", str(self.repo), "--work-dir", str(self.work), "--resume"]
+        argv += ["--lanes", "1", "--no-report", "--torch-threads", str(threads)]
+        options: list[tuple[str, object]] = [
+            ("--config", o.config_file),
+            ("--data-dir", o.data_dir),
+            ("--max-epochs", o.max_epochs),
+            ("--max-train-images", o.max_train_images),
+            ("--profile-runs", o.profile_runs),
+            ("--threads", o.threads),
+            ("--provider", o.provider),
+        ]
+        for flag, value in options:
+            if value is not None:
+                argv += [flag, str(value)]
+        return [*argv, "--only", *names]
+
     def _publish(self, info: ArtifactInfo, onnx_path: Path) -> ModelCard:
         card = publish(self.repo, info, onnx_path, self.data, self.settings)
         b1 = card.profile.rows[0]
@@ -235,8 +264,9 @@ class Zoo:
         import torch
 
         threads = torch.get_num_threads()
-        if self.config.get("torch_threads"):
-            torch.set_num_threads(int(self.config["torch_threads"]))
+        wanted = self.opts.torch_threads or self.config.get("torch_threads")
+        if wanted:
+            torch.set_num_threads(int(wanted))
         try:
             return self._run()
         finally:
@@ -250,10 +280,20 @@ class Zoo:
         unknown = selected - {str(e["name"]) for e in entries}
         if unknown:
             raise ZooError(f"--only names no zoo entry: {', '.join(sorted(unknown))}")
-        for entry in entries:
-            if selected and entry["name"] not in selected and entry is not self.config["teacher"]:
-                continue
-            result.cards.extend(self.run_entry(entry))
+        teacher = self.config["teacher"]
+        students = [str(e["name"]) for e in entries[1:] if not selected or e["name"] in selected]
+        result.cards.extend(self.run_entry(teacher))
+        if self.opts.lanes > 1 and len(students) > 1:
+            failed = run_lanes(self._lane_argv, students, self.opts.lanes, self.work, self.log)
+            if failed:
+                raise ZooError("; ".join(failed))
+        else:
+            for entry in entries[1:]:
+                if str(entry["name"]) in students:
+                    result.cards.extend(self.run_entry(entry))
+        if not self.opts.report:
+            result.wall_time_s = time.perf_counter() - start
+            return result
         cards = load_cards(self.repo)
         title = f"Model zoo: {self.dataset} ({len(cards)} models)"
         result.report, result.pareto = write_report(self.repo, cards, title)
@@ -275,4 +315,7 @@ def run_zoo(
     if config["dataset"] != dataset:
         raise ZooError(f"config is for dataset {config['dataset']!r}, not {dataset!r}")
     repo.mkdir(parents=True, exist_ok=True)
-    return Zoo(config, repo, opts or ZooOptions(), log).run()
+    opts = opts or ZooOptions()
+    if config_file is not None and opts.config_file is None:
+        opts = replace(opts, config_file=config_file)
+    return Zoo(config, repo, opts, log).run()

@@ -176,3 +176,33 @@ def test_zoo_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data directory") and len(err.splitlines()) == 1
+
+
+def test_lanes_train_the_students_in_parallel_processes(
+    zoo_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """--lanes 2: the teacher first, then one child process per lane; same models as in turn."""
+    out = tmp_path_factory.mktemp("zoo-lanes") / "repo"
+    proc = _export(
+        "zoo", "--dataset", "digits", "--out", str(out),
+        "--max-epochs", "1", "--max-train-images", "200", "--profile-runs", "3",
+        "--only", "kd-resnet8", "rocket-resnet8", "--lanes", "2",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lane 1: kd-resnet8 (" in proc.stdout and "lane 2: rocket-resnet8 (" in proc.stdout
+    assert proc.stdout.count(": done") == 2
+    logs = {p.name: p.read_text() for p in (out / ".work").glob("lane-*.log")}
+    assert sorted(logs) == ["lane-1.log", "lane-2.log"]
+    assert "[digits-kd-resnet8] parity ok" in logs["lane-1.log"]
+    assert "[digits-rocket-resnet8] parity ok" in logs["lane-2.log"]
+    assert "[digits-rocket-resnet8]" not in logs["lane-1.log"]  # each lane its own entries
+    assert {d.name for d in model_dirs(out)} == {d.name for d in model_dirs(zoo_repo)}
+    assert (out / "REPORT.md").is_file() and main(["verify", str(out)]) == 0
+
+
+def test_lanes_deal_entries_round_robin_in_order() -> None:
+    from export.lanes import deal
+
+    assert deal(["a", "b", "c", "d", "e"], 2) == [["a", "c", "e"], ["b", "d"]]
+    assert deal(["a"], 3) == [["a"]]  # no empty lanes
+    assert deal(["a", "b"], 1) == [["a", "b"]]
