@@ -230,8 +230,8 @@ class Zoo:
             cards.append(self._publish(derived, variant))
         return cards
 
-    def _lane_argv(self, names: list[str], threads: int) -> list[str]:
-        """The command of a lane's child: this zoo, cut to ``names``, resumed, no report."""
+    def _lane_argv(self, name: str, threads: int) -> list[str]:
+        """The command of a lane's child: this zoo cut to entry ``name``, resumed, no report."""
         o = self.opts
         argv = [sys.executable, "-m", "export", "zoo", "--dataset", self.dataset]
         argv += ["--out", str(self.repo), "--work-dir", str(self.work), "--resume"]
@@ -248,7 +248,7 @@ class Zoo:
         for flag, value in options:
             if value is not None:
                 argv += [flag, str(value)]
-        return [*argv, "--only", *names]
+        return [*argv, "--only", name]
 
     def _publish(self, info: ArtifactInfo, onnx_path: Path) -> ModelCard:
         card = publish(self.repo, info, onnx_path, self.data, self.settings)
@@ -286,7 +286,7 @@ class Zoo:
         if self.opts.lanes > 1 and len(students) > 1:
             failed = run_lanes(self._lane_argv, students, self.opts.lanes, self.work, self.log)
             if failed:
-                raise ZooError("; ".join(failed))
+                raise ZooError(f"{len(failed)} entries failed: " + "; ".join(failed))
         else:
             for entry in entries[1:]:
                 if str(entry["name"]) in students:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,7 @@ def test_lanes_train_the_students_in_parallel_processes(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "lane 1: kd-resnet8 (" in proc.stdout and "lane 2: rocket-resnet8 (" in proc.stdout
-    assert proc.stdout.count(": done") == 2
+    assert proc.stdout.count(" done") == 2
     logs = {p.name: p.read_text() for p in (out / ".work").glob("lane-*.log")}
     assert sorted(logs) == ["lane-1.log", "lane-2.log"]
     assert "[digits-kd-resnet8] parity ok" in logs["lane-1.log"]
@@ -200,9 +201,41 @@ def test_lanes_train_the_students_in_parallel_processes(
     assert (out / "REPORT.md").is_file() and main(["verify", str(out)]) == 0
 
 
-def test_lanes_deal_entries_round_robin_in_order() -> None:
-    from export.lanes import deal
+def test_a_lane_takes_the_next_entry_when_its_entry_ends(tmp_path: Path) -> None:
+    """At most ``lanes`` children at once, in order; the lane that frees first runs the next;
+    the last one left gets every core; a failure is reported and the others still run."""
+    from export.lanes import run_lanes
 
-    assert deal(["a", "b", "c", "d", "e"], 2) == [["a", "c", "e"], ["b", "d"]]
-    assert deal(["a"], 3) == [["a"]]  # no empty lanes
-    assert deal(["a", "b"], 1) == [["a", "b"]]
+    marker = tmp_path / "last-ran"
+    # "long" lasts until "last" has run, whatever the machine's speed.
+    code = {
+        "long": f"import os, time\nwhile not os.path.exists({str(marker)!r}): time.sleep(0.05)",
+        "short": "pass",
+        "third": "pass",
+        "fails": "raise SystemExit(3)",
+        "last": f"open({str(marker)!r}, 'w').close()",
+    }
+    started: list[tuple[str, int]] = []
+
+    def argv(name: str, threads: int) -> list[str]:
+        started.append((name, threads))
+        return [sys.executable, "-c", code[name]]
+
+    lines: list[str] = []
+    logs = tmp_path / "logs"
+    failed = run_lanes(argv, list(code), 2, logs, lines.append, cores=4)
+    assert failed == ["fails (lane 2) exited with status 3"]
+    assert [s[0] for s in started] == list(code)
+    # "long" holds lane 1 throughout: everything else ran in lane 2, one after another.
+    assert lines[0].startswith("lane 1: long (2 torch thread(s))")
+    assert all(line.startswith("lane 2: ") for line in lines if "long" not in line)
+    assert started[-1] == ("last", 2)  # "long" still ran when it started: half the cores
+    assert sorted(p.name for p in logs.iterdir()) == ["lane-1.log", "lane-2.log"]
+    alone: list[tuple[str, int]] = []
+
+    def lone(name: str, threads: int) -> list[str]:
+        alone.append((name, threads))
+        return [sys.executable, "-c", "pass"]
+
+    assert run_lanes(lone, ["x"], 2, logs, cores=4) == []
+    assert alone == [("x", 4)]  # a lone entry gets every core
