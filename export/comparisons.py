@@ -49,7 +49,7 @@ ABLATIONS = ("no gradient block", "no sharing", "no joint training")
 
 
 def _row(card: ModelCard, batch_size: int) -> ProfileRow | None:
-    return next((r for r in card.profile.rows if r.batch_size == batch_size), None)
+    return card.profile.row(batch_size)
 
 
 def trained_networks(cards: Sequence[ModelCard]) -> list[ModelCard]:

@@ -13,7 +13,7 @@ PARETO_FILENAME = "pareto.png"
 
 
 def _row(card: ModelCard, batch_size: int) -> ProfileRow | None:
-    return next((r for r in card.profile.rows if r.batch_size == batch_size), None)
+    return card.profile.row(batch_size)
 
 
 def latency_ms(card: ModelCard) -> float:

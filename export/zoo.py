@@ -280,17 +280,16 @@ class Zoo:
         unknown = selected - {str(e["name"]) for e in entries}
         if unknown:
             raise ZooError(f"--only names no zoo entry: {', '.join(sorted(unknown))}")
-        teacher = self.config["teacher"]
-        students = [str(e["name"]) for e in entries[1:] if not selected or e["name"] in selected]
-        result.cards.extend(self.run_entry(teacher))
+        students = [e for e in entries[1:] if not selected or e["name"] in selected]
+        result.cards.extend(self.run_entry(self.config["teacher"]))
         if self.opts.lanes > 1 and len(students) > 1:
-            failed = run_lanes(self._lane_argv, students, self.opts.lanes, self.work, self.log)
+            names = [str(e["name"]) for e in students]
+            failed = run_lanes(self._lane_argv, names, self.opts.lanes, self.work, self.log)
             if failed:
                 raise ZooError(f"{len(failed)} entries failed: " + "; ".join(failed))
         else:
-            for entry in entries[1:]:
-                if str(entry["name"]) in students:
-                    result.cards.extend(self.run_entry(entry))
+            for entry in students:
+                result.cards.extend(self.run_entry(entry))
         if not self.opts.report:
             result.wall_time_s = time.perf_counter() - start
             return result

@@ -67,39 +67,28 @@ def _one_line(exc: ValidationError) -> str:
     return f"invalid setting {field}: {first['msg']}"
 
 
-def check_repository(settings: Settings) -> list[LoadFailure]:
-    """What would keep model versions from being served, found before uvicorn starts.
+def check_repository(settings: Settings) -> tuple[list[LoadFailure], list[ModelCard]]:
+    """What would keep model versions from being served, found before uvicorn starts, and the
+    cards that could be read (the choice of worker processes needs them).
 
     With ``strict_models`` every version is opened in ONNX Runtime (a corrupt file or a signature
     that does not match its card is found here); otherwise only the cards are read, and the
     service itself skips what it cannot load. No servable model at all is an error either way.
     """
-    if settings.strict_models:
-        failures = verify_repository(settings)
-    else:
-        failures = []
-        for model_dir in model_dirs(settings.model_repository):
-            try:
-                read_manifest(model_dir)
-            except ModelRepositoryError as exc:
+    failures = verify_repository(settings) if settings.strict_models else []
+    cards = []
+    for model_dir in model_dirs(settings.model_repository):
+        try:
+            cards.append(read_manifest(model_dir))
+        except ModelRepositoryError as exc:
+            if not settings.strict_models:  # verify_repository reported it already
                 failures.append(LoadFailure(model_dir.name, None, str(exc)))
     servable = {d.name for d in model_dirs(settings.model_repository)}
     servable -= {f.model for f in failures if f.version is None}
     if not servable:
         reason = failures[0].line() if failures else "no model folders with a manifest.json"
         raise ModelRepositoryError(f"{settings.model_repository}: nothing to serve; {reason}")
-    return failures
-
-
-def servable_cards(settings: Settings) -> list[ModelCard]:
-    """The cards of the repository's models that can be read (the others are skipped)."""
-    cards = []
-    for model_dir in model_dirs(settings.model_repository):
-        try:
-            cards.append(read_manifest(model_dir))
-        except ModelRepositoryError:
-            continue
-    return cards
+    return failures, cards
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
     try:
         settings = Settings()  # type: ignore[call-arg]  # model_repository comes from the env
-        failures = check_repository(settings)
-        workers, why = choose_processes(settings, servable_cards(settings))
+        failures, cards = check_repository(settings)
+        workers, why = choose_processes(settings, cards)
     except ValidationError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -142,6 +142,10 @@ class LatencyProfile(_Strict):
     machine: str = Field(description="The machine the figures come from.")
     rows: tuple[ProfileRow, ...]
 
+    def row(self, batch_size: int) -> ProfileRow | None:
+        """The figures of ``batch_size``, if it was measured."""
+        return next((r for r in self.rows if r.batch_size == batch_size), None)
+
 
 class VersionRecord(_Strict):
     """Integrity record of one served version."""

@@ -26,8 +26,8 @@ MAX_AUTO_PROCESSES = 8  # beyond this, run more replicas (deploy/k8s) rather tha
 
 def lone_call_ms(card: ModelCard) -> float | None:
     """The batch-1 p50 the card measured, if it has one."""
-    rows = [r for r in card.profile.rows if r.batch_size == 1]
-    return rows[0].p50_ms if rows else None
+    row = card.profile.row(1)
+    return row.p50_ms if row else None
 
 
 def choose_processes(

@@ -131,8 +131,8 @@ def default_by_budget(models: dict[str, dict[int, ServedModel]], budget_ms: floa
 
     def figures(name: str) -> tuple[float, float]:
         card = models[name][max(models[name])].card
-        rows = [r for r in card.profile.rows if r.batch_size == 1]
-        p99 = rows[0].p99_ms if rows else float("inf")
+        row = card.profile.row(1)
+        p99 = row.p99_ms if row else float("inf")
         return card.metrics.top1, p99
 
     names = sorted(models)
