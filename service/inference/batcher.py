@@ -337,14 +337,15 @@ class DynamicBatcher:
                         return
                     with self._lock:
                         self._running[worker] = batch
-                    self._run(batch, worker)
+                    self._run(batch)
                     batch = None  # answered (or failed) by _run
                 except Exception as exc:
                     log.exception("inference thread of %s failed; restarting it", self._name)
                     self._restarted(batch, exc)
                     time.sleep(0.01)  # a fault that repeats must not spin a core
                 finally:
-                    self._finish(worker)  # after a fault too (an answered batch left already)
+                    with self._lock:  # after a fault too (an answered batch left already)
+                        self._running.pop(worker, None)
         finally:
             if self._closing:
                 self._post(_resolve, done)
@@ -404,12 +405,12 @@ class DynamicBatcher:
                 self._ready.wait(remaining)
             return batch
 
-    def _run(self, batch: list[_Pending], worker: int) -> None:
+    def _run(self, batch: list[_Pending]) -> None:
         """Run one batch in this thread and post its answers (or its failure) to the loop.
 
-        The worker leaves ``_running`` before it posts: once a caller has its answer, a batch
-        that starts next must not see this one as still running (it would take the narrow
-        session beside a batch that is over).
+        The batch leaves ``_running`` before its answers are posted: once a caller has its
+        answer, a batch that starts next must not see this one as still running (it would take
+        the narrow session beside a batch that is over).
         """
         started = time.monotonic()
         inputs = [p.inputs for p in batch]
@@ -430,24 +431,26 @@ class DynamicBatcher:
                     f"model {self._name!r} returned {len(out)} rows for a batch of {len(x)} inputs"
                 )
         except ServiceError as exc:
-            self._finish(worker)
+            self._finish(batch)
             self._post(self._failed, batch, exc, started)
             return
         except Exception as exc:  # the model's fault: fail this batch only, keep serving
             failure = InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}")
-            self._finish(worker)
+            self._finish(batch)
             self._post(self._failed, batch, failure, started)
             return
         # One hand-off to the loop per batch: every wake-up of the loop from this thread is a
         # write to its self-pipe, and each costs this thread a wait for the GIL afterwards.
         inference_s = time.perf_counter() - t0
-        self._finish(worker)
+        self._finish(batch)
         self._post(self._deliver, batch, out, started, inference_s)
 
-    def _finish(self, worker: int) -> None:
-        """This worker runs no batch any more."""
+    def _finish(self, batch: list[_Pending]) -> None:
+        """``batch`` no longer runs (its worker's entry leaves ``_running``)."""
         with self._lock:
-            self._running.pop(worker, None)
+            for worker, running in list(self._running.items()):
+                if running is batch:
+                    del self._running[worker]
 
     def _deliver(
         self, batch: list[_Pending], out: np.ndarray, started: float, inference_s: float
