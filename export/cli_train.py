@@ -47,7 +47,7 @@ _OVERRIDES: list[tuple[str, str, Any, str]] = [
     ("--stop-after", "stop_after", int, "stop after N epochs, leaving a resumable checkpoint"),
     ("--device", "device", str, "auto (default), cpu or cuda"),
     ("--threads", "threads", int, "torch intra-op threads (default: torch's choice)"),
-    ("--precision", "precision", str, "fp32 (default) or bf16 autocast for training"),
+    ("--precision", "precision", str, "fp32 (default), bf16 autocast, or auto (bf16 where native)"),
     ("--recipe", "recipe", str, "one-line description of the recipe for the model card"),
 ]
 _CHOICES = {
@@ -57,7 +57,7 @@ _CHOICES = {
     "schedule": ["onecycle", "cosine", "constant"],
     "sharing": ["bottom", "interval", "none"],
     "device": ["auto", "cpu", "cuda"],
-    "precision": ["fp32", "bf16"],
+    "precision": ["fp32", "bf16", "auto"],
 }
 # On/off switches: --joint / --no-joint and so on (never argparse type=bool).
 _SWITCHES = [

@@ -33,6 +33,7 @@ from export.training.runtime import (
     finish_distributed,
     init_distributed,
     rank_checksums,
+    resolve_precision,
     seed_everything,
     select_device,
 )
@@ -176,6 +177,7 @@ def run_training(config: dict[str, Any]) -> TrainResult:
     cfg = resolve_config(config)
     out_dir = Path(cfg["out_dir"]) if cfg["out_dir"] else default_out_dir(cfg)
     device = select_device(cfg["device"])
+    cfg["precision"] = resolve_precision(cfg["precision"], device)
     # A teacher or booster trained inside this run reuses the process group; only the call that
     # joined it leaves it.
     owns_group = not torch.distributed.is_initialized()

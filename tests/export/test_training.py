@@ -15,6 +15,7 @@ from export.models import build_model
 from export.training import ConfigError, TrainResult, run_training
 from export.training.logs import read_log
 from export.training.loop import ResumeError
+from export.training.runtime import native_bf16, resolve_precision
 from service.contract.model_card import InputSpec
 from service.contract.preprocess import normalize_uint8
 
@@ -293,6 +294,29 @@ def test_bf16_training_learns_and_the_card_says_so(tmp_path: Path) -> None:
     assert all(p.dtype == torch.float32 for p in load_trained(result.artifact_path)[0].parameters())
     with pytest.raises(ConfigError, match="precision must be one of"):
         run_training({**FAST, "precision": "int4", "out_dir": str(tmp_path / "bad")})
+
+
+def test_precision_auto_is_bf16_only_where_the_device_has_it_natively(tmp_path: Path) -> None:
+    """auto never picks emulated bf16 (about 10x slower than fp32 on an AVX2-only CPU); the card's
+    recipe names the precision the run actually used."""
+    cpu = torch.device("cpu")
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert native_bf16(cpu) is native
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"  # an explicit choice is kept
+    result = run_training({**FAST, "precision": "auto", "out_dir": str(tmp_path)})
+    _, meta = load_trained(result.artifact_path)
+    assert f"{resolve_precision('auto', cpu)} training" in (meta.recipe or "")
+
+
+def test_a_run_resumes_under_another_precision(tmp_path: Path) -> None:
+    """Precision is how the arithmetic runs, like the device: a checkpoint written by bf16 training
+    resumes under fp32 (a zoo moved to a CPU without bf16) instead of starting again."""
+    first = run_training({**FAST, "precision": "bf16", "out_dir": str(tmp_path), "stop_after": 1})
+    assert not first.completed and first.epochs_done == 1
+    second = run_training({**FAST, "precision": "fp32", "out_dir": str(tmp_path), "resume": True})
+    assert second.completed and second.epochs_run == FAST["epochs"] - 1
 
 
 def test_a_new_option_left_unset_does_not_block_resuming() -> None:
