@@ -67,6 +67,7 @@ _SWITCHES = [
     ("nesterov", "Nesterov momentum"),
     ("channels-last", "channels_last memory format (default: on for CPU)"),
     ("progress", "progress bar"),
+    ("soft-label-cache", "store the teacher's logits per epoch, shared by runs (default: on)"),
 ]
 
 

@@ -45,6 +45,7 @@ class KnowledgeDistillation(Baseline):
     """Hinton KD from a frozen teacher: alpha * KL * T^2 + (1 - alpha) * CE."""
 
     needs_teacher = True
+    teacher_logits_only = True
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
@@ -64,6 +65,7 @@ class HintedStudent(Baseline):
     """A student with a FitNets regressor from its guided stage to the teacher's hint stage."""
 
     needs_teacher = True
+    teacher_logits_only = False  # the hint is an inner stage of the teacher
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
@@ -168,6 +170,7 @@ class Mimic(Baseline):
     """SNN-MIMIC: L2 regression on the teacher's logits (plus optional ce_weight * CE)."""
 
     needs_teacher = True
+    teacher_logits_only = True
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
@@ -254,6 +257,7 @@ class RocketKD(RocketLaunching):
     """Rocket plus KD from a separately trained teacher on the light net's logits."""
 
     needs_teacher = True
+    teacher_logits_only = True
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)

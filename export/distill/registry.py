@@ -32,6 +32,9 @@ class DistillMethod(nn.Module):
     """
 
     needs_teacher: bool = False
+    # True when the teacher is only ever asked for its logits on the training batch: the trainer
+    # may then hand over stored logits (export/training/soft_labels.py) instead of running it.
+    teacher_logits_only: bool = False
     find_unused_parameters: bool = False
 
     def __init__(self, ctx: MethodContext) -> None:
@@ -44,6 +47,7 @@ class DistillMethod(nn.Module):
                 p.requires_grad_(False)
             self._teacher = (teacher,)
         self.last_terms: dict[str, torch.Tensor] = {}
+        self._given_logits: torch.Tensor | None = None
 
     @property
     def teacher(self) -> StagedNet:
@@ -59,8 +63,20 @@ class DistillMethod(nn.Module):
             t._apply(fn, recurse)
         return self
 
+    def give_teacher_logits(self, logits: torch.Tensor) -> None:
+        """The teacher's logits on the next batch, computed ahead (read by ``teacher_logits``)."""
+        self._given_logits = logits
+
     def teacher_logits(self, x: torch.Tensor, features: bool = False) -> Any:
-        """Teacher output under no_grad (with features when asked)."""
+        """Teacher output under no_grad (with features when asked); the given logits instead of
+        a forward pass when the trainer handed them over for this batch."""
+        given, self._given_logits = self._given_logits, None
+        if given is not None and not features:
+            if given.shape[0] != x.shape[0]:
+                raise RuntimeError(
+                    f"given teacher logits hold {given.shape[0]} rows for a batch of {x.shape[0]}"
+                )
+            return given
         with torch.no_grad():
             return self.teacher(x, return_features=features)
 

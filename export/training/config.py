@@ -66,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
     # bf16: autocast forward/backward (AMX/AVX512-BF16 CPUs, recent GPUs); auto: bf16 where the
     # device computes it natively, else fp32 (emulated bf16 on an AVX2 CPU is ~10x slower)
     "precision": "fp32",
+    # KD, MIMIC, FitNets stage 2, Rocket+KD: store the teacher's logits per epoch beside the
+    # teacher and share them between runs on the same data stream (export/training/soft_labels.py)
+    "soft_label_cache": True,
     "progress": True,
     "recipe": None,
 }
@@ -91,6 +94,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "gradient_block": (bool,),
     "resume": (bool,),
     "progress": (bool,),
+    "soft_label_cache": (bool,),
 }
 _OPTIONAL_INT = (
     "max_train_images",
@@ -228,6 +232,7 @@ FINGERPRINT_IGNORES = (
     "device",
     "cache_dir",
     "threads",
+    "soft_label_cache",  # where the teacher's logits come from, not what they are
     "precision",  # how the arithmetic runs, like device: the weights stay fp32 either way
 )
 

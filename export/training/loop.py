@@ -22,6 +22,7 @@ from export.distill import DistillMethod
 from export.training.config import fingerprint_changes
 from export.training.logs import Progress, RunLog
 from export.training.runtime import DistInfo
+from export.training.soft_labels import SoftLabelStore
 
 CHECKPOINT_FILENAME = "checkpoint.pt"
 
@@ -162,8 +163,10 @@ class Trainer:
         out_dir: Path,
         dist_info: DistInfo,
         log: RunLog,
+        soft_labels: SoftLabelStore | None = None,
     ) -> None:
         self.method = method
+        self.soft_labels = soft_labels
         self.source = source
         self.cfg = cfg
         self.out_dir = out_dir
@@ -263,7 +266,20 @@ class Trainer:
             dtype=torch.bfloat16,
             enabled=self.cfg["precision"] == "bf16",
         )
+        given = self.soft_labels.epoch(epoch) if self.soft_labels is not None else None
+        if given is not None:
+            self.log.write(
+                "soft labels",
+                epoch=epoch + 1,
+                computed=given.computed,
+                seconds=round(given.seconds, 3),
+                store=str(self.soft_labels.directory) if self.soft_labels else None,
+            )
+        offset = 0
         for x, y in self.source.epoch(epoch, steps):
+            if given is not None:
+                self.method.give_teacher_logits(given.logits[offset : offset + len(y)])
+                offset += len(y)
             with autocast:
                 loss, logits = self.model(x, y)
             self.optimizer.zero_grad(set_to_none=True)

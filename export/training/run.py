@@ -13,7 +13,7 @@ import torch
 
 from export.checkpoint import ArtifactError, TrainedMeta, load_trained, save_trained
 from export.data import DatasetSplits, load_dataset
-from export.distill import MethodContext, get_method
+from export.distill import DistillMethod, MethodContext, get_method
 from export.models import build_model, is_architecture
 from export.models.base import StagedNet
 from export.models.rocket import extract_standalone
@@ -29,6 +29,7 @@ from export.training.config import (
 from export.training.logs import RunLog
 from export.training.loop import CHECKPOINT_FILENAME, BatchSource, Trainer, evaluate
 from export.training.runtime import (
+    DistInfo,
     describe_device,
     finish_distributed,
     init_distributed,
@@ -37,6 +38,7 @@ from export.training.runtime import (
     seed_everything,
     select_device,
 )
+from export.training.soft_labels import SoftLabelStore, images_digest
 
 RESULT_FILENAME = "result.json"
 ARTIFACT_FILENAME = "trained.pt"
@@ -172,6 +174,42 @@ def _booster_arch(cfg: dict[str, Any]) -> str:
     return spec
 
 
+def _soft_label_store(
+    cfg: dict[str, Any],
+    method: DistillMethod,
+    teacher_path: Path | None,
+    source: BatchSource,
+    device: torch.device,
+    dist_info: DistInfo,
+) -> SoftLabelStore | None:
+    """The shared store of the teacher's logits, for methods that need nothing else from it."""
+    if not (cfg["soft_label_cache"] and method.teacher_logits_only and teacher_path is not None):
+        return None
+    stream = {
+        "dataset": cfg["dataset"],
+        "image_size": cfg["image_size"],
+        "color": cfg["color"],
+        "train_images": images_digest(source.images),
+        "seed": cfg["seed"],
+        "batch_size": source.local_batch,
+        "world_size": dist_info.world_size,
+        "rank": dist_info.rank,
+        "augment": source.augment,
+        "channels_last": source.channels_last,
+        "precision": cfg["precision"],
+        "device": device.type,
+    }
+    precision = cfg["precision"]
+    return SoftLabelStore(
+        method.teacher,
+        teacher_path,
+        stream,
+        source.epoch,
+        lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+        device,
+    )
+
+
 def run_training(config: dict[str, Any]) -> TrainResult:
     """Train as ``config`` says (see export/training/config.py for every key) and save artifacts."""
     cfg = resolve_config(config)
@@ -273,7 +311,8 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
         dist_info=dist_info,
     )
     log = RunLog(out_dir, enabled=dist_info.is_main)
-    trainer = Trainer(method, source, stage_cfg, out_dir, dist_info, log)
+    soft_labels = _soft_label_store(cfg, method, extra.get("teacher"), source, device, dist_info)
+    trainer = Trainer(method, source, stage_cfg, out_dir, dist_info, log, soft_labels)
     resumed = cfg["resume"] and trainer.load_checkpoint(fp)
     device_text = describe_device(device, dist_info.world_size)
     log.write(
