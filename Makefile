@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= export,dev,loadtest,docs
 
-.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-pick test lint typecheck unit docs settings-table gpu-check clean
+.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-plan cifar-zoo-pick test lint typecheck unit docs settings-table gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,11 @@ ZOO_LANES ?= 2
 cifar-zoo: venv
 	OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/python -m export zoo --dataset cifar10 \
 		--data-dir $(CIFAR10) --out $(ZOO_DIR) --resume --lanes $(ZOO_LANES) $(if $(ZOO_ONLY),--only $(ZOO_ONLY))
+
+# What the zoo costs on this machine, entry by entry, before it runs (measures img/s for ~1 min;
+# never while the zoo trains).
+cifar-zoo-plan: venv
+	$(BIN)/python -m export zoo-plan --dataset cifar10 --data-dir $(CIFAR10) --lanes $(ZOO_LANES)
 
 # models/ from the zoo: the teacher, each architecture's most accurate network and the Pareto
 # front (with their int8 variants); REPORT.md keeps every network the zoo trained.

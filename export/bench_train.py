@@ -41,18 +41,28 @@ def bench_arch(
     warmup: int = 2,
     channels_last: bool | None = None,
     precision: str = "fp32",
+    image_size: int = 32,
+    in_channels: int = 3,
+    num_classes: int = 10,
 ) -> BenchRow:
-    """Time full training steps (augment + normalise + forward + backward + SGD) on CIFAR shapes."""
+    """Time full training steps (augment + normalise + forward + backward + SGD) on CIFAR shapes
+    (or the given ones)."""
     torch.manual_seed(0)
     use_cl = device.type == "cpu" if channels_last is None else channels_last
-    model = build_model(arch, in_channels=3, num_classes=10, image_size=32).to(device).train()
+    model = build_model(
+        arch, in_channels=in_channels, num_classes=num_classes, image_size=image_size
+    )
+    model = model.to(device).train()
     if use_cl:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    normalize = Normalizer(make_input_spec(32, 32, 3, (0.5,) * 3, (0.25,) * 3), device)
+    spec = make_input_spec(image_size, image_size, in_channels, (0.5,) * in_channels,
+                           (0.25,) * in_channels)  # fmt: skip
+    normalize = Normalizer(spec, device)
     gen = torch.Generator(device=device).manual_seed(0)
-    images = torch.randint(0, 256, (batch_size, 32, 32, 3), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 10, (batch_size,), device=device)
+    shape = (batch_size, image_size, image_size, in_channels)
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
+    labels = torch.randint(0, num_classes, (batch_size,), device=device)
 
     def step() -> None:
         x = normalize(random_crop_flip(images, gen))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -182,6 +183,35 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo_plan(args: argparse.Namespace) -> int:
+    """Price every entry of a zoo config in CPU-hours from img/s measured here, before training."""
+    from export.data import load_dataset
+    from export.zoo import config_path, load_zoo_config
+    from export.zoo_plan import architectures, format_plan, measure_rates, plan_zoo
+
+    path = args.config or config_path(args.dataset)
+    config = load_zoo_config(path)
+    data = load_dataset(config["dataset"], args.data_dir or config.get("data_dir"))
+    defaults = config.get("defaults", {})
+    archs = architectures(config)
+    rates = measure_rates(
+        archs,
+        archs[0],
+        batch_size=int(defaults.get("batch_size", 128)),
+        precision=str(defaults.get("precision", "fp32")),
+        seconds=args.seconds,
+        image_size=data.image_size,
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+    )
+    n = len(data.train_images)
+    planned = plan_zoo(config, rates, n)
+    cores = os.cpu_count() or 1
+    print(format_plan(planned, rates, config_file=path, train_images=n, lanes=args.lanes,
+                      cores=cores))  # fmt: skip
+    return 0
+
+
 def _guard(func: Any) -> Any:
     """Turn expected errors into a one-line message and exit status 1."""
 
@@ -255,3 +285,11 @@ def register(sub: Any) -> None:
     p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: config)")
     p.add_argument("--no-report", action="store_true", help="do not write REPORT.md at the end")
     p.set_defaults(func=_guard(cmd_zoo))
+
+    p = sub.add_parser("zoo-plan", help=cmd_zoo_plan.__doc__, description=cmd_zoo_plan.__doc__)
+    p.add_argument("--dataset", required=True, choices=["digits", "cifar10"])
+    p.add_argument("--data-dir", help="data set folder (cifar10)")
+    p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
+    p.add_argument("--lanes", type=int, default=2, help="parallel student lanes (make cifar-zoo)")
+    p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per architecture")
+    p.set_defaults(func=_guard(cmd_zoo_plan))
