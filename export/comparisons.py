@@ -115,15 +115,39 @@ def group_runs(cards: Sequence[ModelCard]) -> Runs:
     return Runs(tuple(sorted(cards, key=lambda c: (c.training.seed, c.name))))
 
 
-def compare(low: Runs, high: Runs) -> str:
-    """'+0.85 points (beyond noise, 2 s.e. = 0.78)' with the seeds taken into account."""
-    gain = (high.top1 - low.top1) * 100
+@dataclass(frozen=True)
+class Gap:
+    """The top-1 gap from one configuration to another, in points, and its noise."""
+
+    points: float
+    two_se: float  # twice the binomial standard error of the difference, in points
+    seed_range: float | None  # the larger seed-to-seed range, with two or more seeds a side
+
+    @property
+    def beyond_noise(self) -> bool:
+        """More than 2 s.e. and, with seeds on both sides, more than the seed range."""
+        return abs(self.points) > self.two_se and (
+            self.seed_range is None or abs(self.points) > self.seed_range
+        )
+
+
+def gap(low: Runs, high: Runs) -> Gap:
+    """From ``low`` to ``high``."""
     # Seeds share one test split: averaging them does not shrink the test set's sampling noise.
     se = math.hypot(standard_error(low.top1, low.n), standard_error(high.top1, high.n))
     spreads = [s for s in (low.spread, high.spread) if s is not None]
-    seed_noise = max(spreads) * 100 if len(spreads) == 2 else None
-    beyond = abs(gain) > 2 * se * 100 and (seed_noise is None or abs(gain) > seed_noise)
-    parts = [f"2 s.e. = {2 * se * 100:.2f}"]
+    return Gap(
+        points=(high.top1 - low.top1) * 100,
+        two_se=2 * se * 100,
+        seed_range=max(spreads) * 100 if len(spreads) == 2 else None,
+    )
+
+
+def compare(low: Runs, high: Runs) -> str:
+    """'+0.85 points (beyond noise, 2 s.e. = 0.78)' with the seeds taken into account."""
+    g = gap(low, high)
+    gain, seed_noise, beyond = g.points, g.seed_range, g.beyond_noise
+    parts = [f"2 s.e. = {g.two_se:.2f}"]
     if seed_noise is not None:
         parts.append(f"seed range {seed_noise:.2f}")
     verdict = "beyond noise" if beyond else "within noise"

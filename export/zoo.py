@@ -28,7 +28,7 @@ from export.repository import (
 from service.contract.model_card import InputSpec, ModelCard, TrainingInfo
 
 # Keys of a zoo entry that belong to the zoo, not to the training config.
-_ZOO_KEYS = {"name", "variants"}
+ZOO_KEYS = {"name", "variants", "second_seed_of", "when_within_noise_of"}
 # The value of an entry's ``teacher`` that means "the teacher this zoo trained first".
 ZOO_TEACHER = "zoo"
 
@@ -94,13 +94,58 @@ def load_zoo_config(path: Path) -> dict[str, Any]:
         raise ZooError(f"{path}: every teacher/student entry needs a 'name'")
     if len(set(names)) != len(names):
         raise ZooError(f"{path}: entry names must be unique")
+    for entry in entries:
+        named = [entry.get("second_seed_of"), *(entry.get("when_within_noise_of") or [])]
+        unknown = [n for n in named if n is not None and n not in names]
+        if unknown:
+            raise ZooError(f"{path}: {entry['name']} names no zoo entry {unknown[0]!r}")
+        if bool(entry.get("second_seed_of")) != bool(entry.get("when_within_noise_of")):
+            raise ZooError(
+                f"{path}: {entry['name']}: second_seed_of and when_within_noise_of go together"
+            )
     return config
+
+
+def second_seed_reason(
+    entry: dict[str, Any], cards: list[ModelCard], model_name: Callable[[str], str]
+) -> tuple[bool, str]:
+    """Whether a conditional second-seed entry should train, and why.
+
+    An entry with ``second_seed_of: X`` and ``when_within_noise_of: [Y, ...]`` trains only when
+    X's gap to some Y is within test-set noise (or cannot be read yet: a card is missing), as the
+    report's reading would ask for a second seed there; otherwise it is skipped.
+    """
+    first, rivals = entry.get("second_seed_of"), entry.get("when_within_noise_of") or []
+    if not first or not rivals:
+        return True, "unconditional"
+    from export.comparisons import gap, group_runs
+
+    latest: dict[str, ModelCard] = {}
+    for card in cards:
+        if card.derived_from is None and card.version >= getattr(
+            latest.get(card.name), "version", 0
+        ):
+            latest[card.name] = card
+    own = latest.get(model_name(str(first)))
+    if own is None:
+        return True, f"{first} has no card yet"
+    readings = []
+    for rival in rivals:
+        other = latest.get(model_name(str(rival)))
+        if other is None:
+            return True, f"{rival} has no card yet"
+        g = gap(group_runs([other]), group_runs([own]))
+        reading = f"{first} vs {rival}: {g.points:+.2f} points (2 s.e. = {g.two_se:.2f})"
+        if not g.beyond_noise:
+            return True, reading + ", within noise"
+        readings.append(reading)
+    return False, "; ".join(readings) + ", beyond noise: no second seed needed"
 
 
 def _training_config(
     entry: dict[str, Any], config: dict[str, Any], opts: ZooOptions, out_dir: Path
 ) -> dict[str, Any]:
-    cfg = {**config.get("defaults", {}), **{k: v for k, v in entry.items() if k not in _ZOO_KEYS}}
+    cfg = {**config.get("defaults", {}), **{k: v for k, v in entry.items() if k not in ZOO_KEYS}}
     cfg.update(
         dataset=config["dataset"],
         data_dir=opts.data_dir if opts.data_dir is not None else config.get("data_dir"),
@@ -191,8 +236,16 @@ class Zoo:
         )
 
     def run_entry(self, entry: dict[str, Any]) -> list[ModelCard]:
-        """Train, export with parity, publish, then publish each variant."""
+        """Train, export with parity, publish, then publish each variant (a conditional second
+        seed only when its first seed's gap is within noise)."""
         name = self.model_name(entry)
+        if entry.get("second_seed_of"):
+            needed, why = second_seed_reason(
+                entry, load_cards(self.repo), lambda n: self.model_name({"name": n})
+            )
+            self.log(f"[{name}] {'training' if needed else 'skipped'}: {why}")
+            if not needed:
+                return []
         t0 = time.perf_counter()
         model, meta, artifact, companions = self._train(entry)
         self.log(f"[{name}] trained in {time.perf_counter() - t0:.1f}s")

@@ -38,6 +38,7 @@ class PlannedEntry:
     epochs: float
     cpu_hours: float
     teacher_logit_hours: float  # of which: the teacher's logits (a stream's first run)
+    conditional: bool = False  # a second seed, trained only when its first seed's gap is in noise
 
 
 def _entry_config(entry: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +101,7 @@ def plan_zoo(config: dict[str, Any], rates: Rates, train_images: int) -> list[Pl
                 epochs=epochs,
                 cpu_hours=(seconds + logit_seconds) / 3600,
                 teacher_logit_hours=logit_seconds / 3600,
+                conditional=bool(entry.get("second_seed_of")),
             )
         )
     return planned
@@ -179,12 +181,16 @@ def format_plan(
     ]
     for p in planned:
         logits = _hm(p.teacher_logit_hours) if p.teacher_logit_hours else "-"
-        lines.append(f"{p.name:<42}{p.method:>18}{p.epochs:>8g}{_hm(p.cpu_hours):>8}{logits:>8}")
+        method = f"{p.method} (if due)" if p.conditional else p.method
+        lines.append(f"{p.name:<42}{method:>18}{p.epochs:>8g}{_hm(p.cpu_hours):>8}{logits:>8}")
     teacher, students = planned[0].cpu_hours, sum(p.cpu_hours for p in planned[1:])
+    optional = sum(p.cpu_hours for p in planned if p.conditional)
     wall = teacher / max(1, cores) + students / max(1, min(lanes, cores))
     lines += [
         f"total {_hm(teacher + students)} of CPU "
-        f"(teacher {_hm(teacher)}, students {_hm(students)})",
+        f"(teacher {_hm(teacher)}, students {_hm(students)}"
+        + (f", of which {_hm(optional)} of second seeds, each only if due" if optional else "")
+        + ")",
         f"wall time, at least: {_hm(wall)} on {cores} cores (the teacher on every core, then "
         f"{lanes} lane(s); more when other work shares the cores)",
     ]

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from PIL import Image
 
 from export.__main__ import main
 from export.distill import METHODS
 from export.models import ARCHITECTURES
 from export.training import resolve_config
-from export.zoo import ZOO_TEACHER, ZooError, config_path, load_zoo_config
+from export.zoo import ZOO_KEYS, ZOO_TEACHER, ZooError, config_path, load_zoo_config
 from service.contract.model_card import model_dirs, read_manifest
 from tests.support.cli import run_module
 
@@ -41,7 +42,7 @@ def test_packaged_config_covers_every_method_and_resolves(dataset: str) -> None:
     for entry in entries:
         assert entry["student"] in ARCHITECTURES
         cfg: dict[str, Any] = {**config.get("defaults", {}), **entry}
-        for key in ("name", "variants"):
+        for key in ZOO_KEYS:  # the zoo's own keys (name, variants, second-seed conditions)
             cfg.pop(key, None)
         if cfg.get("teacher") == ZOO_TEACHER:
             cfg["teacher"] = config["teacher"]["student"]
@@ -239,3 +240,68 @@ def test_a_lane_takes_the_next_entry_when_its_entry_ends(tmp_path: Path) -> None
 
     assert run_lanes(lone, ["x"], 2, logs, cores=4) == []
     assert alone == [("x", 4)]  # a lone entry gets every core
+
+
+def _scored(base: Any, name: str, top1: float, version: int = 1) -> Any:
+    metrics = base.metrics.model_copy(update={"n": 10_000, "top1": top1})
+    return base.model_copy(update={"name": name, "version": version, "metrics": metrics})
+
+
+SECOND_SEED = {
+    "name": "kd-seed1",
+    "second_seed_of": "kd",
+    "when_within_noise_of": ["alone", "rocket"],
+}
+
+
+@pytest.mark.parametrize(
+    ("kd", "alone", "rocket", "needed"),
+    [
+        (0.900, 0.880, 0.870, False),  # +2.0 and +3.0 points: beyond 2 s.e. (~0.88)
+        (0.900, 0.895, 0.870, True),  # +0.5 over alone: within noise, a second seed is due
+        (0.900, 0.880, 0.897, True),  # within noise of the second rival
+        (0.900, 0.880, None, True),  # a rival without a card yet: cannot tell, so train
+        (None, 0.880, 0.870, True),  # no first seed yet
+    ],
+)
+def test_a_second_seed_trains_only_when_its_first_seed_is_within_noise(
+    digits_repo: Path, kd: float | None, alone: float, rocket: float | None, needed: bool
+) -> None:
+    from export.zoo import second_seed_reason
+
+    base = read_manifest(digits_repo / "digits-logreg")
+    scores = {"kd": kd, "alone": alone, "rocket": rocket}
+    cards = [_scored(base, f"z-{n}", v) for n, v in scores.items() if v is not None]
+    run, why = second_seed_reason(SECOND_SEED, cards, lambda n: f"z-{n}")
+    assert run is needed, why
+    if not needed:
+        assert "kd vs alone: +2.00 points" in why and "beyond noise" in why
+
+
+def test_a_second_seed_reads_the_latest_version_of_its_first_seed(digits_repo: Path) -> None:
+    """A retrained first seed (version 2) is what the decision reads."""
+    from export.zoo import second_seed_reason
+
+    base = read_manifest(digits_repo / "digits-logreg")
+    cards = [
+        _scored(base, "z-kd", 0.881, version=1),
+        _scored(base, "z-kd", 0.900, version=2),
+        _scored(base, "z-alone", 0.880),
+        _scored(base, "z-rocket", 0.870),
+    ]
+    assert second_seed_reason(SECOND_SEED, cards, lambda n: f"z-{n}")[0] is False
+    assert second_seed_reason(SECOND_SEED, cards[:1] + cards[2:], lambda n: f"z-{n}")[0] is True
+
+
+def test_conditional_entries_must_name_zoo_entries(tmp_path: Path) -> None:
+    config = load_zoo_config(config_path("cifar10"))
+    seeds = [e for e in config["students"] if e.get("second_seed_of")]
+    assert {e["second_seed_of"] for e in seeds} == {
+        "baseline-wrn-16-1", "kd-wrn-16-1", "rocket-wrn-16-1", "rocket-kd-wrn-16-1"
+    }  # fmt: skip
+    bad = dict(config)
+    bad["students"] = [*config["students"], {**seeds[0], "name": "x", "second_seed_of": "nope"}]
+    path = tmp_path / "zoo.yaml"
+    path.write_text(yaml.safe_dump(bad), encoding="utf-8")
+    with pytest.raises(ZooError, match="names no zoo entry 'nope'"):
+        load_zoo_config(path)

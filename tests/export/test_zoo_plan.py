@@ -62,6 +62,7 @@ def test_the_teachers_logits_are_paid_once_per_seed(plan: dict) -> None:
         _hours(30 * N, 320.0) + _hours(6 * N, 130.0)
     )
     assert plan["kd-wrn-16-1-seed1"].teacher_logit_hours == pytest.approx(logits)
+    assert plan["kd-wrn-16-1-seed1"].conditional and not plan["kd-wrn-16-1"].conditional
     assert plan["rocket-kd-wrn-16-1-seed1"].teacher_logit_hours == 0.0
 
 
