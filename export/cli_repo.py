@@ -104,8 +104,6 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-measure every model of a repository; rewrite its manifests and the report."""
     from export.data import load_dataset
-    from export.pick import report_cards
-    from export.report import write_report
     from export.repository import EvalData, remeasure
     from service.contract.model_card import model_dirs, read_manifest
 
@@ -124,15 +122,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{new.name}: top-1 {card.metrics.top1:.2%} -> {new.metrics.top1:.2%}, "
             f"p50 b1 {card.profile.rows[0].p50_ms:.3f} -> {new.profile.rows[0].p50_ms:.3f} ms"
         )
-    cards, served = report_cards(args.repo)
+    return _rewrite_report(args.repo)
+
+
+def _rewrite_report(repo: Path) -> int:
+    from export.pick import report_cards
+    from export.report import write_report
+
+    cards, served = report_cards(repo)
     dataset = ", ".join(sorted({c.metrics.dataset for c in cards}))
     if len(cards) > len(served):  # a picked repository: the report covers the whole zoo
         title = f"Model zoo: {dataset} ({len(cards)} models trained, {len(served)} served)"
-        report, pareto = write_report(args.repo, cards, title, served=served)
+        report, pareto = write_report(repo, cards, title, served=served)
     else:
-        report, pareto = write_report(args.repo, cards, f"Model zoo: {dataset}")
+        report, pareto = write_report(repo, cards, f"Model zoo: {dataset}")
     print(f"wrote {report} and {pareto}")
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rewrite a repository's REPORT.md and pareto.png from its cards, measuring nothing."""
+    return _rewrite_report(args.repo)
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
@@ -226,7 +236,7 @@ def _guard(func: Any) -> Any:
 
 
 def register(sub: Any) -> None:
-    """Add the onnx, evaluate, pick, verify and zoo subcommands to an argparse subparsers object."""
+    """Add the onnx, evaluate, report, pick, verify, zoo and zoo-plan subcommands (argparse)."""
     p = sub.add_parser("onnx", help=cmd_onnx.__doc__, description=cmd_onnx.__doc__)
     p.add_argument("checkpoint", type=Path, help="trained artifact (export.checkpoint)")
     p.add_argument("--out", type=Path, help="ONNX file to write (default: beside the artifact)")
@@ -246,6 +256,10 @@ def register(sub: Any) -> None:
     p.add_argument("--data-dir", help="data set folder (default: from each card's config)")
     _add_profile_args(p, "intra-op threads (0: as each card was measured)")
     p.set_defaults(func=_guard(cmd_evaluate))
+
+    p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
+    p.add_argument("repo", type=Path)
+    p.set_defaults(func=_guard(cmd_report))
 
     p = sub.add_parser("pick", help=cmd_pick.__doc__, description=cmd_pick.__doc__)
     p.add_argument("zoo", type=Path, help="the zoo's repository (make cifar-zoo's ZOO_DIR)")

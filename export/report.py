@@ -6,6 +6,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from export.comparisons import render_ablation, render_depth, render_methods, render_mobilenet
+from export.targets import render_targets
 from service.contract.model_card import ModelCard, ProfileRow
 
 REPORT_FILENAME = "REPORT.md"
@@ -102,6 +103,7 @@ def render_report(
     lines += render_training(cards)
     lines += render_students(cards)
     teacher = find_teacher(cards)
+    lines += render_targets(cards, teacher)
     lines += render_methods(cards, teacher)
     lines += render_ablation(cards)
     lines += render_depth(cards)

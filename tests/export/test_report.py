@@ -124,3 +124,23 @@ def test_students_section_measures_the_best_student_against_the_teacher(
 def test_no_comparison_without_the_methods_to_compare(digits_repo: Path) -> None:
     text = render_report(_cards(digits_repo), "Test zoo")
     assert "Every method on one student" not in text and "Students against" not in text
+
+
+def test_the_report_command_rewrites_the_report_from_the_cards_alone(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    """`python -m export report REPO` renders REPORT.md and pareto.png without measuring:
+    every manifest stays byte for byte as it was."""
+    import shutil
+
+    from export.__main__ import main
+
+    repo = tmp_path / "repo"
+    shutil.copytree(digits_repo, repo)
+    manifests = {p: p.read_bytes() for p in repo.rglob("manifest.json")}
+    assert main(["report", str(repo)]) == 0
+    report = (repo / "REPORT.md").read_text(encoding="utf-8")
+    assert report.startswith("# Model zoo: digits") and "digits-slow" in report
+    assert (repo / "pareto.png").is_file()
+    assert {p: p.read_bytes() for p in repo.rglob("manifest.json")} == manifests
+    assert main(["report", str(tmp_path / "missing")]) == 1  # a clear error, not a traceback
