@@ -130,3 +130,44 @@ def test_a_retrained_teacher_gets_a_new_store(teacher: Path, tmp_path: Path) -> 
     run_training({**cfg, "out_dir": str(tmp_path / "b")})
     assert [e["computed"] for e in _events(tmp_path / "b")] == [True]
     assert len(list((teacher.parent / SOFT_LABEL_DIR).iterdir())) == 2
+
+
+def _store_in_a_process(teacher_path: str, queue: Any) -> None:
+    """Open the store of ``teacher_path`` and ask for epoch 0 (slow batches, so both overlap)."""
+    import time
+    from contextlib import nullcontext
+
+    from export.checkpoint import load_trained as load
+    from export.training.soft_labels import SoftLabelStore
+
+    model, _ = load(teacher_path)
+
+    def batches(epoch: int) -> Any:
+        gen = torch.Generator().manual_seed(epoch)
+        for _ in range(4):
+            time.sleep(0.2)
+            yield torch.rand(8, 1, 8, 8, generator=gen), torch.zeros(8, dtype=torch.long)
+
+    store = SoftLabelStore(
+        model, Path(teacher_path), {"seed": 0}, batches, nullcontext, torch.device("cpu")
+    )
+    got = store.epoch(0)
+    queue.put((got.computed, got.logits.numpy().tolist()))
+
+
+def test_two_lanes_asking_for_one_epoch_compute_it_once(teacher: Path) -> None:
+    """Two processes (two zoo lanes) reaching the same epoch at once: one computes under the
+    epoch's file lock, the other waits and reads the same logits."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_store_in_a_process, args=(str(teacher), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert sorted(computed for computed, _ in results) == [False, True]
+    assert results[0][1] == results[1][1] and len(results[0][1]) == 32
