@@ -122,9 +122,8 @@ def second_seed_reason(
 
     latest: dict[str, ModelCard] = {}
     for card in cards:
-        if card.derived_from is None and card.version >= getattr(
-            latest.get(card.name), "version", 0
-        ):
+        before = latest.get(card.name)
+        if card.derived_from is None and (before is None or card.version >= before.version):
             latest[card.name] = card
     own = latest.get(model_name(str(first)))
     if own is None:

@@ -266,14 +266,15 @@ class Trainer:
             dtype=torch.bfloat16,
             enabled=self.cfg["precision"] == "bf16",
         )
-        given = self.soft_labels.epoch(epoch) if self.soft_labels is not None else None
-        if given is not None:
+        given = None
+        if self.soft_labels is not None:
+            given = self.soft_labels.epoch(epoch)
             self.log.write(
                 "soft labels",
                 epoch=epoch + 1,
                 computed=given.computed,
                 seconds=round(given.seconds, 3),
-                store=str(self.soft_labels.directory) if self.soft_labels else None,
+                store=str(self.soft_labels.directory),
             )
         offset = 0
         for x, y in self.source.epoch(epoch, steps):
