@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
     "out_dir": None,  # default: runs/<method>-<dataset>-<student>
     "resume": False,
     "stop_after": None,  # stop after this many epochs, leaving a resumable checkpoint
+    # also checkpoint inside an epoch once this many minutes passed since the last save, so a
+    # stopped long epoch resumes at its last saved step (0: after every step; None: epochs only)
+    "checkpoint_minutes": 10.0,
     "device": "auto",
     "threads": None,  # torch intra-op threads (default: torch's choice)
     "channels_last": None,  # default: on for CPU
@@ -104,7 +107,7 @@ _OPTIONAL_INT = (
     "stop_after",
     "threads",
 )
-_OPTIONAL_NUMBER = ("teacher_epochs", "hint_epochs")
+_OPTIONAL_NUMBER = ("teacher_epochs", "hint_epochs", "checkpoint_minutes")
 _OPTIONAL_BOOL = ("augment", "channels_last")
 _CHOICES = {
     "optimizer": ("sgd", "adamw"),
@@ -233,6 +236,7 @@ FINGERPRINT_IGNORES = (
     "cache_dir",
     "threads",
     "soft_label_cache",  # where the teacher's logits come from, not what they are
+    "checkpoint_minutes",
     "precision",  # how the arithmetic runs, like device: the weights stay fp32 either way
 )
 

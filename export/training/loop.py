@@ -107,10 +107,11 @@ class BatchSource:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def epoch(
-        self, epoch: int, max_steps: int | None = None
+        self, epoch: int, max_steps: int | None = None, start_step: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x, y) for one epoch; the order depends only on (seed, epoch), so resuming at an
-        epoch boundary replays exactly what an uninterrupted run would have seen."""
+        """Yield (x, y) for one epoch from ``start_step`` on; the order and the augmentation
+        depend only on (seed, epoch), so a run resumed at an epoch boundary or at a saved step
+        sees exactly what an uninterrupted run would have seen."""
         gen = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.images), generator=gen)
         mine = order[self.dist.rank :: self.dist.world_size][: self.per_rank].to(self.device)
@@ -125,8 +126,9 @@ class BatchSource:
             idx = mine[step * self.local_batch : end]
             images = self.images[idx]
             if self.augment:
-                images = random_crop_flip(images, aug_gen)
-            yield self.prepare(images), self.labels[idx]
+                images = random_crop_flip(images, aug_gen)  # draws even for skipped steps
+            if step >= start_step:
+                yield self.prepare(images), self.labels[idx]
 
 
 @torch.no_grad()
@@ -150,6 +152,8 @@ class LoopState:
     epoch: int = 0
     elapsed_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0  # steps of ``epoch`` already done (a checkpoint saved inside an epoch)
+    partial: dict[str, Any] = field(default_factory=dict)  # that epoch's running sums so far
 
 
 class Trainer:
@@ -200,6 +204,8 @@ class Trainer:
             "epoch": self.state.epoch,
             "elapsed_s": self.state.elapsed_s,
             "history": self.state.history,
+            "step": self.state.step,
+            "partial": self.state.partial,
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -222,7 +228,13 @@ class Trainer:
         self.method.load_state_dict(blob["method"])
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
-        self.state = LoopState(blob["epoch"], blob["elapsed_s"], list(blob["history"]))
+        self.state = LoopState(
+            blob["epoch"],
+            blob["elapsed_s"],
+            list(blob["history"]),
+            int(blob.get("step", 0)),  # checkpoints written at epoch ends only have none
+            dict(blob.get("partial") or {}),
+        )
         return True
 
     def run(self, fingerprint: dict[str, Any]) -> bool:
@@ -234,8 +246,9 @@ class Trainer:
                 return False
             epoch = self.state.epoch
             steps_left = self.total_steps - epoch * spe
-            record = self._one_epoch(epoch, min(spe, steps_left))
+            record = self._one_epoch(epoch, min(spe, steps_left), fingerprint)
             self.state.epoch += 1
+            self.state.step, self.state.partial = 0, {}
             self.state.history.append(record)
             self.log.write("epoch", **record)
             if self.cfg["progress"] and self.dist.is_main:
@@ -250,17 +263,25 @@ class Trainer:
             self.epochs_run += 1
         return True
 
-    def _one_epoch(self, epoch: int, steps: int) -> dict[str, Any]:
+    def _one_epoch(self, epoch: int, steps: int, fingerprint: dict[str, Any]) -> dict[str, Any]:
         self.model.train()
-        start = time.perf_counter()
-        seen = correct = 0
-        loss_sum = torch.zeros((), device=self.source.device)
+        start = last_save = time.perf_counter()
+        # A checkpoint saved inside this epoch: carry on from its step with its running sums.
+        first = self.state.step
+        partial = self.state.partial
+        device = self.source.device
+        seen, correct = int(partial.get("seen", 0)), int(partial.get("correct", 0))
+        loss_sum = torch.tensor(float(partial.get("loss_sum", 0.0)), device=device)
+        earlier_s = float(partial.get("train_time_s", 0.0))
+        terms_sum: dict[str, torch.Tensor] = {
+            k: torch.tensor(float(v), device=device) for k, v in partial.get("terms", {}).items()
+        }
+        minutes = self.cfg.get("checkpoint_minutes")
         bar = Progress(
-            steps,
+            steps - first,
             f"epoch {epoch + 1}/{self.num_epochs}",
             self.cfg["progress"] and self.dist.is_main,
         )
-        terms_sum: dict[str, torch.Tensor] = {}
         autocast = torch.autocast(
             self.source.device.type,
             dtype=torch.bfloat16,
@@ -276,8 +297,8 @@ class Trainer:
                 seconds=round(given.seconds, 3),
                 store=str(self.soft_labels.directory),
             )
-        offset = 0
-        for x, y in self.source.epoch(epoch, steps):
+        offset = first * self.source.local_batch  # every batch before the last is full
+        for step, (x, y) in enumerate(self.source.epoch(epoch, steps, first), start=first):
             if given is not None:
                 self.method.give_teacher_logits(given.logits[offset : offset + len(y)])
                 offset += len(y)
@@ -295,8 +316,20 @@ class Trainer:
             for k, v in self.method.last_terms.items():
                 terms_sum[k] = terms_sum.get(k, torch.zeros((), device=v.device)) + v * n
             bar.update(float(loss.detach()), correct / seen, seen)
+            now = time.perf_counter()
+            if minutes is not None and step + 1 < steps and now - last_save >= minutes * 60:
+                self.state.step = step + 1
+                self.state.partial = {
+                    "seen": seen,
+                    "correct": correct,
+                    "loss_sum": float(loss_sum),
+                    "terms": {k: float(v) for k, v in terms_sum.items()},
+                    "train_time_s": earlier_s + now - start,
+                }
+                self.save_checkpoint(fingerprint)
+                last_save = time.perf_counter()
         bar.close()
-        train_time = time.perf_counter() - start
+        train_time = earlier_s + time.perf_counter() - start
         self.state.elapsed_s += train_time
         test_top1 = evaluate(self.method.student(), self.source)
         return {

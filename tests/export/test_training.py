@@ -173,6 +173,46 @@ def test_fitnet_resumes_within_stage_one_and_across_the_stage_boundary(
     assert third.test_top1 == whole.test_top1
 
 
+def test_a_run_stopped_inside_an_epoch_resumes_at_its_last_saved_step(
+    teacher: TrainResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """checkpoint_minutes 0 saves after every step; a process that dies right after the save at
+    step 3 of epoch 2 resumes there (same batches, same teacher logits, same schedule) and ends
+    with the weights of a run never stopped."""
+    from export.training.loop import Trainer
+
+    cfg = {**FAST, "method": "kd", "teacher": str(teacher.artifact_path), "epochs": 3,
+           "augment": True, "checkpoint_minutes": 0}  # fmt: skip
+    whole = run_training({**cfg, "out_dir": str(tmp_path / "whole")})
+    save = Trainer.save_checkpoint
+
+    def save_then_die(self: Trainer, fingerprint: dict[str, Any]) -> None:
+        save(self, fingerprint)
+        if self.state.epoch == 1 and self.state.step == 3:
+            raise KeyboardInterrupt  # the session ends right after a mid-epoch save
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        run_training({**cfg, "out_dir": str(part)})
+    monkeypatch.undo()
+    blob = torch.load(part / "checkpoint.pt", weights_only=True)
+    assert (blob["epoch"], blob["step"]) == (1, 3) and blob["partial"]["seen"] > 0
+    resumed = run_training({**cfg, "out_dir": str(part), "resume": True})
+    assert resumed.completed and resumed.epochs_run == 2
+    a, b = _state(whole.artifact_path), _state(resumed.artifact_path)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.test_top1 == whole.test_top1
+    epochs = [r for r in read_log(part) if r["event"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    full = [r for r in read_log(tmp_path / "whole") if r["event"] == "epoch"]
+    # the resumed epoch's record counts the steps before the stop too
+    assert epochs[1]["train_acc"] == full[1]["train_acc"] and epochs[1]["loss"] == pytest.approx(
+        full[1]["loss"], rel=1e-5
+    )
+
+
 @pytest.mark.parametrize("method", ["mimic", "fitnet"])
 def test_shallow_student_learns_from_the_teacher(
     method: str, teacher: TrainResult, tmp_path: Path
