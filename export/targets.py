@@ -49,15 +49,20 @@ def _missed(points: float) -> str:
     return f"missed by {points:.2f} points"
 
 
+def _at_least(target: str, card: ModelCard, floor: float, what: str) -> Verdict:
+    top1 = card.metrics.top1
+    verdict = "met" if top1 >= floor else _missed((floor - top1) * 100)
+    return Verdict(target, f"{top1:.2%} ({what})", verdict)
+
+
 def check_targets(cards: Sequence[ModelCard], teacher: ModelCard) -> list[Verdict]:
     """Every target's verdict from the cards of a zoo (served or not) and its teacher."""
     verdicts = [
-        Verdict(
+        _at_least(
             f"teacher top-1 ≥ {TEACHER_TOP1:.0%}",
-            f"{teacher.metrics.top1:.2%} ({teacher.name}, {teacher.training.epochs:g} epochs)",
-            "met"
-            if teacher.metrics.top1 >= TEACHER_TOP1
-            else _missed((TEACHER_TOP1 - teacher.metrics.top1) * 100),
+            teacher,
+            TEACHER_TOP1,
+            f"{teacher.name}, {teacher.training.epochs:g} epochs",
         )
     ]
     students = [
@@ -65,15 +70,8 @@ def check_targets(cards: Sequence[ModelCard], teacher: ModelCard) -> list[Verdic
     ]
     if students:
         best = max(students, key=lambda c: (c.metrics.top1, c.name))
-        verdicts.append(
-            Verdict(
-                f"best {STUDENT_ARCH} student top-1 ≥ {STUDENT_TOP1:.0%}",
-                f"{best.metrics.top1:.2%} ({best.name})",
-                "met"
-                if best.metrics.top1 >= STUDENT_TOP1
-                else _missed((STUDENT_TOP1 - best.metrics.top1) * 100),
-            )
-        )
+        target = f"best {STUDENT_ARCH} student top-1 ≥ {STUDENT_TOP1:.0%}"
+        verdicts.append(_at_least(target, best, STUDENT_TOP1, best.name))
     verdicts += _beat_alone(cards)
     speed = _speedup(cards, teacher)
     if speed is not None:

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.contract.model_card import sha256_file
+
 SOFT_LABEL_DIR = "soft-labels"  # beside the teacher's trained.pt
 FORMAT = "rocketserve-soft-labels-v1"
 
@@ -39,14 +41,6 @@ class EpochLogits:
     logits: torch.Tensor  # [images in the epoch, classes] float32, on the training device
     computed: bool
     seconds: float
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class SoftLabelStore:
@@ -69,7 +63,7 @@ class SoftLabelStore:
         self.batches = batches
         self.autocast = autocast
         self.device = device
-        identity = {"format": FORMAT, "teacher_sha256": _file_digest(teacher_path), **stream}
+        identity = {"format": FORMAT, "teacher_sha256": sha256_file(teacher_path), **stream}
         key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
         self.directory = teacher_path.parent / SOFT_LABEL_DIR / key
         self.identity = identity

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from export.comparisons import ablation_of, compare, group_runs
 from export.report import render_report
 from service.contract.model_card import ModelCard, ProfileRow, read_manifest
+from tests.support.cards import scored_card
 
 
 def _card(
@@ -28,20 +30,11 @@ def _card(
         ProfileRow(batch_size=bs, p50_ms=p50 * bs, p99_ms=p50 * bs * 1.5, images_per_s=1000 / p50)
         for bs in (1, 8, 32)
     )
-    update = {"method": method, "architecture": arch, "teacher": None, "epochs": epochs,
-              "seed": seed, "wall_time_s": 600.0, "recipe": "sgd", **training}  # fmt: skip
-    return base.model_copy(
-        update={
-            "name": name,
-            "training": base.training.model_copy(update=update),
-            "metrics": base.metrics.model_copy(
-                update={"dataset": "cifar10", "n": 10_000, "top1": top1}
-            ),
-            "profile": base.profile.model_copy(update={"rows": rows}),
-            "params": params,
-            "macs": 26_000_000,
-        }
-    )
+    fields: dict[str, Any] = {"method": method, "architecture": arch, "teacher": None,
+              "epochs": epochs, "seed": seed, "wall_time_s": 600.0, "recipe": "sgd",
+              **training}  # fmt: skip
+    card = {"params": params, "macs": 26_000_000}
+    return scored_card(base, name, top1, rows, card=card, **fields)
 
 
 @pytest.fixture

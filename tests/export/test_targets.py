@@ -9,6 +9,7 @@ import pytest
 from export.report import render_report
 from export.targets import check_targets, render_targets
 from service.contract.model_card import ModelCard, ProfileRow, read_manifest
+from tests.support.cards import scored_card
 
 
 def _card(
@@ -30,18 +31,10 @@ def _card(
         )
         for bs in (1, 32)
     )
-    training = {"method": method, "architecture": arch, "seed": seed, "epochs": epochs,
-                "teacher": None if method == "baseline" else teacher}  # fmt: skip
-    return base.model_copy(
-        update={
-            "name": name,
-            "training": base.training.model_copy(update=training),
-            "metrics": base.metrics.model_copy(
-                update={"dataset": dataset, "n": 10_000, "top1": top1}
-            ),
-            "profile": base.profile.model_copy(update={"rows": rows}),
-        }
-    )
+    return scored_card(
+        base, name, top1, rows, dataset=dataset, method=method, architecture=arch, seed=seed,
+        epochs=epochs, teacher=None if method == "baseline" else teacher,
+    )  # fmt: skip
 
 
 @pytest.fixture
