@@ -58,8 +58,13 @@ def quantize_int8(
 ) -> Path:
     """Static int8 quantization in QDQ format, calibrated on uint8 training images [N,H,W,C].
 
-    Weights are int8 per channel, activations uint8 with min/max calibration. Inputs and outputs
-    stay float32, so the model card's preprocessing is unchanged.
+    Weights are int8 per channel in a 7-bit range (``reduce_range``), activations uint8 with
+    min/max calibration. Inputs and outputs stay float32, so the model card's preprocessing is
+    unchanged. The 7-bit weights keep the model's accuracy the same on every x86 CPU: without
+    VNNI, ONNX Runtime multiplies u8 x s8 pairs into saturating int16 sums, and full-range
+    weights cost the committed int8 models 0.8-7.6 points of top-1 on an AVX2-only AMD EPYC
+    that a VNNI CPU did not lose (KD WRN-16-1: 71.78 % against 79.09 % with 7-bit weights; fp32
+    79.14 %).
     """
     if len(calibration_images) == 0:
         raise QuantizationError("int8 calibration needs at least one training image")
@@ -80,6 +85,7 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            reduce_range=True,
         )
         onnx.checker.check_model(str(out))
         Path(out).replace(dst)

@@ -53,6 +53,19 @@ def test_int8_is_qdq_with_float_io_and_within_one_point_of_fp32(variants: dict[s
     assert variants["int8"].stat().st_size < variants["fp32"].stat().st_size
 
 
+def test_int8_weights_use_seven_bits_so_no_cpu_saturates_them(variants: dict[str, Path]) -> None:
+    """Every int8 weight lies in [-64, 63]: a u8 x s8 pair sum then fits int16 on CPUs without
+    VNNI, so the int8 model answers the same on an AVX2-only CPU as on a VNNI one."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(variants["int8"]))
+    weights = [
+        numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.INT8
+    ]
+    assert weights, "the QDQ model stores its weights as int8"
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
+
+
 def test_fp16_stores_half_weights_keeps_float_io_and_matches_fp32(
     variants: dict[str, Path],
 ) -> None:
