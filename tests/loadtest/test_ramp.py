@@ -17,7 +17,12 @@ from loadtest.payloads import ModelInfo
 from loadtest.ramp_load import Candidate, StepStats, classify, summarize
 from loadtest.ramp_report import csv_rows, markdown_table
 from service.contract.model_card import read_manifest
-from tests.service.test_routing import FAST, SLOW  # a 27M-MAC student, a 328M-MAC teacher
+from tests.service.test_routing import (  # a 27M-MAC student, a 328M-MAC teacher
+    FAST,
+    FAST_KEY,
+    SLOW,
+    SLOW_KEY,
+)
 from tests.support.cli import ROOT, run_module
 from tests.support.server import running_service
 
@@ -87,8 +92,13 @@ def two_speed_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+def _key(model_dir: Path) -> str:
+    """The router's name for the served version of a model: ``name:version``."""
+    return f"{model_dir.name}:{read_manifest(model_dir).version}"
+
+
 def _card_top1(repo: Path) -> dict[str, float]:
-    return {f"{d.name}:1": read_manifest(d).metrics.top1 for d in repo.iterdir() if d.is_dir()}
+    return {_key(d): read_manifest(d).metrics.top1 for d in repo.iterdir() if d.is_dir()}
 
 
 def _ramp(*args: str) -> subprocess.CompletedProcess[str]:
@@ -134,16 +144,16 @@ def test_loose_budget_sends_every_request_to_the_accurate_teacher(
     rows = _steps(tmp_path, two_speed_repo)
     for row in rows:
         assert int(row["ok"]) > 0 and int(row["unmet_422"]) == 0
-        assert float(row[f"share:{SLOW}:1"]) == 1.0 and row["within_budget"] == "yes"
+        assert float(row[f"share:{SLOW_KEY}"]) == 1.0 and row["within_budget"] == "yes"
     assert "machine:" in proc.stdout and "load average at the end:" in proc.stdout
     table = (tmp_path / "ramp.md").read_text()
-    assert table.count(f"{SLOW}:1 100 %") == 2 and "p99 within 100000 ms" in table
+    assert table.count(f"{SLOW_KEY} 100 %") == 2 and "p99 within 100000 ms" in table
     report = json.loads((tmp_path / "ramp.json").read_text())
     assert report["latency_budget_ms"] == 100000
-    assert [c["model"] for c in report["candidates"]] == [f"{SLOW}:1", f"{FAST}:1"]  # by top-1
+    assert [c["model"] for c in report["candidates"]] == [SLOW_KEY, FAST_KEY]  # by top-1
     assert report["load_average_start"] and report["load_average_end"]
     assert [s["concurrency"] for s in report["steps"]] == [1, 2]
-    assert all(s["router_after_step"][f"{SLOW}:1"]["prediction"] == "live" for s in report["steps"])
+    assert all(s["router_after_step"][SLOW_KEY]["prediction"] == "live" for s in report["steps"])
     with Image.open(tmp_path / "ramp.png") as png:
         assert png.format == "PNG" and png.size[0] >= 600
 
@@ -168,13 +178,13 @@ def test_tight_budget_sends_the_traffic_to_the_fast_student(
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = _steps(tmp_path, two_speed_repo)
     for row in rows:
-        assert float(row[f"share:{SLOW}:1"]) == 0.0  # never the teacher
+        assert float(row[f"share:{SLOW_KEY}"]) == 0.0  # never the teacher
         if int(row["ok"]):
-            assert float(row[f"share:{FAST}:1"]) == 1.0
+            assert float(row[f"share:{FAST_KEY}"]) == 1.0
     # On a loaded machine the student's live p99 may exceed the budget as well (then 422s), but
     # its first requests, before it has live figures, always go to it.
     warmup = json.loads((tmp_path / "ramp.json").read_text())["warmup"]
-    assert warmup["ok"] > 0 and warmup["shares"] == {f"{FAST}:1": 1.0}, proc.stdout
+    assert warmup["ok"] > 0 and warmup["shares"] == {FAST_KEY: 1.0}, proc.stdout
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:

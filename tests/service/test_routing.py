@@ -21,6 +21,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[2]
 # The int8 student with the fewest MACs and the fp32 teacher (27M and 328M MACs today).
 FAST, SLOW = smallest_student().name, teacher().name
+# The router names a model's served version: name:version.
+FAST_KEY = f"{FAST}:{smallest_student().version}"
+SLOW_KEY = f"{SLOW}:{teacher().version}"
 JPEG = (ROOT / "loadtest/data/cifar10/cat_0000.jpg").read_bytes()
 
 
@@ -53,7 +56,7 @@ def test_tight_budget_routes_to_the_fast_model(served: tuple[httpx.Client, dict]
     body = r.json()
     assert body["model"] == FAST
     routing = body["routing"]
-    assert routing["chosen"] == f"{FAST}:1" and routing["predicted_p99_ms"] <= budget
+    assert routing["chosen"] == FAST_KEY and routing["predicted_p99_ms"] <= budget
     assert routing["objective"] == {"latency_budget_ms": pytest.approx(budget, abs=1e-3)}
     assert routing["candidates_considered"] == 2
 
@@ -136,7 +139,7 @@ def test_v2_infer_routes_by_parameters(served: tuple[httpx.Client, dict]) -> Non
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["model_name"] == SLOW
-    assert answer["parameters"]["routing"]["chosen"] == f"{SLOW}:1"
+    assert answer["parameters"]["routing"]["chosen"] == SLOW_KEY
     zeros = {"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 3072}
     r = client.post("/v2/models/auto/infer", json={"inputs": [zeros]})  # no objective
     assert r.status_code == 400 and "routes by objective" in r.json()["error"]
