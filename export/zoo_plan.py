@@ -10,14 +10,11 @@ from typing import Any
 import torch
 
 from export.bench_train import bench_arch
+from export.distill import get_method
 from export.models import build_model
 from export.training.config import DEFAULTS, HINT_STAGE_FRACTION, TEACHER_METHODS
 from export.training.runtime import describe_device, resolve_precision
 from export.zoo import ZOO_TEACHER
-
-# Methods whose teacher is only asked for logits: the soft-label store computes them once per
-# (seed, epoch) and every later run of that stream reads them (export/training/soft_labels.py).
-_STORED_LOGITS = ("kd", "mimic", "rocket-kd", "fitnet")
 
 
 @dataclass(frozen=True)
@@ -73,12 +70,11 @@ def plan_zoo(config: dict[str, Any], rates: Rates, train_images: int) -> list[Pl
         method = str(cfg["method"])
         n = min(train_images, cfg.get("max_train_images") or train_images)
         per_image = 1.0 / rates.train[str(cfg["student"])]
+        booster = str(cfg.get("booster") or teacher_arch)
         if method in ("rocket", "rocket-kd"):
-            booster = str(cfg.get("booster") or teacher_arch)
             per_image += 1.0 / rates.train[booster]
         seconds = epochs * n * per_image
         if method == "rocket" and cfg.get("joint") is False:  # the booster first, then frozen
-            booster = str(cfg.get("booster") or teacher_arch)
             seconds += epochs * n / rates.train[booster]
         logit_seconds = 0.0
         uses_teacher = method in TEACHER_METHODS and cfg.get("teacher") in (ZOO_TEACHER, None)
@@ -88,7 +84,8 @@ def plan_zoo(config: dict[str, Any], rates: Rates, train_images: int) -> list[Pl
             stored_epochs = epochs - hint
         else:
             stored_epochs = epochs
-        if uses_teacher and method in _STORED_LOGITS:
+        # the soft-label store computes logits once per (seed, epoch) for logits-only methods
+        if uses_teacher and get_method(method).teacher_logits_only:
             new = max(0.0, stored_epochs - logits_done.get(seed, 0.0))
             logit_seconds = new * n / rates.teacher_forward
             logits_done[seed] = max(logits_done.get(seed, 0.0), stored_epochs)
