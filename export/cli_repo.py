@@ -282,7 +282,7 @@ def register(sub: Any) -> None:
     p.add_argument("--profile-runs", type=int, help="timed runs per batch size (default: config)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: config/all)")
     p.add_argument("--provider", default=None, help="ONNX Runtime provider (default: config)")
-    p.add_argument("--only", nargs="*", help="entry names to run (the teacher always runs)")
+    p.add_argument("--only", nargs="*", help="entries to run (and the teacher they distil from)")
     p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
     p.add_argument(
         "--resume",
@@ -293,8 +293,9 @@ def register(sub: Any) -> None:
         "--lanes",
         type=int,
         default=1,
-        help="train the students in this many parallel processes after the teacher, each with "
-        "its share of the cores and its own log in the work dir (default 1: one after another)",
+        help="train the entries in this many parallel processes, each with its share of the "
+        "cores and its own log in the work dir; a distilled student waits for the teacher, the "
+        "others train beside it (default 1: one after another)",
     )
     p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: config)")
     p.add_argument("--no-report", action="store_true", help="do not write REPORT.md at the end")

@@ -1,15 +1,17 @@
-"""Zoo lanes: the students of a zoo trained in parallel processes, each on a share of the cores.
+"""Zoo lanes: the entries of a zoo trained in parallel processes, each on a share of the cores.
 
 On a small CPU one training process with every core leaves much of it idle: the small students'
 convolutions do not split well over threads (on the 2-core development machine two one-thread
 processes trained 1.18-1.26x the images per second of one two-thread process, for WRN-16-1,
-WRN-40-1 and MobileNetV2-0.5; ``python -m export bench`` in both layouts). After the teacher
-(which every distilled student needs) the students run in the config's order, each in a child
-process ``python -m export zoo --only NAME --resume``, at most ``lanes`` at a time: when one
-ends, the next entry starts in its lane, so lanes stay busy however unequal the entries are
-(a KD student costs several times a baseline one). Each lane appends to its own log; the parent
-writes REPORT.md once all are done. A child dies with its parent (Linux), so that a restarted zoo
-never finds a lane of the previous one still training an entry.
+WRN-40-1 and MobileNetV2-0.5; ``python -m export bench`` in both layouts). Each entry runs in a
+child process ``python -m export zoo --only NAME --resume``, at most ``lanes`` at a time, in the
+config's order as far as prerequisites allow: the teacher starts at once and the students that
+do not need it (trained alone, Rocket) train beside it; a distilled student waits for the
+teacher, a conditional second seed for the entries it compares. When a lane's entry ends, the lane
+takes the next entry that can start, so lanes stay busy however unequal the entries are (a KD
+student costs several times a baseline one). Each lane appends to its own log; the parent writes
+REPORT.md once all are done. A child dies with its parent (Linux), so that a restarted zoo never
+finds a lane of the previous one still training an entry.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -40,25 +42,44 @@ def run_lanes(
     log_dir: Path,
     log: Callable[[str], None] = print,
     cores: int | None = None,
+    after: Mapping[str, Collection[str]] | None = None,
 ) -> list[str]:
     """Run each of ``names`` as ``argv(name, threads)``, at most ``lanes`` at once, in order.
 
-    A child gets ``cores // lanes`` torch threads (every core when it is the last one left).
+    ``after[name]`` lists the entries ``name`` must wait for: a free lane takes the first entry
+    whose prerequisites have all succeeded (names outside ``names`` count as done); an entry whose
+    prerequisite failed is reported as failed without running. A child gets ``cores // lanes``
+    torch threads, or every core when nothing else runs or could start beside it.
     Returns one line per entry that failed (empty when all succeeded); the others still run.
     Lane ``i``'s children append their output to ``log_dir/lane-<i>.log``.
     """
     cores = cores or os.cpu_count() or 1
     share = max(1, cores // max(1, lanes))
+    waits = {n: set((after or {}).get(n, ())) & set(names) for n in names}
     log_dir.mkdir(parents=True, exist_ok=True)
     todo = list(names)
     running: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
+    done: set[str] = set()
     failed: list[str] = []
+    failed_names: set[str] = set()
+
+    def ready() -> list[str]:
+        return [n for n in todo if waits[n] <= done]
+
     try:
         while todo or running:
+            for name in [n for n in todo if waits[n] & failed_names]:
+                todo.remove(name)
+                failed_names.add(name)
+                blocked = ", ".join(sorted(waits[name] & failed_names))
+                failed.append(f"{name} not run: it needs {blocked}, which failed")
+                log(f"{name}: not run ({blocked} failed)")
             free = [i for i in range(1, max(1, lanes) + 1) if i not in running]
-            while todo and free:
-                lane, name = free.pop(0), todo.pop(0)
-                threads = cores if not todo and not running else share
+            while free and ready():
+                name = ready()[0]
+                lane = free.pop(0)
+                todo.remove(name)
+                threads = cores if not running and not ready() else share
                 path = log_dir / f"lane-{lane}.log"
                 with path.open("ab") as out:
                     running[lane] = (
@@ -72,6 +93,8 @@ def run_lanes(
                         ),
                     )
                 log(f"lane {lane}: {name} ({threads} torch thread(s)); log: {path}")
+            if not running and todo and not ready():
+                raise ValueError(f"entries wait on each other: {', '.join(todo)}")
             time.sleep(POLL_S)
             for lane, (name, child) in list(running.items()):
                 code = child.poll()
@@ -79,8 +102,10 @@ def run_lanes(
                     continue
                 del running[lane]
                 if code == 0:
+                    done.add(name)
                     log(f"lane {lane}: {name} done")
                 else:
+                    failed_names.add(name)
                     failed.append(f"{name} (lane {lane}) exited with status {code}")
         return failed
     finally:

@@ -141,6 +141,20 @@ def second_seed_reason(
     return False, "; ".join(readings) + ", beyond noise: no second seed needed"
 
 
+def needs_teacher(entry: dict[str, Any]) -> bool:
+    """Whether an entry distils from the teacher this zoo trains."""
+    return entry.get("teacher") == ZOO_TEACHER
+
+
+def prerequisites(entry: dict[str, Any], teacher_name: str) -> list[str]:
+    """The entries that must be done before ``entry`` starts: the zoo's teacher for a distilled
+    student, the compared entries for a conditional second seed."""
+    named = [teacher_name] * needs_teacher(entry)
+    if entry.get("second_seed_of"):
+        named += [str(entry["second_seed_of"]), *map(str, entry.get("when_within_noise_of") or [])]
+    return list(dict.fromkeys(named))
+
+
 def _training_config(
     entry: dict[str, Any], config: dict[str, Any], opts: ZooOptions, out_dir: Path
 ) -> dict[str, Any]:
@@ -207,7 +221,7 @@ class Zoo:
 
         out_dir = self.work / str(entry["name"])
         cfg = _training_config(entry, self.config, self.opts, out_dir)
-        if cfg.get("teacher") == ZOO_TEACHER:
+        if needs_teacher(cfg):
             if self.teacher_artifact is None:
                 raise ZooError(f"{entry['name']}: teacher 'zoo' used before the teacher exists")
             cfg["teacher"] = str(self.teacher_artifact)
@@ -226,7 +240,7 @@ class Zoo:
         info = training_info(meta)
         config = {k: v for k, v in info.config.items() if k not in ("out_dir", "resume")}
         teacher = info.teacher
-        if entry.get("teacher") == ZOO_TEACHER:
+        if needs_teacher(entry):
             # The card names the served teacher model rather than a scratch checkpoint path.
             teacher = self.teacher_name
             config["teacher"] = self.teacher_name
@@ -261,7 +275,7 @@ class Zoo:
         parity = export_with_parity(model, onnx_path, spec, self.splits.test_images)
         self.log(f"[{name}] {parity.summary()}")
         teacher = None
-        if entry.get("teacher") == ZOO_TEACHER and self.teacher_onnx is not None:
+        if needs_teacher(entry) and self.teacher_onnx is not None:
             teacher = (self.teacher_onnx, spec)  # zoo students share the teacher's data spec
         info = ArtifactInfo(
             name=name,
@@ -312,7 +326,8 @@ class Zoo:
         return card
 
     def run(self) -> ZooResult:
-        """The teacher first, then every student; REPORT.md and pareto.png at the end."""
+        """The teacher, then every student (in lanes: beside it, unless it distils from it);
+        REPORT.md and pareto.png at the end."""
         import torch
 
         threads = torch.get_num_threads()
@@ -327,20 +342,27 @@ class Zoo:
     def _run(self) -> ZooResult:
         start = time.perf_counter()
         result = ZooResult()
-        entries = [self.config["teacher"], *self.config["students"]]
+        teacher = self.config["teacher"]
+        entries = [teacher, *self.config["students"]]
         selected = set(self.opts.only)
         unknown = selected - {str(e["name"]) for e in entries}
         if unknown:
             raise ZooError(f"--only names no zoo entry: {', '.join(sorted(unknown))}")
         students = [e for e in entries[1:] if not selected or e["name"] in selected]
-        result.cards.extend(self.run_entry(self.config["teacher"]))
-        if self.opts.lanes > 1 and len(students) > 1:
-            names = [str(e["name"]) for e in students]
-            failed = run_lanes(self._lane_argv, names, self.opts.lanes, self.work, self.log)
+        # The teacher trains when it is asked for or a selected student distils from it.
+        asked = not selected or teacher["name"] in selected
+        with_teacher = asked or any(map(needs_teacher, students))
+        chosen = [teacher] * with_teacher + students
+        if self.opts.lanes > 1 and len(chosen) > 1:
+            names = [str(e["name"]) for e in chosen]
+            after = {str(e["name"]): prerequisites(e, str(teacher["name"])) for e in chosen}
+            failed = run_lanes(
+                self._lane_argv, names, self.opts.lanes, self.work, self.log, after=after
+            )
             if failed:
                 raise ZooError(f"{len(failed)} entries failed: " + "; ".join(failed))
         else:
-            for entry in students:
+            for entry in chosen:
                 result.cards.extend(self.run_entry(entry))
         if not self.opts.report:
             result.wall_time_s = time.perf_counter() - start

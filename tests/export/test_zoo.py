@@ -183,7 +183,8 @@ def test_zoo_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_lanes_train_the_students_in_parallel_processes(
     zoo_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """--lanes 2: the teacher first, then one child process per lane; same models as in turn."""
+    """--lanes 2: the teacher and Rocket (which does not need it) side by side, KD once the
+    teacher is done; one child process per entry; same models as in turn."""
     out = tmp_path_factory.mktemp("zoo-lanes") / "repo"
     proc = _export(
         "zoo", "--dataset", "digits", "--out", str(out),
@@ -191,15 +192,34 @@ def test_lanes_train_the_students_in_parallel_processes(
         "--only", "kd-resnet8", "rocket-resnet8", "--lanes", "2",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "lane 1: kd-resnet8 (" in proc.stdout and "lane 2: rocket-resnet8 (" in proc.stdout
-    assert proc.stdout.count(" done") == 2
+    lines = proc.stdout.splitlines()
+    assert lines.index(f"lane 1: teacher-resnet20 ({_share(2)} torch thread(s)); log: "
+                       f"{out / '.work' / 'lane-1.log'}") == 0  # fmt: skip
+    assert lines[1].startswith("lane 2: rocket-resnet8 (")
+    kd_start = next(i for i, line in enumerate(lines) if ": kd-resnet8 (" in line)
+    assert kd_start > lines.index("lane 1: teacher-resnet20 done")
+    assert proc.stdout.count(" done") == 3
     logs = {p.name: p.read_text() for p in (out / ".work").glob("lane-*.log")}
     assert sorted(logs) == ["lane-1.log", "lane-2.log"]
-    assert "[digits-kd-resnet8] parity ok" in logs["lane-1.log"]
+    assert "[digits-teacher-resnet20] parity ok" in logs["lane-1.log"]
     assert "[digits-rocket-resnet8] parity ok" in logs["lane-2.log"]
     assert "[digits-rocket-resnet8]" not in logs["lane-1.log"]  # each lane its own entries
+    kd_logs = [name for name, text in logs.items() if "[digits-kd-resnet8] parity ok" in text]
+    assert len(kd_logs) == 1
+    # The KD child found the teacher published and trained it no further; Rocket's child never
+    # touched it (it would have logged it too).
+    every = "".join(logs.values())
+    assert every.count("[digits-teacher-resnet20] already published") == 1
+    assert "[digits-teacher-resnet20] already published" in logs[kd_logs[0]]
+    assert every.count("[digits-teacher-resnet20] trained in") == 2
     assert {d.name for d in model_dirs(out)} == {d.name for d in model_dirs(zoo_repo)}
     assert (out / "REPORT.md").is_file() and main(["verify", str(out)]) == 0
+
+
+def _share(lanes: int) -> int:
+    import os
+
+    return max(1, (os.cpu_count() or 1) // lanes)
 
 
 def test_a_lane_takes_the_next_entry_when_its_entry_ends(tmp_path: Path) -> None:
@@ -240,6 +260,73 @@ def test_a_lane_takes_the_next_entry_when_its_entry_ends(tmp_path: Path) -> None
 
     assert run_lanes(lone, ["x"], 2, logs, cores=4) == []
     assert alone == [("x", 4)]  # a lone entry gets every core
+
+
+def test_an_entry_waits_for_its_prerequisites(tmp_path: Path) -> None:
+    """An entry starts only once everything it needs succeeded, and others fill the lanes
+    meanwhile; one whose prerequisite failed is not run; a lone-ready entry gets every core."""
+    from export.lanes import run_lanes
+
+    marker = tmp_path / "free-ran"
+    code = {
+        # The "teacher" lasts until "free" has run beside it.
+        "teacher": f"import os, time\nwhile not os.path.exists({str(marker)!r}): time.sleep(0.05)",
+        "student": "pass",
+        "broken": "raise SystemExit(2)",
+        "needs-broken": "pass",
+        "free": f"open({str(marker)!r}, 'w').close()",
+    }
+    after = {"student": ["teacher"], "needs-broken": ["broken", "teacher"], "free": ["elsewhere"]}
+    started: list[tuple[str, int]] = []
+
+    def argv(name: str, threads: int) -> list[str]:
+        started.append((name, threads))
+        return [sys.executable, "-c", code[name]]
+
+    lines: list[str] = []
+    failed = run_lanes(argv, list(code), 2, tmp_path / "logs", lines.append, cores=4, after=after)
+    assert failed == [
+        "broken (lane 2) exited with status 2",
+        "needs-broken not run: it needs broken, which failed",
+    ]
+    # "student" waits for the teacher, which lasts until "free" ran in the other lane after
+    # "broken"; "needs-broken" never runs.
+    assert [s[0] for s in started] == ["teacher", "broken", "free", "student"]
+    assert lines.index("lane 1: teacher done") < next(
+        i for i, line in enumerate(lines) if ": student (" in line
+    )
+    assert "needs-broken: not run (broken failed)" in lines
+    assert started[0] == ("teacher", 2)  # others could start beside it: half the cores
+
+    # Only the teacher can start at first: it gets every core.
+    alone: list[tuple[str, int]] = []
+
+    def quick(name: str, threads: int) -> list[str]:
+        alone.append((name, threads))
+        return [sys.executable, "-c", "pass"]
+
+    after = {"a": ["t"], "b": ["t"]}
+    assert run_lanes(quick, ["t", "a", "b"], 2, tmp_path / "logs", cores=4, after=after) == []
+    assert alone == [("t", 4), ("a", 2), ("b", 2)]
+    with pytest.raises(ValueError, match="wait on each other"):
+        run_lanes(quick, ["x", "y"], 2, tmp_path / "logs", cores=4, after={"x": ["y"], "y": ["x"]})
+
+
+def test_prerequisites_of_zoo_entries() -> None:
+    from export.zoo import prerequisites
+
+    config = load_zoo_config(config_path("cifar10"))
+    entries = {e["name"]: e for e in config["students"]}
+    teacher = config["teacher"]["name"]
+    assert prerequisites(entries["baseline-wrn-16-1"], teacher) == []
+    assert prerequisites(entries["rocket-wrn-16-1"], teacher) == []
+    assert prerequisites(entries["kd-wrn-16-1"], teacher) == [teacher]
+    assert prerequisites(entries["kd-wrn-16-1-seed1"], teacher) == [
+        teacher, "kd-wrn-16-1", "baseline-wrn-16-1"
+    ]  # fmt: skip
+    assert prerequisites(entries["baseline-wrn-16-1-seed1"], teacher) == [
+        "baseline-wrn-16-1", "kd-wrn-16-1", "rocket-wrn-16-1", "rocket-kd-wrn-16-1"
+    ]  # fmt: skip
 
 
 def _scored(base: Any, name: str, top1: float, version: int = 1) -> Any:

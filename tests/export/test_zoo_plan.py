@@ -6,7 +6,7 @@ import pytest
 
 from export.__main__ import main
 from export.zoo import config_path, load_zoo_config
-from export.zoo_plan import Rates, architectures, plan_zoo
+from export.zoo_plan import PlannedEntry, Rates, architectures, plan_zoo, wall_hours
 
 N = 50_000
 RATES = Rates(
@@ -74,3 +74,36 @@ def test_the_command_measures_and_prints_every_entry(capsys: pytest.CaptureFixtu
         assert entry["name"] in out
     assert "rates measured on cpu" in out and "teacher forward" in out
     assert "total " in out and "wall time, at least" in out
+
+
+def _entry(name: str, hours: float, *after: str, conditional: bool = False) -> PlannedEntry:
+    return PlannedEntry(name, "m", 1, hours, 0.0, conditional=conditional, after=after)
+
+
+def test_the_wall_time_follows_the_lanes_schedule() -> None:
+    """Entries that need nothing run beside the teacher; the others wait for it; a lone entry
+    gets every core; second seeds may be left out."""
+    plan = [
+        _entry("teacher", 10.0),
+        _entry("alone", 4.0),
+        _entry("rocket", 8.0),
+        _entry("kd", 6.0, "teacher"),
+        _entry("kd-seed1", 6.0, "teacher", "kd", conditional=True),
+    ]
+    # Two lanes on two cores: teacher 0-10 beside alone 0-4 and rocket 4-12; kd 10-16, then
+    # kd-seed1 16-19 alone on both cores.
+    assert wall_hours(plan, 2, 2) == pytest.approx(19.0)
+    assert wall_hours(plan, 2, 2, conditional=False) == pytest.approx(16.0)
+    # One lane: in turn, each on every core.
+    assert wall_hours(plan, 1, 2) == pytest.approx(34.0 / 2)
+    # More lanes than cores count as one lane per core.
+    assert wall_hours(plan, 8, 2) == wall_hours(plan, 2, 2)
+    with pytest.raises(ValueError, match="wait on each other"):
+        wall_hours([_entry("a", 1.0, "b"), _entry("b", 1.0, "a")], 2, 2)
+
+
+def test_the_cifar10_plan_waits_only_where_it_must() -> None:
+    config = load_zoo_config(config_path("cifar10"))
+    plan = {p.name: p for p in plan_zoo(config, RATES, N)}
+    assert plan["baseline-wrn-16-1"].after == ()
+    assert plan["mimic-wrn-16-1"].after == ("teacher-wrn-40-2",)
