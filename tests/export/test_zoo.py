@@ -70,7 +70,7 @@ def test_the_cifar10_plan_holds_every_study_of_the_report() -> None:
     assert shallow == {"baseline", "mimic"}
     assert {m for m, arch, *_ in runs if arch.startswith("mobilenetv2")} == {"baseline", "kd"}
     seeds = {m for m, arch, ep, seed, _ in runs if seed != 0 and ep == default_epochs}
-    assert seeds == {"baseline", "kd", "rocket", "rocket-kd"}
+    assert seeds == ALL_METHODS
     assert config["teacher"]["epochs"] >= default_epochs >= 30
 
 
@@ -322,10 +322,11 @@ def test_prerequisites_of_zoo_entries() -> None:
     assert prerequisites(entries["rocket-wrn-16-1"], teacher) == []
     assert prerequisites(entries["kd-wrn-16-1"], teacher) == [teacher]
     assert prerequisites(entries["kd-wrn-16-1-seed1"], teacher) == [
-        teacher, "kd-wrn-16-1", "baseline-wrn-16-1"
+        teacher, "kd-wrn-16-1", "baseline-wrn-16-1", "rocket-wrn-16-1", "rocket-kd-wrn-16-1"
     ]  # fmt: skip
     assert prerequisites(entries["baseline-wrn-16-1-seed1"], teacher) == [
-        "baseline-wrn-16-1", "kd-wrn-16-1", "rocket-wrn-16-1", "rocket-kd-wrn-16-1"
+        "baseline-wrn-16-1", "kd-wrn-16-1", "fitnet-wrn-16-1", "mimic-wrn-16-1",
+        "rocket-wrn-16-1", "rocket-kd-wrn-16-1",
     ]  # fmt: skip
 
 
@@ -380,12 +381,31 @@ def test_a_second_seed_reads_the_latest_version_of_its_first_seed(digits_repo: P
     assert second_seed_reason(SECOND_SEED, cards[:1] + cards[2:], lambda n: f"z-{n}")[0] is True
 
 
+def test_second_seeds_are_due_for_every_comparison_the_method_table_reads() -> None:
+    """For each step of the report's method table (alone -> KD, KD -> Rocket, ...) each side's
+    second seed is due when the two first seeds are within noise of each other."""
+    from export.comparisons import METHOD_STEPS
+
+    config = load_zoo_config(config_path("cifar10"))
+    rivals = {
+        e["second_seed_of"]: set(e["when_within_noise_of"])
+        for e in config["students"]
+        if e.get("second_seed_of")
+    }
+    pairs = {(a, b) for first, named in rivals.items() for a, b in ((first, n) for n in named)}
+    wanted = set()
+    for low, high in METHOD_STEPS:
+        a, b = f"{low}-wrn-16-1", f"{high}-wrn-16-1"
+        wanted |= {(a, b), (b, a)}
+    assert pairs == wanted
+
+
 def test_conditional_entries_must_name_zoo_entries(tmp_path: Path) -> None:
     config = load_zoo_config(config_path("cifar10"))
     seeds = [e for e in config["students"] if e.get("second_seed_of")]
     assert {e["second_seed_of"] for e in seeds} == {
-        "baseline-wrn-16-1", "kd-wrn-16-1", "rocket-wrn-16-1", "rocket-kd-wrn-16-1"
-    }  # fmt: skip
+        f"{m}-wrn-16-1" for m in ("baseline", "kd", "fitnet", "mimic", "rocket", "rocket-kd")
+    }
     bad = dict(config)
     bad["students"] = [*config["students"], {**seeds[0], "name": "x", "second_seed_of": "nope"}]
     path = tmp_path / "zoo.yaml"
