@@ -23,16 +23,51 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 POLL_S = 0.2  # how often the parent looks for a finished lane
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+# A lane's child reads its torch thread count from this file, at start and on SIGUSR1.
+THREADS_FILE_ENV = "ROCKETSERVE_LANE_THREADS_FILE"
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the child before exec
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    # Until the child installs its handler (follow_lane_threads), a SIGUSR1 must not kill it.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def follow_lane_threads() -> Iterator[None]:
+    """In a lane's child: take the torch thread count the parent writes to the lane's threads
+    file, now and whenever it sends SIGUSR1 (when nothing else can run beside this entry, the
+    parent gives it every core). On leaving, SIGUSR1 is ignored again: at exit Python resets
+    its handlers to the default, which would let a late signal kill the finished child. A no-op
+    outside a lane."""
+    path = os.environ.get(THREADS_FILE_ENV)
+    if not path or not hasattr(signal, "SIGUSR1"):
+        yield
+        return
+    import torch
+
+    def apply(*_: object) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            wanted = int(Path(path).read_text(encoding="utf-8"))
+            if wanted > 0 and wanted != torch.get_num_threads():
+                torch.set_num_threads(wanted)
+
+    # The parent writes the file before it signals, so reading it once after installing the
+    # handler catches a signal that came before.
+    signal.signal(signal.SIGUSR1, apply)
+    try:
+        apply()
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def run_lanes(
@@ -59,6 +94,7 @@ def run_lanes(
     log_dir.mkdir(parents=True, exist_ok=True)
     todo = list(names)
     running: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
+    threads_of: dict[int, int] = {}
     done: set[str] = set()
     failed: list[str] = []
     failed_names: set[str] = set()
@@ -81,6 +117,9 @@ def run_lanes(
                 todo.remove(name)
                 threads = cores if not running and not ready() else share
                 path = log_dir / f"lane-{lane}.log"
+                threads_file = log_dir / f"lane-{lane}.threads"
+                threads_file.write_text(str(threads), encoding="utf-8")
+                env = {**os.environ, THREADS_FILE_ENV: str(threads_file)}
                 with path.open("ab") as out:
                     running[lane] = (
                         name,
@@ -89,9 +128,11 @@ def run_lanes(
                             stdout=out,
                             stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                            env=env,
+                            preexec_fn=_child_setup if sys.platform == "linux" else None,
                         ),
                     )
+                threads_of[lane] = threads
                 log(f"lane {lane}: {name} ({threads} torch thread(s)); log: {path}")
             if not running and todo and not ready():
                 raise ValueError(f"entries wait on each other: {', '.join(todo)}")
@@ -107,6 +148,14 @@ def run_lanes(
                 else:
                     failed_names.add(name)
                     failed.append(f"{name} (lane {lane}) exited with status {code}")
+            if len(running) == 1 and not ready():
+                ((lane, (name, child)),) = running.items()
+                if threads_of[lane] < cores and hasattr(signal, "SIGUSR1"):
+                    (log_dir / f"lane-{lane}.threads").write_text(str(cores), encoding="utf-8")
+                    with contextlib.suppress(ProcessLookupError):
+                        child.send_signal(signal.SIGUSR1)
+                    threads_of[lane] = cores
+                    log(f"lane {lane}: {name} now on {cores} torch thread(s) (nothing beside it)")
         return failed
     finally:
         for _, child in running.values():

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from export.evaluate import default_threads, machine_description, pick_provider
-from export.lanes import run_lanes
+from export.lanes import follow_lane_threads, run_lanes
 from export.onnx_export import export_with_parity
 from export.quantize import make_variant
 from export.report import write_report
@@ -335,7 +335,8 @@ class Zoo:
         if wanted:
             torch.set_num_threads(int(wanted))
         try:
-            return self._run()
+            with follow_lane_threads():  # in a lane's child: more cores once it is left alone
+                return self._run()
         finally:
             torch.set_num_threads(threads)
 

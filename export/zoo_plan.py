@@ -158,16 +158,16 @@ def wall_hours(
 ) -> float:
     """The wall time of the plan as export/lanes.py schedules it: at most ``lanes`` entries at
     once, each as soon as its prerequisites are done, in the config's order; an entry gets
-    ``cores // lanes`` cores, or every core when nothing could run beside it. A lower bound: an
-    entry's one-core time is divided by its cores as if threads scaled perfectly.
-    ``conditional=False`` leaves the second seeds out (none due)."""
+    ``cores // lanes`` cores, every core when nothing could run beside it, and is raised to every
+    core when it is left alone. A lower bound: an entry's one-core time is divided by its cores
+    as if threads scaled perfectly. ``conditional=False`` leaves the second seeds out."""
     lanes = max(1, min(lanes, cores))
     share = max(1, cores // lanes)
     todo = [p for p in planned if conditional or not p.conditional]
     names = {p.name for p in todo}
     waits = {p.name: set(p.after) & names for p in todo}
     done: set[str] = set()
-    running: list[tuple[float, str]] = []  # (end, name)
+    running: dict[str, list[float]] = {}  # name -> [one-core hours left, cores]
     now = 0.0
 
     def ready() -> list[PlannedEntry]:
@@ -177,12 +177,17 @@ def wall_hours(
         while len(running) < lanes and ready():
             entry = ready()[0]
             todo.remove(entry)
-            cores_used = cores if not running and not ready() else share
-            running.append((now + entry.cpu_hours / cores_used, entry.name))
+            running[entry.name] = [entry.cpu_hours, cores if not running and not ready() else share]
         if not running:
             raise ValueError("zoo entries wait on each other: " + ", ".join(p.name for p in todo))
-        now, name = min(running)
-        running.remove((now, name))
+        if len(running) == 1 and not ready():
+            next(iter(running.values()))[1] = cores
+        name = min(running, key=lambda n: running[n][0] / running[n][1])
+        step = running[name][0] / running[name][1]
+        now += step
+        for left in running.values():
+            left[0] -= step * left[1]
+        del running[name]
         done.add(name)
     return now
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -220,96 +219,6 @@ def _share(lanes: int) -> int:
     import os
 
     return max(1, (os.cpu_count() or 1) // lanes)
-
-
-def test_a_lane_takes_the_next_entry_when_its_entry_ends(tmp_path: Path) -> None:
-    """At most ``lanes`` children at once, in order; the lane that frees first runs the next;
-    the last one left gets every core; a failure is reported and the others still run."""
-    from export.lanes import run_lanes
-
-    marker = tmp_path / "last-ran"
-    # "long" lasts until "last" has run, whatever the machine's speed.
-    code = {
-        "long": f"import os, time\nwhile not os.path.exists({str(marker)!r}): time.sleep(0.05)",
-        "short": "pass",
-        "third": "pass",
-        "fails": "raise SystemExit(3)",
-        "last": f"open({str(marker)!r}, 'w').close()",
-    }
-    started: list[tuple[str, int]] = []
-
-    def argv(name: str, threads: int) -> list[str]:
-        started.append((name, threads))
-        return [sys.executable, "-c", code[name]]
-
-    lines: list[str] = []
-    logs = tmp_path / "logs"
-    failed = run_lanes(argv, list(code), 2, logs, lines.append, cores=4)
-    assert failed == ["fails (lane 2) exited with status 3"]
-    assert [s[0] for s in started] == list(code)
-    # "long" holds lane 1 throughout: everything else ran in lane 2, one after another.
-    assert lines[0].startswith("lane 1: long (2 torch thread(s))")
-    assert all(line.startswith("lane 2: ") for line in lines if "long" not in line)
-    assert started[-1] == ("last", 2)  # "long" still ran when it started: half the cores
-    assert sorted(p.name for p in logs.iterdir()) == ["lane-1.log", "lane-2.log"]
-    alone: list[tuple[str, int]] = []
-
-    def lone(name: str, threads: int) -> list[str]:
-        alone.append((name, threads))
-        return [sys.executable, "-c", "pass"]
-
-    assert run_lanes(lone, ["x"], 2, logs, cores=4) == []
-    assert alone == [("x", 4)]  # a lone entry gets every core
-
-
-def test_an_entry_waits_for_its_prerequisites(tmp_path: Path) -> None:
-    """An entry starts only once everything it needs succeeded, and others fill the lanes
-    meanwhile; one whose prerequisite failed is not run; a lone-ready entry gets every core."""
-    from export.lanes import run_lanes
-
-    marker = tmp_path / "free-ran"
-    code = {
-        # The "teacher" lasts until "free" has run beside it.
-        "teacher": f"import os, time\nwhile not os.path.exists({str(marker)!r}): time.sleep(0.05)",
-        "student": "pass",
-        "broken": "raise SystemExit(2)",
-        "needs-broken": "pass",
-        "free": f"open({str(marker)!r}, 'w').close()",
-    }
-    after = {"student": ["teacher"], "needs-broken": ["broken", "teacher"], "free": ["elsewhere"]}
-    started: list[tuple[str, int]] = []
-
-    def argv(name: str, threads: int) -> list[str]:
-        started.append((name, threads))
-        return [sys.executable, "-c", code[name]]
-
-    lines: list[str] = []
-    failed = run_lanes(argv, list(code), 2, tmp_path / "logs", lines.append, cores=4, after=after)
-    assert failed == [
-        "broken (lane 2) exited with status 2",
-        "needs-broken not run: it needs broken, which failed",
-    ]
-    # "student" waits for the teacher, which lasts until "free" ran in the other lane after
-    # "broken"; "needs-broken" never runs.
-    assert [s[0] for s in started] == ["teacher", "broken", "free", "student"]
-    assert lines.index("lane 1: teacher done") < next(
-        i for i, line in enumerate(lines) if ": student (" in line
-    )
-    assert "needs-broken: not run (broken failed)" in lines
-    assert started[0] == ("teacher", 2)  # others could start beside it: half the cores
-
-    # Only the teacher can start at first: it gets every core.
-    alone: list[tuple[str, int]] = []
-
-    def quick(name: str, threads: int) -> list[str]:
-        alone.append((name, threads))
-        return [sys.executable, "-c", "pass"]
-
-    after = {"a": ["t"], "b": ["t"]}
-    assert run_lanes(quick, ["t", "a", "b"], 2, tmp_path / "logs", cores=4, after=after) == []
-    assert alone == [("t", 4), ("a", 2), ("b", 2)]
-    with pytest.raises(ValueError, match="wait on each other"):
-        run_lanes(quick, ["x", "y"], 2, tmp_path / "logs", cores=4, after={"x": ["y"], "y": ["x"]})
 
 
 def test_prerequisites_of_zoo_entries() -> None:

@@ -82,7 +82,8 @@ def _entry(name: str, hours: float, *after: str, conditional: bool = False) -> P
 
 def test_the_wall_time_follows_the_lanes_schedule() -> None:
     """Entries that need nothing run beside the teacher; the others wait for it; a lone entry
-    gets every core; second seeds may be left out."""
+    gets every core, a running one left alone is raised to every core; second seeds may be left
+    out."""
     plan = [
         _entry("teacher", 10.0),
         _entry("alone", 4.0),
@@ -90,10 +91,11 @@ def test_the_wall_time_follows_the_lanes_schedule() -> None:
         _entry("kd", 6.0, "teacher"),
         _entry("kd-seed1", 6.0, "teacher", "kd", conditional=True),
     ]
-    # Two lanes on two cores: teacher 0-10 beside alone 0-4 and rocket 4-12; kd 10-16, then
-    # kd-seed1 16-19 alone on both cores.
-    assert wall_hours(plan, 2, 2) == pytest.approx(19.0)
-    assert wall_hours(plan, 2, 2, conditional=False) == pytest.approx(16.0)
+    # Two lanes on two cores: teacher 0-10 beside alone 0-4 and rocket 4-12; kd from 10 on one
+    # core, left alone at 12 with 4 of its 6 hours to go: raised to both cores, done at 14; then
+    # kd-seed1 14-17 alone on both cores.
+    assert wall_hours(plan, 2, 2) == pytest.approx(17.0)
+    assert wall_hours(plan, 2, 2, conditional=False) == pytest.approx(14.0)
     # One lane: in turn, each on every core.
     assert wall_hours(plan, 1, 2) == pytest.approx(34.0 / 2)
     # More lanes than cores count as one lane per core.
