@@ -104,3 +104,31 @@ def test_unknown_precision_and_empty_calibration_are_errors(tmp_path: Path) -> N
     empty = d.splits.train_images[:0]
     with pytest.raises(QuantizationError, match="at least one training image"):
         quantize_int8(d.onnx_path, tmp_path / "x.onnx", empty, spec)
+
+
+def test_per_tensor_fallbacks_do_not_flood_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime warns once per rank-1 (BatchNormalization) weight that per-channel
+    quantization falls back to per tensor; quantize_int8 drops those warnings, and only those."""
+    import contextlib
+    import logging
+
+    import export.quantize as quantize
+
+    d = trained_digits()
+    spec, images = d.splits.input_spec, d.splits.train_images
+
+    def fallbacks() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "out-of-range" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING):
+        quantize_int8(d.onnx_path, tmp_path / "quiet.onnx", images, spec, n_calibration=64)
+        logging.warning("other warnings still pass")
+    assert fallbacks() == []
+    assert "other warnings still pass" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(quantize, "_quiet_per_tensor_fallbacks", contextlib.nullcontext)
+    with caplog.at_level(logging.WARNING):
+        quantize_int8(d.onnx_path, tmp_path / "loud.onnx", images, spec, n_calibration=64)
+    assert fallbacks() and all("bn" in m for m in fallbacks())  # the warnings it drops exist
