@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= export,dev,loadtest,docs
 
-.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-plan cifar-zoo-pick test lint typecheck unit docs settings-table gpu-check clean
+.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-plan cifar-zoo-status cifar-zoo-pick test lint typecheck unit docs settings-table gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -48,7 +48,11 @@ cifar-zoo: venv
 # What the zoo costs on this machine, entry by entry, before it runs (measures img/s for ~1 min;
 # never while the zoo trains).
 cifar-zoo-plan: venv
-	$(BIN)/python -m export zoo-plan --dataset cifar10 --data-dir $(CIFAR10) --lanes $(ZOO_LANES)
+	$(BIN)/python -m export zoo-plan --dataset cifar10 --data-dir $(CIFAR10)
+
+# Where the running (or stopped) zoo stands: epochs, test top-1, img/s and time left per entry.
+cifar-zoo-status: venv
+	$(BIN)/python -m export zoo-status --dataset cifar10 --out $(ZOO_DIR)
 
 # models/ from the zoo: the teacher, each architecture's most accurate network and the Pareto
 # front (with their int8 variants); REPORT.md keeps every network the zoo trained.

@@ -217,8 +217,20 @@ def cmd_zoo_plan(args: argparse.Namespace) -> int:
     n = len(data.train_images)
     planned = plan_zoo(config, rates, n)
     cores = os.cpu_count() or 1
-    print(format_plan(planned, rates, config_file=path, train_images=n, lanes=args.lanes,
-                      cores=cores))  # fmt: skip
+    print(format_plan(planned, rates, config_file=path, train_images=n, cores=cores))
+    return 0
+
+
+def cmd_zoo_status(args: argparse.Namespace) -> int:
+    """Show where a zoo run stands: each entry's epochs, test top-1, img/s and time left."""
+    from export.zoo import config_path, load_zoo_config
+    from export.zoo_status import format_status, zoo_status
+
+    config = load_zoo_config(args.config or config_path(args.dataset))
+    work = args.work_dir or args.out / ".work"
+    if not work.is_dir():
+        return _fail(f"{work}: no zoo work folder (has `export zoo --out {args.out}` run?)")
+    print(format_status(zoo_status(config, work), work))
     return 0
 
 
@@ -236,7 +248,7 @@ def _guard(func: Any) -> Any:
 
 
 def register(sub: Any) -> None:
-    """Add the onnx, evaluate, report, pick, verify, zoo and zoo-plan subcommands (argparse)."""
+    """Add the onnx, evaluate, report, pick, verify, zoo, zoo-plan and zoo-status subcommands."""
     p = sub.add_parser("onnx", help=cmd_onnx.__doc__, description=cmd_onnx.__doc__)
     p.add_argument("checkpoint", type=Path, help="trained artifact (export.checkpoint)")
     p.add_argument("--out", type=Path, help="ONNX file to write (default: beside the artifact)")
@@ -305,6 +317,14 @@ def register(sub: Any) -> None:
     p.add_argument("--dataset", required=True, choices=["digits", "cifar10"])
     p.add_argument("--data-dir", help="data set folder (cifar10)")
     p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
-    p.add_argument("--lanes", type=int, default=2, help="parallel student lanes (make cifar-zoo)")
     p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per architecture")
     p.set_defaults(func=_guard(cmd_zoo_plan))
+
+    p = sub.add_parser(
+        "zoo-status", help=cmd_zoo_status.__doc__, description=cmd_zoo_status.__doc__
+    )
+    p.add_argument("--dataset", required=True, choices=["digits", "cifar10"])
+    p.add_argument("--out", type=Path, required=True, help="the zoo's model repository")
+    p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
+    p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
+    p.set_defaults(func=_guard(cmd_zoo_status))

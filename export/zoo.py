@@ -88,6 +88,8 @@ def load_zoo_config(path: Path) -> dict[str, Any]:
     for key in ("dataset", "teacher", "students"):
         if key not in config:
             raise ZooError(f"{path}: missing key {key!r}")
+    if not isinstance(config.get("teacher_first", False), bool):
+        raise ZooError(f"{path}: teacher_first is true or false")
     entries = [config["teacher"], *config["students"]]
     names = [e.get("name") for e in entries if isinstance(e, dict)]
     if len(names) != len(entries) or not all(names):
@@ -146,10 +148,14 @@ def needs_teacher(entry: dict[str, Any]) -> bool:
     return entry.get("teacher") == ZOO_TEACHER
 
 
-def prerequisites(entry: dict[str, Any], teacher_name: str) -> list[str]:
+def prerequisites(entry: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """The entries that must be done before ``entry`` starts: the zoo's teacher for a distilled
-    student, the compared entries for a conditional second seed."""
-    named = [teacher_name] * needs_teacher(entry)
+    student (for every student with ``teacher_first: true``), the compared entries for a
+    conditional second seed."""
+    teacher = str(config["teacher"]["name"])
+    if entry.get("name") == teacher:
+        return []
+    named = [teacher] * (needs_teacher(entry) or bool(config.get("teacher_first")))
     if entry.get("second_seed_of"):
         named += [str(entry["second_seed_of"]), *map(str, entry.get("when_within_noise_of") or [])]
     return list(dict.fromkeys(named))
@@ -356,7 +362,7 @@ class Zoo:
         chosen = [teacher] * with_teacher + students
         if self.opts.lanes > 1 and len(chosen) > 1:
             names = [str(e["name"]) for e in chosen]
-            after = {str(e["name"]): prerequisites(e, str(teacher["name"])) for e in chosen}
+            after = {str(e["name"]): prerequisites(e, self.config) for e in chosen}
             failed = run_lanes(
                 self._lane_argv, names, self.opts.lanes, self.work, self.log, after=after
             )

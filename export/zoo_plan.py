@@ -14,7 +14,7 @@ from export.distill import get_method
 from export.models import build_model
 from export.training.config import DEFAULTS, HINT_STAGE_FRACTION, TEACHER_METHODS
 from export.training.runtime import describe_device, resolve_precision
-from export.zoo import ZOO_TEACHER, prerequisites
+from export.zoo import ZOO_TEACHER
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,6 @@ class PlannedEntry:
     cpu_hours: float
     teacher_logit_hours: float  # of which: the teacher's logits (a stream's first run)
     conditional: bool = False  # a second seed, trained only when its first seed's gap is in noise
-    after: tuple[str, ...] = ()  # entries it waits for (export/zoo.py prerequisites)
 
 
 def _entry_config(entry: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +99,6 @@ def plan_zoo(config: dict[str, Any], rates: Rates, train_images: int) -> list[Pl
                 cpu_hours=(seconds + logit_seconds) / 3600,
                 teacher_logit_hours=logit_seconds / 3600,
                 conditional=bool(entry.get("second_seed_of")),
-                after=tuple(prerequisites(entry, str(config["teacher"]["name"]))),
             )
         )
     return planned
@@ -153,45 +151,6 @@ def measure_rates(
     return Rates(train=train, teacher_forward=forward)
 
 
-def wall_hours(
-    planned: list[PlannedEntry], lanes: int, cores: int, *, conditional: bool = True
-) -> float:
-    """The wall time of the plan as export/lanes.py schedules it: at most ``lanes`` entries at
-    once, each as soon as its prerequisites are done, in the config's order; an entry gets
-    ``cores // lanes`` cores, every core when nothing could run beside it, and is raised to every
-    core when it is left alone. A lower bound: an entry's one-core time is divided by its cores
-    as if threads scaled perfectly. ``conditional=False`` leaves the second seeds out."""
-    lanes = max(1, min(lanes, cores))
-    share = max(1, cores // lanes)
-    todo = [p for p in planned if conditional or not p.conditional]
-    names = {p.name for p in todo}
-    waits = {p.name: set(p.after) & names for p in todo}
-    done: set[str] = set()
-    running: dict[str, list[float]] = {}  # name -> [one-core hours left, cores]
-    now = 0.0
-
-    def ready() -> list[PlannedEntry]:
-        return [p for p in todo if waits[p.name] <= done]
-
-    while todo or running:
-        while len(running) < lanes and ready():
-            entry = ready()[0]
-            todo.remove(entry)
-            running[entry.name] = [entry.cpu_hours, cores if not running and not ready() else share]
-        if not running:
-            raise ValueError("zoo entries wait on each other: " + ", ".join(p.name for p in todo))
-        if len(running) == 1 and not ready():
-            next(iter(running.values()))[1] = cores
-        name = min(running, key=lambda n: running[n][0] / running[n][1])
-        step = running[name][0] / running[name][1]
-        now += step
-        for left in running.values():
-            left[0] -= step * left[1]
-        del running[name]
-        done.add(name)
-    return now
-
-
 def _hm(hours: float) -> str:
     """Hours as h:mm (a digits zoo costs minutes, the CIFAR-10 one tens of hours)."""
     minutes = round(hours * 60)
@@ -204,10 +163,9 @@ def format_plan(
     *,
     config_file: Path,
     train_images: int,
-    lanes: int,
     cores: int,
 ) -> str:
-    """The plan as a table, with totals and the wall time on ``lanes`` lanes."""
+    """The plan as a table, with totals and the least wall time on ``cores`` cores."""
     cpu = describe_device(torch.device("cpu")).split(",")[0] + ")"
     lines = [
         f"zoo plan: {config_file} ({train_images:,} training images)",
@@ -223,14 +181,16 @@ def format_plan(
         lines.append(f"{p.name:<42}{method:>18}{p.epochs:>8g}{_hm(p.cpu_hours):>8}{logits:>8}")
     teacher, students = planned[0].cpu_hours, sum(p.cpu_hours for p in planned[1:])
     optional = sum(p.cpu_hours for p in planned if p.conditional)
-    low, high = (wall_hours(planned, lanes, cores, conditional=c) for c in (False, True))
+    # Lanes keep every core busy (an entry left alone is raised to every core, export/lanes.py),
+    # so no schedule beats the CPU time spread over the cores.
+    low, high = (teacher + students - optional) / cores, (teacher + students) / cores
     span = _hm(high) if low == high else f"{_hm(low)} to {_hm(high)} (the range: second seeds)"
     lines += [
         f"total {_hm(teacher + students)} of CPU "
         f"(teacher {_hm(teacher)}, students {_hm(students)}"
         + (f", of which {_hm(optional)} of second seeds, each only if due" if optional else "")
         + ")",
-        f"wall time, at least: {span} on {cores} cores in {lanes} lane(s), the students that do "
-        "not need the teacher beside it; more when other work shares the cores",
+        f"wall time, at least: {span}: the CPU time over {cores} cores, as if threads scaled "
+        "perfectly; more when they do not or other work shares the cores",
     ]
     return "\n".join(lines)

@@ -227,13 +227,17 @@ def test_prerequisites_of_zoo_entries() -> None:
     config = load_zoo_config(config_path("cifar10"))
     entries = {e["name"]: e for e in config["students"]}
     teacher = config["teacher"]["name"]
-    assert prerequisites(entries["baseline-wrn-16-1"], teacher) == []
-    assert prerequisites(entries["rocket-wrn-16-1"], teacher) == []
-    assert prerequisites(entries["kd-wrn-16-1"], teacher) == [teacher]
-    assert prerequisites(entries["kd-wrn-16-1-seed1"], teacher) == [
+    assert config["teacher_first"] is True  # the method table's students before the rest
+    assert prerequisites(config["teacher"], config) == []
+    assert prerequisites(entries["baseline-wrn-16-1"], config) == [teacher]
+    assert prerequisites(entries["kd-wrn-16-1-seed1"], config) == [
         teacher, "kd-wrn-16-1", "baseline-wrn-16-1", "rocket-wrn-16-1", "rocket-kd-wrn-16-1"
     ]  # fmt: skip
-    assert prerequisites(entries["baseline-wrn-16-1-seed1"], teacher) == [
+    beside = {**config, "teacher_first": False}
+    assert prerequisites(entries["baseline-wrn-16-1"], beside) == []
+    assert prerequisites(entries["rocket-wrn-16-1"], beside) == []
+    assert prerequisites(entries["kd-wrn-16-1"], beside) == [teacher]
+    assert prerequisites(entries["baseline-wrn-16-1-seed1"], beside) == [
         "baseline-wrn-16-1", "kd-wrn-16-1", "fitnet-wrn-16-1", "mimic-wrn-16-1",
         "rocket-wrn-16-1", "rocket-kd-wrn-16-1",
     ]  # fmt: skip

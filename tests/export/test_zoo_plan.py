@@ -6,7 +6,7 @@ import pytest
 
 from export.__main__ import main
 from export.zoo import config_path, load_zoo_config
-from export.zoo_plan import PlannedEntry, Rates, architectures, plan_zoo, wall_hours
+from export.zoo_plan import Rates, architectures, plan_zoo
 
 N = 50_000
 RATES = Rates(
@@ -76,36 +76,16 @@ def test_the_command_measures_and_prints_every_entry(capsys: pytest.CaptureFixtu
     assert "total " in out and "wall time, at least" in out
 
 
-def _entry(name: str, hours: float, *after: str, conditional: bool = False) -> PlannedEntry:
-    return PlannedEntry(name, "m", 1, hours, 0.0, conditional=conditional, after=after)
+def test_the_least_wall_time_is_the_cpu_time_over_the_cores() -> None:
+    """Lanes keep every core busy, so the plan's floor is its CPU time over the cores; the
+    second seeds make the range."""
+    from pathlib import Path
 
+    from export.zoo_plan import _hm, format_plan
 
-def test_the_wall_time_follows_the_lanes_schedule() -> None:
-    """Entries that need nothing run beside the teacher; the others wait for it; a lone entry
-    gets every core, a running one left alone is raised to every core; second seeds may be left
-    out."""
-    plan = [
-        _entry("teacher", 10.0),
-        _entry("alone", 4.0),
-        _entry("rocket", 8.0),
-        _entry("kd", 6.0, "teacher"),
-        _entry("kd-seed1", 6.0, "teacher", "kd", conditional=True),
-    ]
-    # Two lanes on two cores: teacher 0-10 beside alone 0-4 and rocket 4-12; kd from 10 on one
-    # core, left alone at 12 with 4 of its 6 hours to go: raised to both cores, done at 14; then
-    # kd-seed1 14-17 alone on both cores.
-    assert wall_hours(plan, 2, 2) == pytest.approx(17.0)
-    assert wall_hours(plan, 2, 2, conditional=False) == pytest.approx(14.0)
-    # One lane: in turn, each on every core.
-    assert wall_hours(plan, 1, 2) == pytest.approx(34.0 / 2)
-    # More lanes than cores count as one lane per core.
-    assert wall_hours(plan, 8, 2) == wall_hours(plan, 2, 2)
-    with pytest.raises(ValueError, match="wait on each other"):
-        wall_hours([_entry("a", 1.0, "b"), _entry("b", 1.0, "a")], 2, 2)
-
-
-def test_the_cifar10_plan_waits_only_where_it_must() -> None:
-    config = load_zoo_config(config_path("cifar10"))
-    plan = {p.name: p for p in plan_zoo(config, RATES, N)}
-    assert plan["baseline-wrn-16-1"].after == ()
-    assert plan["mimic-wrn-16-1"].after == ("teacher-wrn-40-2",)
+    planned = plan_zoo(load_zoo_config(config_path("cifar10")), RATES, N)
+    total = sum(p.cpu_hours for p in planned)
+    optional = sum(p.cpu_hours for p in planned if p.conditional)
+    assert 0 < optional < total
+    out = format_plan(planned, RATES, config_file=Path("z.yaml"), train_images=N, cores=4)
+    assert f"wall time, at least: {_hm((total - optional) / 4)} to {_hm(total / 4)} " in out

@@ -1,0 +1,131 @@
+"""Where a long zoo run stands: each entry's epochs, test top-1 and time left, from its logs."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from export.training.run import RESULT_FILENAME
+from export.zoo import prerequisites
+
+RECENT_EPOCHS = 3  # the time left is priced at the mean rate of the last few epochs
+
+
+@dataclass(frozen=True)
+class EntryStatus:
+    """One zoo entry's state, read from its work folder and the lanes' logs."""
+
+    name: str
+    state: str  # done, training, not started, skipped
+    epochs_done: int = 0
+    epochs: float | None = None
+    test_top1: float | None = None
+    img_per_s: float | None = None
+    hours_left: float | None = None
+    waits_for: tuple[str, ...] = ()
+
+
+def _records(log: Path) -> list[dict[str, Any]]:
+    records = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill: the others still count
+    return records
+
+
+def entry_status(
+    entry: dict[str, Any], config: dict[str, Any], work: Path, done: set[str], skipped: set[str]
+) -> EntryStatus:
+    """The state of ``entry`` of zoo ``config`` in its work folder ``work``; ``done`` names the
+    entries that finished, ``skipped`` the conditional ones the zoo decided not to train."""
+    name = str(entry["name"])
+    folder = work / name
+    if name in skipped:
+        return EntryStatus(name, "skipped")
+    log = folder / "log.jsonl"
+    records = _records(log) if log.is_file() else []
+    starts = [r for r in records if r.get("event") in ("start", "resume")]
+    epochs_logged = [r for r in records if r.get("event") == "epoch"]
+    if not starts:
+        waiting = tuple(n for n in prerequisites(entry, config) if n not in done)
+        return EntryStatus(name, "not started", waits_for=waiting)
+    config = starts[-1].get("config") or {}
+    total = config.get("epochs")
+    last = epochs_logged[-1] if epochs_logged else {}
+    finished = name in done
+    rates = [float(r["img_per_s"]) for r in epochs_logged[-RECENT_EPOCHS:] if r.get("img_per_s")]
+    rate = statistics.fmean(rates) if rates else None
+    epochs_done = int(last.get("epoch", 0))
+    images = starts[-1].get("train_images")
+    left = None
+    if not finished and rate and images and total is not None:
+        left = max(0.0, float(total) - epochs_done) * float(images) / rate / 3600
+    return EntryStatus(
+        name,
+        "done" if finished else "training",
+        epochs_done,
+        float(total) if total is not None else None,
+        last.get("test_top1"),
+        rate,
+        left,
+    )
+
+
+def zoo_status(config: dict[str, Any], work: Path) -> list[EntryStatus]:
+    """Every entry of a zoo config, in order, as its work folder ``work`` shows it."""
+    entries = [config["teacher"], *config["students"]]
+    done = {str(e["name"]) for e in entries if _completed(work / str(e["name"]))}
+    skipped: set[str] = set()
+    for lane_log in sorted(work.glob("lane-*.log")):
+        text = lane_log.read_text(encoding="utf-8", errors="replace")
+        skipped |= {
+            str(e["name"])
+            for e in entries
+            if f"{config['dataset']}-{e['name']}] skipped:".lower() in text.lower()
+        }
+    return [entry_status(e, config, work, done, skipped) for e in entries]
+
+
+def _completed(folder: Path) -> bool:
+    result = folder / RESULT_FILENAME
+    if not result.is_file():
+        return False
+    try:
+        return bool(json.loads(result.read_text(encoding="utf-8"))["result"]["completed"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
+
+
+def _hm(hours: float) -> str:
+    minutes = round(hours * 60)
+    return f"{minutes // 60}:{minutes % 60:02d}"
+
+
+def format_status(statuses: list[EntryStatus], work: Path) -> str:
+    """The status as a table, with the training time left of the entries under way."""
+    lines = [
+        f"zoo work folder: {work}",
+        f"{'entry':<42}{'state':>13}{'epoch':>9}{'top-1 %':>9}{'img/s':>8}{'left':>7}  waits for",
+    ]
+    for s in statuses:
+        epoch = f"{s.epochs_done}/{s.epochs:g}" if s.epochs is not None else "-"
+        top1 = f"{s.test_top1 * 100:.2f}" if s.test_top1 is not None else "-"
+        rate = f"{s.img_per_s:,.0f}" if s.img_per_s else "-"
+        left = _hm(s.hours_left) if s.hours_left is not None else "-"
+        waits = ", ".join(s.waits_for)
+        lines.append(f"{s.name:<42}{s.state:>13}{epoch:>9}{top1:>9}{rate:>8}{left:>7}  {waits}")
+    counts = {state: sum(s.state == state for s in statuses) for state in
+              ("done", "training", "not started", "skipped")}  # fmt: skip
+    lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n))
+    under_way = [s.hours_left for s in statuses if s.hours_left is not None]
+    if under_way:
+        lines.append(
+            f"time left of the entries under way, at their recent img/s: {_hm(max(under_way))} "
+            "for the longest (the entries not started yet come on top: `zoo-plan` prices them)"
+        )
+    return "\n".join(lines)

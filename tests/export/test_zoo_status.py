@@ -1,0 +1,80 @@
+"""zoo-status reads each entry's state, epochs, top-1 and time left from the zoo's work folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from export.__main__ import main
+from export.zoo import config_path, load_zoo_config
+from export.zoo_status import zoo_status
+
+
+def _log(folder: Path, *records: dict[str, object], torn: bool = False) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(r) for r in records] + (['{"event": "epo'] if torn else [])
+    (folder / "log.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _start(epochs: int, event: str = "start") -> dict[str, object]:
+    return {"event": event, "config": {"epochs": epochs}, "train_images": 50_000}
+
+
+def _epoch(n: int, top1: float, rate: float) -> dict[str, object]:
+    return {"event": "epoch", "epoch": n, "test_top1": top1, "img_per_s": rate}
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    work = tmp_path / "zoo" / ".work"
+    # The teacher: 4 of 40 epochs, resumed once, the last line cut short by a kill.
+    _log(
+        work / "teacher-wrn-40-2",
+        _start(40),
+        _epoch(1, 0.35, 20.0),
+        _epoch(2, 0.49, 30.0),
+        _start(40, "resume"),
+        _epoch(3, 0.64, 30.0),
+        _epoch(4, 0.69, 30.0),
+        torn=True,
+    )
+    baseline = work / "baseline-wrn-16-1"
+    _log(baseline, _start(30), _epoch(30, 0.9, 300.0))
+    result = {"fingerprint": {}, "result": {"completed": True}}
+    (baseline / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    (work / "lane-2.log").write_text(
+        "[cifar10-rocket-wrn-16-1-seed1] skipped: rocket-wrn-16-1 vs baseline-wrn-16-1: "
+        "+2.00 points (2 s.e. = 0.88), beyond noise: no second seed needed\n",
+        encoding="utf-8",
+    )
+    return work
+
+
+def test_each_entry_reads_as_its_work_folder_says(work: Path) -> None:
+    config = load_zoo_config(config_path("cifar10"))
+    status = {s.name: s for s in zoo_status(config, work)}
+    teacher = status["teacher-wrn-40-2"]
+    assert (teacher.state, teacher.epochs_done, teacher.epochs) == ("training", 4, 40.0)
+    assert teacher.test_top1 == 0.69
+    assert teacher.img_per_s == pytest.approx(30.0)  # the last three epochs
+    assert teacher.hours_left == pytest.approx(36 * 50_000 / 30.0 / 3600)
+    assert status["baseline-wrn-16-1"].state == "done"
+    assert status["baseline-wrn-16-1"].hours_left is None
+    assert status["rocket-wrn-16-1-seed1"].state == "skipped"
+    kd = status["kd-wrn-16-1"]
+    assert (kd.state, kd.waits_for) == ("not started", ("teacher-wrn-40-2",))
+    # A second seed waits only for the entries not done yet.
+    assert "baseline-wrn-16-1" not in status["baseline-wrn-16-1-seed1"].waits_for
+    assert "kd-wrn-16-1" in status["baseline-wrn-16-1-seed1"].waits_for
+
+
+def test_the_command_prints_the_table(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["zoo-status", "--dataset", "cifar10", "--out", str(work.parent)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("teacher-wrn-40-2"))
+    assert row.split()[1:6] == ["training", "4/40", "69.00", "30", "16:40"]
+    assert "1 done, 1 training" in out and "1 skipped" in out
+    assert main(["zoo-status", "--dataset", "cifar10", "--out", str(work.parent / "nope")]) == 1
+    assert "no zoo work folder" in capsys.readouterr().err
