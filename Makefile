@@ -38,8 +38,8 @@ zoo: venv
 CIFAR10 ?= ../shared/datasets/cifar10
 ZOO_DIR ?= $(HOME)/.cache/rocketserve/cifar10-zoo
 ZOO_ONLY ?=
-# Entries two at a time in their own processes, the students that need no teacher beside it
-# (1.18-1.26x on 2 cores, export/lanes.py); each lane logs to $(ZOO_DIR)/.work/lane-<i>.log.
+# Entries two at a time in their own processes once the teacher is done (1.18-1.26x on 2 cores,
+# export/lanes.py); each lane logs to $(ZOO_DIR)/.work/lane-<i>.log.
 ZOO_LANES ?= 2
 cifar-zoo: venv
 	OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/python -m export zoo --dataset cifar10 \

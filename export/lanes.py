@@ -5,11 +5,12 @@ convolutions do not split well over threads (on the 2-core development machine t
 processes trained 1.18-1.26x the images per second of one two-thread process, for WRN-16-1,
 WRN-40-1 and MobileNetV2-0.5; ``python -m export bench`` in both layouts). Each entry runs in a
 child process ``python -m export zoo --only NAME --resume``, at most ``lanes`` at a time, in the
-config's order as far as prerequisites allow: the teacher starts at once and the students that
-do not need it (trained alone, Rocket) train beside it; a distilled student waits for the
-teacher, a conditional second seed for the entries it compares. When a lane's entry ends, the lane
-takes the next entry that can start, so lanes stay busy however unequal the entries are (a KD
-student costs several times a baseline one). Each lane appends to its own log; the parent writes
+config's order as far as prerequisites allow (export/zoo.py ``prerequisites``: a distilled
+student waits for the teacher, a conditional second seed for the entries it compares, every
+student for the teacher with ``teacher_first``). When a lane's entry ends, the lane takes the next
+entry that can start, so lanes stay busy however unequal the entries are (a KD student costs
+several times a baseline one); an entry left alone is raised to every core. Each lane appends to
+its own log; the parent writes
 REPORT.md once all are done. A child dies with its parent (Linux), so that a restarted zoo never
 finds a lane of the previous one still training an entry.
 """
