@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,23 +11,40 @@ import pytest
 from export.lanes import run_lanes
 
 
-def test_a_lane_takes_the_next_entry_when_its_entry_ends(tmp_path: Path) -> None:
-    """At most ``lanes`` children at once, in order; the lane that frees first runs the next;
-    the last one left gets every core; a failure is reported and the others still run."""
-    marker = tmp_path / "last-ran"
-    # "long" lasts until "last" has run, whatever the machine's speed.
-    code = {
-        "long": f"import os, time\nwhile not os.path.exists({str(marker)!r}): time.sleep(0.05)",
-        "short": "pass",
-        "third": "pass",
-        "fails": "raise SystemExit(3)",
-        "last": f"open({str(marker)!r}, 'w').close()",
-    }
+def _waits_for(marker: Path) -> str:
+    """A child's code that lasts until ``marker`` exists, whatever the machine's speed."""
+    return f"import os, time\nwhile not os.path.exists({str(marker)!r}): time.sleep(0.05)"
+
+
+def _touches(marker: Path) -> str:
+    return f"open({str(marker)!r}, 'w').close()"
+
+
+def _recorder(
+    code: dict[str, str],
+) -> tuple[list[tuple[str, int]], Callable[[str, int], list[str]]]:
+    """The (name, threads) of every child started, and the argv function that records them."""
     started: list[tuple[str, int]] = []
 
     def argv(name: str, threads: int) -> list[str]:
         started.append((name, threads))
         return [sys.executable, "-c", code[name]]
+
+    return started, argv
+
+
+def test_a_lane_takes_the_next_entry_when_its_entry_ends(tmp_path: Path) -> None:
+    """At most ``lanes`` children at once, in order; the lane that frees first runs the next;
+    the last one left gets every core; a failure is reported and the others still run."""
+    marker = tmp_path / "last-ran"
+    code = {  # "long" lasts until "last" has run
+        "long": _waits_for(marker),
+        "short": "pass",
+        "third": "pass",
+        "fails": "raise SystemExit(3)",
+        "last": _touches(marker),
+    }
+    started, argv = _recorder(code)
 
     lines: list[str] = []
     logs = tmp_path / "logs"
@@ -40,12 +58,7 @@ def test_a_lane_takes_the_next_entry_when_its_entry_ends(tmp_path: Path) -> None
     assert sorted(p.name for p in logs.iterdir()) == [
         "lane-1.log", "lane-1.threads", "lane-2.log", "lane-2.threads"
     ]  # fmt: skip
-    alone: list[tuple[str, int]] = []
-
-    def lone(name: str, threads: int) -> list[str]:
-        alone.append((name, threads))
-        return [sys.executable, "-c", "pass"]
-
+    alone, lone = _recorder({"x": "pass"})
     assert run_lanes(lone, ["x"], 2, logs, cores=4) == []
     assert alone == [("x", 4)]  # a lone entry gets every core
 
@@ -54,20 +67,15 @@ def test_an_entry_waits_for_its_prerequisites(tmp_path: Path) -> None:
     """An entry starts only once everything it needs succeeded, and others fill the lanes
     meanwhile; one whose prerequisite failed is not run; a lone-ready entry gets every core."""
     marker = tmp_path / "free-ran"
-    code = {
-        # The "teacher" lasts until "free" has run beside it.
-        "teacher": f"import os, time\nwhile not os.path.exists({str(marker)!r}): time.sleep(0.05)",
+    code = {  # the "teacher" lasts until "free" has run beside it
+        "teacher": _waits_for(marker),
         "student": "pass",
         "broken": "raise SystemExit(2)",
         "needs-broken": "pass",
-        "free": f"open({str(marker)!r}, 'w').close()",
+        "free": _touches(marker),
     }
     after = {"student": ["teacher"], "needs-broken": ["broken", "teacher"], "free": ["elsewhere"]}
-    started: list[tuple[str, int]] = []
-
-    def argv(name: str, threads: int) -> list[str]:
-        started.append((name, threads))
-        return [sys.executable, "-c", code[name]]
+    started, argv = _recorder(code)
 
     lines: list[str] = []
     failed = run_lanes(argv, list(code), 2, tmp_path / "logs", lines.append, cores=4, after=after)
@@ -85,12 +93,7 @@ def test_an_entry_waits_for_its_prerequisites(tmp_path: Path) -> None:
     assert started[0] == ("teacher", 2)  # others could start beside it: half the cores
 
     # Only the teacher can start at first: it gets every core.
-    alone: list[tuple[str, int]] = []
-
-    def quick(name: str, threads: int) -> list[str]:
-        alone.append((name, threads))
-        return [sys.executable, "-c", "pass"]
-
+    alone, quick = _recorder(dict.fromkeys("tabxy", "pass"))
     after = {"a": ["t"], "b": ["t"]}
     assert run_lanes(quick, ["t", "a", "b"], 2, tmp_path / "logs", cores=4, after=after) == []
     assert alone == [("t", 4), ("a", 2), ("b", 2)]
