@@ -332,7 +332,7 @@ class Zoo:
         return card
 
     def run(self) -> ZooResult:
-        """The teacher, then every student (in lanes: beside it, unless it distils from it);
+        """The teacher and every student (in lanes: each once its prerequisites are done);
         REPORT.md and pareto.png at the end."""
         import torch
 
