@@ -19,7 +19,7 @@ class EntryStatus:
     """One zoo entry's state, read from its work folder and the lanes' logs."""
 
     name: str
-    state: str  # done, training, not started, skipped
+    state: str  # done, started (some epochs, not finished), not started, skipped
     epochs_done: int = 0
     epochs: float | None = None
     test_top1: float | None = None
@@ -67,7 +67,7 @@ def entry_status(
         left = max(0.0, float(total) - epochs_done) * float(images) / rate / 3600
     return EntryStatus(
         name,
-        "done" if finished else "training",
+        "done" if finished else "started",
         epochs_done,
         float(total) if total is not None else None,
         last.get("test_top1"),
@@ -120,7 +120,7 @@ def format_status(statuses: list[EntryStatus], work: Path) -> str:
         waits = ", ".join(s.waits_for)
         lines.append(f"{s.name:<42}{s.state:>13}{epoch:>9}{top1:>9}{rate:>8}{left:>7}  {waits}")
     counts = {state: sum(s.state == state for s in statuses) for state in
-              ("done", "training", "not started", "skipped")}  # fmt: skip
+              ("done", "started", "not started", "skipped")}  # fmt: skip
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n))
     under_way = [s.hours_left for s in statuses if s.hours_left is not None]
     if under_way:

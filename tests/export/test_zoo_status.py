@@ -56,7 +56,7 @@ def test_each_entry_reads_as_its_work_folder_says(work: Path) -> None:
     config = load_zoo_config(config_path("cifar10"))
     status = {s.name: s for s in zoo_status(config, work)}
     teacher = status["teacher-wrn-40-2"]
-    assert (teacher.state, teacher.epochs_done, teacher.epochs) == ("training", 4, 40.0)
+    assert (teacher.state, teacher.epochs_done, teacher.epochs) == ("started", 4, 40.0)
     assert teacher.test_top1 == 0.69
     assert teacher.img_per_s == pytest.approx(30.0)  # the last three epochs
     assert teacher.hours_left == pytest.approx(36 * 50_000 / 30.0 / 3600)
@@ -74,7 +74,7 @@ def test_the_command_prints_the_table(work: Path, capsys: pytest.CaptureFixture[
     assert main(["zoo-status", "--dataset", "cifar10", "--out", str(work.parent)]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("teacher-wrn-40-2"))
-    assert row.split()[1:6] == ["training", "4/40", "69.00", "30", "16:40"]
-    assert "1 done, 1 training" in out and "1 skipped" in out
+    assert row.split()[1:6] == ["started", "4/40", "69.00", "30", "16:40"]
+    assert "1 done, 1 started" in out and "1 skipped" in out
     assert main(["zoo-status", "--dataset", "cifar10", "--out", str(work.parent / "nope")]) == 1
     assert "no zoo work folder" in capsys.readouterr().err
