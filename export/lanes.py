@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -40,6 +41,42 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child before exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     # Until the child installs its handler (follow_lane_threads), a SIGUSR1 must not kill it.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+# What each lane trains now, rewritten whenever that changes (zoo-status reads it).
+STATE_FILE = "lanes.json"
+
+
+def _write_state(log_dir: Path, running: dict[int, tuple[str, int, int]]) -> None:
+    """``running``: lane -> (entry, pid, threads); written atomically."""
+    state = {
+        "parent_pid": os.getpid(),
+        "lanes": {
+            str(lane): {"entry": name, "pid": pid, "threads": threads}
+            for lane, (name, pid, threads) in sorted(running.items())
+        },
+    }
+    tmp = log_dir / f"{STATE_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(log_dir / STATE_FILE)
+
+
+def running_entries(log_dir: Path) -> dict[str, tuple[int, int]]:
+    """The entries that lanes train right now: name -> (lane, threads), from the state file,
+    keeping only children that are still alive."""
+    try:
+        state = json.loads((log_dir / STATE_FILE).read_text(encoding="utf-8"))
+        lanes = state["lanes"].items()
+    except (OSError, ValueError, KeyError, AttributeError):
+        return {}
+    alive = {}
+    for lane, info in lanes:
+        try:
+            os.kill(int(info["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # gone (or not ours): a stopped zoo leaves a stale file behind
+        alive[str(info["entry"])] = (int(lane), int(info.get("threads", 0)))
+    return alive
 
 
 @contextlib.contextmanager
@@ -87,7 +124,8 @@ def run_lanes(
     prerequisite failed is reported as failed without running. A child gets ``cores // lanes``
     torch threads, or every core when nothing else runs or could start beside it.
     Returns one line per entry that failed (empty when all succeeded); the others still run.
-    Lane ``i``'s children append their output to ``log_dir/lane-<i>.log``.
+    Lane ``i``'s children append their output to ``log_dir/lane-<i>.log``; ``log_dir/lanes.json``
+    says which entry each lane trains now (:func:`running_entries`).
     """
     cores = cores or os.cpu_count() or 1
     share = max(1, cores // max(1, lanes))
@@ -103,8 +141,19 @@ def run_lanes(
     def ready() -> list[str]:
         return [n for n in todo if waits[n] <= done]
 
+    written: dict[int, tuple[str, int, int]] | None = None
+
+    def publish() -> None:
+        nonlocal written
+        now = {lane: (name, child.pid, threads_of[lane]) for lane, (name, child) in running.items()}
+        if now != written:
+            with contextlib.suppress(OSError):  # a read-only work dir: no status, same training
+                _write_state(log_dir, now)
+            written = now
+
     try:
         while todo or running:
+            publish()
             for name in [n for n in todo if waits[n] & failed_names]:
                 todo.remove(name)
                 failed_names.add(name)
@@ -164,3 +213,5 @@ def run_lanes(
                 child.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(30)
+        running.clear()
+        publish()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from export.lanes import running_entries
 from export.training.run import RESULT_FILENAME
 from export.zoo import prerequisites
 
@@ -19,13 +20,15 @@ class EntryStatus:
     """One zoo entry's state, read from its work folder and the lanes' logs."""
 
     name: str
-    state: str  # done, started (some epochs, not finished), not started, skipped
+    state: str  # done, training (in a lane now), started (stopped before the end), not started,
+    # skipped
     epochs_done: int = 0
     epochs: float | None = None
     test_top1: float | None = None
     img_per_s: float | None = None
     hours_left: float | None = None
     waits_for: tuple[str, ...] = ()
+    lane: int | None = None  # the lane training it now
 
 
 def _records(log: Path) -> list[dict[str, Any]]:
@@ -39,11 +42,18 @@ def _records(log: Path) -> list[dict[str, Any]]:
 
 
 def entry_status(
-    entry: dict[str, Any], config: dict[str, Any], work: Path, done: set[str], skipped: set[str]
+    entry: dict[str, Any],
+    config: dict[str, Any],
+    work: Path,
+    done: set[str],
+    skipped: set[str],
+    lanes: dict[str, tuple[int, int]] | None = None,
 ) -> EntryStatus:
     """The state of ``entry`` of zoo ``config`` in its work folder ``work``; ``done`` names the
-    entries that finished, ``skipped`` the conditional ones the zoo decided not to train."""
+    entries that finished, ``skipped`` the conditional ones the zoo decided not to train,
+    ``lanes`` the entries lanes train now (export/lanes.py ``running_entries``)."""
     name = str(entry["name"])
+    lane = (lanes or {}).get(name, (None, 0))[0]
     folder = work / name
     if name in skipped:
         return EntryStatus(name, "skipped")
@@ -52,6 +62,8 @@ def entry_status(
     starts = [r for r in records if r.get("event") in ("start", "resume")]
     epochs_logged = [r for r in records if r.get("event") == "epoch"]
     if not starts:
+        if lane is not None:
+            return EntryStatus(name, "training", lane=lane)
         waiting = tuple(n for n in prerequisites(entry, config) if n not in done)
         return EntryStatus(name, "not started", waits_for=waiting)
     config = starts[-1].get("config") or {}
@@ -67,12 +79,13 @@ def entry_status(
         left = max(0.0, float(total) - epochs_done) * float(images) / rate / 3600
     return EntryStatus(
         name,
-        "done" if finished else "started",
+        "done" if finished else "training" if lane is not None else "started",
         epochs_done,
         float(total) if total is not None else None,
         last.get("test_top1"),
         rate,
         left,
+        lane=lane,
     )
 
 
@@ -88,7 +101,8 @@ def zoo_status(config: dict[str, Any], work: Path) -> list[EntryStatus]:
             for e in entries
             if f"{config['dataset']}-{e['name']}] skipped:".lower() in text.lower()
         }
-    return [entry_status(e, config, work, done, skipped) for e in entries]
+    lanes = running_entries(work)
+    return [entry_status(e, config, work, done, skipped, lanes) for e in entries]
 
 
 def _completed(folder: Path) -> bool:
@@ -110,7 +124,8 @@ def format_status(statuses: list[EntryStatus], work: Path) -> str:
     """The status as a table, with the training time left of the entries under way."""
     lines = [
         f"zoo work folder: {work}",
-        f"{'entry':<42}{'state':>13}{'epoch':>9}{'top-1 %':>9}{'img/s':>8}{'left':>7}  waits for",
+        f"{'entry':<42}{'state (lane)':>14}{'epoch':>9}{'top-1 %':>9}{'img/s':>8}{'left':>7}"
+        "  waits for",
     ]
     for s in statuses:
         epoch = f"{s.epochs_done}/{s.epochs:g}" if s.epochs is not None else "-"
@@ -118,9 +133,10 @@ def format_status(statuses: list[EntryStatus], work: Path) -> str:
         rate = f"{s.img_per_s:,.0f}" if s.img_per_s else "-"
         left = _hm(s.hours_left) if s.hours_left is not None else "-"
         waits = ", ".join(s.waits_for)
-        lines.append(f"{s.name:<42}{s.state:>13}{epoch:>9}{top1:>9}{rate:>8}{left:>7}  {waits}")
+        state = f"{s.state} ({s.lane})" if s.lane is not None else s.state
+        lines.append(f"{s.name:<42}{state:>14}{epoch:>9}{top1:>9}{rate:>8}{left:>7}  {waits}")
     counts = {state: sum(s.state == state for s in statuses) for state in
-              ("done", "started", "not started", "skipped")}  # fmt: skip
+              ("done", "training", "started", "not started", "skipped")}  # fmt: skip
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n))
     under_way = [s.hours_left for s in statuses if s.hours_left is not None]
     if under_way:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from export.lanes import run_lanes
+from export.lanes import run_lanes, running_entries
 
 
 def _waits_for(marker: Path) -> str:
@@ -56,7 +57,7 @@ def test_a_lane_takes_the_next_entry_when_its_entry_ends(tmp_path: Path) -> None
     assert all(line.startswith("lane 2: ") for line in lines if "long" not in line)
     assert started[-1] == ("last", 2)  # "long" still ran when it started: half the cores
     assert sorted(p.name for p in logs.iterdir()) == [
-        "lane-1.log", "lane-1.threads", "lane-2.log", "lane-2.threads"
+        "lane-1.log", "lane-1.threads", "lane-2.log", "lane-2.threads", "lanes.json"
     ]  # fmt: skip
     alone, lone = _recorder({"x": "pass"})
     assert run_lanes(lone, ["x"], 2, logs, cores=4) == []
@@ -67,18 +68,34 @@ def test_an_entry_waits_for_its_prerequisites(tmp_path: Path) -> None:
     """An entry starts only once everything it needs succeeded, and others fill the lanes
     meanwhile; one whose prerequisite failed is not run; a lone-ready entry gets every core."""
     marker = tmp_path / "free-ran"
+    logs = tmp_path / "logs"
+    # "free" copies what the state file says while it runs, then lets the "teacher" end.
+    free = (
+        "import json, time\n"
+        f"state = {str(logs / 'lanes.json')!r}\n"
+        "deadline = time.monotonic() + 60\n"
+        "while time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+        "    try:\n"
+        "        lanes = json.load(open(state))['lanes']\n"
+        "    except (OSError, ValueError):\n"
+        "        continue\n"
+        "    if '2' in lanes:\n"
+        "        break\n"
+        f"json.dump(lanes, open({str(tmp_path / 'seen.json')!r}, 'w'))\n" + _touches(marker)
+    )
     code = {  # the "teacher" lasts until "free" has run beside it
         "teacher": _waits_for(marker),
         "student": "pass",
         "broken": "raise SystemExit(2)",
         "needs-broken": "pass",
-        "free": _touches(marker),
+        "free": free,
     }
     after = {"student": ["teacher"], "needs-broken": ["broken", "teacher"], "free": ["elsewhere"]}
     started, argv = _recorder(code)
 
     lines: list[str] = []
-    failed = run_lanes(argv, list(code), 2, tmp_path / "logs", lines.append, cores=4, after=after)
+    failed = run_lanes(argv, list(code), 2, logs, lines.append, cores=4, after=after)
     assert failed == [
         "broken (lane 2) exited with status 2",
         "needs-broken not run: it needs broken, which failed",
@@ -91,6 +108,13 @@ def test_an_entry_waits_for_its_prerequisites(tmp_path: Path) -> None:
     )
     assert "needs-broken: not run (broken failed)" in lines
     assert started[0] == ("teacher", 2)  # others could start beside it: half the cores
+    # The state file said what each lane trained, and says nothing once all are done.
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert {lane: (v["entry"], v["threads"]) for lane, v in seen.items()} == {
+        "1": ("teacher", 2), "2": ("free", 2)
+    }  # fmt: skip
+    assert json.loads((logs / "lanes.json").read_text())["lanes"] == {}
+    assert running_entries(logs) == {}
 
     # Only the teacher can start at first: it gets every core.
     alone, quick = _recorder(dict.fromkeys("tabxy", "pass"))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,10 +43,21 @@ def work(tmp_path: Path) -> Path:
         _epoch(4, 0.69, 30.0),
         torn=True,
     )
+    _log(work / "fitnet-wrn-16-1", _start(30), _epoch(2, 0.4, 300.0))  # stopped part way
     baseline = work / "baseline-wrn-16-1"
     _log(baseline, _start(30), _epoch(30, 0.9, 300.0))
     result = {"fingerprint": {}, "result": {"completed": True}}
     (baseline / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    # The teacher trains in lane 1 now (this process stands in for its child); rocket has just
+    # started in lane 2 (no log yet); baseline's child is gone (a stopped zoo's stale entry).
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    lanes = {
+        "1": {"entry": "teacher-wrn-40-2", "pid": os.getpid(), "threads": 2},
+        "2": {"entry": "rocket-wrn-16-1", "pid": os.getpid(), "threads": 1},
+        "3": {"entry": "mimic-wrn-16-1", "pid": int(gone.stdout), "threads": 1},
+    }
+    (work / "lanes.json").write_text(json.dumps({"lanes": lanes}), encoding="utf-8")
     (work / "lane-2.log").write_text(
         "[cifar10-rocket-wrn-16-1-seed1] skipped: rocket-wrn-16-1 vs baseline-wrn-16-1: "
         "+2.00 points (2 s.e. = 0.88), beyond noise: no second seed needed\n",
@@ -56,13 +70,19 @@ def test_each_entry_reads_as_its_work_folder_says(work: Path) -> None:
     config = load_zoo_config(config_path("cifar10"))
     status = {s.name: s for s in zoo_status(config, work)}
     teacher = status["teacher-wrn-40-2"]
-    assert (teacher.state, teacher.epochs_done, teacher.epochs) == ("started", 4, 40.0)
+    assert (teacher.state, teacher.lane, teacher.epochs_done) == ("training", 1, 4)
+    assert teacher.epochs == 40.0
     assert teacher.test_top1 == 0.69
     assert teacher.img_per_s == pytest.approx(30.0)  # the last three epochs
     assert teacher.hours_left == pytest.approx(36 * 50_000 / 30.0 / 3600)
     assert status["baseline-wrn-16-1"].state == "done"
     assert status["baseline-wrn-16-1"].hours_left is None
     assert status["rocket-wrn-16-1-seed1"].state == "skipped"
+    assert (status["rocket-wrn-16-1"].state, status["rocket-wrn-16-1"].lane) == ("training", 2)
+    assert status["mimic-wrn-16-1"].state == "not started"  # its lane's child is gone
+    fitnet = status["fitnet-wrn-16-1"]
+    assert (fitnet.state, fitnet.lane, fitnet.epochs_done) == ("started", None, 2)
+    assert fitnet.hours_left == pytest.approx(28 * 50_000 / 300.0 / 3600)
     kd = status["kd-wrn-16-1"]
     assert (kd.state, kd.waits_for) == ("not started", ("teacher-wrn-40-2",))
     # A second seed waits only for the entries not done yet.
@@ -74,7 +94,7 @@ def test_the_command_prints_the_table(work: Path, capsys: pytest.CaptureFixture[
     assert main(["zoo-status", "--dataset", "cifar10", "--out", str(work.parent)]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("teacher-wrn-40-2"))
-    assert row.split()[1:6] == ["started", "4/40", "69.00", "30", "16:40"]
-    assert "1 done, 1 started" in out and "1 skipped" in out
+    assert row.split()[1:7] == ["training", "(1)", "4/40", "69.00", "30", "16:40"]
+    assert "1 done, 2 training, 1 started" in out and "1 skipped" in out
     assert main(["zoo-status", "--dataset", "cifar10", "--out", str(work.parent / "nope")]) == 1
     assert "no zoo work folder" in capsys.readouterr().err
