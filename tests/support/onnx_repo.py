@@ -99,8 +99,10 @@ def _profile(session: ort.InferenceSession, sample: np.ndarray) -> LatencyProfil
     rows = []
     for bs in (1, 8, 32):
         batch = np.repeat(sample[:1], bs, axis=0)
+        for _ in range(5):  # warm-up: a session's first runs allocate its buffers
+            session.run(None, {"input": batch})
         times = []
-        for _ in range(30):
+        for _ in range(100):  # p99 of 100: one scheduler stall does not make the figure
             t0 = time.perf_counter()
             session.run(None, {"input": batch})
             times.append(time.perf_counter() - t0)
