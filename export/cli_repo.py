@@ -306,8 +306,8 @@ def register(sub: Any) -> None:
         type=int,
         default=1,
         help="train the entries in this many parallel processes, each with its share of the "
-        "cores and its own log in the work dir; a distilled student waits for the teacher, the "
-        "others train beside it (default 1: one after another)",
+        "cores and its own log in the work dir, each once its prerequisites are done (a "
+        "distilled student waits for the teacher) (default 1: one after another)",
     )
     p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: config)")
     p.add_argument("--no-report", action="store_true", help="do not write REPORT.md at the end")

@@ -10,9 +10,8 @@ student waits for the teacher, a conditional second seed for the entries it comp
 student for the teacher with ``teacher_first``). When a lane's entry ends, the lane takes the next
 entry that can start, so lanes stay busy however unequal the entries are (a KD student costs
 several times a baseline one); an entry left alone is raised to every core. Each lane appends to
-its own log; the parent writes
-REPORT.md once all are done. A child dies with its parent (Linux), so that a restarted zoo never
-finds a lane of the previous one still training an entry.
+its own log; the parent writes REPORT.md once all are done. A child dies with its parent
+(Linux), so that a restarted zoo never finds a lane of the previous one still training an entry.
 """
 
 from __future__ import annotations
@@ -50,7 +49,6 @@ STATE_FILE = "lanes.json"
 def _write_state(log_dir: Path, running: dict[int, tuple[str, int, int]]) -> None:
     """``running``: lane -> (entry, pid, threads); written atomically."""
     state = {
-        "parent_pid": os.getpid(),
         "lanes": {
             str(lane): {"entry": name, "pid": pid, "threads": threads}
             for lane, (name, pid, threads) in sorted(running.items())
@@ -61,9 +59,9 @@ def _write_state(log_dir: Path, running: dict[int, tuple[str, int, int]]) -> Non
     tmp.replace(log_dir / STATE_FILE)
 
 
-def running_entries(log_dir: Path) -> dict[str, tuple[int, int]]:
-    """The entries that lanes train right now: name -> (lane, threads), from the state file,
-    keeping only children that are still alive."""
+def running_entries(log_dir: Path) -> dict[str, int]:
+    """The entries that lanes train right now: name -> lane, from the state file, keeping only
+    children that are still alive."""
     try:
         state = json.loads((log_dir / STATE_FILE).read_text(encoding="utf-8"))
         lanes = state["lanes"].items()
@@ -75,7 +73,7 @@ def running_entries(log_dir: Path) -> dict[str, tuple[int, int]]:
             os.kill(int(info["pid"]), 0)
         except (OSError, ValueError, KeyError, TypeError):
             continue  # gone (or not ours): a stopped zoo leaves a stale file behind
-        alive[str(info["entry"])] = (int(lane), int(info.get("threads", 0)))
+        alive[str(info["entry"])] = int(lane)
     return alive
 
 

@@ -41,34 +41,23 @@ class _ImageReader(CalibrationDataReader):
         return None if batch is None else {self._name: batch}
 
 
-class _PerTensorFallbacks(logging.Filter):
-    """Drops ONNX Runtime's "Axis 1 is out-of-range for weight ..." warnings, one per rank-1
+def _not_a_per_tensor_fallback(record: logging.LogRecord) -> bool:
+    """False for ONNX Runtime's "Axis 1 is out-of-range for weight ..." warnings, one per rank-1
     weight (a pre-activation BatchNormalization's scale and bias) that per-channel quantization
     cannot split; ORT quantizes those per tensor, as intended. A CIFAR WRN logs dozens."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dropped = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if (
-            record.levelno == logging.WARNING
-            and "is out-of-range for weight" in record.getMessage()
-        ):
-            self.dropped += 1
-            return False
-        return True
+    return not (
+        record.levelno == logging.WARNING and "is out-of-range for weight" in record.getMessage()
+    )
 
 
 @contextlib.contextmanager
-def _quiet_per_tensor_fallbacks() -> Iterator[_PerTensorFallbacks]:
+def _quiet_per_tensor_fallbacks() -> Iterator[None]:
     root = logging.getLogger()  # ORT warns through logging.warning, the root logger
-    quiet = _PerTensorFallbacks()
-    root.addFilter(quiet)
+    root.addFilter(_not_a_per_tensor_fallback)
     try:
-        yield quiet
+        yield
     finally:
-        root.removeFilter(quiet)
+        root.removeFilter(_not_a_per_tensor_fallback)
 
 
 def calibration_sample(images: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

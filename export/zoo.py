@@ -143,6 +143,11 @@ def second_seed_reason(
     return False, "; ".join(readings) + ", beyond noise: no second seed needed"
 
 
+def model_name(dataset: str, entry_name: str) -> str:
+    """Repository name of a zoo entry: ``<dataset>-<entry name>``, lower-case."""
+    return f"{dataset}-{entry_name}".lower()
+
+
 def needs_teacher(entry: dict[str, Any]) -> bool:
     """Whether an entry distils from the teacher this zoo trains."""
     return entry.get("teacher") == ZOO_TEACHER
@@ -217,8 +222,8 @@ class Zoo:
         self.teacher_onnx: Path | None = None
 
     def model_name(self, entry: dict[str, Any]) -> str:
-        """Repository name of an entry: ``<dataset>-<entry name>``, lower-case."""
-        return f"{self.dataset}-{entry['name']}".lower()
+        """Repository name of an entry (:func:`model_name`)."""
+        return model_name(self.dataset, str(entry["name"]))
 
     def _train(self, entry: dict[str, Any]) -> tuple[Any, Any, Path, dict[str, float]]:
         """Train an entry: its network, TrainedMeta, artifact path and companions' top-1."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from export.lanes import running_entries
 from export.training.run import RESULT_FILENAME
-from export.zoo import prerequisites
+from export.zoo import model_name, prerequisites
 
 RECENT_EPOCHS = 3  # the time left is priced at the mean rate of the last few epochs
 
@@ -47,13 +47,13 @@ def entry_status(
     work: Path,
     done: set[str],
     skipped: set[str],
-    lanes: dict[str, tuple[int, int]] | None = None,
+    lanes: dict[str, int] | None = None,
 ) -> EntryStatus:
     """The state of ``entry`` of zoo ``config`` in its work folder ``work``; ``done`` names the
     entries that finished, ``skipped`` the conditional ones the zoo decided not to train,
     ``lanes`` the entries lanes train now (export/lanes.py ``running_entries``)."""
     name = str(entry["name"])
-    lane = (lanes or {}).get(name, (None, 0))[0]
+    lane = (lanes or {}).get(name)
     folder = work / name
     if name in skipped:
         return EntryStatus(name, "skipped")
@@ -99,7 +99,7 @@ def zoo_status(config: dict[str, Any], work: Path) -> list[EntryStatus]:
         skipped |= {
             str(e["name"])
             for e in entries
-            if f"{config['dataset']}-{e['name']}] skipped:".lower() in text.lower()
+            if f"[{model_name(config['dataset'], e['name'])}] skipped:" in text
         }
     lanes = running_entries(work)
     return [entry_status(e, config, work, done, skipped, lanes) for e in entries]
