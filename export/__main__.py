@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from export import cli_repo, cli_train
@@ -17,7 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     cli_train.register(sub)
     cli_repo.register(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # The reader of stdout went away (`python -m export zoo-status | head`): stop quietly, as
+        # a Unix tool killed by SIGPIPE would. Point stdout at /dev/null so that Python's flush at
+        # exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # the status a shell gives a death by SIGPIPE
 
 
 if __name__ == "__main__":

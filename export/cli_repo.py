@@ -240,6 +240,8 @@ def _guard(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             return int(func(args))
+        except BrokenPipeError:  # the reader went away (`| head`): __main__ stops quietly
+            raise
         except _user_errors() as exc:
             return _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
 

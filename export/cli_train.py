@@ -122,6 +122,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         result = run_training(train_config(args))
+    except BrokenPipeError:  # the reader went away (`| head`): __main__ stops quietly
+        raise
     except _user_errors() as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -154,6 +156,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             threads=args.threads,
             precisions=tuple(args.precision),
         )
+    except BrokenPipeError:
+        raise
     except _user_errors() as exc:
         return _fail(str(exc))
     return 0

@@ -98,3 +98,19 @@ def test_the_command_prints_the_table(work: Path, capsys: pytest.CaptureFixture[
     assert "1 done, 2 training, 1 started" in out and "1 skipped" in out
     assert main(["zoo-status", "--dataset", "cifar10", "--out", str(work.parent / "nope")]) == 1
     assert "no zoo work folder" in capsys.readouterr().err
+
+
+def test_a_reader_that_quits_early_stops_the_command_quietly(work: Path) -> None:
+    """`zoo-status | head`: the pipe's read end is closed before the table is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "export", "zoo-status", "--dataset", "cifar10",
+             "--out", str(work.parent)],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""  # neither "error: [Errno 32] Broken pipe" nor a traceback
+    assert proc.returncode == 141  # as a shell reports a tool killed by SIGPIPE
