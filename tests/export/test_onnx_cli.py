@@ -11,7 +11,7 @@ import pytest
 from export.__main__ import main
 from export.repository import verify_repository
 from service.contract.model_card import read_manifest
-from tests.export.test_onnx_support import trained_digits
+from tests.support.trained_digits import trained_digits
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ import torch
 from export.evaluate import logits_of, make_session
 from export.onnx_export import ExportError, check_parity, export_onnx, export_with_parity
 from service.contract.preprocess import normalize_uint8
-from tests.export.test_onnx_support import accuracy, trained_digits
+from tests.support.trained_digits import accuracy, trained_digits
 
 
 def test_exported_graph_has_named_io_dynamic_batch_and_passes_the_checker() -> None:

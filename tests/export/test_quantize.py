@@ -13,7 +13,7 @@ from export.complexity import count_complexity
 from export.evaluate import logits_of, make_session
 from export.quantize import QuantizationError, calibration_sample, make_variant, quantize_int8
 from service.contract.preprocess import normalize_uint8
-from tests.export.test_onnx_support import accuracy, trained_digits
+from tests.support.trained_digits import accuracy, trained_digits
 
 
 @pytest.fixture(scope="module")

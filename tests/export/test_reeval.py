@@ -16,9 +16,9 @@ from PIL import Image
 from export.quantize import quantize_int8
 from export.repository import ArtifactInfo, EvalData, ProfileSettings, publish, training_info
 from service.contract.model_card import model_dirs, model_file, read_manifest
-from tests.export.test_onnx_support import trained_digits
 from tests.support.onnx_repo import digits_uint8_split
 from tests.support.reeval import tensor_by_hand
+from tests.support.trained_digits import trained_digits
 
 
 @pytest.fixture(scope="module")

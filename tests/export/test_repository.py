@@ -25,7 +25,7 @@ from service.contract.model_card import (
     read_version_card,
     sha256_file,
 )
-from tests.export.test_onnx_support import trained_digits
+from tests.support.trained_digits import trained_digits
 
 FAST = ProfileSettings(threads=1, machine="test machine", min_runs=3, min_seconds=0.0)
 

@@ -1,7 +1,4 @@
-"""Shared by the export tests: one really trained digits network, exported once per process.
-
-Named ``test_*`` so it sits with the tests it serves; it holds helpers and no tests.
-"""
+"""Shared by the export tests: one really trained digits network, exported once per process."""
 
 from __future__ import annotations
 
