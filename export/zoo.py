@@ -177,7 +177,11 @@ def _training_config(
         out_dir=str(out_dir),
     )
     if opts.max_epochs is not None:
-        cfg["epochs"] = min(float(cfg.get("epochs", opts.max_epochs)), opts.max_epochs)
+        epochs = float(cfg.get("epochs", opts.max_epochs))
+        cfg["epochs"] = min(epochs, opts.max_epochs)
+        if cfg.get("hint_epochs") is not None and cfg["epochs"] < epochs:
+            # FitNets' stage 1 is a part of the run: it keeps its share of the capped one.
+            cfg["hint_epochs"] = float(cfg["hint_epochs"]) * cfg["epochs"] / epochs
     if opts.max_train_images is not None:
         current = cfg.get("max_train_images") or opts.max_train_images
         cfg["max_train_images"] = min(int(current), opts.max_train_images)

@@ -15,7 +15,15 @@ from export.__main__ import main
 from export.distill import METHODS
 from export.models import ARCHITECTURES
 from export.training import resolve_config
-from export.zoo import ZOO_KEYS, ZOO_TEACHER, ZooError, config_path, load_zoo_config
+from export.zoo import (
+    ZOO_KEYS,
+    ZOO_TEACHER,
+    ZooError,
+    ZooOptions,
+    _training_config,
+    config_path,
+    load_zoo_config,
+)
 from service.contract.model_card import model_dirs, read_manifest
 from tests.support.cli import run_module
 
@@ -46,6 +54,21 @@ def test_packaged_config_covers_every_method_and_resolves(dataset: str) -> None:
         if cfg.get("teacher") == ZOO_TEACHER:
             cfg["teacher"] = config["teacher"]["student"]
         resolve_config(cfg)  # raises ConfigError on an unknown key or a bad value
+
+
+@pytest.mark.parametrize("dataset", ["digits", "cifar10"])
+def test_every_entry_of_a_smoke_run_resolves(dataset: str, tmp_path: Path) -> None:
+    """``--max-epochs 1`` cuts every entry to one epoch; FitNets' hint stage keeps its share."""
+    config = load_zoo_config(config_path(dataset))
+    for entry in [config["teacher"], *config["students"]]:
+        cfg = _training_config(entry, config, ZooOptions(max_epochs=1), tmp_path)
+        if cfg.get("teacher") == ZOO_TEACHER:
+            cfg["teacher"] = config["teacher"]["student"]
+        resolved = resolve_config(cfg)
+        assert resolved["epochs"] == 1
+        if entry.get("hint_epochs") is not None:
+            full = entry.get("epochs", config["defaults"]["epochs"])
+            assert resolved["hint_epochs"] == pytest.approx(entry["hint_epochs"] / full)
 
 
 def test_the_cifar10_plan_holds_every_study_of_the_report() -> None:
