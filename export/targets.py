@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from export.comparisons import (
     METHOD_TEXT,
+    PAPER_ERROR,
     ablation_of,
     gap,
     group_runs,
@@ -29,6 +30,11 @@ BEAT_ALONE = ("kd", "rocket", "rocket-kd")
 SPEEDUP = 8.0
 SPEEDUP_BATCH = 32
 SPEEDUP_MAX_GAP = 0.03
+# Where the two accuracy targets come from: recipes of 200 epochs, which a 2-core CPU cannot
+# afford; a miss is stated beside the epochs the zoo gave the network and what those recipes reach.
+PUBLISHED_EPOCHS = 200
+TEACHER_PUBLISHED = "about 95% (Zagoruyko & Komodakis, 2016)"
+STUDENT_PUBLISHED = f"{100 - PAPER_ERROR['baseline']:.2f}% alone (Zhou et al., 2018)"
 
 
 @dataclass(frozen=True)
@@ -49,10 +55,15 @@ def _missed(points: float) -> str:
     return f"missed by {points:.2f} points"
 
 
-def _at_least(target: str, card: ModelCard, floor: float, what: str) -> Verdict:
-    top1 = card.metrics.top1
-    verdict = "met" if top1 >= floor else _missed((floor - top1) * 100)
-    return Verdict(target, f"{top1:.2%} ({what})", verdict)
+def _at_least(target: str, card: ModelCard, floor: float, published: str) -> Verdict:
+    top1, epochs = card.metrics.top1, card.training.epochs
+    verdict = (
+        "met"
+        if top1 >= floor
+        else f"{_missed((floor - top1) * 100)} at {epochs:g} epochs; the published "
+        f"{PUBLISHED_EPOCHS}-epoch recipe reaches {published}"
+    )
+    return Verdict(target, f"{top1:.2%} ({card.name}, {epochs:g} epochs)", verdict)
 
 
 def check_targets(cards: Sequence[ModelCard], teacher: ModelCard) -> list[Verdict]:
@@ -62,7 +73,7 @@ def check_targets(cards: Sequence[ModelCard], teacher: ModelCard) -> list[Verdic
             f"teacher top-1 ≥ {TEACHER_TOP1:.0%}",
             teacher,
             TEACHER_TOP1,
-            f"{teacher.name}, {teacher.training.epochs:g} epochs",
+            TEACHER_PUBLISHED,
         )
     ]
     students = [
@@ -71,7 +82,7 @@ def check_targets(cards: Sequence[ModelCard], teacher: ModelCard) -> list[Verdic
     if students:
         best = max(students, key=lambda c: (c.metrics.top1, c.name))
         target = f"best {STUDENT_ARCH} student top-1 ≥ {STUDENT_TOP1:.0%}"
-        verdicts.append(_at_least(target, best, STUDENT_TOP1, best.name))
+        verdicts.append(_at_least(target, best, STUDENT_TOP1, STUDENT_PUBLISHED))
     verdicts += _beat_alone(cards)
     speed = _speedup(cards, teacher)
     if speed is not None:

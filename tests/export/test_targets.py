@@ -57,7 +57,7 @@ def test_every_target_met(base: ModelCard) -> None:
     ]
     v = _verdicts(cards)
     assert v["teacher top-1 ≥ 92%"] == ("93.00% (teacher, 40 epochs)", "met")
-    assert v["best wrn-16-1 student top-1 ≥ 89%"] == ("90.50% (rocket-kd)", "met")
+    assert v["best wrn-16-1 student top-1 ≥ 89%"] == ("90.50% (rocket-kd, 30 epochs)", "met")
     assert v["KD beats wrn-16-1 alone"][1] == "met"
     assert v["KD beats wrn-16-1 alone"][0].startswith("+1.50 points over alone (1 vs 1 seed(s)")
     assert v["Rocket beats wrn-16-1 alone"][1] == "met"  # +1.0 against 2 s.e. = 0.90
@@ -79,8 +79,17 @@ def test_misses_are_reported_with_their_size(base: ModelCard) -> None:
         _card(base, "mobilenet", 0.870, "baseline", arch="mobilenetv2-0.5", img_s=1650.0),
     ]
     v = _verdicts(cards)
-    assert v["teacher top-1 ≥ 92%"][1] == "missed by 2.44 points"
-    assert v["best wrn-16-1 student top-1 ≥ 89%"] == ("85.40% (rocket)", "missed by 3.60 points")
+    # A miss is stated beside the budget and what the published 200-epoch recipes reach.
+    assert v["teacher top-1 ≥ 92%"] == (
+        "89.56% (teacher, 40 epochs)",
+        "missed by 2.44 points at 40 epochs; the published 200-epoch recipe reaches about 95% "
+        "(Zagoruyko & Komodakis, 2016)",
+    )
+    assert v["best wrn-16-1 student top-1 ≥ 89%"] == (
+        "85.40% (rocket, 30 epochs)",
+        "missed by 3.60 points at 30 epochs; the published 200-epoch recipe reaches 91.23% alone "
+        "(Zhou et al., 2018)",
+    )
     assert v["KD beats wrn-16-1 alone"][1] == (
         "missed: two seeds a side show no gain beyond noise at this budget"
     )
