@@ -94,6 +94,8 @@ def test_the_cifar10_plan_holds_every_study_of_the_report() -> None:
     seeds = {m for m, arch, ep, seed, _ in runs if seed != 0 and ep == default_epochs}
     assert seeds == ALL_METHODS
     assert config["teacher"]["epochs"] >= default_epochs >= 30
+    # pick serves each architecture's most accurate network, whichever seed or study it is from
+    assert all("int8" in e["variants"] for e in [config["teacher"], *config["students"]])
 
 
 def test_a_broken_config_is_a_zoo_error(tmp_path: Path) -> None:
