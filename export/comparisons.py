@@ -48,6 +48,12 @@ METHOD_STEPS = (
 ABLATIONS = ("no gradient block", "no sharing", "no joint training")
 
 
+def points_below(gap: float) -> str:
+    """``gap`` points (how far a network trails another) in words: "2.50 points below", or
+    "1.20 points above" where it leads."""
+    return f"{abs(gap):.2f} points {'below' if gap >= 0 else 'above'}"
+
+
 def _row(card: ModelCard, batch_size: int) -> ProfileRow | None:
     return card.profile.row(batch_size)
 
@@ -393,7 +399,7 @@ def render_depth(cards: Sequence[ModelCard]) -> list[str]:
         gap = (best_deep.metrics.top1 - best_shallow.metrics.top1) * 100
         lines.append(
             f"- Best shallow ({best_shallow.name}, {best_shallow.params / 1e3:,.0f}k params) is "
-            f"{gap:+.2f} points below the best deep student shown ({best_deep.name}, "
+            f"{points_below(gap)} the best deep student shown ({best_deep.name}, "
             f"{best_deep.params / 1e3:,.0f}k params)."
         )
     return [*lines, ""]

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from export.comparisons import render_ablation, render_depth, render_methods, render_mobilenet
+from export.comparisons import (
+    points_below,
+    render_ablation,
+    render_depth,
+    render_methods,
+    render_mobilenet,
+)
 from export.targets import render_targets
 from service.contract.model_card import ModelCard, ProfileRow
 
@@ -188,8 +194,7 @@ def render_students(cards: Sequence[ModelCard]) -> list[str]:
     lines += [
         "",
         f"Best student: **{best.name}**, {(_b32(best) or 0.0) / t32:.1f}x the teacher's "
-        f"throughput at batch 32, {abs(gap):.2f} points "
-        f"{'below' if gap >= 0 else 'above'} the teacher's top-1.",
+        f"throughput at batch 32, {points_below(gap)} the teacher's top-1.",
         "",
     ]
     return lines

@@ -19,6 +19,7 @@ from export.comparisons import (
     ablation_of,
     gap,
     group_runs,
+    points_below,
     trained_networks,
 )
 from service.contract.model_card import ModelCard
@@ -147,7 +148,7 @@ def _speedup(cards: Sequence[ModelCard], teacher: ModelCard) -> Verdict | None:
         return Verdict(
             target,
             f"no student within {SPEEDUP_MAX_GAP * 100:.0f} points; the closest, "
-            f"{nearest.name}, is {gap_points:.2f} points below",
+            f"{nearest.name}, is {points_below(gap_points)}",
             "missed",
         )
     fastest = max(close, key=lambda c: (_b32(c) or 0.0, c.name))
@@ -156,7 +157,7 @@ def _speedup(cards: Sequence[ModelCard], teacher: ModelCard) -> Verdict | None:
     return Verdict(
         target,
         f"{ratio:.1f}x ({fastest.name}, {_b32(fastest):,.0f} against {reference:,.0f} img/s), "
-        f"{gap_points:.2f} points below the teacher",
+        f"{points_below(gap_points)} the teacher",
         "met" if ratio >= SPEEDUP else f"missed: {ratio:.1f}x",
     )
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from export.comparisons import ablation_of, compare, group_runs
+from export.comparisons import ablation_of, compare, group_runs, points_below
 from export.report import render_report
 from service.contract.model_card import ModelCard, ProfileRow, read_manifest
 from tests.support.cards import scored_card
@@ -118,7 +118,7 @@ def test_deep_vs_shallow_and_mobilenet_tables(zoo: list[ModelCard]) -> None:
     )
     assert "| mimic | wrn-16-1 | SNN-MIMIC |" in depth and "| alone | wrn-16-1 | alone |" in depth
     assert "- shallow-256: alone -> SNN-MIMIC: +3.00 points (beyond noise" in depth
-    assert "Best shallow (shallow-mimic, 400k params) is +9.10 points below" in depth
+    assert "Best shallow (shallow-mimic, 400k params) is 9.10 points below" in depth
     mobile = _section(text, "Hard compression: MobileNetV2")
     assert "| mobile-kd | mobilenetv2-0.5 | KD |" in mobile and "| kd | wrn-16-1 | KD |" in mobile
     assert "- mobilenetv2-0.5: alone -> KD: +1.20 points (beyond noise" in mobile
@@ -131,3 +131,9 @@ def test_a_served_subset_is_marked_in_the_main_table(zoo: list[ModelCard]) -> No
     served = {r.split("|")[1].strip() for r in rows[2:] if r.rstrip().endswith("✓ |")}
     assert served == {"teacher", "rocket-kd"}
     assert "This repository serves the models marked ✓" in text
+
+
+def test_a_gap_reads_below_or_above_by_its_sign() -> None:
+    assert points_below(2.5) == "2.50 points below"
+    assert points_below(0.0) == "0.00 points below"
+    assert points_below(-1.2) == "1.20 points above"  # a student ahead of its teacher
