@@ -296,7 +296,11 @@ def register(sub: Any) -> None:
     p.add_argument("--profile-runs", type=int, help="timed runs per batch size (default: config)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: config/all)")
     p.add_argument("--provider", default=None, help="ONNX Runtime provider (default: config)")
-    p.add_argument("--only", nargs="*", help="entries to run (and the teacher they distil from)")
+    p.add_argument(
+        "--only",
+        nargs="*",
+        help="entries to run (and the teacher, when they distil from it or `teacher_first` is set)",
+    )
     p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
     p.add_argument(
         "--resume",

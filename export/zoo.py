@@ -289,8 +289,11 @@ class Zoo:
         onnx_path = self.work / str(entry["name"]) / "model.onnx"
         parity = export_with_parity(model, onnx_path, spec, self.splits.test_images)
         self.log(f"[{name}] {parity.summary()}")
+        # Every student's agreement with the zoo's teacher, distilled from it or not: the method
+        # table compares the students' fidelity, and the service's live agreement of a model whose
+        # card names no served teacher defaults to the most accurate model, the teacher.
         teacher = None
-        if needs_teacher(entry) and self.teacher_onnx is not None:
+        if entry is not self.config["teacher"] and self.teacher_onnx is not None:
             teacher = (self.teacher_onnx, spec)  # zoo students share the teacher's data spec
         info = ArtifactInfo(
             name=name,
@@ -365,9 +368,12 @@ class Zoo:
         if unknown:
             raise ZooError(f"--only names no zoo entry: {', '.join(sorted(unknown))}")
         students = [e for e in entries[1:] if not selected or e["name"] in selected]
-        # The teacher trains when it is asked for or a selected student distils from it.
+        # The teacher trains (or, resumed, is only loaded) when it is asked for or is a selected
+        # student's prerequisite: one distils from it, or `teacher_first` puts it before them all.
         asked = not selected or teacher["name"] in selected
-        with_teacher = asked or any(map(needs_teacher, students))
+        with_teacher = asked or any(
+            teacher["name"] in prerequisites(e, self.config) for e in students
+        )
         chosen = [teacher] * with_teacher + students
         if self.opts.lanes > 1 and len(chosen) > 1:
             names = [str(e["name"]) for e in chosen]

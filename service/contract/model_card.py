@@ -121,7 +121,8 @@ class EvalMetrics(_Strict):
         ge=0,
         le=1,
         description="Share of the split on which the model's top-1 equals its teacher's "
-        "(training.teacher): the baseline the service's live agreement is compared with.",
+        "(training.teacher; in a zoo, the zoo's teacher for every student, distilled from it or "
+        "not): the baseline the service's live agreement is compared with.",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,11 @@ def test_zoo_writes_models_variants_report_and_plot(zoo_repo: Path) -> None:
     assert 0.1 < rocket.training.companions["booster"] <= 1.0
     int8 = read_manifest(zoo_repo / "digits-kd-resnet8-int8")
     assert (int8.precision, int8.derived_from) == ("int8", "digits-kd-resnet8")
+    # Every student's agreement with the zoo's teacher, Rocket's too (it learns from its booster)
+    for name in ("digits-kd-resnet8", "digits-rocket-resnet8", "digits-rocket-resnet8-int8"):
+        agreement = read_manifest(zoo_repo / name).metrics.teacher_agreement
+        assert agreement is not None and 0.0 <= agreement <= 1.0, name
+    assert read_manifest(zoo_repo / "digits-teacher-resnet20").metrics.teacher_agreement is None
     assert int8.size_bytes < kd.size_bytes and int8.macs == kd.macs
 
     report = (zoo_repo / "REPORT.md").read_text()
@@ -238,6 +244,29 @@ def test_lanes_train_the_students_in_parallel_processes(
     assert every.count("[digits-teacher-resnet20] trained in") == 2
     assert {d.name for d in model_dirs(out)} == {d.name for d in model_dirs(zoo_repo)}
     assert (out / "REPORT.md").is_file() and main(["verify", str(out)]) == 0
+
+
+def test_with_teacher_first_a_student_run_alone_loads_the_teacher(
+    zoo_repo: Path, tmp_path: Path
+) -> None:
+    """A lane's child runs ``--only STUDENT --resume``; with ``teacher_first`` it loads the
+    finished teacher (training nothing) so that the student's card gets its agreement with it."""
+    out = tmp_path / "repo"
+    shutil.copytree(zoo_repo, out)
+    for model_dir in out.glob("digits-rocket-resnet8*"):
+        shutil.rmtree(model_dir)  # trained, not yet published: the child publishes it
+    config = {**load_zoo_config(config_path("digits")), "teacher_first": True}
+    config_file = tmp_path / "zoo.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    proc = _export(
+        "zoo", "--dataset", "digits", "--out", str(out), "--config", str(config_file),
+        "--max-epochs", "1", "--max-train-images", "200", "--profile-runs", "3",
+        "--resume", "--no-report", "--only", "rocket-resnet8",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[digits-teacher-resnet20] already published" in proc.stdout
+    rocket = read_manifest(out / "digits-rocket-resnet8")
+    assert rocket.metrics.teacher_agreement is not None
 
 
 def _share(lanes: int) -> int:
