@@ -92,20 +92,6 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean((top == labels[:, None]).any(axis=1)))
 
 
-def top1_agreement(
-    session: ort.InferenceSession,
-    spec: InputSpec,
-    teacher: ort.InferenceSession,
-    teacher_spec: InputSpec,
-    images: np.ndarray,
-) -> float:
-    """Share of ``images`` (uint8 [N,H,W,C]) on which two models' top-1 classes are the same,
-    each preprocessed as its own card says."""
-    ours = logits_of(session, normalize_uint8(images, spec)).argmax(axis=1)
-    theirs = logits_of(teacher, normalize_uint8(images, teacher_spec)).argmax(axis=1)
-    return float(np.mean(ours == theirs))
-
-
 def evaluate_accuracy(
     session: ort.InferenceSession,
     spec: InputSpec,
@@ -114,16 +100,24 @@ def evaluate_accuracy(
     *,
     dataset: str,
     split: str = "test",
+    teacher_top1: np.ndarray | None = None,
 ) -> EvalMetrics:
-    """Top-1 (and top-5 with more than 5 classes) on uint8 images [N,H,W,C], preprocessed per spec.
+    """Top-1 (and top-5 with more than 5 classes) on uint8 images [N,H,W,C], preprocessed per spec;
+    given the teacher's top-1 class on each image, the share of images where both agree.
 
     The input goes through ``service.contract.preprocess.normalize_uint8`` only: what the
     service runs.
     """
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images, got {len(images)} and {len(labels)}")
+    if teacher_top1 is not None and teacher_top1.shape != labels.shape:
+        n = len(labels)
+        raise ValueError(f"need one teacher answer per image ({n}), got shape {teacher_top1.shape}")
     logits = logits_of(session, normalize_uint8(images, spec))
     n_classes = logits.shape[1]
+    agreement = None
+    if teacher_top1 is not None:
+        agreement = float(np.mean(logits.argmax(axis=1) == teacher_top1))
     return EvalMetrics(
         dataset=dataset,
         split=split,
@@ -131,7 +125,7 @@ def evaluate_accuracy(
         top1=topk_accuracy(logits, labels, 1),
         top5=topk_accuracy(logits, labels, 5) if n_classes > 5 else None,
         measured_with=f"onnxruntime {ort.__version__}",
-        teacher_agreement=None,
+        teacher_agreement=agreement,
     )
 
 

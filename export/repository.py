@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from export.complexity import count_complexity
-from export.evaluate import evaluate_accuracy, make_session, profile_latency, top1_agreement
+from export.evaluate import evaluate_accuracy, make_session, profile_latency
+from export.teacher_answers import TeacherAnswers
 from service.contract.model_card import (
     MANIFEST_FILENAME,
     InputSpec,
@@ -47,12 +48,14 @@ class ArtifactInfo:
 
 @dataclass(frozen=True)
 class EvalData:
-    """The test split every artifact of one data set is measured on (uint8 [N,H,W,C])."""
+    """The test split every artifact of one data set is measured on (uint8 [N,H,W,C]), and the
+    teachers' answers on it (each teacher runs over the split once, not once per student)."""
 
     dataset: str
     images: np.ndarray
     labels: np.ndarray
     split: str = "test"
+    answers: TeacherAnswers = field(default_factory=TeacherAnswers, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -93,13 +96,24 @@ def measured_fields(
     teacher's file and input spec, its agreement with the teacher on the split)."""
     session = make_session(path, settings.provider, settings.threads)
     complexity = count_complexity(path)
-    metrics = evaluate_accuracy(
-        session, spec, data.images, data.labels, dataset=data.dataset, split=data.split
-    )
+    teacher_top1 = None
     if teacher is not None:
-        teacher_session = make_session(teacher[0], settings.provider, settings.threads)
-        agreement = top1_agreement(session, spec, teacher_session, teacher[1], data.images)
-        metrics = metrics.model_copy(update={"teacher_agreement": agreement})
+        teacher_top1 = data.answers.top1(
+            teacher[0],
+            teacher[1],
+            data.images,
+            provider=settings.provider,
+            threads=settings.threads,
+        )
+    metrics = evaluate_accuracy(
+        session,
+        spec,
+        data.images,
+        data.labels,
+        dataset=data.dataset,
+        split=data.split,
+        teacher_top1=teacher_top1,
+    )
     return {
         "metrics": metrics,
         "profile": profile_latency(

@@ -25,6 +25,7 @@ from export.repository import (
     publish,
     training_info,
 )
+from export.teacher_answers import TeacherAnswers
 from service.contract.model_card import InputSpec, ModelCard, TrainingInfo
 
 # Keys of a zoo entry that belong to the zoo, not to the training config.
@@ -218,8 +219,13 @@ class Zoo:
             min_runs=runs,
             min_seconds=0.0 if opts.profile_runs else float(profile.get("min_seconds", 0.3)),
         )
+        # The teacher's answers on the test split are kept in the work folder: every lane's
+        # child measures its students' agreement against them without running the teacher again.
         self.data = EvalData(
-            dataset=self.dataset, images=self.splits.test_images, labels=self.splits.test_labels
+            dataset=self.dataset,
+            images=self.splits.test_images,
+            labels=self.splits.test_labels,
+            answers=TeacherAnswers(self.work / "teacher-answers"),
         )
         self.teacher_name: str | None = None
         self.teacher_artifact: Path | None = None

@@ -146,3 +146,16 @@ def test_agreement_with_the_teacher_is_measured_into_the_card(tmp_path: Path) ->
         tmp_path, replace(_info("other"), teacher=(d.onnx_path, spec)), flipped, _data(), FAST
     )
     assert other.metrics.teacher_agreement is not None and other.metrics.teacher_agreement < 0.5
+
+
+def test_students_of_one_teacher_share_its_answers_on_the_split(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    d = trained_digits()
+    data, teacher = _data(), (d.onnx_path, d.splits.input_spec)
+    fp32 = publish(tmp_path, replace(_info("a"), teacher=teacher), d.onnx_path, data, FAST)
+    fp16 = convert_fp16(d.onnx_path, tmp_path / "fp16.onnx")
+    half = publish(tmp_path, replace(_info("a-fp16"), teacher=teacher), fp16, data, FAST)
+    assert data.answers.computed == 1  # the teacher ran over the split once for both cards
+    assert fp32.metrics.teacher_agreement == 1.0
+    assert half.metrics.teacher_agreement is not None and half.metrics.teacher_agreement > 0.99
