@@ -87,7 +87,10 @@ def load_image_folder(
     train_files = _image_files(root / "train", labels)
     test_files = _image_files(root / "test", labels)
     key = content_key(
-        root, [p for p, _ in train_files + test_files], extra=f"{labels}|{color}|{size}"
+        root,
+        [p for p, _ in train_files + test_files],
+        extra=f"{labels}|{color}|{size}",
+        cache_dir=cache_dir,
     )
 
     def build() -> dict[str, np.ndarray]:

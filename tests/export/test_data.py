@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +74,56 @@ def test_cifar10_folder_uses_conventional_class_order_and_caches(
     monkeypatch.setattr(folders, "_decode", no_decode)
     again = load_dataset("cifar10", root, cache_dir=cache)
     np.testing.assert_array_equal(again.train_images, data.train_images)
+    # The key is the files' content: fresh mtimes or a copy of the tree elsewhere reuse it.
+    for path in root.rglob("*.jpg"):
+        os.utime(path, ns=(0, 10**18))
+    copy = tmp_path / "copy of cifar"
+    shutil.copytree(root, copy)
+    for tree in (root, copy):
+        np.testing.assert_array_equal(
+            load_dataset("cifar10", tree, cache_dir=cache).train_images, data.train_images
+        )
     monkeypatch.undo()
-    # Changing the data changes the key: the cache is rebuilt, not reused.
-    Image.new("RGB", (32, 32), (255, 0, 0)).save(root / "train" / "cat" / "0000.jpg")
+    # Changing the data changes the key, even at the same size: the cache is rebuilt, not reused.
+    victim = root / "train" / "cat" / "0000.jpg"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(victim)
     changed = load_dataset("cifar10", root, cache_dir=cache)
     assert len(list(cache.glob("cifar10-*.npz"))) == 2
     assert not np.array_equal(changed.train_images, data.train_images)
+    # One entry of the quantisation table one step off: the same size, other pixels.
+    jpeg = bytearray(victim.read_bytes())
+    size = len(jpeg)
+    at = jpeg.index(b"\xff\xdb") + 5  # marker (2), length (2), precision/id: the DC entry
+    jpeg[at] = jpeg[at] - 1 if jpeg[at] > 1 else jpeg[at] + 1
+    victim.write_bytes(bytes(jpeg))
+    assert victim.stat().st_size == size
+    edited = load_dataset("cifar10", root, cache_dir=cache)
+    assert len(list(cache.glob("cifar10-*.npz"))) == 3
+    assert not np.array_equal(edited.train_images, changed.train_images)
+
+
+def test_an_unchanged_tree_is_not_read_again_to_find_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, cache = tmp_path / "cifar", tmp_path / "cache"
+    _write_tree(root, list(CIFAR10_LABELS), per_class=1, size=32)
+    first = load_dataset("cifar10", root, cache_dir=cache)
+    assert len(list((cache / "keys").iterdir())) == 1
+
+    def no_read(self: Path) -> bytes:
+        raise AssertionError(f"read {self} again: paths, sizes and mtimes are unchanged")
+
+    monkeypatch.setattr(Path, "read_bytes", no_read)
+    again = load_dataset("cifar10", root, cache_dir=cache)
+    np.testing.assert_array_equal(again.test_images, first.test_images)
+    # A remembered key that is not a key is ignored: the tree is hashed again and the key mended.
+    monkeypatch.undo()
+    (remembered,) = (cache / "keys").iterdir()
+    remembered.write_text("garbage")
+    third = load_dataset("cifar10", root, cache_dir=cache)
+    np.testing.assert_array_equal(third.test_images, first.test_images)
+    assert len(remembered.read_text().strip()) == 64
+    assert len(list(cache.glob("cifar10-*.npz"))) == 1
 
 
 def test_cifar10_pickle_batches(tmp_path: Path) -> None:
