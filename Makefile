@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= export,dev,loadtest,docs
 
-.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-plan cifar-zoo-status cifar-zoo-pick test lint typecheck unit docs settings-table gpu-check clean
+.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-plan cifar-zoo-status cifar-zoo-pause cifar-zoo-continue cifar-zoo-pick test lint typecheck unit docs settings-table gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -53,6 +53,13 @@ cifar-zoo-plan: venv
 # Where the running (or stopped) zoo stands: epochs, test top-1, img/s and time left per entry.
 cifar-zoo-status: venv
 	$(BIN)/python -m export zoo-status --dataset cifar10 --out $(ZOO_DIR)
+
+# Free the cores for a benchmark or a test suite, then give them back; the pause is not counted
+# as training time (export/training/pause.py).
+cifar-zoo-pause: venv
+	$(BIN)/python -m export zoo-pause --out $(ZOO_DIR)
+cifar-zoo-continue: venv
+	$(BIN)/python -m export zoo-continue --out $(ZOO_DIR)
 
 # models/ from the zoo: the teacher, each architecture's most accurate network and the Pareto
 # front (with their int8 variants); REPORT.md keeps every network the zoo trained.

@@ -234,6 +234,37 @@ def cmd_zoo_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo_pause(args: argparse.Namespace) -> int:
+    """Pause a running zoo's lanes (for a benchmark or a test suite) without counting the pause
+    as training time; `zoo-continue` resumes them."""
+    from export.lanes import pause_lanes
+
+    return _report_lanes(args, pause_lanes(_zoo_work(args), wait_s=args.wait), "paused")
+
+
+def cmd_zoo_continue(args: argparse.Namespace) -> int:
+    """Continue the lanes of a zoo paused by `zoo-pause`."""
+    from export.lanes import continue_lanes
+
+    return _report_lanes(args, continue_lanes(_zoo_work(args)), "continued")
+
+
+def _zoo_work(args: argparse.Namespace) -> Path:
+    work: Path = args.work_dir or args.out / ".work"
+    if not work.is_dir():
+        hint = f"has `export zoo --out {args.out}` run?"
+        raise FileNotFoundError(f"{work}: no zoo work folder ({hint})")
+    return work
+
+
+def _report_lanes(args: argparse.Namespace, how: dict[str, str], verb: str) -> int:
+    if not how:
+        return _fail(f"{args.out}: no lane of a zoo is running, nothing {verb}")
+    for name, what in how.items():
+        print(f"{name}: {what}")
+    return 0
+
+
 def _guard(func: Any) -> Any:
     """Turn expected errors into a one-line message and exit status 1."""
 
@@ -250,7 +281,7 @@ def _guard(func: Any) -> Any:
 
 
 def register(sub: Any) -> None:
-    """Add the onnx, evaluate, report, pick, verify, zoo, zoo-plan and zoo-status subcommands."""
+    """Add the onnx, evaluate, report, pick, verify and zoo-* subcommands."""
     p = sub.add_parser("onnx", help=cmd_onnx.__doc__, description=cmd_onnx.__doc__)
     p.add_argument("checkpoint", type=Path, help="trained artifact (export.checkpoint)")
     p.add_argument("--out", type=Path, help="ONNX file to write (default: beside the artifact)")
@@ -334,3 +365,16 @@ def register(sub: Any) -> None:
     p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
     p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
     p.set_defaults(func=_guard(cmd_zoo_status))
+
+    for name, func in (("zoo-pause", cmd_zoo_pause), ("zoo-continue", cmd_zoo_continue)):
+        p = sub.add_parser(name, help=func.__doc__, description=func.__doc__)
+        p.add_argument("--out", type=Path, required=True, help="the zoo's model repository")
+        p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
+        if func is cmd_zoo_pause:
+            p.add_argument(
+                "--wait",
+                type=float,
+                default=60.0,
+                help="seconds to wait for each lane to pause itself before SIGSTOP (default 60)",
+            )
+        p.set_defaults(func=_guard(func))

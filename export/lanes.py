@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 POLL_S = 0.2  # how often the parent looks for a finished lane
@@ -49,6 +50,7 @@ STATE_FILE = "lanes.json"
 def _write_state(log_dir: Path, running: dict[int, tuple[str, int, int]]) -> None:
     """``running``: lane -> (entry, pid, threads); written atomically."""
     state = {
+        "parent": os.getpid(),
         "lanes": {
             str(lane): {"entry": name, "pid": pid, "threads": threads}
             for lane, (name, pid, threads) in sorted(running.items())
@@ -57,6 +59,15 @@ def _write_state(log_dir: Path, running: dict[int, tuple[str, int, int]]) -> Non
     tmp = log_dir / f"{STATE_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     tmp.replace(log_dir / STATE_FILE)
+
+
+def _alive(pid: Any) -> bool:
+    """True when ``pid`` names a live process this user may signal."""
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
 
 
 def running_entries(log_dir: Path) -> dict[str, int]:
@@ -69,12 +80,71 @@ def running_entries(log_dir: Path) -> dict[str, int]:
         return {}
     alive = {}
     for lane, info in lanes:
-        try:
-            os.kill(int(info["pid"]), 0)
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # gone (or not ours): a stopped zoo leaves a stale file behind
-        alive[str(info["entry"])] = int(lane)
+        # A child that is gone (or not ours): a stopped zoo leaves a stale file behind.
+        if isinstance(info, dict) and _alive(info.get("pid")):
+            alive[str(info["entry"])] = int(lane)
     return alive
+
+
+def lane_processes(log_dir: Path) -> tuple[int | None, dict[str, int]]:
+    """The live lanes parent (None if it is gone or unrecorded) and each live lane's entry ->
+    pid, from the state file."""
+    try:
+        state = json.loads((log_dir / STATE_FILE).read_text(encoding="utf-8"))
+        lanes = dict(state["lanes"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, {}
+    parent = state.get("parent")
+    children = {}
+    for info in lanes.values():
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            if _alive(info["pid"]):
+                children[str(info["entry"])] = int(info["pid"])
+    return (int(parent) if parent is not None and _alive(parent) else None), children
+
+
+def _stopped(pid: int) -> bool:
+    """True when the process is stopped (or gone), from /proc/<pid>/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] in "Tt"
+
+
+def pause_lanes(log_dir: Path, wait_s: float = 60.0) -> dict[str, str]:
+    """Pause a running zoo: SIGTSTP to each lane's child, which stops itself and leaves the pause
+    out of its training time (export/training/pause.py), and SIGSTOP to the parent so that no
+    new entry starts meanwhile. A child still running after ``wait_s`` (one that started before
+    the trainer took SIGTSTP) gets SIGSTOP: paused all the same, the pause counted as training.
+    Returns entry -> how it was paused."""
+    parent, children = lane_processes(log_dir)
+    if parent is not None:
+        os.kill(parent, signal.SIGSTOP)
+    for pid in children.values():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTSTP)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and not all(_stopped(p) for p in children.values()):
+        time.sleep(0.2)
+    how = {}
+    for name, pid in children.items():
+        if _stopped(pid):
+            how[name] = f"paused (pid {pid})"
+        else:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+            how[name] = f"stopped with SIGSTOP after {wait_s:g} s (pid {pid}): the pause counts"
+    return how
+
+
+def continue_lanes(log_dir: Path) -> dict[str, str]:
+    """Continue a paused zoo: SIGCONT to each lane's child and to the parent."""
+    parent, children = lane_processes(log_dir)
+    for pid in [*children.values(), *([parent] if parent is not None else [])]:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGCONT)
+    return {name: f"continued (pid {pid})" for name, pid in children.items()}
 
 
 @contextlib.contextmanager

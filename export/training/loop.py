@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from export.data import DatasetSplits
 from export.data.augment import Normalizer, random_crop_flip
 from export.distill import DistillMethod
+from export.training import pause
 from export.training.config import fingerprint_changes
 from export.training.logs import Progress, RunLog
 from export.training.runtime import DistInfo
@@ -238,7 +238,11 @@ class Trainer:
         return True
 
     def run(self, fingerprint: dict[str, Any]) -> bool:
-        """Train until the budget is spent (True) or ``stop_after`` epochs were run (False)."""
+        """Train until the budget is spent (True) or ``stop_after`` epochs were run (False).
+
+        SIGTSTP pauses the process until SIGCONT, and the pause is not training time
+        (export/training/pause.py)."""
+        pause.clock.install()
         stop_after = self.cfg["stop_after"]
         spe = self.source.steps_per_epoch
         while self.state.epoch < self.num_epochs:
@@ -265,7 +269,7 @@ class Trainer:
 
     def _one_epoch(self, epoch: int, steps: int, fingerprint: dict[str, Any]) -> dict[str, Any]:
         self.model.train()
-        start = last_save = time.perf_counter()
+        start = last_save = pause.clock()
         # A checkpoint saved inside this epoch: carry on from its step with its running sums.
         first = self.state.step
         partial = self.state.partial
@@ -316,7 +320,7 @@ class Trainer:
             for k, v in self.method.last_terms.items():
                 terms_sum[k] = terms_sum.get(k, torch.zeros((), device=v.device)) + v * n
             bar.update(float(loss.detach()), correct / seen, seen)
-            now = time.perf_counter()
+            now = pause.clock()
             if minutes is not None and step + 1 < steps and now - last_save >= minutes * 60:
                 self.state.step = step + 1
                 self.state.partial = {
@@ -327,9 +331,9 @@ class Trainer:
                     "train_time_s": earlier_s + now - start,
                 }
                 self.save_checkpoint(fingerprint)
-                last_save = time.perf_counter()
+                last_save = pause.clock()
         bar.close()
-        train_time = earlier_s + time.perf_counter() - start
+        train_time = earlier_s + pause.clock() - start
         self.state.elapsed_s += train_time
         test_top1 = evaluate(self.method.student(), self.source)
         return {
