@@ -103,13 +103,18 @@ def lane_processes(log_dir: Path) -> tuple[int | None, dict[str, int]]:
     return (int(parent) if parent is not None and _alive(parent) else None), children
 
 
-def _stopped(pid: int) -> bool:
+def is_stopped(pid: int) -> bool:
     """True when the process is stopped (or gone), from /proc/<pid>/stat."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except OSError:
         return True
     return stat[stat.rindex(")") + 2] in "Tt"
+
+
+def paused_entries(log_dir: Path) -> set[str]:
+    """The entries whose lane's child is stopped now (`zoo-pause`, or SIGSTOP)."""
+    return {name for name, pid in lane_processes(log_dir)[1].items() if is_stopped(pid)}
 
 
 def pause_lanes(log_dir: Path, wait_s: float = 60.0) -> dict[str, str]:
@@ -125,11 +130,11 @@ def pause_lanes(log_dir: Path, wait_s: float = 60.0) -> dict[str, str]:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTSTP)
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and not all(_stopped(p) for p in children.values()):
+    while time.monotonic() < deadline and not all(is_stopped(p) for p in children.values()):
         time.sleep(0.2)
     how = {}
     for name, pid in children.items():
-        if _stopped(pid):
+        if is_stopped(pid):
             how[name] = f"paused (pid {pid})"
         else:
             with contextlib.suppress(OSError):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.lanes import running_entries
+from export.lanes import paused_entries, running_entries
 from export.training.run import RESULT_FILENAME
 from export.zoo import model_name, prerequisites
 
@@ -20,8 +20,8 @@ class EntryStatus:
     """One zoo entry's state, read from its work folder and the lanes' logs."""
 
     name: str
-    state: str  # done, training (in a lane now), started (stopped before the end), not started,
-    # skipped
+    state: str  # done, training (in a lane now), paused (in a lane, stopped by zoo-pause),
+    # started (its process ended before the end), not started, skipped
     epochs_done: int = 0
     epochs: float | None = None
     test_top1: float | None = None
@@ -48,12 +48,15 @@ def entry_status(
     done: set[str],
     skipped: set[str],
     lanes: dict[str, int] | None = None,
+    paused: set[str] | None = None,
 ) -> EntryStatus:
     """The state of ``entry`` of zoo ``config`` in its work folder ``work``; ``done`` names the
     entries that finished, ``skipped`` the conditional ones the zoo decided not to train,
-    ``lanes`` the entries lanes train now (export/lanes.py ``running_entries``)."""
+    ``lanes`` the entries lanes train now (export/lanes.py ``running_entries``), ``paused``
+    those of them stopped now."""
     name = str(entry["name"])
     lane = (lanes or {}).get(name)
+    in_lane = "paused" if name in (paused or set()) else "training"
     folder = work / name
     if name in skipped:
         return EntryStatus(name, "skipped")
@@ -63,7 +66,7 @@ def entry_status(
     epochs_logged = [r for r in records if r.get("event") == "epoch"]
     if not starts:
         if lane is not None:
-            return EntryStatus(name, "training", lane=lane)
+            return EntryStatus(name, in_lane, lane=lane)
         waiting = tuple(n for n in prerequisites(entry, config) if n not in done)
         return EntryStatus(name, "not started", waits_for=waiting)
     config = starts[-1].get("config") or {}
@@ -79,7 +82,7 @@ def entry_status(
         left = max(0.0, float(total) - epochs_done) * float(images) / rate / 3600
     return EntryStatus(
         name,
-        "done" if finished else "training" if lane is not None else "started",
+        "done" if finished else in_lane if lane is not None else "started",
         epochs_done,
         float(total) if total is not None else None,
         last.get("test_top1"),
@@ -101,8 +104,8 @@ def zoo_status(config: dict[str, Any], work: Path) -> list[EntryStatus]:
             for e in entries
             if f"[{model_name(config['dataset'], e['name'])}] skipped:" in text
         }
-    lanes = running_entries(work)
-    return [entry_status(e, config, work, done, skipped, lanes) for e in entries]
+    lanes, paused = running_entries(work), paused_entries(work)
+    return [entry_status(e, config, work, done, skipped, lanes, paused) for e in entries]
 
 
 def _completed(folder: Path) -> bool:
@@ -136,7 +139,7 @@ def format_status(statuses: list[EntryStatus], work: Path) -> str:
         state = f"{s.state} ({s.lane})" if s.lane is not None else s.state
         lines.append(f"{s.name:<42}{state:>14}{epoch:>9}{top1:>9}{rate:>8}{left:>7}  {waits}")
     counts = {state: sum(s.state == state for s in statuses) for state in
-              ("done", "training", "started", "not started", "skipped")}  # fmt: skip
+              ("done", "training", "paused", "started", "not started", "skipped")}  # fmt: skip
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n))
     under_way = [s.hours_left for s in statuses if s.hours_left is not None]
     if under_way:

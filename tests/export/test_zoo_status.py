@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from export.__main__ import main
+from export.lanes import is_stopped
 from export.zoo import config_path, load_zoo_config
 from export.zoo_status import zoo_status
 
@@ -30,7 +34,7 @@ def _epoch(n: int, top1: float, rate: float) -> dict[str, object]:
 
 
 @pytest.fixture
-def work(tmp_path: Path) -> Path:
+def work(tmp_path: Path) -> Iterator[Path]:
     work = tmp_path / "zoo" / ".work"
     # The teacher: 4 of 40 epochs, resumed once, the last line cut short by a kill.
     _log(
@@ -52,10 +56,16 @@ def work(tmp_path: Path) -> Path:
     # started in lane 2 (no log yet); baseline's child is gone (a stopped zoo's stale entry).
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
+    # MobileNetV2's child is paused (zoo-pause): a stopped process stands in for it.
+    stopped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    stopped.send_signal(signal.SIGSTOP)
+    while not is_stopped(stopped.pid):
+        time.sleep(0.05)
     lanes = {
         "1": {"entry": "teacher-wrn-40-2", "pid": os.getpid(), "threads": 2},
         "2": {"entry": "rocket-wrn-16-1", "pid": os.getpid(), "threads": 1},
         "3": {"entry": "mimic-wrn-16-1", "pid": int(gone.stdout), "threads": 1},
+        "4": {"entry": "baseline-mobilenetv2-0.5", "pid": stopped.pid, "threads": 1},
     }
     (work / "lanes.json").write_text(json.dumps({"lanes": lanes}), encoding="utf-8")
     (work / "lane-2.log").write_text(
@@ -63,7 +73,9 @@ def work(tmp_path: Path) -> Path:
         "+2.00 points (2 s.e. = 0.88), beyond noise: no second seed needed\n",
         encoding="utf-8",
     )
-    return work
+    yield work
+    stopped.kill()
+    stopped.wait(timeout=30)
 
 
 def test_each_entry_reads_as_its_work_folder_says(work: Path) -> None:
@@ -80,6 +92,8 @@ def test_each_entry_reads_as_its_work_folder_says(work: Path) -> None:
     assert status["rocket-wrn-16-1-seed1"].state == "skipped"
     assert (status["rocket-wrn-16-1"].state, status["rocket-wrn-16-1"].lane) == ("training", 2)
     assert status["mimic-wrn-16-1"].state == "not started"  # its lane's child is gone
+    mobilenet = status["baseline-mobilenetv2-0.5"]
+    assert (mobilenet.state, mobilenet.lane) == ("paused", 4)
     fitnet = status["fitnet-wrn-16-1"]
     assert (fitnet.state, fitnet.lane, fitnet.epochs_done) == ("started", None, 2)
     assert fitnet.hours_left == pytest.approx(28 * 50_000 / 300.0 / 3600)
@@ -95,7 +109,7 @@ def test_the_command_prints_the_table(work: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("teacher-wrn-40-2"))
     assert row.split()[1:7] == ["training", "(1)", "4/40", "69.00", "30", "16:40"]
-    assert "1 done, 2 training, 1 started" in out and "1 skipped" in out
+    assert "1 done, 2 training, 1 paused, 1 started" in out and "1 skipped" in out
     assert main(["zoo-status", "--dataset", "cifar10", "--out", str(work.parent / "nope")]) == 1
     assert "no zoo work folder" in capsys.readouterr().err
 
