@@ -139,9 +139,13 @@ def test_zoo_pause_stops_every_lane_and_the_parent_and_continue_resumes_them(
     )
     for pid in (parent.pid, trainer.pid, old.pid):
         _wait_state(pid, "T")
+    # Pausing twice, then continuing once, leaves nothing paused (SIGCONT drops a pending SIGTSTP).
+    assert pause_lanes(work, wait_s=1.0)["kd-wrn-16-1"] == f"paused (pid {trainer.pid})"
     assert set(continue_lanes(work)) == {"kd-wrn-16-1", "baseline-wrn-16-1"}
     for pid in (parent.pid, trainer.pid, old.pid):
         _wait_state(pid, "SR")
+    time.sleep(0.5)
+    assert _state(trainer.pid) in "SR"
     out, _ = trainer.communicate("go\n", timeout=30)
     assert float(out.split()[2]) > 0.0  # the trainer counted its pause
 
