@@ -138,6 +138,13 @@ def render_training(cards: Sequence[ModelCard]) -> list[str]:
             f"| {c.name} | {t.method} | {t.architecture} | {t.epochs:g} "
             f"| {t.wall_time_s / 60:.1f} min | {t.recipe or '-'} |"
         )
+    minutes = round(sum(c.training.wall_time_s for c in trained) / 60)
+    lines += [
+        "",
+        f"Training time of these {len(trained)} networks, summed: {minutes // 60} h "
+        f"{minutes % 60:02d} min of wall time (networks that a zoo trains in parallel lanes "
+        "overlap, so a zoo takes less than this sum).",
+    ]
     return [*lines, ""]
 
 
