@@ -103,13 +103,19 @@ def lane_processes(log_dir: Path) -> tuple[int | None, dict[str, int]]:
     return (int(parent) if parent is not None and _alive(parent) else None), children
 
 
-def is_stopped(pid: int) -> bool:
-    """True when the process is stopped (or gone), from /proc/<pid>/stat."""
+def process_state(pid: int) -> str:
+    """The process's state letter from /proc/<pid>/stat (``T`` stopped, ``Z`` exited but not
+    reaped, ...), or "" when it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] in "Tt"
+        return ""
+    return stat[stat.rindex(")") + 2]
+
+
+def is_stopped(pid: int) -> bool:
+    """True when the process is stopped (SIGSTOP, SIGTSTP)."""
+    return process_state(pid) in ("T", "t")
 
 
 def paused_entries(log_dir: Path) -> set[str]:
@@ -129,13 +135,19 @@ def pause_lanes(log_dir: Path, wait_s: float = 60.0) -> dict[str, str]:
     for pid in children.values():
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTSTP)
+
+    def settled(pid: int) -> bool:  # stopped, or ended meanwhile (its parent reaps it later)
+        return process_state(pid) in ("T", "t", "Z", "X", "")
+
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and not all(is_stopped(p) for p in children.values()):
+    while time.monotonic() < deadline and not all(settled(p) for p in children.values()):
         time.sleep(0.2)
     how = {}
     for name, pid in children.items():
         if is_stopped(pid):
             how[name] = f"paused (pid {pid})"
+        elif settled(pid):
+            how[name] = f"ended before it could pause (pid {pid})"
         else:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGSTOP)

@@ -129,11 +129,17 @@ def _lanes_state(work: Path, parent: int, lanes: dict[str, int]) -> None:
 def test_zoo_pause_stops_every_lane_and_the_parent_and_continue_resumes_them(
     tmp_path: Path, spawn: Any
 ) -> None:
-    parent, trainer, old = spawn("plain"), spawn("pause"), spawn("ignore")
+    parent, trainer, old, ended = spawn("plain"), spawn("pause"), spawn("ignore"), spawn("plain")
+    assert ended.stdin is not None
+    ended.stdin.write("go\n")
+    ended.stdin.flush()
+    _wait_state(ended.pid, "Z")  # exited, not reaped yet: its lane is about to end
     work = tmp_path / ".work"
-    _lanes_state(work, parent.pid, {"kd-wrn-16-1": trainer.pid, "baseline-wrn-16-1": old.pid})
+    lanes = {"kd-wrn-16-1": trainer.pid, "baseline-wrn-16-1": old.pid, "mimic": ended.pid}
+    _lanes_state(work, parent.pid, lanes)
     how = pause_lanes(work, wait_s=1.0)
     assert how["kd-wrn-16-1"] == f"paused (pid {trainer.pid})"
+    assert how["mimic"] == f"ended before it could pause (pid {ended.pid})"
     assert (
         "stopped with SIGSTOP" in how["baseline-wrn-16-1"] and "counts" in how["baseline-wrn-16-1"]
     )
@@ -141,7 +147,7 @@ def test_zoo_pause_stops_every_lane_and_the_parent_and_continue_resumes_them(
         _wait_state(pid, "T")
     # Pausing twice, then continuing once, leaves nothing paused (SIGCONT drops a pending SIGTSTP).
     assert pause_lanes(work, wait_s=1.0)["kd-wrn-16-1"] == f"paused (pid {trainer.pid})"
-    assert set(continue_lanes(work)) == {"kd-wrn-16-1", "baseline-wrn-16-1"}
+    assert set(continue_lanes(work)) == set(lanes)
     for pid in (parent.pid, trainer.pid, old.pid):
         _wait_state(pid, "SR")
     time.sleep(0.5)
