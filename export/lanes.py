@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import signal
@@ -86,9 +87,21 @@ def running_entries(log_dir: Path) -> dict[str, int]:
     return alive
 
 
+def _is_zoo(pid: Any) -> bool:
+    """True when ``pid`` is alive and runs ``... export zoo ...`` (the lanes' parent or a lane's
+    child), not some other process that took the pid of a zoo that has stopped since."""
+    if not _alive(pid):
+        return False
+    try:
+        args = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(a == b"export" and b == b"zoo" for a, b in itertools.pairwise(args))
+
+
 def lane_processes(log_dir: Path) -> tuple[int | None, dict[str, int]]:
     """The live lanes parent (None if it is gone or unrecorded) and each live lane's entry ->
-    pid, from the state file."""
+    pid, from the state file; only processes that run ``export zoo`` (they are signalled)."""
     try:
         state = json.loads((log_dir / STATE_FILE).read_text(encoding="utf-8"))
         lanes = dict(state["lanes"])
@@ -98,9 +111,9 @@ def lane_processes(log_dir: Path) -> tuple[int | None, dict[str, int]]:
     children = {}
     for info in lanes.values():
         with contextlib.suppress(KeyError, TypeError, ValueError):
-            if _alive(info["pid"]):
+            if _is_zoo(info["pid"]):
                 children[str(info["entry"])] = int(info["pid"])
-    return (int(parent) if parent is not None and _alive(parent) else None), children
+    return (int(parent) if parent is not None and _is_zoo(parent) else None), children
 
 
 def process_state(pid: int) -> str:
@@ -131,7 +144,8 @@ def pause_lanes(log_dir: Path, wait_s: float = 60.0) -> dict[str, str]:
     Returns entry -> how it was paused."""
     parent, children = lane_processes(log_dir)
     if parent is not None:
-        os.kill(parent, signal.SIGSTOP)
+        with contextlib.suppress(OSError):
+            os.kill(parent, signal.SIGSTOP)
     for pid in children.values():
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTSTP)

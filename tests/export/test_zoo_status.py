@@ -57,7 +57,8 @@ def work(tmp_path: Path) -> Iterator[Path]:
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     # MobileNetV2's child is paused (zoo-pause): a stopped process stands in for it.
-    stopped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)", "export", "zoo"]
+    stopped = subprocess.Popen(sleeper)
     stopped.send_signal(signal.SIGSTOP)
     while not is_stopped(stopped.pid):
         time.sleep(0.05)
