@@ -227,9 +227,7 @@ def cmd_zoo_status(args: argparse.Namespace) -> int:
     from export.zoo_status import format_status, zoo_status
 
     config = load_zoo_config(args.config or config_path(args.dataset))
-    work = args.work_dir or args.out / ".work"
-    if not work.is_dir():
-        return _fail(f"{work}: no zoo work folder (has `export zoo --out {args.out}` run?)")
+    work = _zoo_work(args)
     print(format_status(zoo_status(config, work), work))
     return 0
 
