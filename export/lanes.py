@@ -71,20 +71,25 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-def running_entries(log_dir: Path) -> dict[str, int]:
-    """The entries that lanes train right now: name -> lane, from the state file, keeping only
-    children that are still alive."""
+def _read_state(log_dir: Path) -> tuple[Any, list[tuple[int, str, Any]]]:
+    """The state file's recorded parent pid and its lanes as (lane, entry, pid), unchecked; an
+    absent or unreadable file, or a malformed lane in it, reads as nothing."""
     try:
         state = json.loads((log_dir / STATE_FILE).read_text(encoding="utf-8"))
-        lanes = state["lanes"].items()
-    except (OSError, ValueError, KeyError, AttributeError):
-        return {}
-    alive = {}
-    for lane, info in lanes:
-        # A child that is gone (or not ours): a stopped zoo leaves a stale file behind.
-        if isinstance(info, dict) and _alive(info.get("pid")):
-            alive[str(info["entry"])] = int(lane)
-    return alive
+        lanes = dict(state["lanes"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, []
+    rows = []
+    for lane, info in lanes.items():
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            rows.append((int(lane), str(info["entry"]), info["pid"]))
+    return state.get("parent"), rows
+
+
+def running_entries(log_dir: Path) -> dict[str, int]:
+    """The entries that lanes train right now: name -> lane, from the state file, keeping only
+    children that are still alive (a stopped zoo leaves a stale file behind)."""
+    return {entry: lane for lane, entry, pid in _read_state(log_dir)[1] if _alive(pid)}
 
 
 def _is_zoo(pid: Any) -> bool:
@@ -102,17 +107,8 @@ def _is_zoo(pid: Any) -> bool:
 def lane_processes(log_dir: Path) -> tuple[int | None, dict[str, int]]:
     """The live lanes parent (None if it is gone or unrecorded) and each live lane's entry ->
     pid, from the state file; only processes that run ``export zoo`` (they are signalled)."""
-    try:
-        state = json.loads((log_dir / STATE_FILE).read_text(encoding="utf-8"))
-        lanes = dict(state["lanes"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None, {}
-    parent = state.get("parent")
-    children = {}
-    for info in lanes.values():
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            if _is_zoo(info["pid"]):
-                children[str(info["entry"])] = int(info["pid"])
+    parent, rows = _read_state(log_dir)
+    children = {entry: int(pid) for _, entry, pid in rows if _is_zoo(pid)}
     return (int(parent) if parent is not None and _is_zoo(parent) else None), children
 
 

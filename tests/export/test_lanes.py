@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -191,3 +192,27 @@ def test_following_the_lane_threads_ends_ignoring_the_signal(
     finally:
         signal.signal(signal.SIGUSR1, before_handler)
         torch.set_num_threads(before_threads)
+
+
+def test_the_state_file_is_read_as_far_as_it_makes_sense(tmp_path: Path) -> None:
+    """A torn, absent or partly malformed lanes.json reads as the lanes that make sense in it:
+    a live pid counts as a running entry, a dead one or a malformed lane does not, and only a
+    process that runs ``export zoo`` is a lane to signal (this test process is not one)."""
+    from export.lanes import STATE_FILE, lane_processes
+
+    assert running_entries(tmp_path) == {} and lane_processes(tmp_path) == (None, {})
+    (tmp_path / STATE_FILE).write_text('{"lanes": {"1": ', encoding="utf-8")  # torn
+    assert running_entries(tmp_path) == {} and lane_processes(tmp_path) == (None, {})
+
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    lanes = {
+        "1": {"entry": "teacher", "pid": os.getpid(), "threads": 2},
+        "2": {"entry": "gone", "pid": dead, "threads": 1},
+        "3": "not a lane",
+        "x": {"entry": "bad lane number", "pid": os.getpid()},
+        "4": {"pid": os.getpid()},
+    }
+    state = {"parent": os.getpid(), "lanes": lanes}
+    (tmp_path / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+    assert running_entries(tmp_path) == {"teacher": 1}
+    assert lane_processes(tmp_path) == (None, {})
