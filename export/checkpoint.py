@@ -38,6 +38,8 @@ class TrainedMeta:
     device: str = "cpu"
     recipe: str | None = None
     test_top1: float = 0.0
+    # Every epoch's record (export/training/loop.py); artifacts saved before it was kept have none.
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-serialisable)."""

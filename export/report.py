@@ -1,4 +1,4 @@
-"""REPORT.md (every model sorted by latency) and pareto.png (accuracy against latency)."""
+"""REPORT.md (models by latency, studies), pareto.png (accuracy vs latency) and curves.png."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from export.comparisons import (
     render_methods,
     render_mobilenet,
 )
+from export.convergence import CURVES_FILENAME, plot_curves, render_convergence
 from export.targets import render_targets
 from service.contract.model_card import ModelCard, ProfileRow
 
@@ -107,6 +108,7 @@ def render_report(
         )
     lines += ["", f"![accuracy against latency]({PARETO_FILENAME})", ""]
     lines += render_training(cards)
+    lines += render_convergence(cards)
     lines += render_students(cards)
     teacher = find_teacher(cards)
     lines += render_targets(cards, teacher)
@@ -270,9 +272,11 @@ def plot_pareto(cards: Sequence[ModelCard], path: Path, title: str) -> Path:
 def write_report(
     repo: Path, cards: Sequence[ModelCard], title: str, served: Collection[str] | None = None
 ) -> tuple[Path, Path]:
-    """Write ``repo/REPORT.md`` and ``repo/pareto.png``; returns both paths."""
+    """Write ``repo/REPORT.md``, ``repo/pareto.png`` and, when the cards carry learning curves,
+    ``repo/curves.png``; returns the first two paths."""
     if not cards:
         raise ValueError(f"{repo}: no models to report on")
     report = repo / REPORT_FILENAME
     report.write_text(render_report(cards, title, served), encoding="utf-8")
+    plot_curves(cards, repo / CURVES_FILENAME, title)
     return report, plot_pareto(cards, repo / PARETO_FILENAME, title)

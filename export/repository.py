@@ -14,6 +14,7 @@ from export.evaluate import evaluate_accuracy, make_session, profile_latency
 from export.teacher_answers import TeacherAnswers
 from service.contract.model_card import (
     MANIFEST_FILENAME,
+    EpochRecord,
     InputSpec,
     ModelCard,
     ModelRepositoryError,
@@ -82,6 +83,17 @@ def training_info(meta: Any) -> TrainingInfo:
         wall_time_s=float(meta.wall_time_s),
         device=meta.device,
         recipe=meta.recipe,
+        history=epoch_records(getattr(meta, "history", None) or []),
+    )
+
+
+def epoch_records(history: list[dict[str, Any]]) -> tuple[EpochRecord, ...]:
+    """The card's learning curve from the trainer's epoch records (export/training/loop.py),
+    keeping the fields a card states; the per-method loss terms stay in the run's log."""
+    fields = EpochRecord.model_fields
+    return tuple(
+        EpochRecord.model_validate({k: v for k, v in record.items() if k in fields})
+        for record in history
     )
 
 
@@ -167,7 +179,10 @@ def publish(
         labels=info.labels,
         input=info.input,
         output=OutputSpec(name=info.output_name),
-        training=info.training,
+        # A variant is converted, not trained: its learning curve is its parent's.
+        training=info.training
+        if info.derived_from is None
+        else info.training.model_copy(update={"history": ()}),
         other_versions=tuple(sorted(previous, key=lambda r: -r.version)),
         created_at=utc_now(),
         **measured,

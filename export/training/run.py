@@ -57,6 +57,7 @@ class TrainResult:
     completed: bool = True
     epochs_done: int = 0  # epoch loops finished (of both stages for fitnet)
     epochs_run: int = 0  # by this call (a finished run returned again ran none)
+    history: list[dict[str, Any]] = field(default_factory=list)  # every epoch's record, in order
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly dict (paths as strings)."""
@@ -69,6 +70,7 @@ class TrainResult:
             "completed": self.completed,
             "epochs_done": self.epochs_done,
             "epochs_run": self.epochs_run,
+            "history": self.history,
         }
 
 
@@ -247,6 +249,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
                 out_dir,
                 True,
                 r["epochs_done"],
+                history=list(r.get("history") or []),  # result files written before it: none
             )
     if not cfg["resume"] and dist_info.is_main:
         # A fresh run replaces whatever an earlier run left in out_dir (the log keeps its history).
@@ -332,6 +335,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
     wall_time_s = round(before.wall_time_s + trainer.state.elapsed_s, 3)
     epochs_done = before.epochs_done + trainer.state.epoch
     epochs_run = before.epochs_run + trainer.epochs_run
+    history = _whole_history(before, trainer.state.history, stage_cfg is not cfg)
     if not completed:
         log.write("stopped", epoch=trainer.state.epoch)
         return TrainResult(
@@ -343,6 +347,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
             False,
             epochs_done,
             epochs_run,
+            history,
         )
     checksums = rank_checksums(method) if dist_info.enabled else None
     artifacts: dict[str, Path] = {}
@@ -373,6 +378,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
             device=device_text,
             recipe=_recipe(cfg, augment),
             test_top1=acc,
+            history=history if name == "student" else [],  # the records follow the student
         )
         path = out_dir / (ARTIFACT_FILENAME if name == "student" else f"{name}.pt")
         if dist_info.is_main:
@@ -388,6 +394,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
         True,
         epochs_done,
         epochs_run,
+        history,
     )
     log.write(
         "end",
@@ -405,6 +412,17 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
     if dist_info.enabled:
         torch.distributed.barrier()  # other ranks may load these artifacts right away
     return result
+
+
+def _whole_history(
+    before: TrainResult, records: list[dict[str, Any]], two_stage: bool
+) -> list[dict[str, Any]]:
+    """The run's epochs in order: a two-stage (FitNets) run's hint stage first, marked as such,
+    then the second stage's epochs numbered after it."""
+    if not two_stage:
+        return [dict(r) for r in records]
+    first = [{**r, "stage": "hint"} for r in before.history]
+    return first + [{**r, "epoch": int(r["epoch"]) + before.epochs_done} for r in records]
 
 
 def _teacher_name(

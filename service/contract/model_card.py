@@ -83,6 +83,29 @@ class OutputSpec(_Strict):
     kind: Literal["logits"] = "logits"
 
 
+class EpochRecord(_Strict):
+    """One training epoch as the trainer logged it (PyTorch, on the training device): a point of
+    the network's learning curve."""
+
+    epoch: int = Field(
+        ge=1, description="1-based epoch of the whole run (FitNets counts its hint stage first)."
+    )
+    stage: Literal["hint"] | None = Field(
+        None, description="'hint' for FitNets' stage 1 (hint training of the lower layers)."
+    )
+    loss: float = Field(description="Mean training loss of the epoch (the method's total loss).")
+    train_acc: float = Field(ge=0, le=1, description="Top-1 on the epoch's augmented batches.")
+    test_top1: float = Field(
+        ge=0,
+        le=1,
+        description="Top-1 on the test split after the epoch. A learning curve only: no epoch "
+        "is selected by it, the network of the last epoch is the one exported.",
+    )
+    lr: float = Field(ge=0, description="Learning rate at the end of the epoch.")
+    img_per_s: float = Field(ge=0, description="Training throughput of the epoch.")
+    epoch_time_s: float = Field(ge=0, description="Training time of the epoch (pauses excluded).")
+
+
 class TrainingInfo(_Strict):
     """How the network was produced offline."""
 
@@ -102,6 +125,11 @@ class TrainingInfo(_Strict):
         default_factory=dict,
         description="Top-1 on the test split (PyTorch, at the end of training) of networks "
         "trained jointly with this one and not served, e.g. Rocket's booster.",
+    )
+    history: tuple[EpochRecord, ...] = Field(
+        (),
+        description="Every epoch of the training run, in order (empty for a variant converted "
+        "from a trained network, and for cards written before histories were kept).",
     )
 
 

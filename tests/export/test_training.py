@@ -171,6 +171,11 @@ def test_fitnet_resumes_within_stage_one_and_across_the_stage_boundary(
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert third.test_top1 == whole.test_top1
+    # The learning curve spans both stages and survives each resume: the hint stage first,
+    # marked, then stage 2 numbered after it, as in the uninterrupted run.
+    stages = [(r["epoch"], r.get("stage")) for r in load_trained(third.artifact_path)[1].history]
+    assert stages == [(1, "hint"), (2, "hint"), (3, None), (4, None)]
+    assert [r["test_top1"] for r in third.history] == [r["test_top1"] for r in whole.history]
 
 
 def test_a_run_stopped_inside_an_epoch_resumes_at_its_last_saved_step(
@@ -251,6 +256,14 @@ def test_resumed_run_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     # Resuming a finished run returns its result without training again.
     again = run_training({**cfg, "out_dir": str(tmp_path / "part"), "resume": True})
     assert again.test_top1 == resumed.test_top1 and len(read_log(tmp_path / "part")) == 7
+    # Every epoch's record is kept across the stop, in the artifact and in the result.
+    _, meta = load_trained(resumed.artifact_path)
+    assert [r["epoch"] for r in meta.history] == [1, 2, 3]
+    assert [r["loss"] for r in meta.history] == [r["loss"] for r in whole.history]
+    assert meta.history[-1]["test_top1"] == round(resumed.test_top1, 6)
+    assert again.history == resumed.history == meta.history
+    # The booster trained beside the light net carries no curve (the records are the student's).
+    assert load_trained(resumed.extra_artifacts["booster"])[1].history == []
 
 
 def test_resume_with_a_changed_config_is_refused(tmp_path: Path) -> None:

@@ -150,6 +150,12 @@ def test_zoo_writes_models_variants_report_and_plot(zoo_repo: Path) -> None:
         assert agreement is not None and 0.0 <= agreement <= 1.0, name
     assert read_manifest(zoo_repo / "digits-teacher-resnet20").metrics.teacher_agreement is None
     assert int8.size_bytes < kd.size_bytes and int8.macs == kd.macs
+    # Each trained network's card carries its learning curve (one epoch here); a variant's is
+    # its parent's.
+    (epoch,) = kd.training.history
+    assert (epoch.epoch, epoch.stage) == (1, None) and epoch.img_per_s > 0
+    assert 0.0 <= epoch.test_top1 <= 1.0 and epoch.epoch_time_s > 0
+    assert len(rocket.training.history) == 1 and int8.training.history == ()
 
     report = (zoo_repo / "REPORT.md").read_text()
     main_table = report.split("\n## ")[0]
@@ -159,6 +165,12 @@ def test_zoo_writes_models_variants_report_and_plot(zoo_repo: Path) -> None:
     latencies = [float(line.split("|")[5]) for line in table]
     assert latencies == sorted(latencies)
     with Image.open(zoo_repo / "pareto.png") as image:
+        assert image.format == "PNG"
+    convergence = report.split("## Convergence")[1].split("\n## ")[0]
+    curve_rows = [line for line in convergence.splitlines() if line.startswith("| digits-")]
+    assert len(curve_rows) == 3  # the three trained networks, not their variants
+    assert "![learning curves](curves.png)" in convergence
+    with Image.open(zoo_repo / "curves.png") as image:
         assert image.format == "PNG"
 
 
