@@ -143,11 +143,45 @@ def render_training(cards: Sequence[ModelCard]) -> list[str]:
     minutes = round(sum(c.training.wall_time_s for c in trained) / 60)
     lines += [
         "",
-        f"Training time of these {len(trained)} networks, summed: {minutes // 60} h "
-        f"{minutes % 60:02d} min of wall time (networks that a zoo trains in parallel lanes "
-        "overlap, so a zoo takes less than this sum).",
+        f"Training time of these {len(trained)} networks, summed: {_hours(minutes)} of wall "
+        "time (networks that a zoo trains in parallel lanes overlap, so a zoo takes less than "
+        "this sum).",
     ]
+    elapsed_s, untimed = elapsed_training_s(trained)
+    if untimed < len(trained):
+        left_out = f"; {untimed} network(s) without epoch times are left out" if untimed else ""
+        lines += [
+            "",
+            f"Elapsed training time: {_hours(round(elapsed_s / 60))}, the union of every "
+            "network's epochs (each epoch the span of its training time that ends when it "
+            "finished, from the cards' learning curves), so networks trained side by side count "
+            f"once{left_out}.",
+        ]
     return [*lines, ""]
+
+
+def _hours(minutes: int) -> str:
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def elapsed_training_s(trained: Sequence[ModelCard]) -> tuple[float, int]:
+    """Seconds during which any of ``trained`` was training, each epoch taken as the span of its
+    training time ending when it finished; and how many networks lack epoch times (left out)."""
+    spans: list[tuple[float, float]] = []
+    untimed = 0
+    for card in trained:
+        records = card.training.history
+        timed = [(r.finished_at - r.epoch_time_s, r.finished_at) for r in records if r.finished_at]
+        if not records or len(timed) < len(records):
+            untimed += 1
+            continue
+        spans += timed
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total, untimed
 
 
 def find_teacher(cards: Sequence[ModelCard]) -> ModelCard | None:

@@ -37,6 +37,23 @@ def read_log(out_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def epoch_end_times(out_dir: Path) -> dict[int, float]:
+    """Epoch number -> when the run's log recorded that epoch's end; where a fresh run trained an
+    epoch again, its latest end. A torn line (a process killed mid-write) is skipped."""
+    path = out_dir / LOG_FILENAME
+    if not path.is_file():
+        return {}
+    times: dict[int, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            if record.get("event") == "epoch":
+                times[int(record["epoch"])] = float(record["time"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return times
+
+
 class Progress:
     """A tqdm bar over one epoch's steps showing running loss, accuracy and img/s.
 

@@ -26,7 +26,7 @@ from export.training.config import (
     fingerprint_changes,
     resolve_config,
 )
-from export.training.logs import RunLog
+from export.training.logs import RunLog, epoch_end_times
 from export.training.loop import CHECKPOINT_FILENAME, BatchSource, Trainer, evaluate
 from export.training.runtime import (
     DistInfo,
@@ -335,7 +335,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
     wall_time_s = round(before.wall_time_s + trainer.state.elapsed_s, 3)
     epochs_done = before.epochs_done + trainer.state.epoch
     epochs_run = before.epochs_run + trainer.epochs_run
-    history = _whole_history(before, trainer.state.history, stage_cfg is not cfg)
+    history = _whole_history(before, trainer.state.history, out_dir, stage_cfg is not cfg)
     if not completed:
         log.write("stopped", epoch=trainer.state.epoch)
         return TrainResult(
@@ -415,14 +415,17 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
 
 
 def _whole_history(
-    before: TrainResult, records: list[dict[str, Any]], two_stage: bool
+    before: TrainResult, records: list[dict[str, Any]], out_dir: Path, two_stage: bool
 ) -> list[dict[str, Any]]:
-    """The run's epochs in order: a two-stage (FitNets) run's hint stage first, marked as such,
-    then the second stage's epochs numbered after it."""
+    """The run's epochs in order, each with the time it ended from the run's log (the log spans
+    every resume; the checkpoint's records have no clock): a two-stage (FitNets) run's hint stage
+    first, marked as such, then the second stage's epochs numbered after it."""
+    ended = epoch_end_times(out_dir)
+    timed = [{**r, "finished_at": ended.get(int(r["epoch"]))} for r in records]
     if not two_stage:
-        return [dict(r) for r in records]
+        return timed
     first = [{**r, "stage": "hint"} for r in before.history]
-    return first + [{**r, "epoch": int(r["epoch"]) + before.epochs_done} for r in records]
+    return first + [{**r, "epoch": int(r["epoch"]) + before.epochs_done} for r in timed]
 
 
 def _teacher_name(

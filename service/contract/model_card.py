@@ -104,6 +104,9 @@ class EpochRecord(_Strict):
     lr: float = Field(ge=0, description="Learning rate at the end of the epoch.")
     img_per_s: float = Field(ge=0, description="Training throughput of the epoch.")
     epoch_time_s: float = Field(ge=0, description="Training time of the epoch (pauses excluded).")
+    finished_at: float | None = Field(
+        None, description="When the epoch ended, Unix time (from the run's log); None if unknown."
+    )
 
 
 class TrainingInfo(_Strict):

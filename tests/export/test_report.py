@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from export.report import pareto_front, render_report, write_report
-from service.contract.model_card import ModelCard, ProfileRow, read_manifest
+from export.report import elapsed_training_s, pareto_front, render_report, write_report
+from service.contract.model_card import EpochRecord, ModelCard, ProfileRow, read_manifest
 
 
 def _variant(card: ModelCard, name: str, top1: float, p50: float) -> ModelCard:
@@ -145,3 +145,37 @@ def test_the_report_command_rewrites_the_report_from_the_cards_alone(
     assert (repo / "pareto.png").is_file()
     assert {p: p.read_bytes() for p in repo.rglob("manifest.json")} == manifests
     assert main(["report", str(tmp_path / "missing")]) == 1  # a clear error, not a traceback
+
+
+def _timed(spans: list[tuple[float, float]]) -> tuple[EpochRecord, ...]:
+    """Epochs trained over these (start, end) spans, Unix times."""
+    return tuple(
+        EpochRecord(epoch=i + 1, loss=1.0, train_acc=0.5, test_top1=0.5, lr=0.1, img_per_s=10.0,
+                    epoch_time_s=end - start, finished_at=end)
+        for i, (start, end) in enumerate(spans)
+    )  # fmt: skip
+
+
+def test_elapsed_training_time_counts_networks_side_by_side_once(digits_repo: Path) -> None:
+    base = read_manifest(digits_repo / "digits-logreg")
+    t0 = 1_800_000_000.0
+    teacher = _timed([(t0, t0 + 3600), (t0 + 3600, t0 + 7200)])  # alone for two hours
+    # Two students in lanes after it, overlapping for half an hour, then a gap (no session).
+    a = _timed([(t0 + 7200, t0 + 9000)])
+    b = _timed([(t0 + 7200 + 1800, t0 + 9000 + 1800), (t0 + 20_000, t0 + 20_600)])
+    cards = [
+        _trained(base, "t", 0.93, 10.0, "baseline", history=teacher),
+        _trained(base, "a", 0.88, 1.0, "baseline", history=a),
+        _trained(base, "b", 0.89, 1.0, "kd", history=b),
+    ]
+    elapsed, untimed = elapsed_training_s(cards)
+    assert (elapsed, untimed) == (7200 + 3600 + 600, 0)
+    text = render_report(cards, "zoo")
+    assert "Elapsed training time: 3 h 10 min, the union of every network's epochs" in text
+    # A network without epoch times (a card from before they were kept) is left out, and said so.
+    older = _trained(base, "old", 0.80, 1.0, "baseline")
+    assert elapsed_training_s([*cards, older]) == (elapsed, 1)
+    assert "once; 1 network(s) without epoch times are left out." in render_report(
+        [*cards, older], "zoo"
+    )
+    assert "Elapsed training time" not in render_report([older], "zoo")

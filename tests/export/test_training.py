@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from export.checkpoint import load_trained
 from export.data import load_dataset
 from export.models import build_model
 from export.training import ConfigError, TrainResult, run_training
-from export.training.logs import read_log
+from export.training.logs import RunLog, epoch_end_times, read_log
 from export.training.loop import ResumeError
 from export.training.runtime import native_bf16, resolve_precision
 from service.contract.model_card import InputSpec
@@ -175,6 +176,8 @@ def test_fitnet_resumes_within_stage_one_and_across_the_stage_boundary(
     # marked, then stage 2 numbered after it, as in the uninterrupted run.
     stages = [(r["epoch"], r.get("stage")) for r in load_trained(third.artifact_path)[1].history]
     assert stages == [(1, "hint"), (2, "hint"), (3, None), (4, None)]
+    ends = [r["finished_at"] for r in third.history]
+    assert None not in ends and ends == sorted(ends)  # stage 1's from its own log
     assert [r["test_top1"] for r in third.history] == [r["test_top1"] for r in whole.history]
 
 
@@ -262,6 +265,9 @@ def test_resumed_run_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     assert [r["loss"] for r in meta.history] == [r["loss"] for r in whole.history]
     assert meta.history[-1]["test_top1"] == round(resumed.test_top1, 6)
     assert again.history == resumed.history == meta.history
+    # Each epoch ended when the run's log says, across the stop (the records have no clock).
+    logged = [r["time"] for r in read_log(tmp_path / "part") if r["event"] == "epoch"]
+    assert [r["finished_at"] for r in meta.history] == logged == sorted(logged)
     # The booster trained beside the light net carries no curve (the records are the student's).
     assert load_trained(resumed.extra_artifacts["booster"])[1].history == []
 
@@ -389,3 +395,23 @@ def test_a_new_option_left_unset_does_not_block_resuming() -> None:
         "hint_epochs"
     ]
     assert fingerprint_changes({"epochs": 30, "lr": 0.1}, written) == ["epochs"]
+
+
+def test_epoch_end_times_take_each_epochs_latest_end_and_skip_a_torn_line(tmp_path: Path) -> None:
+    log = RunLog(tmp_path)
+    log.write("start", epoch=0)
+    log.write("epoch", epoch=1)
+    log.write("epoch", epoch=2)
+    log.write("start", epoch=0)  # a fresh run into the same folder trains epoch 1 again
+    log.write("epoch", epoch=1)
+    with (tmp_path / "log.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write('{"event": "epoch", "time": 17')  # killed mid-write
+    times = [r["time"] for r in read_log_lines(tmp_path) if r.get("event") == "epoch"]
+    assert epoch_end_times(tmp_path) == {1: times[2], 2: times[1]}
+    assert epoch_end_times(tmp_path / "none") == {}
+
+
+def read_log_lines(out_dir: Path) -> list[dict[str, Any]]:
+    """The log's whole lines (read_log itself expects none torn)."""
+    lines = (out_dir / "log.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]

@@ -155,12 +155,15 @@ def test_zoo_writes_models_variants_report_and_plot(zoo_repo: Path) -> None:
     (epoch,) = kd.training.history
     assert (epoch.epoch, epoch.stage) == (1, None) and epoch.img_per_s > 0
     assert 0.0 <= epoch.test_top1 <= 1.0 and epoch.epoch_time_s > 0
+    # ended before the card was written (created_at has whole seconds)
+    assert epoch.finished_at is not None and epoch.finished_at < kd.created_at.timestamp() + 1
     assert len(rocket.training.history) == 1 and int8.training.history == ()
 
     report = (zoo_repo / "REPORT.md").read_text()
     main_table = report.split("\n## ")[0]
     table = [line for line in main_table.splitlines() if line.startswith("| digits-")]
     assert "## Training" in report and "Best student: **digits-" in report
+    assert "Elapsed training time: 0 h 0" in report  # three one-epoch networks on 200 images
     assert len(table) == 6
     latencies = [float(line.split("|")[5]) for line in table]
     assert latencies == sorted(latencies)
