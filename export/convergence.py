@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from export.comparisons import METHOD_TEXT, ablation_of, gap, group_runs, trained_networks
@@ -21,6 +21,16 @@ def curve(card: ModelCard) -> list[EpochRecord]:
 def with_curves(cards: Sequence[ModelCard]) -> list[ModelCard]:
     """The trained networks (fp32, not a variant) whose cards carry a learning curve, by name."""
     return sorted((c for c in trained_networks(cards) if curve(c)), key=lambda c: c.name)
+
+
+def span_union_s(spans: Iterable[tuple[float, float]]) -> float:
+    """Seconds covered by the union of (start, end) spans: time during which any of them ran."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def tail_epochs(n: int) -> int:

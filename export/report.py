@@ -12,7 +12,7 @@ from export.comparisons import (
     render_methods,
     render_mobilenet,
 )
-from export.convergence import CURVES_FILENAME, plot_curves, render_convergence
+from export.convergence import CURVES_FILENAME, plot_curves, render_convergence, span_union_s
 from export.targets import render_targets
 from service.contract.model_card import ModelCard, ProfileRow
 
@@ -176,12 +176,7 @@ def elapsed_training_s(trained: Sequence[ModelCard]) -> tuple[float, int]:
             untimed += 1
             continue
         spans += timed
-    total, reach = 0.0, float("-inf")
-    for start, end in sorted(spans):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total, untimed
+    return span_union_s(spans), untimed
 
 
 def find_teacher(cards: Sequence[ModelCard]) -> ModelCard | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from export.convergence import span_union_s
 from export.lanes import paused_entries, running_entries
 from export.training.run import RESULT_FILENAME
 from export.zoo import model_name, prerequisites
@@ -118,6 +120,20 @@ def _completed(folder: Path) -> bool:
         return False
 
 
+def elapsed_training_hours(work: Path) -> float:
+    """Hours during which any entry trained so far: the union of every epoch its logs record
+    (each the span of its training time that ends when it was logged), hint stages and
+    pretrained boosters included; entries side by side in lanes count once."""
+    spans = []
+    for log in sorted(work.rglob("log.jsonl")):
+        for r in _records(log):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                if r.get("event") == "epoch":
+                    end = float(r["time"])
+                    spans.append((end - float(r["epoch_time_s"]), end))
+    return span_union_s(spans) / 3600
+
+
 def _hm(hours: float) -> str:
     minutes = round(hours * 60)
     return f"{minutes // 60}:{minutes % 60:02d}"
@@ -141,6 +157,12 @@ def format_status(statuses: list[EntryStatus], work: Path) -> str:
     counts = {state: sum(s.state == state for s in statuses) for state in
               ("done", "training", "paused", "started", "not started", "skipped")}  # fmt: skip
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n))
+    elapsed = elapsed_training_hours(work)
+    if elapsed:
+        lines.append(
+            f"elapsed training time so far: {_hm(elapsed)} (the union of the epochs the entries' "
+            "logs record: entries side by side count once; the epoch under way is not in it)"
+        )
     under_way = [s.hours_left for s in statuses if s.hours_left is not None]
     if under_way:
         lines.append(

@@ -16,7 +16,7 @@ import pytest
 from export.__main__ import main
 from export.lanes import is_stopped
 from export.zoo import config_path, load_zoo_config
-from export.zoo_status import zoo_status
+from export.zoo_status import elapsed_training_hours, format_status, zoo_status
 
 
 def _log(folder: Path, *records: dict[str, object], torn: bool = False) -> None:
@@ -129,3 +129,21 @@ def test_a_reader_that_quits_early_stops_the_command_quietly(work: Path) -> None
         os.close(write_end)
     assert proc.stderr == ""  # neither "error: [Errno 32] Broken pipe" nor a traceback
     assert proc.returncode == 141  # as a shell reports a tool killed by SIGPIPE
+
+
+def test_elapsed_training_time_counts_entries_side_by_side_once(tmp_path: Path) -> None:
+    """The union of every logged epoch, sub-runs (a FitNets hint stage) included: the teacher
+    alone for 2 h, then two students in lanes overlapping for 30 min; a record without times
+    (or a torn one) adds nothing."""
+    t0 = 1_800_000_000.0
+
+    def epoch(end: float, seconds: float) -> dict[str, object]:
+        return {"event": "epoch", "epoch": 1, "time": t0 + end, "epoch_time_s": seconds}
+
+    _log(tmp_path / "teacher", _start(2), epoch(3600, 3600), epoch(7200, 3600))
+    _log(tmp_path / "kd", _start(1), epoch(9000, 1800), {"event": "epoch"}, torn=True)
+    _log(tmp_path / "fitnet" / "fitnet-hints", _start(1), epoch(10_800, 1800))
+    assert elapsed_training_hours(tmp_path) == pytest.approx(3.0)
+    assert "elapsed training time so far: 3:00" in format_status([], tmp_path)
+    assert elapsed_training_hours(tmp_path / "none") == 0.0
+    assert "elapsed training time" not in format_status([], tmp_path / "none")
