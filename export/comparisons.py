@@ -210,33 +210,31 @@ def render_methods(cards: Sequence[ModelCard], teacher: ModelCard | None) -> lis
         + (" beside the paper's figures (Zhou et al., AAAI 2018, 200 epochs)" if paper else "")
         + f". Top-1 on the {pool[0].metrics.n:,} test images, measured on the exported file; "
         "with several seeds, the mean and each seed. Agreement = share of the test split on "
-        "which the student's top-1 equals the teacher's.",
+        "which the student's top-1 equals the teacher's. ECE = expected calibration error of "
+        "the softmax scores (15 bins; lower: a score says more truly how often it is right).",
         "",
         "| method | seeds | top-1 % (mean) | per seed | error % | paper error % "
-        "| agreement with teacher % |",
-        "|---|--:|--:|---|--:|--:|--:|",
+        "| agreement with teacher % | ECE % |",
+        "|---|--:|--:|---|--:|--:|--:|--:|",
     ]
     for method in METHODS_STUDIED:
         if method not in runs:
             continue
         r = runs[method]
-        agreements = [c.metrics.teacher_agreement for c in r.cards]
-        agree = (
-            f"{statistics.fmean(a for a in agreements if a is not None) * 100:.2f}"
-            if any(a is not None for a in agreements)
-            else "-"
-        )
+        agree = _mean_percent([c.metrics.teacher_agreement for c in r.cards])
+        ece = _mean_percent([c.metrics.ece for c in r.cards])
         ref = f"{PAPER_ERROR[method]:.2f}" if paper and method in PAPER_ERROR else "-"
         lines.append(
             f"| {METHOD_TEXT[method]} | {len(r.cards)} | {r.top1 * 100:.2f} | {r.per_seed()} "
-            f"| {(1 - r.top1) * 100:.2f} | {ref} | {agree} |"
+            f"| {(1 - r.top1) * 100:.2f} | {ref} | {agree} | {ece} |"
         )
     lines += _companion_rows(runs, paper)
     if teacher is not None:
         lines.append(
             f"| teacher {teacher.name} ({teacher.training.architecture}, "
             f"{teacher.training.epochs:g} epochs) | 1 | {teacher.metrics.top1 * 100:.2f} | - "
-            f"| {(1 - teacher.metrics.top1) * 100:.2f} | - | 100.00 |"
+            f"| {(1 - teacher.metrics.top1) * 100:.2f} | - | 100.00 "
+            f"| {_mean_percent([teacher.metrics.ece])} |"
         )
     lines += ["", "Reading, step by step:", ""]
     for low, high in METHOD_STEPS:
@@ -251,6 +249,12 @@ def render_methods(cards: Sequence[ModelCard], teacher: ModelCard | None) -> lis
                 f"{compare(runs[low], runs[high])}{claim}."
             )
     return [*lines, ""]
+
+
+def _mean_percent(values: Sequence[float | None]) -> str:
+    """The mean of the values given (fractions) in percent, or "-" when none is."""
+    known = [v for v in values if v is not None]
+    return f"{statistics.fmean(known) * 100:.2f}" if known else "-"
 
 
 def _companion_rows(runs: dict[str, Runs], paper: bool) -> list[str]:
@@ -270,7 +274,7 @@ def _companion_rows(runs: dict[str, Runs], paper: bool) -> list[str]:
         ref = f"{PAPER_BOOSTER_ERROR:.2f}" if paper else "-"
         lines.append(
             f"| booster {booster} of {METHOD_TEXT[method]} (PyTorch, not served) | {len(tops)} "
-            f"| {mean * 100:.2f} | - | {(1 - mean) * 100:.2f} | {ref} | - |"
+            f"| {mean * 100:.2f} | - | {(1 - mean) * 100:.2f} | {ref} | - | - |"
         )
     return lines
 

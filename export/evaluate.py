@@ -92,6 +92,34 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean((top == labels[:, None]).any(axis=1)))
 
 
+ECE_BINS = 15  # equal-width confidence bins, as in Guo et al., "On Calibration of Modern Neural
+# Networks", ICML 2017
+
+
+def calibration(
+    logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> tuple[float, float]:
+    """(expected calibration error, mean negative log-likelihood) of the softmax of ``logits``.
+
+    ECE: the images binned by the top class's softmax probability (``bins`` equal-width bins),
+    the gap between each bin's accuracy and its mean confidence, weighted by the bin's share;
+    0 when the scores the service answers with mean what they say."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    nll = float(-np.mean(log_probs[np.arange(len(labels)), labels]))
+    confidence = np.exp(log_probs.max(axis=1))
+    correct = log_probs.argmax(axis=1) == labels
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            gap = abs(float(correct[members].mean()) - float(confidence[members].mean()))
+            ece += gap * float(members.mean())
+    return ece, nll
+
+
 def evaluate_accuracy(
     session: ort.InferenceSession,
     spec: InputSpec,
@@ -102,8 +130,9 @@ def evaluate_accuracy(
     split: str = "test",
     teacher_top1: np.ndarray | None = None,
 ) -> EvalMetrics:
-    """Top-1 (and top-5 with more than 5 classes) on uint8 images [N,H,W,C], preprocessed per spec;
-    given the teacher's top-1 class on each image, the share of images where both agree.
+    """Top-1 (and top-5 with more than 5 classes), calibration (ECE, NLL) on uint8 images
+    [N,H,W,C], preprocessed per spec; given the teacher's top-1 class on each image, the share of
+    images where both agree.
 
     The input goes through ``service.contract.preprocess.normalize_uint8`` only: what the
     service runs.
@@ -118,6 +147,7 @@ def evaluate_accuracy(
     agreement = None
     if teacher_top1 is not None:
         agreement = float(np.mean(logits.argmax(axis=1) == teacher_top1))
+    ece, nll = calibration(logits, labels)
     return EvalMetrics(
         dataset=dataset,
         split=split,
@@ -126,6 +156,8 @@ def evaluate_accuracy(
         top5=topk_accuracy(logits, labels, 5) if n_classes > 5 else None,
         measured_with=f"onnxruntime {ort.__version__}",
         teacher_agreement=agreement,
+        ece=ece,
+        nll=nll,
     )
 
 

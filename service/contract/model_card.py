@@ -155,6 +155,16 @@ class EvalMetrics(_Strict):
         "(training.teacher; in a zoo, the zoo's teacher for every student, distilled from it or "
         "not): the baseline the service's live agreement is compared with.",
     )
+    ece: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Expected calibration error of the softmax scores (15 equal-width "
+        "confidence bins): how far the score of the top class is from its accuracy.",
+    )
+    nll: float | None = Field(
+        None, ge=0, description="Mean negative log-likelihood of the true class (nats)."
+    )
 
 
 class ProfileRow(_Strict):

@@ -180,6 +180,13 @@ class ServiceMetrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.model_ece = Gauge(
+            f"{PREFIX}_model_calibration_error",
+            "Offline expected calibration error of the softmax scores on the test split (card).",
+            MODEL_LABELS,
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.model_params = Gauge(
             f"{PREFIX}_model_parameters",
             "Number of parameters of the model.",

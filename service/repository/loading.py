@@ -290,6 +290,8 @@ def _serve(
     metrics.inference_workers.labels(*labels).set(layout.inference_workers)
     if card.version == version:
         metrics.model_top1.labels(*labels).set(card.metrics.top1)
+        if card.metrics.ece is not None:
+            metrics.model_ece.labels(*labels).set(card.metrics.ece)
         if card.metrics.teacher_agreement is not None:
             metrics.offline_agreement.labels(*labels).set(card.metrics.teacher_agreement)
     metrics.model_ready.labels(*labels).set(1)

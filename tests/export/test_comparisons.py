@@ -86,6 +86,23 @@ def test_the_method_table_sits_beside_the_paper_with_every_seed(zoo: list[ModelC
     assert "- alone -> SNN-MIMIC: " in section
 
 
+def test_the_method_table_gives_each_methods_calibration(zoo: list[ModelCard]) -> None:
+    """ECE: the mean over a method's seeds; "-" for cards measured before it was kept."""
+    ece = {"alone": 0.04, "alone-s1": 0.06, "kd": 0.02, "teacher": 0.03}
+    cards = [
+        c.model_copy(update={"metrics": c.metrics.model_copy(update={"ece": ece.get(c.name)})})
+        for c in zoo
+    ]
+    by_name = {c.name: c for c in cards}
+    section = _section(render_report(cards, "zoo"), "Every method on one student")
+    assert "| agreement with teacher % | ECE % |" in section
+    rows = {line.split(" | ")[0]: line for line in section.splitlines() if line.startswith("| ")}
+    assert rows["| alone"].endswith("| 5.00 |")  # (4 + 6) / 2
+    assert rows["| KD"].endswith("| 2.00 |")  # kd-s1 has none: the mean of those known
+    assert rows["| Rocket"].endswith("| - |")
+    assert rows[f"| teacher {by_name['teacher'].name} (wrn-40-2, 40 epochs)"].endswith("| 3.00 |")
+
+
 def test_one_seed_each_within_noise_asks_for_a_second_seed(zoo: list[ModelCard]) -> None:
     by_name = {c.name: c for c in zoo}
     text = compare(group_runs([by_name["rocket"]]), group_runs([by_name["rocket-kd"]]))

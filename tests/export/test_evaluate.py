@@ -9,6 +9,7 @@ import pytest
 
 from export.evaluate import (
     BATCH_SIZES,
+    calibration,
     evaluate_accuracy,
     machine_description,
     make_session,
@@ -27,6 +28,22 @@ def test_topk_accuracy_by_hand() -> None:
     assert topk_accuracy(logits, labels, 3) == 1.0
 
 
+def test_calibration_by_hand() -> None:
+    # Two images, both answered with softmax 0.9 for the top class; one is right: the single
+    # occupied bin has accuracy 0.5 and confidence 0.9, so ECE = 0.4.
+    p = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05]])
+    logits = np.log(p) + 3.0  # a shift changes no softmax
+    ece, nll = calibration(logits, np.array([0, 1]))
+    assert ece == pytest.approx(0.4)
+    assert nll == pytest.approx(-(np.log(0.9) + np.log(0.05)) / 2)
+    # Calibrated: 0.75 confidence, right on three of four; and a perfect certain answer.
+    q = np.log(np.array([[0.75, 0.25]] * 4))
+    assert calibration(q, np.array([0, 0, 0, 1]))[0] == pytest.approx(0.0)
+    assert calibration(np.array([[50.0, 0.0]]), np.array([0])) == pytest.approx((0.0, 0.0))
+    # Confidence 1.0 falls in the last bin, not past it.
+    assert calibration(np.array([[50.0, 0.0]]), np.array([1]))[0] == pytest.approx(1.0)
+
+
 def test_accuracy_on_the_full_split_matches_the_fixture_card(digits_repo: Path) -> None:
     _, x_te, _, y_te = digits_uint8_split()
     card = read_manifest(digits_repo / "digits-logreg")
@@ -36,6 +53,8 @@ def test_accuracy_on_the_full_split_matches_the_fixture_card(digits_repo: Path) 
     assert metrics.top1 == pytest.approx(card.metrics.top1)
     assert metrics.top5 is not None and metrics.top5 >= metrics.top1
     assert metrics.measured_with.startswith("onnxruntime ")
+    assert metrics.ece == pytest.approx(card.metrics.ece) and 0 < metrics.ece < 1
+    assert metrics.nll is not None and metrics.nll > 0
     with pytest.raises(ValueError, match="as many labels as images"):
         evaluate_accuracy(session, card.input, x_te, y_te[:3], dataset="digits")
 

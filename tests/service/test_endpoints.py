@@ -115,6 +115,8 @@ async def test_metrics_count_requests_batches_and_describe_models(
     assert get(p + "model_info", **info) == 1
     assert get(p + "model_ready", **lr2) == 1
     assert get(p + "model_top1_accuracy", **lr2) == pytest.approx(card.metrics.top1)
+    assert card.metrics.ece is not None and 0 < card.metrics.ece < 1
+    assert get(p + "model_calibration_error", **lr2) == pytest.approx(card.metrics.ece)
     assert get(p + "model_parameters", **lr2) == card.params
     assert get(p + "model_macs", **lr2) == card.macs
 

@@ -14,17 +14,19 @@ def scored_card(
     rows: tuple[ProfileRow, ...],
     *,
     dataset: str = "cifar10",
+    ece: float | None = None,
     card: dict[str, Any] | None = None,
     **training: Any,
 ) -> ModelCard:
-    """``base`` renamed, with top-1 on 10,000 test images of ``dataset``, these profile rows, the
-    training fields given and any other card fields in ``card``."""
+    """``base`` renamed, with top-1 on 10,000 test images of ``dataset``, this calibration error
+    (none by default), these profile rows, the training fields given and any other card fields
+    in ``card``."""
     return base.model_copy(
         update={
             "name": name,
             "training": base.training.model_copy(update=training),
             "metrics": base.metrics.model_copy(
-                update={"dataset": dataset, "n": 10_000, "top1": top1}
+                update={"dataset": dataset, "n": 10_000, "top1": top1, "ece": ece, "nll": None}
             ),
             "profile": base.profile.model_copy(update={"rows": rows}),
             **(card or {}),

@@ -19,6 +19,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
+from export.evaluate import calibration
 from service.contract.model_card import (
     MANIFEST_FILENAME,
     EvalMetrics,
@@ -139,6 +140,7 @@ def build_digits_model(repo: Path, name: str, version: int = 1, hidden: int = 0)
     order = np.argsort(-logits, axis=1)
     top1 = float(np.mean(order[:, 0] == y_te))
     top5 = float(np.mean((order[:, :5] == y_te[:, None]).any(axis=1)))
+    ece, nll = calibration(logits, y_te)
     card = ModelCard(
         name=name,
         version=version,
@@ -161,6 +163,8 @@ def build_digits_model(repo: Path, name: str, version: int = 1, hidden: int = 0)
             top1=top1,
             top5=top5,
             measured_with=f"onnxruntime {ort.__version__}",
+            ece=ece,
+            nll=nll,
         ),
         profile=_profile(session, f_te),
         params=int(clf.coef_.size + clf.intercept_.size + hidden * 2 * 64 * 64),
