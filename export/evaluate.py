@@ -147,7 +147,8 @@ def evaluate_accuracy(
     agreement = None
     if teacher_top1 is not None:
         agreement = float(np.mean(logits.argmax(axis=1) == teacher_top1))
-    ece, nll = calibration(logits, labels)
+    # A broken network's NaN or infinite logits have no calibration to state (top-1 still has).
+    ece, nll = calibration(logits, labels) if np.isfinite(logits).all() else (None, None)
     return EvalMetrics(
         dataset=dataset,
         split=split,
