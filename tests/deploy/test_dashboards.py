@@ -97,6 +97,7 @@ def test_dashboard_covers_the_issue() -> None:
     table = " ".join(t["expr"] for t in by_type["table"]["targets"])
     for metric in (
         "rocketserve_model_top1_accuracy",
+        "rocketserve_model_calibration_error",
         "rocketserve_model_parameters",
         "rocketserve_model_macs",
         "histogram_quantile(0.99",
