@@ -104,12 +104,15 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-measure every model of a repository; rewrite its manifests and the report."""
     from export.data import load_dataset
+    from export.report import find_teacher
     from export.repository import EvalData, remeasure
     from service.contract.model_card import model_dirs, read_manifest
 
     settings = _profile_settings(args)
     data_cache: dict[str, EvalData] = {}
-    for model_dir in model_dirs(args.repo):
+    dirs = model_dirs(args.repo)
+    teacher = find_teacher([read_manifest(d) for d in dirs])
+    for model_dir in dirs:
         card = read_manifest(model_dir)
         name = card.metrics.dataset
         if name not in data_cache:
@@ -117,7 +120,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             data_cache[name] = EvalData(name, splits.test_images, splits.test_labels)
         # Without --threads, keep each card's thread count so old and new figures compare.
         threads = args.threads or card.profile.threads or settings.threads
-        new = remeasure(model_dir, data_cache[name], replace(settings, threads=threads))
+        new = remeasure(
+            model_dir,
+            data_cache[name],
+            replace(settings, threads=threads),
+            teacher.name if teacher else None,
+        )
         print(
             f"{new.name}: top-1 {card.metrics.top1:.2%} -> {new.metrics.top1:.2%}, "
             f"p50 b1 {card.profile.rows[0].p50_ms:.3f} -> {new.profile.rows[0].p50_ms:.3f} ms"

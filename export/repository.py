@@ -194,16 +194,29 @@ def publish(
     return card
 
 
-def remeasure(model_dir: Path, data: EvalData, settings: ProfileSettings) -> ModelCard:
-    """Re-measure the version a card describes and rewrite the card with the new figures."""
+def remeasure(
+    model_dir: Path,
+    data: EvalData,
+    settings: ProfileSettings,
+    repo_teacher: str | None = None,
+) -> ModelCard:
+    """Re-measure the version a card describes and rewrite the card with the new figures.
+
+    The agreement is measured against the card's teacher when that is a model of the same
+    repository; else, when the card had an agreement (a zoo measures every student's against the
+    zoo's teacher, Rocket's and the baselines' too), against ``repo_teacher``, the repository's
+    teacher (export/report.py ``find_teacher``)."""
     card = read_manifest(model_dir)
     path = model_file(model_dir, card.version)
     if not path.is_file():
         raise ModelRepositoryError(f"{path}: model file of version {card.version} is missing")
+    reference = card.training.teacher
+    if not (reference and (model_dir.parent / reference / MANIFEST_FILENAME).is_file()):
+        had_one = card.metrics.teacher_agreement is not None and repo_teacher != card.name
+        reference = repo_teacher if had_one else None
     teacher = None
-    teacher_dir = model_dir.parent / (card.training.teacher or "")
-    if card.training.teacher and (teacher_dir / MANIFEST_FILENAME).is_file():
-        # The teacher is a model of the same repository: measure the agreement with it.
+    teacher_dir = model_dir.parent / (reference or "")
+    if reference and (teacher_dir / MANIFEST_FILENAME).is_file():
         teacher_card = read_manifest(teacher_dir)
         teacher = (model_file(teacher_dir, teacher_card.version), teacher_card.input)
     updated = card.model_copy(update=measured_fields(path, card.input, data, settings, teacher))

@@ -187,8 +187,18 @@ def test_verify_and_evaluate_commands_on_the_zoo(
     before = json.loads(manifest.read_text())
     tampered = {**before, "metrics": {**before["metrics"], "top1": 0.0}, "macs": 1}
     manifest.write_text(json.dumps(tampered))
+    agreement = {
+        name: read_manifest(zoo_repo / name).metrics.teacher_agreement
+        for name in ("digits-rocket-resnet8", "digits-rocket-resnet8-int8", "digits-kd-resnet8")
+    }
     proc = _export("evaluate", str(zoo_repo), "--profile-runs", "3")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # Every student's agreement is re-measured against the zoo's teacher, Rocket's too (its card
+    # names its booster, not a model of the repository); the teacher has none.
+    for name, before_agreement in agreement.items():
+        again = read_manifest(zoo_repo / name).metrics
+        assert before_agreement is not None and again.teacher_agreement == before_agreement, name
+    assert read_manifest(zoo_repo / "digits-teacher-resnet20").metrics.teacher_agreement is None
     after = json.loads(manifest.read_text())
     assert after["metrics"]["top1"] == before["metrics"]["top1"] and after["macs"] == before["macs"]
     assert after["created_at"] == before["created_at"]
