@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= export,dev,loadtest,docs
 
-.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-plan cifar-zoo-status cifar-zoo-pause cifar-zoo-continue cifar-zoo-pick test lint typecheck unit docs settings-table gpu-check clean
+.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-plan cifar-zoo-status cifar-zoo-pause cifar-zoo-continue cifar-zoo-pick cifar-zoo-publish test lint typecheck unit docs settings-table gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -64,6 +64,12 @@ cifar-zoo-continue: venv
 # models/ from the zoo: the teacher, each architecture's most accurate network and the Pareto
 # front (with their int8 variants); REPORT.md keeps every network the zoo trained.
 cifar-zoo-pick: venv
+	$(BIN)/python -m export pick $(ZOO_DIR) --into models
+
+# A finished zoo into models/: its lanes measured each network's latency beside the other lane's
+# training, so every network is measured again on the quiet machine first, then picked.
+cifar-zoo-publish: venv
+	$(BIN)/python -m export evaluate $(ZOO_DIR) --data-dir $(CIFAR10)
 	$(BIN)/python -m export pick $(ZOO_DIR) --into models
 
 lint: venv

@@ -108,6 +108,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from export.repository import EvalData, remeasure
     from service.contract.model_card import model_dirs, read_manifest
 
+    busy = _training_in(args.repo)
+    if busy:
+        return _fail(
+            f"{args.repo}: a zoo is training into it ({', '.join(busy)}): its figures would be "
+            "measured beside training and its cards rewritten meanwhile; let it finish, or "
+            "pause it first (`python -m export zoo-pause --out REPO`)"
+        )
     settings = _profile_settings(args)
     data_cache: dict[str, EvalData] = {}
     dirs = model_dirs(args.repo)
@@ -131,6 +138,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"p50 b1 {card.profile.rows[0].p50_ms:.3f} -> {new.profile.rows[0].p50_ms:.3f} ms"
         )
     return _rewrite_report(args.repo)
+
+
+def _training_in(repo: Path) -> list[str]:
+    """The entries a zoo's lanes train into ``repo`` right now, paused ones left out."""
+    from export.lanes import paused_entries, running_entries
+
+    work = repo / ".work"
+    if not work.is_dir():
+        return []
+    return sorted(set(running_entries(work)) - paused_entries(work))
 
 
 def _rewrite_report(repo: Path) -> int:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from export.lanes import STATE_FILE, is_stopped
 from export.pick import ZOO_CARDS_FILENAME, choose, pick, read_zoo_cards, report_cards
 from export.repository import verify_repository
 from service.contract.model_card import (
@@ -113,3 +119,25 @@ def test_evaluate_keeps_the_unserved_zoo_in_the_report(zoo: Path, tmp_path: Path
     (into / ZOO_CARDS_FILENAME).write_text("not json", encoding="utf-8")
     with pytest.raises(ModelRepositoryError, match="unreadable zoo cards"):
         read_zoo_cards(into)
+
+
+def test_evaluate_refuses_a_repository_a_zoo_trains_into(zoo: Path, tmp_path: Path) -> None:
+    """Its figures would be measured beside training: a live lane is refused, a paused one not."""
+    repo = tmp_path / "repo"
+    shutil.copytree(zoo, repo)
+    (repo / ".work").mkdir(exist_ok=True)
+    lane = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "export", "zoo"])
+    try:
+        state = {"lanes": {"1": {"entry": "kd-wrn-16-1", "pid": lane.pid, "threads": 2}}}
+        (repo / ".work" / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+        proc = run_module("export", "evaluate", str(repo), "--profile-runs", "3")
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert "a zoo is training into it (kd-wrn-16-1)" in proc.stderr
+        lane.send_signal(signal.SIGSTOP)  # as zoo-pause leaves it
+        while not is_stopped(lane.pid):
+            time.sleep(0.05)
+        proc = run_module("export", "evaluate", str(repo), "--profile-runs", "3")
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        lane.kill()
+        lane.wait()
