@@ -126,7 +126,9 @@ def plot_curves(cards: Sequence[ModelCard], path: Path, title: str) -> Path | No
     for i, card in enumerate(nets):
         records = curve(card)
         epochs = [r.epoch for r in records]
-        style = {"color": colors(i % 20), "linewidth": 1.1, "label": card.name}
+        # tab20 has 20 colours: past them, the same colours dashed
+        style = {"color": colors(i % 20), "linestyle": "-" if i < 20 else "--",
+                 "linewidth": 1.1, "label": card.name}  # fmt: skip
         test_ax.plot(epochs, [r.test_top1 * 100 for r in records], **style)
         train_ax.plot(epochs, [r.train_acc * 100 for r in records], **style)
     test_ax.set_ylabel("top-1 accuracy (%)")
