@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,18 @@ from export.training.config import (
     ConfigError,
     default_out_dir,
     fingerprint,
-    fingerprint_changes,
     resolve_config,
 )
-from export.training.logs import RunLog, epoch_end_times
+from export.training.logs import RunLog
 from export.training.loop import CHECKPOINT_FILENAME, BatchSource, Trainer, evaluate
+from export.training.result import (
+    RESULT_FILENAME,
+    TrainResult,
+    jsonable,
+    read_finished,
+    whole_history,
+    write_result,
+)
 from export.training.runtime import (
     DistInfo,
     describe_device,
@@ -40,38 +46,8 @@ from export.training.runtime import (
 )
 from export.training.soft_labels import SoftLabelStore, images_digest
 
-RESULT_FILENAME = "result.json"
 ARTIFACT_FILENAME = "trained.pt"
 HINT_STAGE_DIR = "fitnet-hints"  # fitnet's stage-1 sub-run
-
-
-@dataclass
-class TrainResult:
-    """What a run produced: the student's (or light net's) trained artifact and its figures."""
-
-    artifact_path: Path
-    extra_artifacts: dict[str, Path] = field(default_factory=dict)
-    test_top1: float = 0.0
-    wall_time_s: float = 0.0
-    out_dir: Path = Path(".")
-    completed: bool = True
-    epochs_done: int = 0  # epoch loops finished (of both stages for fitnet)
-    epochs_run: int = 0  # by this call (a finished run returned again ran none)
-    history: list[dict[str, Any]] = field(default_factory=list)  # every epoch's record, in order
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-friendly dict (paths as strings)."""
-        return {
-            "artifact_path": str(self.artifact_path),
-            "extra_artifacts": {k: str(v) for k, v in self.extra_artifacts.items()},
-            "test_top1": self.test_top1,
-            "wall_time_s": self.wall_time_s,
-            "out_dir": str(self.out_dir),
-            "completed": self.completed,
-            "epochs_done": self.epochs_done,
-            "epochs_run": self.epochs_run,
-            "history": self.history,
-        }
 
 
 def _recipe(cfg: dict[str, Any], augment: bool) -> str:
@@ -236,21 +212,9 @@ def run_training(config: dict[str, Any]) -> TrainResult:
 def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: Any) -> TrainResult:
     fp = fingerprint(cfg)
     result_file = out_dir / RESULT_FILENAME
-    if cfg["resume"] and result_file.is_file():
-        stored = json.loads(result_file.read_text(encoding="utf-8"))
-        same = not fingerprint_changes(_jsonable(fp), stored.get("fingerprint") or {})
-        if same and stored["result"]["completed"]:
-            r = stored["result"]
-            return TrainResult(
-                Path(r["artifact_path"]),
-                {k: Path(v) for k, v in r["extra_artifacts"].items()},
-                r["test_top1"],
-                r["wall_time_s"],
-                out_dir,
-                True,
-                r["epochs_done"],
-                history=list(r.get("history") or []),  # result files written before it: none
-            )
+    finished = read_finished(out_dir, fp) if cfg["resume"] else None
+    if finished is not None:
+        return finished
     if not cfg["resume"] and dist_info.is_main:
         # A fresh run replaces whatever an earlier run left in out_dir (the log keeps its history).
         for stale in (out_dir / CHECKPOINT_FILENAME, result_file):
@@ -335,7 +299,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
     wall_time_s = round(before.wall_time_s + trainer.state.elapsed_s, 3)
     epochs_done = before.epochs_done + trainer.state.epoch
     epochs_run = before.epochs_run + trainer.epochs_run
-    history = _whole_history(before, trainer.state.history, out_dir, stage_cfg is not cfg)
+    history = whole_history(before, trainer.state.history, out_dir, stage_cfg is not cfg)
     if not completed:
         log.write("stopped", epoch=trainer.state.epoch)
         return TrainResult(
@@ -373,7 +337,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
             teacher=_teacher_name(cfg, name, options, teacher_arch),
             epochs=float(cfg["epochs"]),
             seed=cfg["seed"],
-            config=_jsonable(cfg),
+            config=jsonable(cfg),
             wall_time_s=wall_time_s,
             device=device_text,
             recipe=_recipe(cfg, augment),
@@ -405,27 +369,10 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
         rank_checksums=checksums,
     )
     if dist_info.is_main:
-        result_file.write_text(
-            json.dumps({"fingerprint": _jsonable(fp), "result": result.to_json()}, indent=2) + "\n",
-            encoding="utf-8",
-        )
+        write_result(out_dir, fp, result)
     if dist_info.enabled:
         torch.distributed.barrier()  # other ranks may load these artifacts right away
     return result
-
-
-def _whole_history(
-    before: TrainResult, records: list[dict[str, Any]], out_dir: Path, two_stage: bool
-) -> list[dict[str, Any]]:
-    """The run's epochs in order, each with the time it ended from the run's log (the log spans
-    every resume; the checkpoint's records have no clock): a two-stage (FitNets) run's hint stage
-    first, marked as such, then the second stage's epochs numbered after it."""
-    ended = epoch_end_times(out_dir)
-    timed = [{**r, "finished_at": ended.get(int(r["epoch"]))} for r in records]
-    if not two_stage:
-        return timed
-    first = [{**r, "stage": "hint"} for r in before.history]
-    return first + [{**r, "epoch": int(r["epoch"]) + before.epochs_done} for r in timed]
 
 
 def _teacher_name(
@@ -436,7 +383,3 @@ def _teacher_name(
     if cfg["method"] in ROCKET_METHODS:
         return str(options["booster"])
     return teacher_arch
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
