@@ -132,6 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             data_cache[name],
             replace(settings, threads=threads),
             teacher.name if teacher else None,
+            profile=not args.accuracy_only,
         )
         print(
             f"{new.name}: top-1 {card.metrics.top1:.2%} -> {new.metrics.top1:.2%}, "
@@ -323,6 +324,12 @@ def register(sub: Any) -> None:
     p.add_argument("repo", type=Path)
     p.add_argument("--data-dir", help="data set folder (default: from each card's config)")
     _add_profile_args(p, "intra-op threads (0: as each card was measured)")
+    p.add_argument(
+        "--accuracy-only",
+        action="store_true",
+        help="re-measure the accuracy figures (top-1, top-5, agreement, calibration) and keep "
+        "each card's latency profile: for a figure the cards lack, on a busy machine",
+    )
     p.set_defaults(func=_guard(cmd_evaluate))
 
     p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)

@@ -103,9 +103,12 @@ def measured_fields(
     data: EvalData,
     settings: ProfileSettings,
     teacher: tuple[Path, InputSpec] | None = None,
+    *,
+    profile: bool = True,
 ) -> dict[str, Any]:
     """Every figure of a card that is measured on the ONNX file at ``path`` (and, given the
-    teacher's file and input spec, its agreement with the teacher on the split)."""
+    teacher's file and input spec, its agreement with the teacher on the split); without
+    ``profile``, every figure but the latency profile."""
     session = make_session(path, settings.provider, settings.threads)
     complexity = count_complexity(path)
     teacher_top1 = None
@@ -126,9 +129,15 @@ def measured_fields(
         split=data.split,
         teacher_top1=teacher_top1,
     )
-    return {
+    fields: dict[str, Any] = {
         "metrics": metrics,
-        "profile": profile_latency(
+        "params": complexity.params,
+        "macs": complexity.macs,
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+    if profile:
+        fields["profile"] = profile_latency(
             session,
             spec,
             data.images,
@@ -136,12 +145,8 @@ def measured_fields(
             min_runs=settings.min_runs,
             min_seconds=settings.min_seconds,
             machine=settings.machine or None,
-        ),
-        "params": complexity.params,
-        "macs": complexity.macs,
-        "size_bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
-    }
+        )
+    return fields
 
 
 def next_version(model_dir: Path) -> int:
@@ -199,8 +204,11 @@ def remeasure(
     data: EvalData,
     settings: ProfileSettings,
     repo_teacher: str | None = None,
+    *,
+    profile: bool = True,
 ) -> ModelCard:
-    """Re-measure the version a card describes and rewrite the card with the new figures.
+    """Re-measure the version a card describes and rewrite the card with the new figures
+    (without ``profile``, all but its latency profile, which the card keeps).
 
     The agreement is measured against the card's teacher when that is a model of the same
     repository; else, when the card had an agreement (a zoo measures every student's against the
@@ -219,8 +227,13 @@ def remeasure(
     if reference and (teacher_dir / MANIFEST_FILENAME).is_file():
         teacher_card = read_manifest(teacher_dir)
         teacher = (model_file(teacher_dir, teacher_card.version), teacher_card.input)
-    updated = card.model_copy(update=measured_fields(path, card.input, data, settings, teacher))
-    write_manifest(model_dir, ModelCard.model_validate(updated.model_dump()))
+    measured = measured_fields(path, card.input, data, settings, teacher, profile=profile)
+    updated = ModelCard.model_validate(card.model_copy(update=measured).model_dump())
+    # The version's own card too, where it has one (publish writes both): a service serves a
+    # version by its own card, so the new figures must reach it.
+    if (model_dir / str(card.version) / MANIFEST_FILENAME).is_file():
+        write_manifest(model_dir / str(card.version), updated)
+    write_manifest(model_dir, updated)
     return updated
 
 

@@ -106,9 +106,29 @@ def test_remeasure_rewrites_the_figures_only(tmp_path: Path) -> None:
     raw["metrics"]["top1"] = 0.01
     raw["params"] = 1
     manifest.write_text(json.dumps(raw))
+    version_card = tmp_path / card.name / str(card.version) / "manifest.json"
+    version_card.write_text(json.dumps(raw))  # the version's own card, as stale
     again = remeasure(tmp_path / card.name, _data(), FAST)
     assert again.metrics.top1 == card.metrics.top1 and again.params == card.params
     assert again.created_at == card.created_at and again.training == card.training
+    assert read_manifest(tmp_path / card.name) == again
+    # The service serves a version by its own card: it gets the new figures too.
+    assert read_version_card(tmp_path / card.name, card.version) == again
+
+
+def test_remeasure_without_the_profile_keeps_the_cards_latency(tmp_path: Path) -> None:
+    """Accuracy figures a card lacks (calibration, written before it was kept) are measured;
+    the latency profile, measured on a quiet machine, stays as it was."""
+    d = trained_digits()
+    card = publish(tmp_path, _info(), d.onnx_path, _data(), FAST)
+    manifest = tmp_path / card.name / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["metrics"].update(ece=None, nll=None)
+    raw["profile"]["rows"][0]["p50_ms"] = 123.0  # stands for a figure from a quiet machine
+    manifest.write_text(json.dumps(raw))
+    again = remeasure(tmp_path / card.name, _data(), FAST, profile=False)
+    assert again.metrics == card.metrics and again.metrics.ece is not None
+    assert again.profile.rows[0].p50_ms == 123.0
     assert read_manifest(tmp_path / card.name) == again
 
 
