@@ -218,13 +218,17 @@ def remeasure(
     path = model_file(model_dir, card.version)
     if not path.is_file():
         raise ModelRepositoryError(f"{path}: model file of version {card.version} is missing")
+
+    def in_repo(name: str | None) -> bool:
+        return bool(name) and (model_dir.parent / str(name) / MANIFEST_FILENAME).is_file()
+
     reference = card.training.teacher
-    if not (reference and (model_dir.parent / reference / MANIFEST_FILENAME).is_file()):
+    if not in_repo(reference):
         had_one = card.metrics.teacher_agreement is not None and repo_teacher != card.name
         reference = repo_teacher if had_one else None
     teacher = None
-    teacher_dir = model_dir.parent / (reference or "")
-    if reference and (teacher_dir / MANIFEST_FILENAME).is_file():
+    if in_repo(reference):
+        teacher_dir = model_dir.parent / str(reference)
         teacher_card = read_manifest(teacher_dir)
         teacher = (model_file(teacher_dir, teacher_card.version), teacher_card.input)
     measured = measured_fields(path, card.input, data, settings, teacher, profile=profile)
