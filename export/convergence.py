@@ -6,7 +6,8 @@ import itertools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from export.comparisons import METHOD_TEXT, ablation_of, gap, group_runs, trained_networks
+from export.comparisons import METHOD_TEXT, ablation_of, trained_networks
+from export.noise import gap, group_runs
 from service.contract.model_card import EpochRecord, ModelCard
 
 CURVES_FILENAME = "curves.png"

@@ -17,11 +17,10 @@ from export.comparisons import (
     METHOD_TEXT,
     PAPER_ERROR,
     ablation_of,
-    gap,
-    group_runs,
     points_below,
     trained_networks,
 )
+from export.noise import gap, group_runs
 from service.contract.model_card import ModelCard
 
 TEACHER_TOP1 = 0.92

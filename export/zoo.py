@@ -121,7 +121,7 @@ def second_seed_reason(
     first, rivals = entry.get("second_seed_of"), entry.get("when_within_noise_of") or []
     if not first or not rivals:
         return True, "unconditional"
-    from export.comparisons import gap, group_runs
+    from export.noise import gap, group_runs
 
     latest: dict[str, ModelCard] = {}
     for card in cards:

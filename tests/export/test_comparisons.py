@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from export.comparisons import ablation_of, compare, group_runs, points_below
+from export.comparisons import ablation_of, points_below
+from export.noise import compare, group_runs
 from export.report import render_report
 from service.contract.model_card import ModelCard, ProfileRow, read_manifest
 from tests.support.cards import scored_card
