@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from export import cli_repo, cli_train
+from export import cli_repo, cli_train, cli_zoo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cli_train.register(sub)
     cli_repo.register(sub)
+    cli_zoo.register(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

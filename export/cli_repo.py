@@ -1,44 +1,14 @@
-"""Subcommands onnx, evaluate, verify and zoo of ``python -m export``."""
+"""Subcommands onnx, evaluate, report, pick and verify of ``python -m export``."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from service.contract.model_card import ModelRepositoryError
-
-# Errors a user can cause (bad paths, bad data, failed parity): one line, non-zero exit.
-_USER_ERRORS: tuple[type[BaseException], ...] = (
-    ModelRepositoryError,
-    OSError,
-    ValueError,
-    RuntimeError,
-    yaml.YAMLError,
-)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The user-facing error types, including those of the training half when importable."""
-    extra: list[type[BaseException]] = []
-    try:
-        from export.checkpoint import ArtifactError
-        from export.data import DatasetError
-
-        extra += [ArtifactError, DatasetError]
-    except ImportError:  # pragma: no cover - training half not installed
-        pass
-    return (*_USER_ERRORS, *extra)
-
-
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
+from export.cli_errors import fail, guard
 
 
 def _profile_settings(args: argparse.Namespace) -> Any:
@@ -110,7 +80,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     busy = _training_in(args.repo)
     if busy:
-        return _fail(
+        return fail(
             f"{args.repo}: a zoo is training into it ({', '.join(busy)}): its figures would be "
             "measured beside training and its cards rewritten meanwhile; let it finish, or "
             "pause it first (`python -m export zoo-pause --out REPO`)"
@@ -196,116 +166,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_zoo(args: argparse.Namespace) -> int:
-    """Train, export, measure and publish the whole zoo of a data set."""
-    from export.zoo import ZooOptions, run_zoo
-
-    opts = ZooOptions(
-        data_dir=args.data_dir,
-        max_epochs=args.max_epochs,
-        max_train_images=args.max_train_images,
-        profile_runs=args.profile_runs,
-        threads=args.threads or None,
-        provider=args.provider,
-        only=tuple(args.only or ()),
-        work_dir=args.work_dir,
-        resume=args.resume,
-        lanes=args.lanes,
-        torch_threads=args.torch_threads,
-        report=not args.no_report,
-    )
-    result = run_zoo(args.dataset, args.out, opts, config_file=args.config)
-    print(f"{len(result.cards)} model versions in {args.out} ({result.wall_time_s:.1f}s)")
-    return 0
-
-
-def cmd_zoo_plan(args: argparse.Namespace) -> int:
-    """Price every entry of a zoo config in CPU-hours from img/s measured here, before training."""
-    from export.data import load_dataset
-    from export.zoo import config_path, load_zoo_config
-    from export.zoo_plan import architectures, format_plan, measure_rates, plan_zoo
-
-    path = args.config or config_path(args.dataset)
-    config = load_zoo_config(path)
-    data = load_dataset(config["dataset"], args.data_dir or config.get("data_dir"))
-    defaults = config.get("defaults", {})
-    archs = architectures(config)
-    rates = measure_rates(
-        archs,
-        archs[0],
-        batch_size=int(defaults.get("batch_size", 128)),
-        precision=str(defaults.get("precision", "fp32")),
-        seconds=args.seconds,
-        image_size=data.image_size,
-        in_channels=data.in_channels,
-        num_classes=data.num_classes,
-    )
-    n = len(data.train_images)
-    planned = plan_zoo(config, rates, n)
-    cores = os.cpu_count() or 1
-    print(format_plan(planned, rates, config_file=path, train_images=n, cores=cores))
-    return 0
-
-
-def cmd_zoo_status(args: argparse.Namespace) -> int:
-    """Show where a zoo run stands: each entry's epochs, test top-1, img/s and time left."""
-    from export.zoo import config_path, load_zoo_config
-    from export.zoo_status import format_status, zoo_status
-
-    config = load_zoo_config(args.config or config_path(args.dataset))
-    work = _zoo_work(args)
-    print(format_status(zoo_status(config, work), work))
-    return 0
-
-
-def cmd_zoo_pause(args: argparse.Namespace) -> int:
-    """Pause a running zoo's lanes (for a benchmark or a test suite) without counting the pause
-    as training time; `zoo-continue` resumes them."""
-    from export.lanes import pause_lanes
-
-    return _report_lanes(args, pause_lanes(_zoo_work(args), wait_s=args.wait), "paused")
-
-
-def cmd_zoo_continue(args: argparse.Namespace) -> int:
-    """Continue the lanes of a zoo paused by `zoo-pause`."""
-    from export.lanes import continue_lanes
-
-    return _report_lanes(args, continue_lanes(_zoo_work(args)), "continued")
-
-
-def _zoo_work(args: argparse.Namespace) -> Path:
-    work: Path = args.work_dir or args.out / ".work"
-    if not work.is_dir():
-        hint = f"has `export zoo --out {args.out}` run?"
-        raise FileNotFoundError(f"{work}: no zoo work folder ({hint})")
-    return work
-
-
-def _report_lanes(args: argparse.Namespace, how: dict[str, str], verb: str) -> int:
-    if not how:
-        return _fail(f"{args.out}: no lane of a zoo is running, nothing {verb}")
-    for name, what in how.items():
-        print(f"{name}: {what}")
-    return 0
-
-
-def _guard(func: Any) -> Any:
-    """Turn expected errors into a one-line message and exit status 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except BrokenPipeError:  # the reader went away (`| head`): __main__ stops quietly
-            raise
-        except _user_errors() as exc:
-            return _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
-
-    run.__doc__ = func.__doc__
-    return run
-
-
 def register(sub: Any) -> None:
-    """Add the onnx, evaluate, report, pick, verify and zoo-* subcommands."""
+    """Add the onnx, evaluate, report, pick and verify subcommands."""
     p = sub.add_parser("onnx", help=cmd_onnx.__doc__, description=cmd_onnx.__doc__)
     p.add_argument("checkpoint", type=Path, help="trained artifact (export.checkpoint)")
     p.add_argument("--out", type=Path, help="ONNX file to write (default: beside the artifact)")
@@ -318,7 +180,7 @@ def register(sub: Any) -> None:
         "--variants", nargs="*", default=[], choices=["int8", "fp16"], help="with --repo"
     )
     _add_profile_args(p)
-    p.set_defaults(func=_guard(cmd_onnx))
+    p.set_defaults(func=guard(cmd_onnx))
 
     p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__)
     p.add_argument("repo", type=Path)
@@ -330,81 +192,19 @@ def register(sub: Any) -> None:
         help="re-measure the accuracy figures (top-1, top-5, agreement, calibration) and keep "
         "each card's latency profile: for a figure the cards lack, on a busy machine",
     )
-    p.set_defaults(func=_guard(cmd_evaluate))
+    p.set_defaults(func=guard(cmd_evaluate))
 
     p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     p.add_argument("repo", type=Path)
-    p.set_defaults(func=_guard(cmd_report))
+    p.set_defaults(func=guard(cmd_report))
 
     p = sub.add_parser("pick", help=cmd_pick.__doc__, description=cmd_pick.__doc__)
     p.add_argument("zoo", type=Path, help="the zoo's repository (make cifar-zoo's ZOO_DIR)")
     p.add_argument("--into", type=Path, required=True, help="the served repository, e.g. models")
     p.add_argument("--also", nargs="*", help="more zoo models to serve, by name")
-    p.set_defaults(func=_guard(cmd_pick))
+    p.set_defaults(func=guard(cmd_pick))
 
     p = sub.add_parser("verify", help=cmd_verify.__doc__, description=cmd_verify.__doc__)
     p.add_argument("repo", type=Path)
     p.add_argument("--no-load", action="store_true", help="skip loading in ONNX Runtime")
-    p.set_defaults(func=_guard(cmd_verify))
-
-    p = sub.add_parser("zoo", help=cmd_zoo.__doc__, description=cmd_zoo.__doc__)
-    p.add_argument("--dataset", required=True, choices=["digits", "cifar10"])
-    p.add_argument("--out", type=Path, required=True, help="model repository to write")
-    p.add_argument("--data-dir", help="data set folder (cifar10)")
-    p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
-    p.add_argument("--max-epochs", type=float, help="cap every entry's epochs (smoke runs)")
-    p.add_argument("--max-train-images", type=int, help="cap the training images")
-    p.add_argument("--profile-runs", type=int, help="timed runs per batch size (default: config)")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: config/all)")
-    p.add_argument("--provider", default=None, help="ONNX Runtime provider (default: config)")
-    p.add_argument(
-        "--only",
-        nargs="*",
-        help="entries to run (and the teacher, when they distil from it or `teacher_first` is set)",
-    )
-    p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted zoo from its checkpoints; keep models already published",
-    )
-    p.add_argument(
-        "--lanes",
-        type=int,
-        default=1,
-        help="train the entries in this many parallel processes, each with its share of the "
-        "cores and its own log in the work dir, each once its prerequisites are done (a "
-        "distilled student waits for the teacher) (default 1: one after another)",
-    )
-    p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: config)")
-    p.add_argument("--no-report", action="store_true", help="do not write REPORT.md at the end")
-    p.set_defaults(func=_guard(cmd_zoo))
-
-    p = sub.add_parser("zoo-plan", help=cmd_zoo_plan.__doc__, description=cmd_zoo_plan.__doc__)
-    p.add_argument("--dataset", required=True, choices=["digits", "cifar10"])
-    p.add_argument("--data-dir", help="data set folder (cifar10)")
-    p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
-    p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per architecture")
-    p.set_defaults(func=_guard(cmd_zoo_plan))
-
-    p = sub.add_parser(
-        "zoo-status", help=cmd_zoo_status.__doc__, description=cmd_zoo_status.__doc__
-    )
-    p.add_argument("--dataset", required=True, choices=["digits", "cifar10"])
-    p.add_argument("--out", type=Path, required=True, help="the zoo's model repository")
-    p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
-    p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
-    p.set_defaults(func=_guard(cmd_zoo_status))
-
-    for name, func in (("zoo-pause", cmd_zoo_pause), ("zoo-continue", cmd_zoo_continue)):
-        p = sub.add_parser(name, help=func.__doc__, description=func.__doc__)
-        p.add_argument("--out", type=Path, required=True, help="the zoo's model repository")
-        p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
-        if func is cmd_zoo_pause:
-            p.add_argument(
-                "--wait",
-                type=float,
-                default=60.0,
-                help="seconds to wait for each lane to pause itself before SIGSTOP (default 60)",
-            )
-        p.set_defaults(func=_guard(func))
+    p.set_defaults(func=guard(cmd_verify))

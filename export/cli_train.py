@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from export.cli_errors import fail
 from export.distill import METHODS
 from export.models import ARCHITECTURES, is_architecture
 
@@ -79,11 +79,6 @@ def _architecture(name: str) -> str:
     return name
 
 
-def _fail(message: str, code: int = 1) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     from export.checkpoint import ArtifactError
     from export.data import DatasetError
@@ -125,9 +120,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): __main__ stops quietly
         raise
     except _user_errors() as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except KeyboardInterrupt:
-        return _fail("interrupted; continue with --resume and the same options", 130)
+        return fail("interrupted; continue with --resume and the same options", 130)
     if DistInfo(rank=int(__import__("os").environ.get("RANK", "0"))).is_main:
         if args.json:
             print(json.dumps(result.to_json(), indent=2))
@@ -159,7 +154,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         raise
     except _user_errors() as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     return 0
 
 

@@ -1,0 +1,55 @@
+"""One-line errors for the offline stage's repository and zoo commands: what a user causes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from service.contract.model_card import ModelRepositoryError
+
+# Errors a user can cause (bad paths, bad data, failed parity): one line, non-zero exit.
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ModelRepositoryError,
+    OSError,
+    ValueError,
+    RuntimeError,
+    yaml.YAMLError,
+)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The user-facing error types, including those of the training half when importable."""
+    extra: list[type[BaseException]] = []
+    try:
+        from export.checkpoint import ArtifactError
+        from export.data import DatasetError
+
+        extra += [ArtifactError, DatasetError]
+    except ImportError:  # pragma: no cover - training half not installed
+        pass
+    return (*_USER_ERRORS, *extra)
+
+
+def fail(message: str, code: int = 1) -> int:
+    """Print ``error: message`` on stderr; return ``code`` as the exit status."""
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def guard(func: Callable[[argparse.Namespace], int]) -> Any:
+    """Turn expected errors into a one-line message and exit status 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args))
+        except BrokenPipeError:  # the reader went away (`| head`): __main__ stops quietly
+            raise
+        except user_errors() as exc:
+            return fail(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+
+    run.__doc__ = func.__doc__
+    return run

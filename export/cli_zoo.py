@@ -1,0 +1,168 @@
+"""Subcommands zoo, zoo-plan, zoo-status, zoo-pause and zoo-continue of ``python -m export``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from export.cli_errors import fail, guard
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    """Train, export, measure and publish the whole zoo of a data set."""
+    from export.zoo import ZooOptions, run_zoo
+
+    opts = ZooOptions(
+        data_dir=args.data_dir,
+        max_epochs=args.max_epochs,
+        max_train_images=args.max_train_images,
+        profile_runs=args.profile_runs,
+        threads=args.threads or None,
+        provider=args.provider,
+        only=tuple(args.only or ()),
+        work_dir=args.work_dir,
+        resume=args.resume,
+        lanes=args.lanes,
+        torch_threads=args.torch_threads,
+        report=not args.no_report,
+    )
+    result = run_zoo(args.dataset, args.out, opts, config_file=args.config)
+    print(f"{len(result.cards)} model versions in {args.out} ({result.wall_time_s:.1f}s)")
+    return 0
+
+
+def cmd_zoo_plan(args: argparse.Namespace) -> int:
+    """Price every entry of a zoo config in CPU-hours from img/s measured here, before training."""
+    from export.data import load_dataset
+    from export.zoo import config_path, load_zoo_config
+    from export.zoo_plan import architectures, format_plan, measure_rates, plan_zoo
+
+    path = args.config or config_path(args.dataset)
+    config = load_zoo_config(path)
+    data = load_dataset(config["dataset"], args.data_dir or config.get("data_dir"))
+    defaults = config.get("defaults", {})
+    archs = architectures(config)
+    rates = measure_rates(
+        archs,
+        archs[0],
+        batch_size=int(defaults.get("batch_size", 128)),
+        precision=str(defaults.get("precision", "fp32")),
+        seconds=args.seconds,
+        image_size=data.image_size,
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+    )
+    n = len(data.train_images)
+    planned = plan_zoo(config, rates, n)
+    cores = os.cpu_count() or 1
+    print(format_plan(planned, rates, config_file=path, train_images=n, cores=cores))
+    return 0
+
+
+def cmd_zoo_status(args: argparse.Namespace) -> int:
+    """Show where a zoo run stands: each entry's epochs, test top-1, img/s and time left."""
+    from export.zoo import config_path, load_zoo_config
+    from export.zoo_status import format_status, zoo_status
+
+    config = load_zoo_config(args.config or config_path(args.dataset))
+    work = _zoo_work(args)
+    print(format_status(zoo_status(config, work), work))
+    return 0
+
+
+def cmd_zoo_pause(args: argparse.Namespace) -> int:
+    """Pause a running zoo's lanes (for a benchmark or a test suite) without counting the pause
+    as training time; `zoo-continue` resumes them."""
+    from export.lanes import pause_lanes
+
+    return _report_lanes(args, pause_lanes(_zoo_work(args), wait_s=args.wait), "paused")
+
+
+def cmd_zoo_continue(args: argparse.Namespace) -> int:
+    """Continue the lanes of a zoo paused by `zoo-pause`."""
+    from export.lanes import continue_lanes
+
+    return _report_lanes(args, continue_lanes(_zoo_work(args)), "continued")
+
+
+def _zoo_work(args: argparse.Namespace) -> Path:
+    work: Path = args.work_dir or args.out / ".work"
+    if not work.is_dir():
+        hint = f"has `export zoo --out {args.out}` run?"
+        raise FileNotFoundError(f"{work}: no zoo work folder ({hint})")
+    return work
+
+
+def _report_lanes(args: argparse.Namespace, how: dict[str, str], verb: str) -> int:
+    if not how:
+        return fail(f"{args.out}: no lane of a zoo is running, nothing {verb}")
+    for name, what in how.items():
+        print(f"{name}: {what}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add the zoo, zoo-plan, zoo-status, zoo-pause and zoo-continue subcommands."""
+    p = sub.add_parser("zoo", help=cmd_zoo.__doc__, description=cmd_zoo.__doc__)
+    p.add_argument("--dataset", required=True, choices=["digits", "cifar10"])
+    p.add_argument("--out", type=Path, required=True, help="model repository to write")
+    p.add_argument("--data-dir", help="data set folder (cifar10)")
+    p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
+    p.add_argument("--max-epochs", type=float, help="cap every entry's epochs (smoke runs)")
+    p.add_argument("--max-train-images", type=int, help="cap the training images")
+    p.add_argument("--profile-runs", type=int, help="timed runs per batch size (default: config)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: config/all)")
+    p.add_argument("--provider", default=None, help="ONNX Runtime provider (default: config)")
+    p.add_argument(
+        "--only",
+        nargs="*",
+        help="entries to run (and the teacher, when they distil from it or `teacher_first` is set)",
+    )
+    p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted zoo from its checkpoints; keep models already published",
+    )
+    p.add_argument(
+        "--lanes",
+        type=int,
+        default=1,
+        help="train the entries in this many parallel processes, each with its share of the "
+        "cores and its own log in the work dir, each once its prerequisites are done (a "
+        "distilled student waits for the teacher) (default 1: one after another)",
+    )
+    p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: config)")
+    p.add_argument("--no-report", action="store_true", help="do not write REPORT.md at the end")
+    p.set_defaults(func=guard(cmd_zoo))
+
+    p = sub.add_parser("zoo-plan", help=cmd_zoo_plan.__doc__, description=cmd_zoo_plan.__doc__)
+    p.add_argument("--dataset", required=True, choices=["digits", "cifar10"])
+    p.add_argument("--data-dir", help="data set folder (cifar10)")
+    p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
+    p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per architecture")
+    p.set_defaults(func=guard(cmd_zoo_plan))
+
+    p = sub.add_parser(
+        "zoo-status", help=cmd_zoo_status.__doc__, description=cmd_zoo_status.__doc__
+    )
+    p.add_argument("--dataset", required=True, choices=["digits", "cifar10"])
+    p.add_argument("--out", type=Path, required=True, help="the zoo's model repository")
+    p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
+    p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
+    p.set_defaults(func=guard(cmd_zoo_status))
+
+    for name, func in (("zoo-pause", cmd_zoo_pause), ("zoo-continue", cmd_zoo_continue)):
+        p = sub.add_parser(name, help=func.__doc__, description=func.__doc__)
+        p.add_argument("--out", type=Path, required=True, help="the zoo's model repository")
+        p.add_argument("--work-dir", type=Path, help="trained artifacts (default OUT/.work)")
+        if func is cmd_zoo_pause:
+            p.add_argument(
+                "--wait",
+                type=float,
+                default=60.0,
+                help="seconds to wait for each lane to pause itself before SIGSTOP (default 60)",
+            )
+        p.set_defaults(func=guard(func))
