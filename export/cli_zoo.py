@@ -36,7 +36,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 def cmd_zoo_plan(args: argparse.Namespace) -> int:
     """Price every entry of a zoo config in CPU-hours from img/s measured here, before training."""
     from export.data import load_dataset
-    from export.zoo import config_path, load_zoo_config
+    from export.zoo_config import config_path, load_zoo_config
     from export.zoo_plan import architectures, format_plan, measure_rates, plan_zoo
 
     path = args.config or config_path(args.dataset)
@@ -63,7 +63,7 @@ def cmd_zoo_plan(args: argparse.Namespace) -> int:
 
 def cmd_zoo_status(args: argparse.Namespace) -> int:
     """Show where a zoo run stands: each entry's epochs, test top-1, img/s and time left."""
-    from export.zoo import config_path, load_zoo_config
+    from export.zoo_config import config_path, load_zoo_config
     from export.zoo_status import format_status, zoo_status
 
     config = load_zoo_config(args.config or config_path(args.dataset))

@@ -6,11 +6,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from export.evaluate import default_threads, machine_description, pick_provider
 from export.lanes import follow_lane_threads, run_lanes
@@ -26,16 +23,17 @@ from export.repository import (
     training_info,
 )
 from export.teacher_answers import TeacherAnswers
+from export.zoo_config import (
+    ZOO_KEYS,
+    ZooError,
+    config_path,
+    load_zoo_config,
+    model_name,
+    needs_teacher,
+    prerequisites,
+    second_seed_reason,
+)
 from service.contract.model_card import InputSpec, ModelCard, TrainingInfo
-
-# Keys of a zoo entry that belong to the zoo, not to the training config.
-ZOO_KEYS = {"name", "variants", "second_seed_of", "when_within_noise_of"}
-# The value of an entry's ``teacher`` that means "the teacher this zoo trained first".
-ZOO_TEACHER = "zoo"
-
-
-class ZooError(RuntimeError):
-    """The zoo config is invalid or a stage of the zoo failed."""
 
 
 @dataclass(frozen=True)
@@ -68,103 +66,6 @@ class ZooResult:
     report: Path | None = None
     pareto: Path | None = None
     wall_time_s: float = 0.0
-
-
-def config_path(dataset: str) -> Path:
-    """The packaged zoo config of a data set (export/configs/zoo-<dataset>.yaml)."""
-    path = Path(str(resources.files("export") / "configs" / f"zoo-{dataset}.yaml"))
-    if not path.is_file():
-        raise ZooError(f"no zoo config for dataset {dataset!r} (looked for {path})")
-    return path
-
-
-def load_zoo_config(path: Path) -> dict[str, Any]:
-    """Read and sanity-check a zoo YAML config."""
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ZooError(f"{path}: cannot read zoo config ({exc})") from None
-    if not isinstance(config, dict):
-        raise ZooError(f"{path}: a zoo config is a mapping")
-    for key in ("dataset", "teacher", "students"):
-        if key not in config:
-            raise ZooError(f"{path}: missing key {key!r}")
-    if not isinstance(config.get("teacher_first", False), bool):
-        raise ZooError(f"{path}: teacher_first is true or false")
-    entries = [config["teacher"], *config["students"]]
-    names = [e.get("name") for e in entries if isinstance(e, dict)]
-    if len(names) != len(entries) or not all(names):
-        raise ZooError(f"{path}: every teacher/student entry needs a 'name'")
-    if len(set(names)) != len(names):
-        raise ZooError(f"{path}: entry names must be unique")
-    for entry in entries:
-        named = [entry.get("second_seed_of"), *(entry.get("when_within_noise_of") or [])]
-        unknown = [n for n in named if n is not None and n not in names]
-        if unknown:
-            raise ZooError(f"{path}: {entry['name']} names no zoo entry {unknown[0]!r}")
-        if bool(entry.get("second_seed_of")) != bool(entry.get("when_within_noise_of")):
-            raise ZooError(
-                f"{path}: {entry['name']}: second_seed_of and when_within_noise_of go together"
-            )
-    return config
-
-
-def second_seed_reason(
-    entry: dict[str, Any], cards: list[ModelCard], model_name: Callable[[str], str]
-) -> tuple[bool, str]:
-    """Whether a conditional second-seed entry should train, and why.
-
-    An entry with ``second_seed_of: X`` and ``when_within_noise_of: [Y, ...]`` trains only when
-    X's gap to some Y is within test-set noise (or cannot be read yet: a card is missing), as the
-    report's reading would ask for a second seed there; otherwise it is skipped.
-    """
-    first, rivals = entry.get("second_seed_of"), entry.get("when_within_noise_of") or []
-    if not first or not rivals:
-        return True, "unconditional"
-    from export.noise import gap, group_runs
-
-    latest: dict[str, ModelCard] = {}
-    for card in cards:
-        before = latest.get(card.name)
-        if card.derived_from is None and (before is None or card.version >= before.version):
-            latest[card.name] = card
-    own = latest.get(model_name(str(first)))
-    if own is None:
-        return True, f"{first} has no card yet"
-    readings = []
-    for rival in rivals:
-        other = latest.get(model_name(str(rival)))
-        if other is None:
-            return True, f"{rival} has no card yet"
-        g = gap(group_runs([other]), group_runs([own]))
-        reading = f"{first} vs {rival}: {g.points:+.2f} points (2 s.e. = {g.two_se:.2f})"
-        if not g.beyond_noise:
-            return True, reading + ", within noise"
-        readings.append(reading)
-    return False, "; ".join(readings) + ", beyond noise: no second seed needed"
-
-
-def model_name(dataset: str, entry_name: str) -> str:
-    """Repository name of a zoo entry: ``<dataset>-<entry name>``, lower-case."""
-    return f"{dataset}-{entry_name}".lower()
-
-
-def needs_teacher(entry: dict[str, Any]) -> bool:
-    """Whether an entry distils from the teacher this zoo trains."""
-    return entry.get("teacher") == ZOO_TEACHER
-
-
-def prerequisites(entry: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    """The entries that must be done before ``entry`` starts: the zoo's teacher for a distilled
-    student (for every student with ``teacher_first: true``), the compared entries for a
-    conditional second seed."""
-    teacher = str(config["teacher"]["name"])
-    if entry.get("name") == teacher:
-        return []
-    named = [teacher] * (needs_teacher(entry) or bool(config.get("teacher_first")))
-    if entry.get("second_seed_of"):
-        named += [str(entry["second_seed_of"]), *map(str, entry.get("when_within_noise_of") or [])]
-    return list(dict.fromkeys(named))
 
 
 def _training_config(

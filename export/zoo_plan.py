@@ -14,7 +14,7 @@ from export.distill import get_method
 from export.models import build_model
 from export.training.config import DEFAULTS, HINT_STAGE_FRACTION, TEACHER_METHODS
 from export.training.runtime import describe_device, resolve_precision
-from export.zoo import ZOO_TEACHER
+from export.zoo_config import ZOO_TEACHER
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 from export.convergence import span_union_s
 from export.lanes import paused_entries, running_entries
 from export.training.result import RESULT_FILENAME
-from export.zoo import model_name, prerequisites
+from export.zoo_config import model_name, prerequisites
 
 RECENT_EPOCHS = 3  # the time left is priced at the mean rate of the last few epochs
 

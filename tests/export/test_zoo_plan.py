@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from export.__main__ import main
-from export.zoo import config_path, load_zoo_config
+from export.zoo_config import config_path, load_zoo_config
 from export.zoo_plan import Rates, architectures, plan_zoo
 
 N = 50_000

@@ -15,7 +15,7 @@ import pytest
 
 from export.__main__ import main
 from export.lanes import is_stopped
-from export.zoo import config_path, load_zoo_config
+from export.zoo_config import config_path, load_zoo_config
 from export.zoo_status import elapsed_training_hours, format_status, zoo_status
 
 
