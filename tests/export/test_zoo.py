@@ -19,7 +19,6 @@ from service.contract.model_card import model_dirs, read_manifest
 from tests.support.cli import run_module
 
 
-
 def _export(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return run_module("export", *args, timeout=timeout)
 
