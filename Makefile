@@ -46,9 +46,10 @@ cifar-zoo: venv
 		--data-dir $(CIFAR10) --out $(ZOO_DIR) --resume --lanes $(ZOO_LANES) $(if $(ZOO_ONLY),--only $(ZOO_ONLY))
 
 # What the zoo costs on this machine, entry by entry, before it runs (measures img/s for ~1 min;
-# never while the zoo trains).
+# never while the zoo trains: pause it first); saved in $(ZOO_DIR)/.work/plan.json, where
+# cifar-zoo-status reads it to price what is left.
 cifar-zoo-plan: venv
-	$(BIN)/python -m export zoo-plan --dataset cifar10 --data-dir $(CIFAR10)
+	$(BIN)/python -m export zoo-plan --dataset cifar10 --data-dir $(CIFAR10) --out $(ZOO_DIR)
 
 # Where the running (or stopped) zoo stands: epochs, test top-1, img/s and time left per entry.
 cifar-zoo-status: venv

@@ -37,7 +37,8 @@ def cmd_zoo_plan(args: argparse.Namespace) -> int:
     """Price every entry of a zoo config in CPU-hours from img/s measured here, before training."""
     from export.data import load_dataset
     from export.zoo_config import config_path, load_zoo_config
-    from export.zoo_plan import architectures, format_plan, measure_rates, plan_zoo
+    from export.zoo_plan import architectures, format_plan, measure_rates, plan_record, plan_zoo
+    from export.zoo_plan_record import write_plan_record
 
     path = args.config or config_path(args.dataset)
     config = load_zoo_config(path)
@@ -58,6 +59,10 @@ def cmd_zoo_plan(args: argparse.Namespace) -> int:
     planned = plan_zoo(config, rates, n)
     cores = os.cpu_count() or 1
     print(format_plan(planned, rates, config_file=path, train_images=n, cores=cores))
+    if args.out is not None or args.work_dir is not None:
+        work = args.work_dir or args.out / ".work"
+        saved = write_plan_record(work, plan_record(planned, cores=cores))
+        print(f"saved to {saved}: zoo-status prices what is left of the zoo with it")
     return 0
 
 
@@ -143,6 +148,13 @@ def register(sub: Any) -> None:
     p.add_argument("--data-dir", help="data set folder (cifar10)")
     p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
     p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per architecture")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="the zoo's model repository: save the plan in its work folder, where zoo-status "
+        "reads it to price what is left (default: print only)",
+    )
+    p.add_argument("--work-dir", type=Path, help="the zoo's work folder (default OUT/.work)")
     p.set_defaults(func=guard(cmd_zoo_plan))
 
     p = sub.add_parser(

@@ -15,6 +15,7 @@ from export.models import build_model
 from export.training.config import DEFAULTS, HINT_STAGE_FRACTION, TEACHER_METHODS
 from export.training.runtime import describe_device, resolve_precision
 from export.zoo_config import ZOO_TEACHER
+from export.zoo_plan_record import PlannedCost, PlanRecord
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,24 @@ def measure_rates(
     return Rates(train=train, teacher_forward=forward)
 
 
+def machine() -> str:
+    """The CPU the rates are measured on, as the plan names it."""
+    return describe_device(torch.device("cpu")).split(",")[0] + ")"
+
+
+def plan_record(planned: list[PlannedEntry], *, cores: int) -> PlanRecord:
+    """The plan to save beside the zoo (export/zoo_plan_record.py), measured now."""
+    return PlanRecord(
+        measured_at=time.time(),
+        machine=machine(),
+        cores=cores,
+        entries={
+            p.name: PlannedCost(epochs=p.epochs, cpu_hours=p.cpu_hours, conditional=p.conditional)
+            for p in planned
+        },
+    )
+
+
 def _hm(hours: float) -> str:
     """Hours as h:mm (a digits zoo costs minutes, the CIFAR-10 one tens of hours)."""
     minutes = round(hours * 60)
@@ -166,7 +185,7 @@ def format_plan(
     cores: int,
 ) -> str:
     """The plan as a table, with totals and the least wall time on ``cores`` cores."""
-    cpu = describe_device(torch.device("cpu")).split(",")[0] + ")"
+    cpu = machine()
     lines = [
         f"zoo plan: {config_file} ({train_images:,} training images)",
         f"rates measured on {cpu}, one thread, img/s: "

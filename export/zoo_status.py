@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from export.convergence import span_union_s
 from export.lanes import paused_entries, running_entries
 from export.training.result import RESULT_FILENAME
 from export.zoo_config import model_name, prerequisites
+from export.zoo_plan_record import PlanRecord, read_plan_record
 
 RECENT_EPOCHS = 3  # the time left is priced at the mean rate of the last few epochs
 
@@ -134,9 +136,93 @@ def elapsed_training_hours(work: Path) -> float:
     return span_union_s(spans) / 3600
 
 
+@dataclass(frozen=True)
+class ZooTimeLeft:
+    """What is left of the whole zoo, priced by the saved plan and the pace so far."""
+
+    cpu_left: float  # one-core CPU-hours of the entries that will train
+    cpu_if_due: float  # of the second seeds not started yet, each trained only if due
+    cpu_done: float  # the plan's CPU-hours of the epochs done so far
+    pace: float | None  # wall hours per planned CPU-hour so far; None before any epoch
+    unpriced: tuple[str, ...] = ()  # entries the plan does not name (the config changed since)
+
+    def wall_left(self, *, with_second_seeds: bool = False) -> float | None:
+        """Wall hours left at the pace so far (None before any epoch is done)."""
+        if self.pace is None:
+            return None
+        return (self.cpu_left + (self.cpu_if_due if with_second_seeds else 0.0)) * self.pace
+
+
+def zoo_time_left(
+    statuses: list[EntryStatus], plan: PlanRecord, elapsed_hours: float
+) -> ZooTimeLeft:
+    """Price the rest of the zoo: each entry's planned CPU-hours per epoch times its epochs not
+    done yet (a skipped second seed costs nothing, one not started yet is counted apart), and
+    the pace so far: the wall time the finished epochs took (``elapsed_hours``, entries side by
+    side counted once) over their planned CPU-hours. The pace carries how well this machine's
+    cores served the zoo so far (thread scaling, lanes, other work); the rest is assumed to
+    go as well."""
+    left = if_due = done = 0.0
+    unpriced = []
+    for s in statuses:
+        cost = plan.entries.get(s.name)
+        if s.state == "skipped":
+            continue
+        if cost is None:
+            unpriced.append(s.name)
+            continue
+        epochs = s.epochs if s.epochs is not None else cost.epochs
+        total = cost.per_epoch * epochs
+        fraction = 1.0 if s.state == "done" else min(1.0, s.epochs_done / epochs) if epochs else 0
+        done += total * fraction
+        if cost.conditional and s.state == "not started":
+            if_due += total * (1 - fraction)
+        else:
+            left += total * (1 - fraction)
+    pace = elapsed_hours / done if done > 0 and elapsed_hours > 0 else None
+    return ZooTimeLeft(left, if_due, done, pace, tuple(unpriced))
+
+
 def _hm(hours: float) -> str:
     minutes = round(hours * 60)
     return f"{minutes // 60}:{minutes % 60:02d}"
+
+
+def _whole_zoo(statuses: list[EntryStatus], work: Path, elapsed: float) -> list[str]:
+    plan = read_plan_record(work)
+    if plan is None:
+        return [
+            "whole zoo: no saved plan prices what is left (`zoo-plan --out` saves one in the "
+            "work folder; run it with the zoo paused)"
+        ]
+    est = zoo_time_left(statuses, plan, elapsed)
+    if not (est.cpu_left or est.cpu_if_due or est.unpriced):
+        return []  # nothing left: the counts above say it all
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(plan.measured_at))
+    seeds = f" (+{_hm(est.cpu_if_due)} of second seeds, each only if due)" if est.cpu_if_due else ""
+    lines = [
+        f"whole zoo, by the plan of {when} ({plan.machine}, {plan.cores} cores): "
+        f"{_hm(est.cpu_left)} of one-core CPU left{seeds}"
+    ]
+    if est.pace is not None:
+        all_seeds = (est.cpu_left + est.cpu_if_due) * est.pace
+        due = f", {_hm(all_seeds)} if every second seed is due" if est.cpu_if_due else ""
+        lines.append(
+            f"at the pace so far (the plan's {_hm(est.cpu_done)} of CPU done took "
+            f"{_hm(elapsed)} of wall time): about {_hm(est.cpu_left * est.pace)} of training "
+            f"left{due}"
+        )
+    else:
+        lines.append(
+            f"no epoch done yet to measure the pace: at least {_hm(est.cpu_left / plan.cores)} "
+            f"of training left (the CPU time over {plan.cores} cores)"
+        )
+    if est.unpriced:
+        lines.append(
+            "not in the plan, so not counted (the config changed since; run zoo-plan again): "
+            + ", ".join(est.unpriced)
+        )
+    return lines
 
 
 def format_status(statuses: list[EntryStatus], work: Path) -> str:
@@ -167,6 +253,6 @@ def format_status(statuses: list[EntryStatus], work: Path) -> str:
     if under_way:
         lines.append(
             f"time left of the entries under way, at their recent img/s: {_hm(max(under_way))} "
-            "for the longest (the entries not started yet come on top: `zoo-plan` prices them)"
+            "for the longest"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, *_whole_zoo(statuses, work, elapsed)])

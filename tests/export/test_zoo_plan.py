@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from export.__main__ import main
 from export.zoo_config import config_path, load_zoo_config
 from export.zoo_plan import Rates, architectures, plan_zoo
+from export.zoo_plan_record import PLAN_FILENAME, read_plan_record
 
 N = 50_000
 RATES = Rates(
@@ -74,13 +77,30 @@ def test_the_command_measures_and_prints_every_entry(capsys: pytest.CaptureFixtu
         assert entry["name"] in out
     assert "rates measured on cpu" in out and "teacher forward" in out
     assert "total " in out and "wall time, at least" in out
+    assert "saved to" not in out  # without --out the plan is printed only
+
+
+def test_the_command_saves_the_plan_beside_the_zoo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --out, the plan lands in the zoo's work folder (made if the zoo has not run yet),
+    every entry priced as printed, for zoo-status to read back."""
+    out_dir = tmp_path / "digits-zoo"
+    args = ["zoo-plan", "--dataset", "digits", "--seconds", "0.05", "--out", str(out_dir)]
+    assert main(args) == 0
+    assert f"saved to {out_dir / '.work' / PLAN_FILENAME}" in capsys.readouterr().out
+    record = read_plan_record(out_dir / ".work")
+    assert record is not None
+    config = load_zoo_config(config_path("digits"))
+    entries = [config["teacher"], *config["students"]]
+    assert set(record.entries) == {e["name"] for e in entries}
+    assert all(cost.cpu_hours > 0 for cost in record.entries.values())
+    assert record.cores >= 1 and record.machine.startswith("cpu")
 
 
 def test_the_least_wall_time_is_the_cpu_time_over_the_cores() -> None:
     """Lanes keep every core busy, so the plan's floor is its CPU time over the cores; the
     second seeds make the range."""
-    from pathlib import Path
-
     from export.zoo_plan import _hm, format_plan
 
     planned = plan_zoo(load_zoo_config(config_path("cifar10")), RATES, N)

@@ -16,7 +16,14 @@ import pytest
 from export.__main__ import main
 from export.lanes import is_stopped
 from export.zoo_config import config_path, load_zoo_config
-from export.zoo_status import elapsed_training_hours, format_status, zoo_status
+from export.zoo_plan_record import PlannedCost, PlanRecord, write_plan_record
+from export.zoo_status import (
+    EntryStatus,
+    elapsed_training_hours,
+    format_status,
+    zoo_status,
+    zoo_time_left,
+)
 
 
 def _log(folder: Path, *records: dict[str, object], torn: bool = False) -> None:
@@ -147,3 +154,84 @@ def test_elapsed_training_time_counts_entries_side_by_side_once(tmp_path: Path) 
     assert "elapsed training time so far: 3:00" in format_status([], tmp_path)
     assert elapsed_training_hours(tmp_path / "none") == 0.0
     assert "elapsed training time" not in format_status([], tmp_path / "none")
+
+
+PLAN = PlanRecord(
+    measured_at=1_800_000_000.0,
+    machine="cpu (test)",
+    cores=2,
+    entries={
+        "teacher": PlannedCost(40, 20.0),
+        "kd": PlannedCost(30, 6.0),
+        "rocket": PlannedCost(30, 9.0),
+        "kd-seed1": PlannedCost(30, 6.0, conditional=True),
+        "baseline-seed1": PlannedCost(30, 3.0, conditional=True),
+        "mimic-seed1": PlannedCost(30, 3.0, conditional=True),
+        "capped": PlannedCost(30, 3.0),
+    },
+)
+STATUSES = [
+    EntryStatus("teacher", "done", 40, 40.0),
+    EntryStatus("kd", "training", 10, 30.0, lane=1),
+    EntryStatus("rocket", "not started"),
+    EntryStatus("kd-seed1", "not started"),  # a second seed: only if due
+    EntryStatus("baseline-seed1", "skipped"),  # not due: costs nothing
+    EntryStatus("mimic-seed1", "started", 15, 30.0),  # due, half done: certain now
+    EntryStatus("capped", "done", 2, 2.0),  # trained under --max-epochs 2
+    EntryStatus("new-entry", "not started"),  # added to the config after the plan
+]
+
+
+def test_the_whole_zoo_is_priced_by_the_plan_at_the_pace_so_far() -> None:
+    """Done: 20 (teacher) + 2 (a third of kd) + 1.5 (half of mimic-seed1) + 0.2 (2 of 30 epochs)
+    = 23.7 planned CPU-hours in 47.4 h of wall time, a pace of 2; left: 4 (kd) + 9 (rocket) +
+    1.5 (mimic-seed1), and 6 more if kd-seed1 is due."""
+    est = zoo_time_left(STATUSES, PLAN, elapsed_hours=47.4)
+    assert est.cpu_done == pytest.approx(23.7)
+    assert est.pace == pytest.approx(2.0)
+    assert est.cpu_left == pytest.approx(14.5)
+    assert est.cpu_if_due == pytest.approx(6.0)
+    assert est.wall_left() == pytest.approx(29.0)
+    assert est.wall_left(with_second_seeds=True) == pytest.approx(41.0)
+    assert est.unpriced == ("new-entry",)
+    # before any epoch is logged there is no pace, only the plan's CPU-hours
+    fresh = zoo_time_left([EntryStatus("teacher", "not started")], PLAN, elapsed_hours=0.0)
+    assert (fresh.cpu_left, fresh.pace, fresh.wall_left()) == (20.0, None, None)
+
+
+def test_the_table_ends_with_the_whole_zoo(tmp_path: Path) -> None:
+    t0 = 1_800_000_000.0
+    _log(tmp_path / "teacher", _start(40), {"event": "epoch", "epoch": 40, "time": t0 + 47.4 * 3600,
+                                            "epoch_time_s": 47.4 * 3600})  # fmt: skip
+    assert "whole zoo: no saved plan" in format_status(STATUSES, tmp_path)
+    write_plan_record(tmp_path, PLAN)
+    out = format_status(STATUSES, tmp_path)
+    assert "(cpu (test), 2 cores): 14:30 of one-core CPU left (+6:00 of second seeds" in out
+    assert "the plan's 23:42 of CPU done took 47:24 of wall time" in out
+    assert "about 29:00 of training left, 41:00 if every second seed is due" in out
+    assert out.splitlines()[-1].endswith("run zoo-plan again): new-entry")
+    # nothing left: no whole-zoo lines
+    assert "whole zoo" not in format_status([EntryStatus("teacher", "done", 40, 40.0)], tmp_path)
+    # a plan but no epoch done yet: the floor, the CPU time over the cores
+    out = format_status([EntryStatus("teacher", "not started")], tmp_path / "fresh")
+    assert "whole zoo: no saved plan" in out
+    write_plan_record(tmp_path / "fresh", PLAN)
+    out = format_status([EntryStatus("teacher", "not started")], tmp_path / "fresh")
+    assert "at least 10:00 of training left (the CPU time over 2 cores)" in out
+
+
+def test_the_command_prices_the_zoo_once_a_plan_is_saved(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = load_zoo_config(config_path("cifar10"))
+    entries = [config["teacher"], *config["students"]]
+    plan = PlanRecord(1_800_000_000.0, "cpu (test)", 2, {
+        str(e["name"]): PlannedCost(float(e.get("epochs", 30)), 1.0,
+                                    conditional=bool(e.get("second_seed_of")))
+        for e in entries
+    })  # fmt: skip
+    write_plan_record(work, plan)
+    assert main(["zoo-status", "--dataset", "cifar10", "--out", str(work.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "whole zoo, by the plan of" in out and "of one-core CPU left" in out
+    assert "not in the plan" not in out
