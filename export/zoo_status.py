@@ -146,12 +146,6 @@ class ZooTimeLeft:
     pace: float | None  # wall hours per planned CPU-hour so far; None before any epoch
     unpriced: tuple[str, ...] = ()  # entries the plan does not name (the config changed since)
 
-    def wall_left(self, *, with_second_seeds: bool = False) -> float | None:
-        """Wall hours left at the pace so far (None before any epoch is done)."""
-        if self.pace is None:
-            return None
-        return (self.cpu_left + (self.cpu_if_due if with_second_seeds else 0.0)) * self.pace
-
 
 def zoo_time_left(
     statuses: list[EntryStatus], plan: PlanRecord, elapsed_hours: float

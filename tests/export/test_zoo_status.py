@@ -191,12 +191,10 @@ def test_the_whole_zoo_is_priced_by_the_plan_at_the_pace_so_far() -> None:
     assert est.pace == pytest.approx(2.0)
     assert est.cpu_left == pytest.approx(14.5)
     assert est.cpu_if_due == pytest.approx(6.0)
-    assert est.wall_left() == pytest.approx(29.0)
-    assert est.wall_left(with_second_seeds=True) == pytest.approx(41.0)
     assert est.unpriced == ("new-entry",)
     # before any epoch is logged there is no pace, only the plan's CPU-hours
     fresh = zoo_time_left([EntryStatus("teacher", "not started")], PLAN, elapsed_hours=0.0)
-    assert (fresh.cpu_left, fresh.pace, fresh.wall_left()) == (20.0, None, None)
+    assert (fresh.cpu_left, fresh.cpu_done, fresh.pace) == (20.0, 0.0, None)
 
 
 def test_the_table_ends_with_the_whole_zoo(tmp_path: Path) -> None:
