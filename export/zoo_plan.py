@@ -37,6 +37,7 @@ class PlannedEntry:
     cpu_hours: float
     teacher_logit_hours: float  # of which: the teacher's logits (a stream's first run)
     conditional: bool = False  # a second seed, trained only when its first seed's gap is in noise
+    images: int = 0  # training images an epoch
 
 
 def _entry_config(entry: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +101,7 @@ def plan_zoo(config: dict[str, Any], rates: Rates, train_images: int) -> list[Pl
                 cpu_hours=(seconds + logit_seconds) / 3600,
                 teacher_logit_hours=logit_seconds / 3600,
                 conditional=bool(entry.get("second_seed_of")),
+                images=n,
             )
         )
     return planned
@@ -164,8 +166,7 @@ def plan_record(planned: list[PlannedEntry], *, cores: int) -> PlanRecord:
         machine=machine(),
         cores=cores,
         entries={
-            p.name: PlannedCost(epochs=p.epochs, cpu_hours=p.cpu_hours, conditional=p.conditional)
-            for p in planned
+            p.name: PlannedCost(p.epochs, p.cpu_hours, p.conditional, p.images) for p in planned
         },
     )
 

@@ -17,11 +17,18 @@ class PlannedCost:
     epochs: float
     cpu_hours: float
     conditional: bool = False  # a second seed, trained only if due
+    images: int = 0  # training images an epoch (0: not recorded)
 
     @property
     def per_epoch(self) -> float:
         """One-core CPU-hours of one epoch (the teacher's logits spread over the epochs)."""
         return self.cpu_hours / self.epochs if self.epochs else 0.0
+
+    @property
+    def img_per_s(self) -> float | None:
+        """The img/s the plan expects of one core for this entry, all it runs per image
+        included (None when the plan did not record its images)."""
+        return self.images / (self.per_epoch * 3600) if self.images and self.per_epoch else None
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ def read_plan_record(work: Path) -> PlanRecord | None:
                     epochs=float(cost["epochs"]),
                     cpu_hours=float(cost["cpu_hours"]),
                     conditional=bool(cost.get("conditional", False)),
+                    images=int(cost.get("images", 0)),
                 )
                 for name, cost in blob["entries"].items()
             },

@@ -33,6 +33,7 @@ class EntryStatus:
     hours_left: float | None = None
     waits_for: tuple[str, ...] = ()
     lane: int | None = None  # the lane training it now
+    train_images: int | None = None  # training images an epoch
 
 
 def _records(log: Path) -> list[dict[str, Any]]:
@@ -93,6 +94,7 @@ def entry_status(
         rate,
         left,
         lane=lane,
+        train_images=int(images) if images else None,
     )
 
 
@@ -145,6 +147,9 @@ class ZooTimeLeft:
     cpu_done: float  # the plan's CPU-hours of the epochs done so far
     pace: float | None  # wall hours per planned CPU-hour so far; None before any epoch
     unpriced: tuple[str, ...] = ()  # entries the plan does not name (the config changed since)
+    cores_now: float | None = None  # how many of the plan's one-thread cores the entries
+    # training now deliver, each its recent img/s over the img/s the plan expects of one core;
+    # None when none trains or one has no rate yet
 
 
 def zoo_time_left(
@@ -155,7 +160,8 @@ def zoo_time_left(
     the pace so far: the wall time the finished epochs took (``elapsed_hours``, entries side by
     side counted once) over their planned CPU-hours. The pace carries how well this machine's
     cores served the zoo so far (thread scaling, lanes, other work); the rest is assumed to
-    go as well."""
+    go as well. Beside it, the rate now: the cores' worth of the plan's one-thread img/s that the
+    entries training now deliver at their recent img/s."""
     left = if_due = done = 0.0
     unpriced = []
     for s in statuses:
@@ -174,7 +180,19 @@ def zoo_time_left(
         else:
             left += total * (1 - fraction)
     pace = elapsed_hours / done if done > 0 and elapsed_hours > 0 else None
-    return ZooTimeLeft(left, if_due, done, pace, tuple(unpriced))
+    return ZooTimeLeft(left, if_due, done, pace, tuple(unpriced), _cores_now(statuses, plan))
+
+
+def _cores_now(statuses: list[EntryStatus], plan: PlanRecord) -> float | None:
+    cores = 0.0
+    training = [s for s in statuses if s.state == "training"]
+    for s in training:
+        cost = plan.entries.get(s.name)
+        expected = cost.img_per_s if cost is not None else None
+        if not (expected and s.img_per_s):
+            return None  # a lane without a rate yet (a hint stage, a booster trained first)
+        cores += s.img_per_s / expected
+    return cores or None
 
 
 def _hm(hours: float) -> str:
@@ -198,15 +216,22 @@ def _whole_zoo(statuses: list[EntryStatus], work: Path, elapsed: float) -> list[
         f"whole zoo, by the plan of {when} ({plan.machine}, {plan.cores} cores): "
         f"{_hm(est.cpu_left)} of one-core CPU left{seeds}"
     ]
+
+    def left(pace: float) -> str:
+        due = f", {_hm((est.cpu_left + est.cpu_if_due) * pace)} if every second seed is due"
+        return f"about {_hm(est.cpu_left * pace)} of training left{due if est.cpu_if_due else ''}"
+
+    if est.cores_now is not None:
+        lines.append(
+            f"at the rate of the entries training now ({est.cores_now:.2f} cores' worth of the "
+            f"plan's one-core img/s): {left(1 / est.cores_now)}"
+        )
     if est.pace is not None:
-        all_seeds = (est.cpu_left + est.cpu_if_due) * est.pace
-        due = f", {_hm(all_seeds)} if every second seed is due" if est.cpu_if_due else ""
         lines.append(
             f"at the pace so far (the plan's {_hm(est.cpu_done)} of CPU done took "
-            f"{_hm(elapsed)} of wall time): about {_hm(est.cpu_left * est.pace)} of training "
-            f"left{due}"
+            f"{_hm(elapsed)} of wall time): {left(est.pace)}"
         )
-    else:
+    if est.cores_now is None and est.pace is None:
         lines.append(
             f"no epoch done yet to measure the pace: at least {_hm(est.cpu_left / plan.cores)} "
             f"of training left (the CPU time over {plan.cores} cores)"

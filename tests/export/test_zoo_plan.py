@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from export.__main__ import main
+from export.data import load_dataset
 from export.zoo_config import config_path, load_zoo_config
 from export.zoo_plan import Rates, architectures, plan_zoo
 from export.zoo_plan_record import PLAN_FILENAME, read_plan_record
@@ -95,6 +96,8 @@ def test_the_command_saves_the_plan_beside_the_zoo(
     entries = [config["teacher"], *config["students"]]
     assert set(record.entries) == {e["name"] for e in entries}
     assert all(cost.cpu_hours > 0 for cost in record.entries.values())
+    train = len(load_dataset("digits", None).train_images)
+    assert {cost.images for cost in record.entries.values()} == {train}
     assert record.cores >= 1 and record.machine.startswith("cpu")
 
 

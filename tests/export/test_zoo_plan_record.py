@@ -21,7 +21,7 @@ RECORD = PlanRecord(
     cores=2,
     entries={
         "teacher": PlannedCost(epochs=40, cpu_hours=16.5),
-        "kd": PlannedCost(epochs=30, cpu_hours=4.5),
+        "kd": PlannedCost(epochs=30, cpu_hours=4.5, images=50_000),
         "kd-seed1": PlannedCost(epochs=30, cpu_hours=4.25, conditional=True),
     },
 )
@@ -35,6 +35,9 @@ def test_a_plan_reads_back_as_written(tmp_path: Path) -> None:
     assert list(work.iterdir()) == [path]  # no temporary file left behind
     assert RECORD.entries["kd"].per_epoch == pytest.approx(0.15)
     assert PlannedCost(epochs=0, cpu_hours=1.0).per_epoch == 0.0
+    # 50,000 images in 0.15 h of one core: the plan expects 92.6 img/s of a core
+    assert RECORD.entries["kd"].img_per_s == pytest.approx(50_000 / (0.15 * 3600))
+    assert RECORD.entries["teacher"].img_per_s is None  # images not recorded (an older plan)
 
 
 @pytest.mark.parametrize(

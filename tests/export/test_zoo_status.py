@@ -162,7 +162,7 @@ PLAN = PlanRecord(
     cores=2,
     entries={
         "teacher": PlannedCost(40, 20.0),
-        "kd": PlannedCost(30, 6.0),
+        "kd": PlannedCost(30, 6.0, images=72_000),  # 100 img/s of one core
         "rocket": PlannedCost(30, 9.0),
         "kd-seed1": PlannedCost(30, 6.0, conditional=True),
         "baseline-seed1": PlannedCost(30, 3.0, conditional=True),
@@ -172,7 +172,7 @@ PLAN = PlanRecord(
 )
 STATUSES = [
     EntryStatus("teacher", "done", 40, 40.0),
-    EntryStatus("kd", "training", 10, 30.0, lane=1),
+    EntryStatus("kd", "training", 10, 30.0, img_per_s=150.0, lane=1, train_images=72_000),
     EntryStatus("rocket", "not started"),
     EntryStatus("kd-seed1", "not started"),  # a second seed: only if due
     EntryStatus("baseline-seed1", "skipped"),  # not due: costs nothing
@@ -192,9 +192,30 @@ def test_the_whole_zoo_is_priced_by_the_plan_at_the_pace_so_far() -> None:
     assert est.cpu_left == pytest.approx(14.5)
     assert est.cpu_if_due == pytest.approx(6.0)
     assert est.unpriced == ("new-entry",)
+    assert est.cores_now == pytest.approx(1.5)  # kd trains at 150 img/s, 1.5x the plan's core
     # before any epoch is logged there is no pace, only the plan's CPU-hours
     fresh = zoo_time_left([EntryStatus("teacher", "not started")], PLAN, elapsed_hours=0.0)
     assert (fresh.cpu_left, fresh.cpu_done, fresh.pace) == (20.0, 0.0, None)
+
+
+@pytest.mark.parametrize(
+    "training",
+    [
+        [EntryStatus("kd", "training", 0, 30.0, lane=1)],  # no epoch yet: no rate
+        [EntryStatus("teacher", "training", 3, 40.0, img_per_s=30.0, lane=1)],  # no images
+        [EntryStatus("new-entry", "training", 3, 30.0, img_per_s=30.0, lane=1)],  # unpriced
+        [EntryStatus("kd", "paused", 3, 30.0, img_per_s=30.0, lane=1)],  # paused: no rate now
+    ],
+)
+def test_the_rate_now_needs_a_rate_and_its_plan_for_every_entry_training(
+    training: list[EntryStatus],
+) -> None:
+    assert zoo_time_left(training, PLAN, elapsed_hours=1.0).cores_now is None
+    kd = EntryStatus("kd", "training", 3, 30.0, img_per_s=50.0, lane=2)
+    if training[0].state == "training":  # one lane without a rate spoils the sum
+        assert zoo_time_left([*training, kd], PLAN, elapsed_hours=1.0).cores_now is None
+    else:
+        assert zoo_time_left([*training, kd], PLAN, 1.0).cores_now == pytest.approx(0.5)
 
 
 def test_the_table_ends_with_the_whole_zoo(tmp_path: Path) -> None:
@@ -205,8 +226,14 @@ def test_the_table_ends_with_the_whole_zoo(tmp_path: Path) -> None:
     write_plan_record(tmp_path, PLAN)
     out = format_status(STATUSES, tmp_path)
     assert "(cpu (test), 2 cores): 14:30 of one-core CPU left (+6:00 of second seeds" in out
-    assert "the plan's 23:42 of CPU done took 47:24 of wall time" in out
-    assert "about 29:00 of training left, 41:00 if every second seed is due" in out
+    assert (
+        "the plan's 23:42 of CPU done took 47:24 of wall time): about 29:00 of training "
+        "left, 41:00 if every second seed is due" in out
+    )
+    assert (
+        "(1.50 cores' worth of the plan's one-core img/s): about 9:40 of training left, "
+        "13:40 if every second seed is due" in out
+    )
     assert out.splitlines()[-1].endswith("run zoo-plan again): new-entry")
     # nothing left: no whole-zoo lines
     assert "whole zoo" not in format_status([EntryStatus("teacher", "done", 40, 40.0)], tmp_path)
