@@ -9,6 +9,7 @@ the served file.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,40 @@ def test_every_card_is_reproduced_on_the_jpeg_test_split(
         correct += int((logits.argmax(axis=1) == labels[start : start + 500]).sum())
     measured = correct / len(paths)
     assert abs(measured - card.metrics.top1) <= TOLERANCE, f"{measured} vs {card.metrics.top1}"
+
+
+# A model named where a user reads or copies it: the README, the docs site, the defaults of
+# the load tests, scripts and deployment files, the OpenAPI examples and the settings' help. The
+# raw outputs under loadtest/results/ are records of past runs and stay as they were.
+NAMED_IN = [
+    "README.md",
+    "docs/*.md",
+    "loadtest/*.py",
+    "scripts/*",
+    "service/**/*.py",
+    "deploy/**/*",
+    "docker-compose*.yml",
+    "Makefile",
+]
+MODEL_NAME = re.compile(r"\bcifar10-[a-z0-9.-]*(?:wrn|mobilenet|shallow)[a-z0-9.-]*[a-z0-9]\b")
+FILE_SUFFIX = re.compile(r"\.(?:txt|csv|json|md|png|yaml)$")
+
+
+def test_every_model_the_docs_and_defaults_name_is_served() -> None:
+    """After a new zoo is published, the text that names the old one must follow it: a request
+    copied from the docs, a load test's default model or a figure quoted for a model must name
+    a model that models/ serves."""
+    served = {c.name for c in _cards()}
+    named: dict[str, set[str]] = {}
+    for pattern in NAMED_IN:
+        for path in sorted(ROOT.glob(pattern)):
+            if not path.is_file():
+                continue
+            for match in MODEL_NAME.finditer(path.read_text(encoding="utf-8", errors="replace")):
+                name = match.group(0)
+                if FILE_SUFFIX.search(name):  # a results file named after the model
+                    continue
+                named.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    assert named, "no model named anywhere: the pattern no longer matches the zoo's names"
+    missing = {name: sorted(where) for name, where in named.items() if name not in served}
+    assert not missing, f"named but not served by models/: {missing}"
