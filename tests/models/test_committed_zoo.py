@@ -143,3 +143,23 @@ def test_every_model_the_docs_and_defaults_name_is_served() -> None:
     assert named, "no model named anywhere: the pattern no longer matches the zoo's names"
     missing = {name: sorted(where) for name, where in named.items() if name not in served}
     assert not missing, f"named but not served by models/: {missing}"
+
+
+QUOTED_TOP1 = re.compile(MODEL_NAME.pattern + r"`? \((\d+\.\d) ?%")
+
+
+def test_the_top1_the_docs_quote_beside_a_model_is_its_cards() -> None:
+    """A figure like "cifar10-teacher-wrn-40-2 (83.8 %)" in a table: the accuracy is the served
+    card's, so figures measured on an older zoo cannot stay beside a newer one's name."""
+    top1 = {c.name: c.metrics.top1 for c in _cards()}
+    quoted = []
+    for path in [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))]:
+        for match in QUOTED_TOP1.finditer(path.read_text(encoding="utf-8")):
+            quoted.append((path.name, match.group(0).split()[0].strip("`"), float(match.group(1))))
+    assert quoted, "no quoted top-1 found: the pattern no longer matches the docs"
+    stale = [
+        (where, name, figure)
+        for where, name, figure in quoted
+        if name not in top1 or round(top1[name] * 100, 1) != figure
+    ]
+    assert not stale, f"quoted top-1 that is not the served card's: {stale}"
