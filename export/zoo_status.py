@@ -33,7 +33,6 @@ class EntryStatus:
     hours_left: float | None = None
     waits_for: tuple[str, ...] = ()
     lane: int | None = None  # the lane training it now
-    train_images: int | None = None  # training images an epoch
 
 
 def _records(log: Path) -> list[dict[str, Any]]:
@@ -94,7 +93,6 @@ def entry_status(
         rate,
         left,
         lane=lane,
-        train_images=int(images) if images else None,
     )
 
 

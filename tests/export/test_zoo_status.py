@@ -172,7 +172,7 @@ PLAN = PlanRecord(
 )
 STATUSES = [
     EntryStatus("teacher", "done", 40, 40.0),
-    EntryStatus("kd", "training", 10, 30.0, img_per_s=150.0, lane=1, train_images=72_000),
+    EntryStatus("kd", "training", 10, 30.0, img_per_s=150.0, lane=1),
     EntryStatus("rocket", "not started"),
     EntryStatus("kd-seed1", "not started"),  # a second seed: only if due
     EntryStatus("baseline-seed1", "skipped"),  # not due: costs nothing
