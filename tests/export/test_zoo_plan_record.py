@@ -58,6 +58,15 @@ def test_an_unreadable_plan_is_no_plan(tmp_path: Path, text: str) -> None:
 def test_no_plan_file_is_no_plan(tmp_path: Path) -> None:
     assert read_plan_record(tmp_path) is None
     assert read_plan_record(tmp_path / "missing") is None
-    blob = json.loads(json.dumps({"measured_at": 1, "machine": "m", "cores": 1, "entries": {}}))
+
+
+def test_a_plan_of_an_older_release_reads_without_what_it_lacks(tmp_path: Path) -> None:
+    """A plan saved before entries recorded their images still prices the zoo (no rate now)."""
+    blob = {
+        "measured_at": 1,
+        "machine": "m",
+        "cores": 1,
+        "entries": {"kd": {"epochs": 30, "cpu_hours": 3.0, "conditional": False}},
+    }
     (tmp_path / PLAN_FILENAME).write_text(json.dumps(blob), encoding="utf-8")
-    assert read_plan_record(tmp_path) == PlanRecord(1.0, "m", 1, {})
+    assert read_plan_record(tmp_path) == PlanRecord(1.0, "m", 1, {"kd": PlannedCost(30, 3.0)})
