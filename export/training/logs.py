@@ -66,14 +66,20 @@ class Progress:
             leave=False, mininterval=0.1 if sys.stderr.isatty() else 60.0,
         )  # fmt: skip
         self.start = time.perf_counter()
+        self.images = 0  # seen since this bar started (not those of a resumed epoch's first part)
 
-    def update(self, loss: float, acc: float, images: int) -> None:
-        """Advance one step."""
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+    def update(self, loss: float, acc: float, batch_images: int) -> None:
+        """Advance one step of ``batch_images`` images; loss and accuracy are running values."""
+        self.images += batch_images
         self.bar.set_postfix(
-            loss=f"{loss:.4f}", acc=f"{acc:.3f}", img_s=f"{images / elapsed:.0f}", refresh=False
+            loss=f"{loss:.4f}", acc=f"{acc:.3f}", img_s=f"{self.images_per_s:.0f}", refresh=False
         )
         self.bar.update(1)
+
+    @property
+    def images_per_s(self) -> float:
+        """Images this bar has seen over the seconds since it started."""
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
 
     def close(self) -> None:
         """Remove the bar."""

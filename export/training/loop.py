@@ -319,7 +319,7 @@ class Trainer:
             correct += correct_now
             for k, v in self.method.last_terms.items():
                 terms_sum[k] = terms_sum.get(k, torch.zeros((), device=v.device)) + v * n
-            bar.update(float(loss.detach()), correct / seen, seen)
+            bar.update(float(loss.detach()), correct / seen, n)
             now = pause.clock()
             if minutes is not None and step + 1 < steps and now - last_save >= minutes * 60:
                 self.state.step = step + 1

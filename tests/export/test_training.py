@@ -14,7 +14,7 @@ from export.checkpoint import load_trained
 from export.data import load_dataset
 from export.models import build_model
 from export.training import ConfigError, TrainResult, run_training
-from export.training.logs import RunLog, epoch_end_times, read_log
+from export.training.logs import Progress, RunLog, epoch_end_times, read_log
 from export.training.loop import ResumeError
 from export.training.runtime import native_bf16, resolve_precision
 from service.contract.model_card import InputSpec
@@ -206,8 +206,19 @@ def test_a_run_stopped_inside_an_epoch_resumes_at_its_last_saved_step(
     monkeypatch.undo()
     blob = torch.load(part / "checkpoint.pt", weights_only=True)
     assert (blob["epoch"], blob["step"]) == (1, 3) and blob["partial"]["seen"] > 0
+    bars: list[Progress] = []
+
+    class Recorded(Progress):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr("export.training.loop.Progress", Recorded)
     resumed = run_training({**cfg, "out_dir": str(part), "resume": True})
     assert resumed.completed and resumed.epochs_run == 2
+    # the resumed epoch's bar rates only the images it trained on, not those before the stop
+    per_epoch = bars[1].images
+    assert per_epoch > 0 and bars[0].images == per_epoch - blob["partial"]["seen"]
     a, b = _state(whole.artifact_path), _state(resumed.artifact_path)
     for key in a:
         assert torch.equal(a[key], b[key]), key
