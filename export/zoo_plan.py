@@ -15,7 +15,7 @@ from export.models import build_model
 from export.training.config import DEFAULTS, HINT_STAGE_FRACTION, TEACHER_METHODS
 from export.training.runtime import describe_device, resolve_precision
 from export.zoo_config import ZOO_TEACHER
-from export.zoo_plan_record import PlannedCost, PlanRecord
+from export.zoo_plan_record import PlannedCost, PlanRecord, hm
 
 
 @dataclass(frozen=True)
@@ -171,12 +171,6 @@ def plan_record(planned: list[PlannedEntry], *, cores: int) -> PlanRecord:
     )
 
 
-def _hm(hours: float) -> str:
-    """Hours as h:mm (a digits zoo costs minutes, the CIFAR-10 one tens of hours)."""
-    minutes = round(hours * 60)
-    return f"{minutes // 60}:{minutes % 60:02d}"
-
-
 def format_plan(
     planned: list[PlannedEntry],
     rates: Rates,
@@ -196,19 +190,19 @@ def format_plan(
         f"{'entry':<42}{'method':>18}{'epochs':>8}{'CPU':>8}{'logits':>8}",
     ]
     for p in planned:
-        logits = _hm(p.teacher_logit_hours) if p.teacher_logit_hours else "-"
+        logits = hm(p.teacher_logit_hours) if p.teacher_logit_hours else "-"
         method = f"{p.method} (if due)" if p.conditional else p.method
-        lines.append(f"{p.name:<42}{method:>18}{p.epochs:>8g}{_hm(p.cpu_hours):>8}{logits:>8}")
+        lines.append(f"{p.name:<42}{method:>18}{p.epochs:>8g}{hm(p.cpu_hours):>8}{logits:>8}")
     teacher, students = planned[0].cpu_hours, sum(p.cpu_hours for p in planned[1:])
     optional = sum(p.cpu_hours for p in planned if p.conditional)
     # Lanes keep every core busy (an entry left alone is raised to every core, export/lanes.py),
     # so no schedule beats the CPU time spread over the cores.
     low, high = (teacher + students - optional) / cores, (teacher + students) / cores
-    span = _hm(high) if low == high else f"{_hm(low)} to {_hm(high)} (the range: second seeds)"
+    span = hm(high) if low == high else f"{hm(low)} to {hm(high)} (the range: second seeds)"
     lines += [
-        f"total {_hm(teacher + students)} of CPU "
-        f"(teacher {_hm(teacher)}, students {_hm(students)}"
-        + (f", of which {_hm(optional)} of second seeds, each only if due" if optional else "")
+        f"total {hm(teacher + students)} of CPU "
+        f"(teacher {hm(teacher)}, students {hm(students)}"
+        + (f", of which {hm(optional)} of second seeds, each only if due" if optional else "")
         + ")",
         f"wall time, at least: {span}: the CPU time over {cores} cores, as if threads scaled "
         "perfectly; more when they do not or other work shares the cores",

@@ -41,6 +41,12 @@ class PlanRecord:
     entries: dict[str, PlannedCost]
 
 
+def hm(hours: float) -> str:
+    """Hours as h:mm (a digits zoo costs minutes, the CIFAR-10 one tens of hours)."""
+    minutes = round(hours * 60)
+    return f"{minutes // 60}:{minutes % 60:02d}"
+
+
 def write_plan_record(work: Path, record: PlanRecord) -> Path:
     """Save ``record`` as ``work/plan.json`` (atomically: a reader sees the old or the new one)."""
     work.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from export.convergence import span_union_s
 from export.lanes import paused_entries, running_entries
 from export.training.result import RESULT_FILENAME
 from export.zoo_config import model_name, prerequisites
-from export.zoo_plan_record import PlanRecord, read_plan_record
+from export.zoo_plan_record import PlanRecord, hm, read_plan_record
 
 RECENT_EPOCHS = 3  # the time left is priced at the mean rate of the last few epochs
 
@@ -193,11 +193,6 @@ def _cores_now(statuses: list[EntryStatus], plan: PlanRecord) -> float | None:
     return cores or None
 
 
-def _hm(hours: float) -> str:
-    minutes = round(hours * 60)
-    return f"{minutes // 60}:{minutes % 60:02d}"
-
-
 def _whole_zoo(statuses: list[EntryStatus], work: Path, elapsed: float) -> list[str]:
     plan = read_plan_record(work)
     if plan is None:
@@ -209,15 +204,15 @@ def _whole_zoo(statuses: list[EntryStatus], work: Path, elapsed: float) -> list[
     if not (est.cpu_left or est.cpu_if_due or est.unpriced):
         return []  # nothing left: the counts above say it all
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(plan.measured_at))
-    seeds = f" (+{_hm(est.cpu_if_due)} of second seeds, each only if due)" if est.cpu_if_due else ""
+    seeds = f" (+{hm(est.cpu_if_due)} of second seeds, each only if due)" if est.cpu_if_due else ""
     lines = [
         f"whole zoo, by the plan of {when} ({plan.machine}, {plan.cores} cores): "
-        f"{_hm(est.cpu_left)} of one-core CPU left{seeds}"
+        f"{hm(est.cpu_left)} of one-core CPU left{seeds}"
     ]
 
     def left(pace: float) -> str:
-        due = f", {_hm((est.cpu_left + est.cpu_if_due) * pace)} if every second seed is due"
-        return f"about {_hm(est.cpu_left * pace)} of training left{due if est.cpu_if_due else ''}"
+        due = f", {hm((est.cpu_left + est.cpu_if_due) * pace)} if every second seed is due"
+        return f"about {hm(est.cpu_left * pace)} of training left{due if est.cpu_if_due else ''}"
 
     if est.cores_now is not None:
         lines.append(
@@ -226,12 +221,12 @@ def _whole_zoo(statuses: list[EntryStatus], work: Path, elapsed: float) -> list[
         )
     if est.pace is not None:
         lines.append(
-            f"at the pace so far (the plan's {_hm(est.cpu_done)} of CPU done took "
-            f"{_hm(elapsed)} of wall time): {left(est.pace)}"
+            f"at the pace so far (the plan's {hm(est.cpu_done)} of CPU done took "
+            f"{hm(elapsed)} of wall time): {left(est.pace)}"
         )
     if est.cores_now is None and est.pace is None:
         lines.append(
-            f"no epoch done yet to measure the pace: at least {_hm(est.cpu_left / plan.cores)} "
+            f"no epoch done yet to measure the pace: at least {hm(est.cpu_left / plan.cores)} "
             f"of training left (the CPU time over {plan.cores} cores)"
         )
     if est.unpriced:
@@ -253,7 +248,7 @@ def format_status(statuses: list[EntryStatus], work: Path) -> str:
         epoch = f"{s.epochs_done}/{s.epochs:g}" if s.epochs is not None else "-"
         top1 = f"{s.test_top1 * 100:.2f}" if s.test_top1 is not None else "-"
         rate = f"{s.img_per_s:,.0f}" if s.img_per_s else "-"
-        left = _hm(s.hours_left) if s.hours_left is not None else "-"
+        left = hm(s.hours_left) if s.hours_left is not None else "-"
         waits = ", ".join(s.waits_for)
         state = f"{s.state} ({s.lane})" if s.lane is not None else s.state
         lines.append(f"{s.name:<42}{state:>14}{epoch:>9}{top1:>9}{rate:>8}{left:>7}  {waits}")
@@ -263,13 +258,13 @@ def format_status(statuses: list[EntryStatus], work: Path) -> str:
     elapsed = elapsed_training_hours(work)
     if elapsed:
         lines.append(
-            f"elapsed training time so far: {_hm(elapsed)} (the union of the epochs the entries' "
+            f"elapsed training time so far: {hm(elapsed)} (the union of the epochs the entries' "
             "logs record: entries side by side count once; the epoch under way is not in it)"
         )
     under_way = [s.hours_left for s in statuses if s.hours_left is not None]
     if under_way:
         lines.append(
-            f"time left of the entries under way, at their recent img/s: {_hm(max(under_way))} "
+            f"time left of the entries under way, at their recent img/s: {hm(max(under_way))} "
             "for the longest"
         )
     return "\n".join([*lines, *_whole_zoo(statuses, work, elapsed)])

@@ -104,11 +104,12 @@ def test_the_command_saves_the_plan_beside_the_zoo(
 def test_the_least_wall_time_is_the_cpu_time_over_the_cores() -> None:
     """Lanes keep every core busy, so the plan's floor is its CPU time over the cores; the
     second seeds make the range."""
-    from export.zoo_plan import _hm, format_plan
+    from export.zoo_plan import format_plan
+    from export.zoo_plan_record import hm
 
     planned = plan_zoo(load_zoo_config(config_path("cifar10")), RATES, N)
     total = sum(p.cpu_hours for p in planned)
     optional = sum(p.cpu_hours for p in planned if p.conditional)
     assert 0 < optional < total
     out = format_plan(planned, RATES, config_file=Path("z.yaml"), train_images=N, cores=4)
-    assert f"wall time, at least: {_hm((total - optional) / 4)} to {_hm(total / 4)} " in out
+    assert f"wall time, at least: {hm((total - optional) / 4)} to {hm(total / 4)} " in out

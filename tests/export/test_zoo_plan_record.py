@@ -11,6 +11,7 @@ from export.zoo_plan_record import (
     PLAN_FILENAME,
     PlannedCost,
     PlanRecord,
+    hm,
     read_plan_record,
     write_plan_record,
 )
@@ -70,3 +71,11 @@ def test_a_plan_of_an_older_release_reads_without_what_it_lacks(tmp_path: Path) 
     }
     (tmp_path / PLAN_FILENAME).write_text(json.dumps(blob), encoding="utf-8")
     assert read_plan_record(tmp_path) == PlanRecord(1.0, "m", 1, {"kd": PlannedCost(30, 3.0)})
+
+
+@pytest.mark.parametrize(
+    ("hours", "text"),
+    [(0.0, "0:00"), (0.25, "0:15"), (1 / 120, "0:00"), (0.999, "1:00"), (72.8, "72:48")],
+)
+def test_hours_print_as_hours_and_minutes_rounded_to_the_minute(hours: float, text: str) -> None:
+    assert hm(hours) == text
