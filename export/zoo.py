@@ -33,6 +33,7 @@ from export.zoo_config import (
     prerequisites,
     second_seed_reason,
 )
+from export.zoo_plan_record import hm
 from service.contract.model_card import InputSpec, ModelCard, TrainingInfo
 
 
@@ -183,7 +184,12 @@ class Zoo:
                 return []
         t0 = time.perf_counter()
         model, meta, artifact, companions = self._train(entry)
-        self.log(f"[{name}] trained in {time.perf_counter() - t0:.1f}s")
+        # A resumed run's time in this process is a part of its training time: log both.
+        self.log(
+            f"[{name}] trained: {meta.epochs:g} epochs, test top-1 {meta.test_top1:.2%}, "
+            f"{hm(meta.wall_time_s / 3600)} (h:mm) of training in all "
+            f"({time.perf_counter() - t0:.1f} s in this process)"
+        )
         if entry is self.config["teacher"]:
             self.teacher_name, self.teacher_artifact = name, artifact
             self.teacher_onnx = self.work / str(entry["name"]) / "model.onnx"

@@ -146,6 +146,9 @@ def test_resume_keeps_what_is_published_and_retrains_nothing(zoo_repo: Path) -> 
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("already published") == 3 and "parity" not in proc.stdout
+    # each finished run reports what it took in all, not the moments this process spent on it
+    assert "[digits-teacher-resnet20] trained: 1 epochs, test top-1 " in proc.stdout
+    assert proc.stdout.count(" (h:mm) of training in all (") == 3
     after = {d.name: read_manifest(d) for d in model_dirs(zoo_repo)}
     assert {n: c.created_at for n, c in after.items()} == before
     assert all(c.version == 1 for c in after.values())
@@ -195,7 +198,7 @@ def test_lanes_train_the_students_in_parallel_processes(
     every = "".join(logs.values())
     assert every.count("[digits-teacher-resnet20] already published") == 1
     assert "[digits-teacher-resnet20] already published" in logs[kd_logs[0]]
-    assert every.count("[digits-teacher-resnet20] trained in") == 2
+    assert every.count("[digits-teacher-resnet20] trained: ") == 2
     assert {d.name for d in model_dirs(out)} == {d.name for d in model_dirs(zoo_repo)}
     assert (out / "REPORT.md").is_file() and main(["verify", str(out)]) == 0
 
