@@ -281,11 +281,6 @@ class Trainer:
             k: torch.tensor(float(v), device=device) for k, v in partial.get("terms", {}).items()
         }
         minutes = self.cfg.get("checkpoint_minutes")
-        bar = Progress(
-            steps - first,
-            f"epoch {epoch + 1}/{self.num_epochs}",
-            self.cfg["progress"] and self.dist.is_main,
-        )
         autocast = torch.autocast(
             self.source.device.type,
             dtype=torch.bfloat16,
@@ -301,6 +296,12 @@ class Trainer:
                 seconds=round(given.seconds, 3),
                 store=str(self.soft_labels.directory),
             )
+        # Started after the teacher's logits are in, so its img/s and time left are training's.
+        bar = Progress(
+            steps - first,
+            f"epoch {epoch + 1}/{self.num_epochs}",
+            self.cfg["progress"] and self.dist.is_main,
+        )
         offset = first * self.source.local_batch  # every batch before the last is full
         for step, (x, y) in enumerate(self.source.epoch(epoch, steps, first), start=first):
             if given is not None:
