@@ -141,9 +141,10 @@ def render_training(cards: Sequence[ModelCard]) -> list[str]:
             f"| {t.wall_time_s / 60:.1f} min | {t.recipe or '-'} |"
         )
     minutes = round(sum(c.training.wall_time_s for c in trained) / 60)
+    these = "this network" if len(trained) == 1 else f"these {len(trained)} networks"
     lines += [
         "",
-        f"Training time of these {len(trained)} networks, summed: {_hours(minutes)} of wall "
+        f"Training time of {these}, summed: {_hours(minutes)} of wall "
         "time (networks that a zoo trains in parallel lanes overlap, so a zoo takes less than "
         "this sum).",
     ]

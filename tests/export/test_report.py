@@ -120,6 +120,8 @@ def test_students_section_measures_the_best_student_against_the_teacher(
     training = text.split("## Training")[1].split("##")[0]
     assert "| c-rocket | rocket | wrn-16-1 | 7 | 10.0 min | sgd, 7 epochs |" in training
     assert "Training time of these 5 networks, summed: 0 h 50 min" in training
+    alone = render_report([c for c in cards if c.name == "c-rocket"], "zoo")
+    assert "Training time of this network, summed: 0 h 10 min" in alone
 
 
 def test_no_comparison_without_the_methods_to_compare(digits_repo: Path) -> None:
