@@ -55,7 +55,12 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     output_name: str = OUTPUT_NAME,
 ) -> Path:
-    """Export ``model`` (eval mode, fp32) with a dynamic batch axis; runs the ONNX checker."""
+    """Export ``model`` (eval mode, fp32) with a dynamic batch axis; runs the ONNX checker.
+
+    The graph keeps every BatchNormalization and names each weight and buffer as the PyTorch
+    state dict does (no Conv+BatchNorm folding in the file: ONNX Runtime folds them when it loads
+    the graph, so the served graph is the same), which makes the file enough to rebuild the trained
+    network (:func:`load_onnx_weights`)."""
     if opset < DEFAULT_OPSET:
         raise ExportError(f"opset {opset} is too old: use {DEFAULT_OPSET} or newer")
     model = model.eval().float()
@@ -66,6 +71,9 @@ def export_onnx(
         # The TorchScript exporter is the contract (export/models is written for it).
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # Its worry (folding that mutates parameters being trained) does not apply to an
+        # eval-mode network; the parity check below proves the graph either way.
+        warnings.filterwarnings("ignore", "It is recommended that constant folding be turned off")
         torch.onnx.export(
             model,
             (dummy,),
@@ -76,6 +84,9 @@ def export_onnx(
             dynamic_axes={spec.name: {0: "batch"}, output_name: {0: "batch"}},
             opset_version=opset,
             do_constant_folding=True,
+            # PRESERVE on an eval-mode network: exported as in eval mode, minus the exporter's
+            # Conv+BatchNorm folding, which renames the folded weights beyond recovery.
+            training=torch.onnx.TrainingMode.PRESERVE,
         )
     try:
         onnx.checker.check_model(str(tmp), full_check=True)
@@ -84,6 +95,48 @@ def export_onnx(
         raise ExportError(f"ONNX checker rejected the exported graph: {exc}") from None
     tmp.replace(path)
     return path
+
+
+def onnx_weights(path: Path) -> dict[str, np.ndarray]:
+    """The named weights of an ONNX file: its initializers, and the names that Identity nodes
+    give them (the exporter stores equal tensors once, and names the other copies that way)."""
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in weights:
+            weights.setdefault(node.output[0], weights[node.input[0]])
+    return weights
+
+
+def load_onnx_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Load the weights of ``path`` (exported by :func:`export_onnx`) into ``model``, a fresh
+    network of the same architecture; raises ExportError naming what the file lacks."""
+    weights = onnx_weights(path)
+    state = model.state_dict()
+    missing = [k for k in state if k not in weights and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ExportError(
+            f"{path}: {len(missing)} of the network's {len(state)} weights are not in the file "
+            f"(e.g. {', '.join(missing[:3])}): it holds another architecture, or its "
+            "Conv+BatchNorm pairs were folded (files exported before rocketserve kept the weights' "
+            "names), and cannot rebuild the network"
+        )
+    loaded = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            loaded[key] = value
+            continue
+        array = weights[key]
+        if tuple(array.shape) != tuple(value.shape):
+            raise ExportError(
+                f"{path}: {key} has shape {tuple(array.shape)}, the network wants "
+                f"{tuple(value.shape)}"
+            )
+        loaded[key] = torch.from_numpy(array.copy()).to(value.dtype)
+    model.load_state_dict(loaded, strict=True)
+    return model.eval()
 
 
 def torch_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
