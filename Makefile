@@ -41,9 +41,13 @@ ZOO_ONLY ?=
 # Entries two at a time in their own processes once the teacher is done (1.18-1.26x on 2 cores,
 # export/lanes.py); each lane logs to $(ZOO_DIR)/.work/lane-<i>.log.
 ZOO_LANES ?= 2
+# When ZOO_DIR is lost (a new machine), the networks this repository serves that were trained to
+# the zoo's recipes are rebuilt from their ONNX files instead of trained again (export/adopt.py).
+ZOO_ADOPT ?= models
 cifar-zoo: venv
 	OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/python -m export zoo --dataset cifar10 \
-		--data-dir $(CIFAR10) --out $(ZOO_DIR) --resume --lanes $(ZOO_LANES) $(if $(ZOO_ONLY),--only $(ZOO_ONLY))
+		--data-dir $(CIFAR10) --out $(ZOO_DIR) --resume --lanes $(ZOO_LANES) \
+		$(if $(ZOO_ADOPT),--adopt-from $(ZOO_ADOPT)) $(if $(ZOO_ONLY),--only $(ZOO_ONLY))
 
 # What the zoo costs on this machine, entry by entry, before it runs (measures img/s for ~1 min;
 # never while the zoo trains: pause it first); saved in $(ZOO_DIR)/.work/plan.json, where

@@ -27,6 +27,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         lanes=args.lanes,
         torch_threads=args.torch_threads,
         report=not args.no_report,
+        adopt_from=args.adopt_from,
     )
     result = run_zoo(args.dataset, args.out, opts, config_file=args.config)
     print(f"{len(result.cards)} model versions in {args.out} ({result.wall_time_s:.1f}s)")
@@ -141,6 +142,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: config)")
     p.add_argument("--no-report", action="store_true", help="do not write REPORT.md at the end")
+    p.add_argument(
+        "--adopt-from",
+        type=Path,
+        help="with --resume: a model repository (e.g. models/) whose networks trained to this "
+        "zoo's recipes are rebuilt from their ONNX files instead of trained again, when the work "
+        "dir lacks them (a lost work folder retrains only what the repository does not hold)",
+    )
     p.set_defaults(func=guard(cmd_zoo))
 
     p = sub.add_parser("zoo-plan", help=cmd_zoo_plan.__doc__, description=cmd_zoo_plan.__doc__)

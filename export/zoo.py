@@ -9,9 +9,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from export.adopt import Adopted, adopt, recipe_changes, source_card
 from export.evaluate import default_threads, machine_description, pick_provider
 from export.lanes import follow_lane_threads, run_lanes
-from export.onnx_export import export_with_parity
+from export.onnx_export import ExportError, export_with_parity
 from export.quantize import make_variant
 from export.report import write_report
 from export.repository import (
@@ -57,6 +58,9 @@ class ZooOptions:
     torch_threads: int | None = None  # overrides the config's torch_threads
     report: bool = True  # write REPORT.md and pareto.png at the end (a lane's child does not)
     config_file: Path | None = None  # the zoo YAML, when not the packaged one (lanes pass it on)
+    # A model repository (such as the committed models/) whose networks trained to this zoo's
+    # recipes are adopted instead of trained again, when the work folder lacks them (resume only).
+    adopt_from: Path | None = None
 
 
 @dataclass
@@ -108,6 +112,8 @@ class Zoo:
         self.config, self.repo, self.opts, self.log = config, repo, opts, log
         if opts.lanes < 1:
             raise ZooError(f"lanes must be at least 1, not {opts.lanes}")
+        if opts.adopt_from is not None and not opts.resume:
+            raise ZooError("--adopt-from continues a zoo: use it with --resume")
         self.dataset = str(config["dataset"])
         data_dir = opts.data_dir if opts.data_dir is not None else config.get("data_dir")
         self.splits = load_dataset(self.dataset, data_dir)
@@ -137,17 +143,20 @@ class Zoo:
         """Repository name of an entry (:func:`model_name`)."""
         return model_name(self.dataset, str(entry["name"]))
 
-    def _train(self, entry: dict[str, Any]) -> tuple[Any, Any, Path, dict[str, float]]:
-        """Train an entry: its network, TrainedMeta, artifact path and companions' top-1."""
-        from export.checkpoint import load_trained
-        from export.training import run_training
-
-        out_dir = self.work / str(entry["name"])
-        cfg = _training_config(entry, self.config, self.opts, out_dir)
+    def _run_config(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The training config of an entry, its teacher the zoo's trained one."""
+        cfg = _training_config(entry, self.config, self.opts, self.work / str(entry["name"]))
         if needs_teacher(cfg):
             if self.teacher_artifact is None:
                 raise ZooError(f"{entry['name']}: teacher 'zoo' used before the teacher exists")
             cfg["teacher"] = str(self.teacher_artifact)
+        return cfg
+
+    def _train(self, cfg: dict[str, Any]) -> tuple[Any, Any, Path, dict[str, float]]:
+        """Train an entry: its network, TrainedMeta, artifact path and companions' top-1."""
+        from export.checkpoint import load_trained
+        from export.training import run_training
+
         result = run_training(cfg)
         model, meta = load_trained(Path(result.artifact_path))
         companions = {
@@ -156,6 +165,42 @@ class Zoo:
             if name != "teacher"  # a teacher is trained before, not with, the student
         }
         return model, meta, Path(result.artifact_path), companions
+
+    def _adopt(self, entry: dict[str, Any], cfg: dict[str, Any]) -> Adopted | None:
+        """Adopt the entry's network from ``--adopt-from`` when its run is not finished here and
+        the source holds it trained to the same recipe (export/adopt.py); else None."""
+        from export.checkpoint import ArtifactError
+        from export.training import resolve_config
+        from export.training.config import fingerprint
+        from export.training.result import read_finished
+
+        source = self.opts.adopt_from
+        if source is None:
+            return None
+        resolved = resolve_config(cfg)
+        out_dir, fp = Path(resolved["out_dir"]), fingerprint(resolved)
+        name = self.model_name(entry)
+        card = source_card(source, name)
+        if card is None or read_finished(out_dir, fp) is not None:
+            return None
+        teacher = self.teacher_name if needs_teacher(entry) else None
+        changes = recipe_changes(card, resolved, teacher)
+        if changes:
+            self.log(f"[{name}] not adopted from {source}: trained otherwise: {'; '.join(changes)}")
+            return None
+        variants = [str(v) for v in entry.get("variants", []) or []]
+        try:
+            adopted = adopt(card, source, out_dir, fp, self.splits.test_images, self.repo, variants)
+        except (ExportError, ArtifactError, OSError) as exc:
+            self.log(f"[{name}] not adopted from {source}: {exc}")
+            return None
+        t = card.training
+        self.log(
+            f"[{name}] adopted from {source / name} (v{card.version}, not trained again): "
+            f"{t.epochs:g} epochs, test top-1 {card.metrics.top1:.2%}, "
+            f"{hm(t.wall_time_s / 3600)} (h:mm) of training"
+        )
+        return adopted
 
     def _card_training(
         self, meta: Any, entry: dict[str, Any], companions: dict[str, float]
@@ -183,13 +228,18 @@ class Zoo:
             if not needed:
                 return []
         t0 = time.perf_counter()
-        model, meta, artifact, companions = self._train(entry)
-        # A resumed run's time in this process is a part of its training time: log both.
-        self.log(
-            f"[{name}] trained: {meta.epochs:g} epochs, test top-1 {meta.test_top1:.2%}, "
-            f"{hm(meta.wall_time_s / 3600)} (h:mm) of training in all "
-            f"({time.perf_counter() - t0:.1f} s in this process)"
-        )
+        cfg = self._run_config(entry)
+        adopted = self._adopt(entry, cfg)
+        model, meta, artifact, companions = self._train(cfg)
+        if adopted is not None:
+            companions = dict(adopted.card.training.companions)  # trained with it, not kept
+        else:
+            # A resumed run's time in this process is a part of its training time: log both.
+            self.log(
+                f"[{name}] trained: {meta.epochs:g} epochs, test top-1 {meta.test_top1:.2%}, "
+                f"{hm(meta.wall_time_s / 3600)} (h:mm) of training in all "
+                f"({time.perf_counter() - t0:.1f} s in this process)"
+            )
         if entry is self.config["teacher"]:
             self.teacher_name, self.teacher_artifact = name, artifact
             self.teacher_onnx = self.work / str(entry["name"]) / "model.onnx"
@@ -235,6 +285,7 @@ class Zoo:
         argv += ["--lanes", "1", "--no-report", "--torch-threads", str(threads)]
         options: list[tuple[str, object]] = [
             ("--config", o.config_file),
+            ("--adopt-from", o.adopt_from),
             ("--data-dir", o.data_dir),
             ("--max-epochs", o.max_epochs),
             ("--max-train-images", o.max_train_images),

@@ -12,7 +12,7 @@ from typing import Any
 
 from export.convergence import span_union_s
 from export.lanes import paused_entries, running_entries
-from export.training.result import RESULT_FILENAME
+from export.training.result import ADOPTED_EVENT, RESULT_FILENAME
 from export.zoo_config import model_name, prerequisites
 from export.zoo_plan_record import PlanRecord, hm, read_plan_record
 
@@ -24,8 +24,9 @@ class EntryStatus:
     """One zoo entry's state, read from its work folder and the lanes' logs."""
 
     name: str
-    state: str  # done, training (in a lane now), paused (in a lane, stopped by zoo-pause),
-    # started (its process ended before the end), not started, skipped
+    state: str  # done, adopted (rebuilt from a served model, export/adopt.py), training (in a
+    # lane now), paused (in a lane, stopped by zoo-pause), started (its process ended before the
+    # end), not started, skipped
     epochs_done: int = 0
     epochs: float | None = None
     test_top1: float | None = None
@@ -68,6 +69,17 @@ def entry_status(
     records = _records(log) if log.is_file() else []
     starts = [r for r in records if r.get("event") in ("start", "resume")]
     epochs_logged = [r for r in records if r.get("event") == "epoch"]
+    adopted = [r for r in records if r.get("event") == ADOPTED_EVENT]
+    if adopted and name in done and (not starts or starts[-1]["time"] < adopted[-1]["time"]):
+        # Rebuilt from a served model (export/adopt.py), not trained in this folder.
+        epochs = adopted[-1].get("epochs")
+        return EntryStatus(
+            name,
+            "adopted",
+            int(epochs or 0),
+            float(epochs) if epochs is not None else None,
+            adopted[-1].get("test_top1"),
+        )
     if not starts:
         if lane is not None:
             return EntryStatus(name, in_lane, lane=lane)
@@ -164,8 +176,8 @@ def zoo_time_left(
     unpriced = []
     for s in statuses:
         cost = plan.entries.get(s.name)
-        if s.state == "skipped":
-            continue
+        if s.state in ("skipped", "adopted"):
+            continue  # costs nothing, and its epochs took no time here: the pace leaves it out
         if cost is None:
             unpriced.append(s.name)
             continue
@@ -253,7 +265,8 @@ def format_status(statuses: list[EntryStatus], work: Path) -> str:
         state = f"{s.state} ({s.lane})" if s.lane is not None else s.state
         lines.append(f"{s.name:<42}{state:>14}{epoch:>9}{top1:>9}{rate:>8}{left:>7}  {waits}")
     counts = {state: sum(s.state == state for s in statuses) for state in
-              ("done", "training", "paused", "started", "not started", "skipped")}  # fmt: skip
+              ("done", "adopted", "training", "paused", "started", "not started",
+               "skipped")}  # fmt: skip
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n))
     elapsed = elapsed_training_hours(work)
     if elapsed:

@@ -11,6 +11,8 @@ from export.training.config import fingerprint_changes
 from export.training.logs import epoch_end_times
 
 RESULT_FILENAME = "result.json"
+# The log record of a finished run rebuilt from a served model instead of trained (export/adopt.py).
+ADOPTED_EVENT = "adopted"
 
 
 @dataclass

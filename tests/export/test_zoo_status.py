@@ -196,6 +196,10 @@ def test_the_whole_zoo_is_priced_by_the_plan_at_the_pace_so_far() -> None:
     # before any epoch is logged there is no pace, only the plan's CPU-hours
     fresh = zoo_time_left([EntryStatus("teacher", "not started")], PLAN, elapsed_hours=0.0)
     assert (fresh.cpu_left, fresh.cpu_done, fresh.pace) == (20.0, 0.0, None)
+    # an adopted teacher (rebuilt from a served model) is not left, and took no time here
+    adopted = [EntryStatus("teacher", "adopted", 40, 40.0), *STATUSES[1:]]
+    est = zoo_time_left(adopted, PLAN, elapsed_hours=3.7)
+    assert (est.cpu_done, est.pace, est.cpu_left) == pytest.approx((3.7, 1.0, 14.5))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,147 @@
+"""Adopt a zoo's finished networks from a model repository, so a lost work folder retrains none.
+
+A zoo's training state lives outside the work tree and may be lost with its machine; the models a
+zoo published and a repository kept (``pick`` copies them into ``models/``, which is committed)
+carry everything needed to go on: the ONNX file rebuilds the trained network
+(:func:`export.onnx_export.load_onnx_weights`) and the card tells how it was trained. A network is
+adopted only when its card's recipe is the one the zoo would train now, and only once the rebuilt
+network reproduces the file's logits (parity on the test split).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.checkpoint import TrainedMeta, save_trained
+from export.models import build_model
+from export.onnx_export import ExportError, check_parity, load_onnx_weights
+from export.training.config import FINGERPRINT_IGNORES, fingerprint_changes
+from export.training.logs import RunLog
+from export.training.result import ADOPTED_EVENT, TrainResult, write_result
+from export.training.run import ARTIFACT_FILENAME
+from service.contract.model_card import ModelCard, model_file, read_manifest
+
+# Where the data lives and which teacher file a run read say nothing of what it trained on (the
+# teacher is matched by its served name, which the card records).
+_NOT_RECIPE = (*FINGERPRINT_IGNORES, "data_dir", "teacher")
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """A finished network rebuilt in the zoo's work folder from a repository's model."""
+
+    card: ModelCard
+    source: Path
+    copied: tuple[str, ...]  # the models (the network and its variants) copied into the zoo
+
+
+def recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a training config that decides what is trained."""
+    return {k: v for k, v in config.items() if k not in _NOT_RECIPE}
+
+
+def recipe_changes(card: ModelCard, config: dict[str, Any], teacher: str | None) -> list[str]:
+    """What differs between how ``card``'s network was trained and the resolved ``config`` a zoo
+    would train it with now (distilled from the served model named ``teacher``), as
+    ``key: card value != wanted value`` lines; empty when the card's network is the one wanted."""
+    old, new = recipe(dict(card.training.config)), recipe(json.loads(json.dumps(config)))
+    changes = [f"{k}: {old.get(k)!r} != {new.get(k)!r}" for k in fingerprint_changes(new, old)]
+    if card.training.teacher != teacher and teacher is not None:
+        changes.append(f"teacher: {card.training.teacher!r} != {teacher!r}")
+    if card.derived_from is not None or card.precision != "fp32":
+        changes.append(f"precision: {card.precision} variant, not the trained network")
+    return changes
+
+
+def source_card(source: Path, name: str) -> ModelCard | None:
+    """The card of model ``name`` in repository ``source``; None when it has none."""
+    folder = source / name
+    if not (folder / "manifest.json").is_file():
+        return None
+    return read_manifest(folder)
+
+
+def rebuild(card: ModelCard, onnx_path: Path, test_images: np.ndarray) -> Any:
+    """The trained network of ``card`` rebuilt from its ONNX file, parity proved on the images."""
+    channels, height, _ = card.input.shape
+    kwargs = {"in_channels": channels, "num_classes": len(card.labels), "image_size": height}
+    model = load_onnx_weights(build_model(card.training.architecture, **kwargs), onnx_path)
+    parity = check_parity(model, onnx_path, test_images, card.input)
+    if not parity.ok:
+        raise ExportError(f"{onnx_path}: the rebuilt network differs: {parity.summary()}")
+    return model, kwargs
+
+
+def adopt(
+    card: ModelCard,
+    source: Path,
+    out_dir: Path,
+    fingerprint: dict[str, Any],
+    test_images: np.ndarray,
+    zoo_repo: Path,
+    variants: list[str],
+) -> Adopted:
+    """Rebuild ``card``'s network into the run folder ``out_dir`` as a finished run with
+    ``fingerprint`` (so a resumed zoo loads it like one it trained), beside its ONNX file, and
+    copy the model and the ``variants`` the source has into ``zoo_repo`` where it lacks them."""
+    onnx_path = model_file(source / card.name, card.version)
+    model, kwargs = rebuild(card, onnx_path, test_images)
+    training = card.training
+    history = [record.model_dump(mode="json") for record in training.history]
+    top1 = float(history[-1].get("test_top1") or card.metrics.top1) if history else 0.0
+    meta = TrainedMeta(
+        arch=training.architecture,
+        model_kwargs=kwargs,
+        dataset=training.dataset,
+        labels=list(card.labels),
+        input_spec=card.input.model_dump(mode="json"),
+        method=training.method,
+        teacher=training.teacher,
+        epochs=training.epochs,
+        seed=training.seed,
+        config=dict(training.config),
+        wall_time_s=training.wall_time_s,
+        device=training.device or "",
+        recipe=training.recipe,
+        test_top1=top1 or card.metrics.top1,
+        history=history,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    artifact = save_trained(out_dir / ARTIFACT_FILENAME, model, meta)
+    shutil.copyfile(onnx_path, out_dir / "model.onnx")
+    result = TrainResult(
+        artifact,
+        {},
+        meta.test_top1,
+        training.wall_time_s,
+        out_dir,
+        True,
+        int(training.epochs),
+        0,
+        history,
+    )
+    write_result(out_dir, fingerprint, result)
+    copied = []
+    for name in [card.name, *(f"{card.name}-{v}" for v in variants)]:
+        if (source / name / "manifest.json").is_file() and not (zoo_repo / name).exists():
+            tmp = zoo_repo / f".{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source / name, tmp, ignore=shutil.ignore_patterns("*.tmp"))
+            tmp.rename(zoo_repo / name)
+            copied.append(name)
+    RunLog(out_dir).write(
+        ADOPTED_EVENT,
+        source=str(source / card.name),
+        version=card.version,
+        epochs=training.epochs,
+        test_top1=meta.test_top1,
+        wall_time_s=training.wall_time_s,
+        config=dict(training.config),
+    )
+    return Adopted(card, source, tuple(copied))
