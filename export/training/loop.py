@@ -296,6 +296,15 @@ class Trainer:
                 seconds=round(given.seconds, 3),
                 store=str(self.soft_labels.directory),
             )
+            if self.cfg["progress"] and self.dist.is_main:  # minutes of a KD epoch, not silent
+                how = "computed" if given.computed else "read from the store"
+                print(
+                    f"epoch {epoch + 1}/{self.num_epochs}: the teacher's logits of "
+                    f"{len(given.logits):,} images {how} in {given.seconds:.1f} s "
+                    f"({len(given.logits) / max(given.seconds, 1e-9):,.0f} img/s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         # Started after the teacher's logits are in, so its img/s and time left are training's.
         bar = Progress(
             steps - first,

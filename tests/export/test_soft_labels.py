@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,22 @@ def test_later_runs_on_the_same_stream_read_the_logits_instead_of_running_the_te
     )
     assert [e["computed"] for e in _events(tmp_path / "s1")] == [True, True]
     assert len(list((teacher.parent / SOFT_LABEL_DIR).iterdir())) == 2
+
+
+def test_the_console_says_where_each_epochs_logits_come_from(
+    teacher: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Computing an epoch's logits takes minutes on CIFAR-10 before its bar starts: say so."""
+    cfg = {**FAST, "teacher": str(teacher), "progress": True}
+    run_training({**cfg, "method": "kd", "out_dir": str(tmp_path / "kd")})
+    computed = capsys.readouterr().err
+    run_training({**cfg, "method": "mimic", "out_dir": str(tmp_path / "mimic")})
+    read = capsys.readouterr().err
+    images = next(r for r in read_log(tmp_path / "kd") if r["event"] == "start")["train_images"]
+    for epoch in (1, 2):
+        said = f"epoch {epoch}/2: the teacher's logits of {images:,} images"
+        assert re.search(rf"{said} computed in [\d.]+ s \([\d,]+ img/s\)", computed)
+        assert re.search(rf"{said} read from the store in [\d.]+ s", read)
 
 
 def test_methods_that_need_more_than_logits_run_the_teacher(teacher: Path, tmp_path: Path) -> None:
