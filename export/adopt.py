@@ -94,7 +94,10 @@ def adopt(
     model, kwargs = rebuild(card, onnx_path, test_images)
     training = card.training
     history = [record.model_dump(mode="json") for record in training.history]
-    top1 = float(history[-1].get("test_top1") or card.metrics.top1) if history else 0.0
+    # PyTorch's top-1 at the end of training, as a trained artifact records it; the card's
+    # (ONNX Runtime on the served file) where the card kept no learning curve.
+    last = history[-1].get("test_top1") if history else None
+    top1 = float(last) if last is not None else card.metrics.top1
     meta = TrainedMeta(
         arch=training.architecture,
         model_kwargs=kwargs,
@@ -109,7 +112,7 @@ def adopt(
         wall_time_s=training.wall_time_s,
         device=training.device or "",
         recipe=training.recipe,
-        test_top1=top1 or card.metrics.top1,
+        test_top1=top1,
         history=history,
     )
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from export.zoo_config import (
     second_seed_reason,
 )
 from export.zoo_plan_record import hm
-from service.contract.model_card import InputSpec, ModelCard, TrainingInfo
+from service.contract.model_card import InputSpec, ModelCard, ModelRepositoryError, TrainingInfo
 
 
 @dataclass(frozen=True)
@@ -179,9 +179,15 @@ class Zoo:
             return None
         resolved = resolve_config(cfg)
         out_dir, fp = Path(resolved["out_dir"]), fingerprint(resolved)
+        if read_finished(out_dir, fp) is not None:
+            return None  # finished here: nothing to adopt
         name = self.model_name(entry)
-        card = source_card(source, name)
-        if card is None or read_finished(out_dir, fp) is not None:
+        try:
+            card = source_card(source, name)
+        except ModelRepositoryError as exc:
+            self.log(f"[{name}] not adopted from {source}: {exc}")
+            return None
+        if card is None:
             return None
         teacher = self.teacher_name if needs_teacher(entry) else None
         changes = recipe_changes(card, resolved, teacher)

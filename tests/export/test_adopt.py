@@ -146,3 +146,16 @@ def test_recipe_changes_ignore_where_the_data_lives_but_not_the_seed(
 def test_adopting_needs_resume(tmp_path: Path) -> None:
     with pytest.raises(ZooError, match="use it with --resume"):
         run_zoo("digits", tmp_path / "zoo", _options(adopt_from=tmp_path, resume=False))
+
+
+def test_an_unreadable_card_is_reported_and_the_network_trained(
+    served: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, models = served
+    broken = tmp_path / "models"
+    shutil.copytree(models, broken)
+    (broken / TEACHER / "manifest.json").write_text("{not json", encoding="utf-8")
+    lines = _zoo(tmp_path / "zoo", adopt_from=broken, only=("teacher-resnet20",))
+    said = "\n".join(lines)
+    assert f"[{TEACHER}] not adopted from {broken}: " in said and "manifest" in said
+    assert f"[{TEACHER}] trained: 1 epochs" in said
