@@ -13,7 +13,7 @@ import torch
 from export.checkpoint import load_trained
 from export.data import load_dataset
 from export.models import build_model
-from export.training import ConfigError, TrainResult, run_training
+from export.training import ConfigError, TrainResult, pause, run_training
 from export.training.logs import Progress, RunLog, epoch_end_times, read_log
 from export.training.loop import ResumeError
 from export.training.runtime import native_bf16, resolve_precision
@@ -426,3 +426,31 @@ def read_log_lines(out_dir: Path) -> list[dict[str, Any]]:
     """The log's whole lines (read_log itself expects none torn)."""
     lines = (out_dir / "log.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+class _Clock:
+    """A stand-in for the pause-aware clock: ``now`` is the wall clock, ``paused_s`` the time
+    SIGTSTP held the process."""
+
+    def __init__(self) -> None:
+        self.now, self.paused_s = 1_000.0, 0.0
+
+    def __call__(self) -> float:
+        return self.now - self.paused_s
+
+
+def test_the_progress_bar_leaves_a_pause_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zoo paused for a test suite showed 3 img/s and hours left for the rest of its epoch."""
+    clock = _Clock()
+    monkeypatch.setattr(pause, "clock", clock)
+    monkeypatch.setattr("tqdm.std.time", lambda: clock.now)  # tqdm's own clock
+    bar = Progress(100, "epoch 1/1", enabled=True)
+    clock.now += 10
+    bar.update(1.0, 0.5, 1_000)
+    clock.now += 3_600
+    clock.paused_s += 3_600  # an hour stopped by zoo-pause
+    clock.now += 10
+    bar.update(1.0, 0.5, 1_000)
+    assert bar.images_per_s == pytest.approx(100.0)
+    assert bar.bar.format_dict["elapsed"] == pytest.approx(20.0)
+    bar.close()
