@@ -35,7 +35,13 @@ from export.zoo_config import (
     second_seed_reason,
 )
 from export.zoo_plan_record import hm
-from service.contract.model_card import InputSpec, ModelCard, ModelRepositoryError, TrainingInfo
+from service.contract.model_card import (
+    InputSpec,
+    ModelCard,
+    ModelRepositoryError,
+    TrainingInfo,
+    sha256_file,
+)
 
 
 @dataclass(frozen=True)
@@ -191,6 +197,8 @@ class Zoo:
             return None
         teacher = self.teacher_name if needs_teacher(entry) else None
         changes = recipe_changes(card, resolved, teacher)
+        if teacher is not None and not self._same_teacher(source):
+            changes.append(f"teacher: the zoo's {teacher} is not the one {source} serves")
         if changes:
             self.log(f"[{name}] not adopted from {source}: trained otherwise: {'; '.join(changes)}")
             return None
@@ -207,6 +215,20 @@ class Zoo:
             f"{hm(t.wall_time_s / 3600)} (h:mm) of training"
         )
         return adopted
+
+    def _same_teacher(self, source: Path) -> bool:
+        """Whether the zoo's teacher is the very network ``source`` serves under its name (its
+        students were distilled from that one, not from a teacher retrained here)."""
+        try:
+            served = source_card(source, str(self.teacher_name))
+        except ModelRepositoryError:
+            return False
+        return (
+            served is not None
+            and self.teacher_onnx is not None
+            and self.teacher_onnx.is_file()
+            and sha256_file(self.teacher_onnx) == served.sha256
+        )
 
     def _card_training(
         self, meta: Any, entry: dict[str, Any], companions: dict[str, float]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from export.adopt import recipe_changes
 from export.checkpoint import load_trained
@@ -159,3 +160,27 @@ def test_an_unreadable_card_is_reported_and_the_network_trained(
     said = "\n".join(lines)
     assert f"[{TEACHER}] not adopted from {broken}: " in said and "manifest" in said
     assert f"[{TEACHER}] trained: 1 epochs" in said
+
+
+def test_a_student_of_another_teacher_is_not_adopted(
+    served: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The source serves the KD student beside the teacher it was distilled from; when that
+    teacher cannot be adopted (here: trained with another seed) the zoo trains its own, and the
+    student, though trained to the same recipe, learnt from another network: trained again."""
+    _, models = served
+    config = {**load_zoo_config(config_path("digits")), "seed": 1}
+    seed1 = tmp_path / "zoo.yaml"
+    seed1.write_text(yaml.safe_dump(config), encoding="utf-8")
+    other = tmp_path / "other"
+    run_zoo("digits", other, _options(only=("teacher-resnet20",)), config_file=seed1, log=print)
+    mixed = tmp_path / "models"
+    shutil.copytree(models, mixed)
+    for name in (TEACHER, f"{TEACHER}-int8"):
+        shutil.rmtree(mixed / name)
+        shutil.copytree(other / name, mixed / name)
+    said = "\n".join(_zoo(tmp_path / "zoo", adopt_from=mixed))
+    assert f"[{TEACHER}] not adopted from {mixed}: trained otherwise: seed: 1 != 0" in said
+    other_teacher = f"teacher: the zoo's {TEACHER} is not the one {mixed} serves"
+    assert f"[{KD}] not adopted from {mixed}: trained otherwise: {other_teacher}" in said
+    assert f"[{KD}] trained: 1 epochs" in said
