@@ -58,6 +58,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "zoo", root / "models"
 
 
+def _copy(models: Path, tmp_path: Path) -> Path:
+    """A copy of the served repository for a test to change."""
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    return copy
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_trained(path)[0].state_dict()
 
@@ -103,8 +110,7 @@ def test_a_student_the_repository_lacks_is_distilled_from_the_adopted_teacher(
     served: tuple[Path, Path], tmp_path: Path
 ) -> None:
     _, models = served
-    partial = tmp_path / "models"
-    shutil.copytree(models, partial)
+    partial = _copy(models, tmp_path)
     for folder in partial.glob(f"{KD}*"):
         shutil.rmtree(folder)  # the teacher was committed, the student not yet
     out = tmp_path / "zoo"
@@ -153,8 +159,7 @@ def test_an_unreadable_card_is_reported_and_the_network_trained(
     served: tuple[Path, Path], tmp_path: Path
 ) -> None:
     _, models = served
-    broken = tmp_path / "models"
-    shutil.copytree(models, broken)
+    broken = _copy(models, tmp_path)
     (broken / TEACHER / "manifest.json").write_text("{not json", encoding="utf-8")
     lines = _zoo(tmp_path / "zoo", adopt_from=broken, only=("teacher-resnet20",))
     said = "\n".join(lines)
@@ -174,8 +179,7 @@ def test_a_student_of_another_teacher_is_not_adopted(
     seed1.write_text(yaml.safe_dump(config), encoding="utf-8")
     other = tmp_path / "other"
     run_zoo("digits", other, _options(only=("teacher-resnet20",)), config_file=seed1, log=print)
-    mixed = tmp_path / "models"
-    shutil.copytree(models, mixed)
+    mixed = _copy(models, tmp_path)
     for name in (TEACHER, f"{TEACHER}-int8"):
         shutil.rmtree(mixed / name)
         shutil.copytree(other / name, mixed / name)
