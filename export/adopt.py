@@ -10,20 +10,20 @@ network reproduces the file's logits (parity on the test split).
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from export.checkpoint import TrainedMeta, save_trained
 from export.models import build_model
 from export.onnx_export import ExportError, check_parity, load_onnx_weights
 from export.training.config import FINGERPRINT_IGNORES, fingerprint_changes
 from export.training.logs import RunLog
-from export.training.result import ADOPTED_EVENT, TrainResult, write_result
+from export.training.result import ADOPTED_EVENT, TrainResult, jsonable, write_result
 from export.training.run import ARTIFACT_FILENAME
 from service.contract.model_card import ModelCard, model_file, read_manifest
 
@@ -50,7 +50,7 @@ def recipe_changes(card: ModelCard, config: dict[str, Any], teacher: str | None)
     """What differs between how ``card``'s network was trained and the resolved ``config`` a zoo
     would train it with now (distilled from the served model named ``teacher``), as
     ``key: card value != wanted value`` lines; empty when the card's network is the one wanted."""
-    old, new = recipe(dict(card.training.config)), recipe(json.loads(json.dumps(config)))
+    old, new = recipe(dict(card.training.config)), recipe(jsonable(config))
     changes = [f"{k}: {old.get(k)!r} != {new.get(k)!r}" for k in fingerprint_changes(new, old)]
     if card.training.teacher != teacher and teacher is not None:
         changes.append(f"teacher: {card.training.teacher!r} != {teacher!r}")
@@ -67,8 +67,11 @@ def source_card(source: Path, name: str) -> ModelCard | None:
     return read_manifest(folder)
 
 
-def rebuild(card: ModelCard, onnx_path: Path, test_images: np.ndarray) -> Any:
-    """The trained network of ``card`` rebuilt from its ONNX file, parity proved on the images."""
+def rebuild(
+    card: ModelCard, onnx_path: Path, test_images: np.ndarray
+) -> tuple[nn.Module, dict[str, int]]:
+    """The trained network of ``card`` rebuilt from its ONNX file, parity proved on the images,
+    and the keyword arguments that build its architecture."""
     channels, height, _ = card.input.shape
     kwargs = {"in_channels": channels, "num_classes": len(card.labels), "image_size": height}
     model = load_onnx_weights(build_model(card.training.architecture, **kwargs), onnx_path)
