@@ -11,7 +11,6 @@ network reproduces the file's logits (parity on the test split).
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,6 @@ from service.contract.model_card import ModelCard, model_file, read_manifest
 # Where the data lives and which teacher file a run read say nothing of what it trained on (the
 # teacher is matched by its served name, which the card records).
 _NOT_RECIPE = (*FINGERPRINT_IGNORES, "data_dir", "teacher")
-
-
-@dataclass(frozen=True)
-class Adopted:
-    """A finished network rebuilt in the zoo's work folder from a repository's model."""
-
-    card: ModelCard
-    source: Path
-    copied: tuple[str, ...]  # the models (the network and its variants) copied into the zoo
 
 
 def recipe(config: dict[str, Any]) -> dict[str, Any]:
@@ -89,10 +79,11 @@ def adopt(
     test_images: np.ndarray,
     zoo_repo: Path,
     variants: list[str],
-) -> Adopted:
+) -> ModelCard:
     """Rebuild ``card``'s network into the run folder ``out_dir`` as a finished run with
     ``fingerprint`` (so a resumed zoo loads it like one it trained), beside its ONNX file, and
-    copy the model and the ``variants`` the source has into ``zoo_repo`` where it lacks them."""
+    copy the model and the ``variants`` the source has into ``zoo_repo`` where it lacks them;
+    returns the adopted card."""
     onnx_path = model_file(source / card.name, card.version)
     model, kwargs = rebuild(card, onnx_path, test_images)
     training = card.training
@@ -133,14 +124,12 @@ def adopt(
         history,
     )
     write_result(out_dir, fingerprint, result)
-    copied = []
     for name in [card.name, *(f"{card.name}-{v}" for v in variants)]:
         if (source / name / "manifest.json").is_file() and not (zoo_repo / name).exists():
             tmp = zoo_repo / f".{name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(source / name, tmp, ignore=shutil.ignore_patterns("*.tmp"))
             tmp.rename(zoo_repo / name)
-            copied.append(name)
     RunLog(out_dir).write(
         ADOPTED_EVENT,
         source=str(source / card.name),
@@ -150,4 +139,4 @@ def adopt(
         wall_time_s=training.wall_time_s,
         config=dict(training.config),
     )
-    return Adopted(card, source, tuple(copied))
+    return card

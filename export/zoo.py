@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from export.adopt import Adopted, adopt, recipe_changes, source_card
+from export.adopt import adopt, recipe_changes, source_card
 from export.evaluate import default_threads, machine_description, pick_provider
 from export.lanes import follow_lane_threads, run_lanes
 from export.onnx_export import ExportError, export_with_parity
@@ -172,7 +172,7 @@ class Zoo:
         }
         return model, meta, Path(result.artifact_path), companions
 
-    def _adopt(self, entry: dict[str, Any], cfg: dict[str, Any]) -> Adopted | None:
+    def _adopt(self, entry: dict[str, Any], cfg: dict[str, Any]) -> ModelCard | None:
         """Adopt the entry's network from ``--adopt-from`` when its run is not finished here and
         the source holds it trained to the same recipe (export/adopt.py); else None."""
         from export.checkpoint import ArtifactError
@@ -260,7 +260,7 @@ class Zoo:
         adopted = self._adopt(entry, cfg)
         model, meta, artifact, companions = self._train(cfg)
         if adopted is not None:
-            companions = dict(adopted.card.training.companions)  # trained with it, not kept
+            companions = dict(adopted.training.companions)  # trained with it, not kept
         else:
             # A resumed run's time in this process is a part of its training time: log both.
             self.log(
