@@ -145,7 +145,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
     """Serve the teacher, each architecture's best network and the Pareto front of a zoo."""
     from export.pick import pick
 
-    picked = pick(args.zoo, args.into, tuple(args.also or ()))
+    picked = pick(args.zoo, args.into, tuple(args.also or ()), args.config)
     for name, reason in sorted(picked.reasons.items()):
         print(f"{name}: {reason}")
     print(f"{args.into}: {len(picked.reasons)} models served, REPORT.md covers the whole zoo")
@@ -202,6 +202,12 @@ def register(sub: Any) -> None:
     p.add_argument("zoo", type=Path, help="the zoo's repository (make cifar-zoo's ZOO_DIR)")
     p.add_argument("--into", type=Path, required=True, help="the served repository, e.g. models")
     p.add_argument("--also", nargs="*", help="more zoo models to serve, by name")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="the zoo config the zoo ran (default: the one it recorded, zoo-config.yaml); the "
+        "report lists its networks that are not trained yet",
+    )
     p.set_defaults(func=guard(cmd_pick))
 
     p = sub.add_parser("verify", help=cmd_verify.__doc__, description=cmd_verify.__doc__)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from export.report import find_teacher, pareto_front, write_report
 from export.repository import load_cards
+from export.zoo_config import load_zoo_config
+from export.zoo_progress import CONFIG_FILENAME, record_config
 from service.contract.model_card import ModelCard, ModelRepositoryError, model_dirs
 
 ZOO_CARDS_FILENAME = "zoo-cards.json"
@@ -79,13 +81,25 @@ def report_cards(repo: Path) -> tuple[list[ModelCard], set[str]]:
     return served + [c for c in read_zoo_cards(repo) if c.name not in names], names
 
 
-def pick(zoo: Path, into: Path, also: Collection[str] = ()) -> Picked:
-    """Make ``into`` serve the models ``choose`` picks from ``zoo``; rewrite its report."""
+def pick(
+    zoo: Path, into: Path, also: Collection[str] = (), config_file: Path | None = None
+) -> Picked:
+    """Make ``into`` serve the models ``choose`` picks from ``zoo``; rewrite its report.
+
+    The zoo config (``config_file``, else the one ``zoo`` recorded) goes beside the served models,
+    so that the report, now and when rewritten, says what the zoo has not trained yet.
+    """
     cards = load_cards(zoo)
     if not cards:
         raise ModelRepositoryError(f"{zoo}: no models to pick from")
     picked = choose(cards, also)
     into.mkdir(parents=True, exist_ok=True)
+    config = config_file or zoo / CONFIG_FILENAME
+    if config.is_file():
+        load_zoo_config(config)  # refuse an invalid one before anything changes
+        record_config(config, into)
+    else:
+        (into / CONFIG_FILENAME).unlink(missing_ok=True)  # another zoo's: it would mislead
     for model_dir in model_dirs(into):
         if model_dir.name not in picked.reasons:
             shutil.rmtree(model_dir)

@@ -14,6 +14,7 @@ from export.comparisons import (
 )
 from export.convergence import CURVES_FILENAME, plot_curves, render_convergence, span_union_s
 from export.targets import render_targets
+from export.zoo_progress import progress_of
 from service.contract.model_card import ModelCard, ProfileRow
 
 REPORT_FILENAME = "REPORT.md"
@@ -57,12 +58,16 @@ def _ms(row: ProfileRow | None, attr: str) -> str:
 
 
 def render_report(
-    cards: Sequence[ModelCard], title: str, served: Collection[str] | None = None
+    cards: Sequence[ModelCard],
+    title: str,
+    served: Collection[str] | None = None,
+    progress: tuple[str, list[str]] | None = None,
 ) -> str:
     """Markdown: the machine, then one table row per model sorted by batch-1 latency.
 
     ``served``: when the cards are a whole zoo and the repository serves some of them, their
-    names; the table then says which are served.
+    names; the table then says which are served. ``progress``: how far the zoo is from its
+    config (``export.zoo_progress``), a header line and the section of what is not trained yet.
     """
     ordered = sorted(cards, key=latency_ms)
     front = pareto_front(cards)
@@ -87,6 +92,7 @@ def render_report(
         else "- Accuracy: n/a",
         "- Latency: p50/p99 over repeated runs at batch 1; throughput = images/s at batch 32.",
         "- Pareto: ★ marks models that no other model beats on both top-1 and batch-1 latency.",
+        *([progress[0]] if progress else []),
         "",
         "| model | precision | top-1 % | top-5 % | p50 ms b1 | p99 ms b1 | img/s b32 "
         "| params | MACs | size | method | architecture | teacher | pareto |"
@@ -107,6 +113,7 @@ def render_report(
             + ("" if served is None else f" {'✓' if card.name in served else ''} |")
         )
     lines += ["", f"![accuracy against latency]({PARETO_FILENAME})", ""]
+    lines += progress[1] if progress else []
     lines += render_training(cards)
     lines += render_convergence(cards)
     lines += render_students(cards)
@@ -303,10 +310,12 @@ def write_report(
     repo: Path, cards: Sequence[ModelCard], title: str, served: Collection[str] | None = None
 ) -> tuple[Path, Path]:
     """Write ``repo/REPORT.md``, ``repo/pareto.png`` and, when the cards carry learning curves,
-    ``repo/curves.png``; returns the first two paths."""
+    ``repo/curves.png``; returns the first two paths. When ``repo`` records the zoo config it was
+    built from, the report says which of its networks are not trained yet."""
     if not cards:
         raise ValueError(f"{repo}: no models to report on")
     report = repo / REPORT_FILENAME
-    report.write_text(render_report(cards, title, served), encoding="utf-8")
+    progress = progress_of(repo, cards)
+    report.write_text(render_report(cards, title, served, progress), encoding="utf-8")
     plot_curves(cards, repo / CURVES_FILENAME, title)
     return report, plot_pareto(cards, repo / PARETO_FILENAME, title)

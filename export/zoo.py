@@ -35,6 +35,7 @@ from export.zoo_config import (
     second_seed_reason,
 )
 from export.zoo_plan_record import hm
+from export.zoo_progress import record_config
 from service.contract.model_card import (
     InputSpec,
     ModelCard,
@@ -402,6 +403,7 @@ def run_zoo(
     if config["dataset"] != dataset:
         raise ZooError(f"config is for dataset {config['dataset']!r}, not {dataset!r}")
     repo.mkdir(parents=True, exist_ok=True)
+    record_config(config_file or config_path(dataset), repo)  # the report's "not trained yet"
     opts = opts or ZooOptions()
     if config_file is not None and opts.config_file is None:
         opts = replace(opts, config_file=config_file)

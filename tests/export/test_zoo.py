@@ -93,6 +93,12 @@ def test_zoo_writes_models_variants_report_and_plot(zoo_repo: Path) -> None:
     table = [line for line in main_table.splitlines() if line.startswith("| digits-")]
     assert "## Training" in report and "Best student: **digits-" in report
     assert "Elapsed training time: 0 h 0" in report  # three one-epoch networks on 200 images
+    # It ran 3 of its config's 8 networks (--only): the report says which 5 are missing.
+    assert (zoo_repo / "zoo-config.yaml").read_text() == config_path("digits").read_text()
+    assert "- Zoo: `zoo-config.yaml` lists 8 networks; 3 trained, 5 not yet" in main_table
+    missing = report.split("## Not trained yet")[1].split("\n## ")[0]
+    assert "| digits-baseline-resnet8 | baseline | resnet8 | 15 | - |" in missing
+    assert "digits-kd-resnet8" not in missing and missing.count("| digits-") == 5
     assert len(table) == 6
     latencies = [float(line.split("|")[5]) for line in table]
     assert latencies == sorted(latencies)
