@@ -68,7 +68,9 @@ def untrained(config: dict[str, Any], cards: Sequence[ModelCard]) -> list[Untrai
                 architecture=str(entry.get("student", "?")),
                 epochs=None if epochs is None else float(epochs),
                 due=due,
-                reason="" if reason == "unconditional" else reason,
+                reason=""
+                if reason == "unconditional"
+                else f"second seed, if within noise: {reason}",
             )
         )
     return missing
