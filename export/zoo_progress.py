@@ -30,7 +30,7 @@ class Untrained:
     architecture: str
     epochs: float | None
     due: bool
-    reason: str  # "" for a plain entry; the second-seed condition's reading otherwise
+    reason: str  # "" for a plain entry; for a second seed, its condition and how it reads now
 
 
 def record_config(config_file: Path, repo: Path) -> Path:
@@ -68,9 +68,9 @@ def untrained(config: dict[str, Any], cards: Sequence[ModelCard]) -> list[Untrai
                 architecture=str(entry.get("student", "?")),
                 epochs=None if epochs is None else float(epochs),
                 due=due,
-                reason=""
-                if reason == "unconditional"
-                else f"second seed, if within noise: {reason}",
+                reason=f"second seed, if within noise: {reason}"
+                if entry.get("second_seed_of")
+                else "",
             )
         )
     return missing
