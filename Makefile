@@ -69,8 +69,8 @@ cifar-zoo-pause: venv
 cifar-zoo-continue: venv
 	$(BIN)/python -m export zoo-continue --out $(ZOO_DIR)
 
-# models/ from the zoo: the teacher, each architecture's most accurate network and the Pareto
-# front (with their int8 variants); REPORT.md keeps every network the zoo trained.
+# models/ from the zoo: the teacher, each architecture's most accurate network, the Pareto front
+# and the config's `serve` list (with their int8 variants); REPORT.md keeps every network trained.
 cifar-zoo-pick: venv
 	$(BIN)/python -m export pick $(ZOO_DIR) --into models
 

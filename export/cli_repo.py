@@ -142,7 +142,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
-    """Serve the teacher, each architecture's best network and the Pareto front of a zoo."""
+    """Serve a zoo's teacher, best of each architecture, Pareto front and `serve` list."""
     from export.pick import pick
 
     picked = pick(args.zoo, args.into, tuple(args.also or ()), args.config)

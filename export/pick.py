@@ -1,4 +1,4 @@
-"""Pick what a repository serves from a zoo: the teacher, each family's best student, the front.
+"""Pick what a repository serves from a zoo: the teacher, each family's best, the front, the listed.
 
 A zoo trains many networks to compare methods; a user serves a few. ``pick`` copies the chosen
 models (every version folder and card, unchanged, so their hashes still verify) from the zoo's
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from export.report import find_teacher, pareto_front, write_report
 from export.repository import load_cards
-from export.zoo_config import load_zoo_config
+from export.zoo_config import load_zoo_config, model_name
 from export.zoo_progress import CONFIG_FILENAME, record_config
 from service.contract.model_card import ModelCard, ModelRepositoryError, model_dirs
 
@@ -34,9 +34,13 @@ def _with_variants(base: ModelCard, cards: Sequence[ModelCard]) -> list[ModelCar
     return [base, *(c for c in cards if c.derived_from == base.name)]
 
 
-def choose(cards: Sequence[ModelCard], also: Collection[str] = ()) -> Picked:
+def choose(
+    cards: Sequence[ModelCard], also: Collection[str] = (), listed: Collection[str] = ()
+) -> Picked:
     """The teacher and its variants, the most accurate network of every other architecture with
-    its variants, every model on the accuracy/latency Pareto front, and ``also``."""
+    its variants, every model on the accuracy/latency Pareto front, the networks the zoo config
+    lists under ``serve`` with their variants (``listed``: those not trained yet are skipped),
+    and ``also``."""
     by_name = {c.name: c for c in cards}
     unknown = sorted(set(also) - set(by_name))
     if unknown:
@@ -56,6 +60,10 @@ def choose(cards: Sequence[ModelCard], also: Collection[str] = ()) -> Picked:
             reasons.setdefault(c.name, f"most accurate {arch} ({best.metrics.top1:.2%} top-1)")
     for name in sorted(pareto_front(cards)):
         reasons.setdefault(name, "on the accuracy/latency Pareto front")
+    for name in listed:
+        if name in by_name:
+            for c in _with_variants(by_name[name], cards):
+                reasons.setdefault(c.name, f"listed under serve in {CONFIG_FILENAME}")
     for name in also:
         reasons.setdefault(name, "asked for")
     return Picked(reasons)
@@ -92,11 +100,14 @@ def pick(
     cards = load_cards(zoo)
     if not cards:
         raise ModelRepositoryError(f"{zoo}: no models to pick from")
-    picked = choose(cards, also)
-    into.mkdir(parents=True, exist_ok=True)
     config = config_file or zoo / CONFIG_FILENAME
+    listed: list[str] = []
     if config.is_file():
-        load_zoo_config(config)  # refuse an invalid one before anything changes
+        spec = load_zoo_config(config)  # refuse an invalid one before anything changes
+        listed = [model_name(str(spec["dataset"]), str(n)) for n in spec.get("serve", [])]
+    picked = choose(cards, also, listed)
+    into.mkdir(parents=True, exist_ok=True)
+    if config.is_file():
         record_config(config, into)
     else:
         (into / CONFIG_FILENAME).unlink(missing_ok=True)  # another zoo's: it would mislead

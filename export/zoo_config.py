@@ -49,6 +49,12 @@ def load_zoo_config(path: Path) -> dict[str, Any]:
         raise ZooError(f"{path}: every teacher/student entry needs a 'name'")
     if len(set(names)) != len(names):
         raise ZooError(f"{path}: entry names must be unique")
+    serve = config.get("serve", [])
+    if not isinstance(serve, list) or not all(isinstance(n, str) for n in serve):
+        raise ZooError(f"{path}: serve is a list of entry names")
+    unknown_served = [n for n in serve if n not in names]
+    if unknown_served:
+        raise ZooError(f"{path}: serve names no zoo entry {unknown_served[0]!r}")
     for entry in entries:
         named = [entry.get("second_seed_of"), *(entry.get("when_within_noise_of") or [])]
         unknown = [n for n in named if n is not None and n not in names]

@@ -164,3 +164,27 @@ def test_pick_serves_the_zoo_config_beside_the_models(base: ModelCard, tmp_path:
                       str(tmp_path / "bad.yaml"))  # fmt: skip
     assert proc.returncode == 1 and "missing key 'teacher'" in proc.stderr
     assert not (into / CONFIG_FILENAME).exists()
+
+
+def test_pick_serves_the_networks_the_config_lists_once_trained(
+    base: ModelCard, tmp_path: Path
+) -> None:
+    zoo = _zoo(tmp_path, base)
+    source = tmp_path / "zoo.yaml"
+    into = tmp_path / "models"
+    source.write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
+    assert "cifar10-baseline-wrn-16-1" not in pick(zoo, into, config_file=source).reasons
+    # Listed: WRN-16-1 alone is served though KD beats it; the MobileNet is not trained yet.
+    listed = {**CONFIG, "serve": ["baseline-wrn-16-1", "kd-mobilenetv2-0.5"]}
+    source.write_text(yaml.safe_dump(listed), encoding="utf-8")
+    picked = pick(zoo, into, config_file=source)
+    assert picked.reasons["cifar10-baseline-wrn-16-1"] == "listed under serve in zoo-config.yaml"
+    assert "cifar10-kd-mobilenetv2-0.5" not in picked.reasons
+    assert (into / "cifar10-baseline-wrn-16-1").is_dir()
+    assert "| cifar10-kd-mobilenetv2-0.5 | kd |" in (into / "REPORT.md").read_text("utf-8")
+    for serve, problem in [("kd-wrn-16-1", "serve is a list"), (["nope"], "no zoo entry 'nope'")]:
+        source.write_text(yaml.safe_dump({**CONFIG, "serve": serve}), encoding="utf-8")
+        proc = run_module("export", "pick", str(zoo), "--into", str(into), "--config",
+                          str(source))  # fmt: skip
+        assert proc.returncode == 1 and problem in proc.stderr
+    assert (into / "cifar10-baseline-wrn-16-1").is_dir()  # refused before anything changed
