@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= export,dev,loadtest,docs
 
-.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-plan cifar-zoo-status cifar-zoo-pause cifar-zoo-continue cifar-zoo-pick cifar-zoo-publish test lint typecheck unit docs settings-table gpu-check clean
+.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-plan cifar-zoo-status cifar-zoo-pause cifar-zoo-continue cifar-zoo-pick cifar-zoo-publish serving-figures test lint typecheck unit docs settings-table gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -79,6 +79,11 @@ cifar-zoo-pick: venv
 cifar-zoo-publish: venv
 	$(BIN)/python -m export evaluate $(ZOO_DIR) --data-dir $(CIFAR10)
 	$(BIN)/python -m export pick $(ZOO_DIR) --into models
+
+# The serving figures the README and docs/performance.md quote, measured again on models/ in one
+# window (~25 min on 2 cores; a running zoo is paused meanwhile); raw outputs in loadtest/results/.
+serving-figures: venv
+	ZOO_DIR=$(ZOO_DIR) PY=$(BIN)/python scripts/serving-figures.sh
 
 lint: venv
 	$(BIN)/ruff check .

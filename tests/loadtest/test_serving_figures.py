@@ -1,0 +1,68 @@
+"""``scripts/serving-figures.sh``: every quoted serving figure measured again, a zoo paused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export.lanes import STATE_FILE, is_stopped
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_the_script_measures_every_figure_and_gives_a_paused_zoo_its_cores_back(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    results, zoo = tmp_path / "results", tmp_path / "zoo"
+    (zoo / ".work").mkdir(parents=True)
+    lane = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "export", "zoo"])
+    try:
+        state = {"lanes": {"1": {"entry": "kd-wrn-16-1", "pid": lane.pid, "threads": 1}}}
+        (zoo / ".work" / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+        env = {
+            **os.environ,
+            "PY": sys.executable,
+            "QUICK": "1",
+            "REPO": str(digits_repo),
+            "RESULTS": str(results),
+            "ZOO_DIR": str(zoo),
+            "TAG": "digits",
+            "AGAINST_RAW": "digits-logreg digits-slow",
+            "SWEEP": "digits-logreg",
+        }
+        proc = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "serving-figures.sh")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=280,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "kd-wrn-16-1: paused" in proc.stdout and "kd-wrn-16-1: continued" in proc.stdout
+        assert not is_stopped(lane.pid)  # its cores given back
+    finally:
+        lane.send_signal(signal.SIGKILL)
+        lane.wait()
+    produced = {p.name for p in results.iterdir()}
+    assert produced >= {
+        "served-vs-raw-digits-logreg.txt",
+        "served-vs-raw-digits-slow.txt",
+        "ramp-digits-budget-20ms.md",
+        "ramp-digits-budget-20ms.png",
+        "ramp-digits-budget-20ms.json",
+        "ramp-digits-budget-20ms.csv",
+        "bench.csv",
+        "overload-digits.json",
+        "router-cost-digits.txt",
+    }
+    against_raw = (results / "served-vs-raw-digits-slow.txt").read_text(encoding="utf-8")
+    assert "model digits-slow" in against_raw and "raw best:" in against_raw
+    assert "machine:" in against_raw
+    ramp = json.loads((results / "ramp-digits-budget-20ms.json").read_text(encoding="utf-8"))
+    assert ramp["steps"], "the ramp recorded no step"
+    routing = (results / "router-cost-digits.txt").read_text(encoding="utf-8")
+    assert "us per route" in routing and "impossible+fallback" in routing
