@@ -12,7 +12,7 @@ from typing import Any
 
 from export.convergence import span_union_s
 from export.lanes import paused_entries, running_entries
-from export.training.result import ADOPTED_EVENT, RESULT_FILENAME
+from export.training.result import ADOPTED_EVENT, HINT_STAGE_DIR, RESULT_FILENAME
 from export.zoo_config import model_name, prerequisites
 from export.zoo_plan_record import PlanRecord, hm, read_plan_record
 
@@ -80,19 +80,29 @@ def entry_status(
             float(epochs) if epochs is not None else None,
             adopted[-1].get("test_top1"),
         )
-    if not starts:
+    # FitNets trains stage 1 (hints) in a sub-run first: its epochs are the run's first ones, and
+    # the run's own log, begun when stage 2 starts, counts stage 2's epochs from 1.
+    hint_log = folder / HINT_STAGE_DIR / "log.jsonl"
+    hint_records = _records(hint_log) if hint_log.is_file() else []
+    hint_epochs = [r for r in hint_records if r.get("event") == "epoch"]
+    hint_done = int(hint_epochs[-1].get("epoch", 0)) if hint_epochs else 0
+    if starts:
+        total = (starts[-1].get("config") or {}).get("epochs")
+        images = starts[-1].get("train_images")
+    elif hint_records:  # in stage 1: priced at stage 1's pace
+        epochs_logged = hint_epochs
+        total = entry.get("epochs", (config.get("defaults") or {}).get("epochs"))
+        images = next((r.get("train_images") for r in hint_records if r.get("train_images")), None)
+    else:
         if lane is not None:
             return EntryStatus(name, in_lane, lane=lane)
         waiting = tuple(n for n in prerequisites(entry, config) if n not in done)
         return EntryStatus(name, "not started", waits_for=waiting)
-    config = starts[-1].get("config") or {}
-    total = config.get("epochs")
     last = epochs_logged[-1] if epochs_logged else {}
     finished = name in done
     rates = [float(r["img_per_s"]) for r in epochs_logged[-RECENT_EPOCHS:] if r.get("img_per_s")]
     rate = statistics.fmean(rates) if rates else None
-    epochs_done = int(last.get("epoch", 0))
-    images = starts[-1].get("train_images")
+    epochs_done = int(last.get("epoch", 0)) + (hint_done if starts else 0)
     left = None
     if not finished and rate and images and total is not None:
         left = max(0.0, float(total) - epochs_done) * float(images) / rate / 3600

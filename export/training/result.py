@@ -13,6 +13,7 @@ from export.training.logs import epoch_end_times
 RESULT_FILENAME = "result.json"
 # The log record of a finished run rebuilt from a served model instead of trained (export/adopt.py).
 ADOPTED_EVENT = "adopted"
+HINT_STAGE_DIR = "fitnet-hints"  # the folder of fitnet's stage-1 sub-run, inside its run's
 
 
 @dataclass

@@ -27,6 +27,7 @@ from export.training.config import (
 from export.training.logs import RunLog
 from export.training.loop import CHECKPOINT_FILENAME, BatchSource, Trainer, evaluate
 from export.training.result import (
+    HINT_STAGE_DIR,
     RESULT_FILENAME,
     TrainResult,
     jsonable,
@@ -47,7 +48,6 @@ from export.training.runtime import (
 from export.training.soft_labels import SoftLabelStore, images_digest
 
 ARTIFACT_FILENAME = "trained.pt"
-HINT_STAGE_DIR = "fitnet-hints"  # fitnet's stage-1 sub-run
 
 
 def _recipe(cfg: dict[str, Any], augment: bool) -> str:

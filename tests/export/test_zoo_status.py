@@ -54,7 +54,11 @@ def work(tmp_path: Path) -> Iterator[Path]:
         _epoch(4, 0.69, 30.0),
         torn=True,
     )
-    _log(work / "fitnet-wrn-16-1", _start(30), _epoch(2, 0.4, 300.0))  # stopped part way
+    # FitNets, stopped part way: its 6 hint epochs (stage 1, a sub-run) done, then 2 of stage 2,
+    # which its own log numbers from 1; its second seed stopped in stage 1.
+    _log(work / "fitnet-wrn-16-1" / "fitnet-hints", _start(6), _epoch(6, 0.1, 400.0))
+    _log(work / "fitnet-wrn-16-1", _start(30), _epoch(2, 0.4, 300.0))
+    _log(work / "fitnet-wrn-16-1-seed1" / "fitnet-hints", _start(6), _epoch(3, 0.1, 400.0))
     baseline = work / "baseline-wrn-16-1"
     _log(baseline, _start(30), _epoch(30, 0.9, 300.0))
     result = {"fingerprint": {}, "result": {"completed": True}}
@@ -103,8 +107,12 @@ def test_each_entry_reads_as_its_work_folder_says(work: Path) -> None:
     mobilenet = status["baseline-mobilenetv2-0.5"]
     assert (mobilenet.state, mobilenet.lane) == ("paused", 4)
     fitnet = status["fitnet-wrn-16-1"]
-    assert (fitnet.state, fitnet.lane, fitnet.epochs_done) == ("started", None, 2)
-    assert fitnet.hours_left == pytest.approx(28 * 50_000 / 300.0 / 3600)
+    assert (fitnet.state, fitnet.lane, fitnet.epochs_done) == ("started", None, 8)
+    assert fitnet.epochs == 30
+    assert fitnet.hours_left == pytest.approx(22 * 50_000 / 300.0 / 3600)
+    in_hints = status["fitnet-wrn-16-1-seed1"]
+    assert (in_hints.state, in_hints.epochs_done, in_hints.epochs) == ("started", 3, 30)
+    assert in_hints.hours_left == pytest.approx(27 * 50_000 / 400.0 / 3600)
     kd = status["kd-wrn-16-1"]
     assert (kd.state, kd.waits_for) == ("not started", ("teacher-wrn-40-2",))
     # A second seed waits only for the entries not done yet.
@@ -117,7 +125,7 @@ def test_the_command_prints_the_table(work: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("teacher-wrn-40-2"))
     assert row.split()[1:7] == ["training", "(1)", "4/40", "69.00", "30", "16:40"]
-    assert "1 done, 2 training, 1 paused, 1 started" in out and "1 skipped" in out
+    assert "1 done, 2 training, 1 paused, 2 started" in out and "1 skipped" in out
     assert main(["zoo-status", "--dataset", "cifar10", "--out", str(work.parent / "nope")]) == 1
     assert "no zoo work folder" in capsys.readouterr().err
 
