@@ -90,7 +90,7 @@ def render_report(
         f"({cards[0].metrics.n} images), preprocessed only as each card says"
         if cards
         else "- Accuracy: n/a",
-        "- Latency: p50/p99 over repeated runs at batch 1; throughput = images/s at batch 32.",
+        _latency_line(cards),
         "- Pareto: ★ marks models that no other model beats on both top-1 and batch-1 latency.",
         *([progress[0]] if progress else []),
         "",
@@ -319,3 +319,18 @@ def write_report(
     report.write_text(render_report(cards, title, served, progress), encoding="utf-8")
     plot_curves(cards, repo / CURVES_FILENAME, title)
     return report, plot_pareto(cards, repo / PARETO_FILENAME, title)
+
+
+def _latency_line(cards: Sequence[ModelCard]) -> str:
+    """How the latency figures were taken: one run per model, or the median of interleaved
+    rounds (`export evaluate --rounds`)."""
+    line = "- Latency: p50/p99 over repeated runs at batch 1; throughput = images/s at batch 32"
+    rounds = sorted({c.profile.rounds for c in cards})
+    if rounds == [1] or not rounds:
+        return line + "."
+    said = f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
+    return (
+        f"{line}; each figure is the median of {said} interleaved rounds (every model measured "
+        "once per round), so that the machine's drift falls on all alike."
+    )
+

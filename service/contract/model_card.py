@@ -182,6 +182,12 @@ class LatencyProfile(_Strict):
     provider: str
     threads: int = Field(ge=0, description="intra_op_num_threads (0 = ORT default).")
     machine: str = Field(description="The machine the figures come from.")
+    rounds: int = Field(
+        default=1,
+        ge=1,
+        description="Interleaved rounds (every model of the repository profiled once per round) "
+        "whose median each figure is; 1: a single run.",
+    )
     rows: tuple[ProfileRow, ...]
 
     def row(self, batch_size: int) -> ProfileRow | None:

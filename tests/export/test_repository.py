@@ -12,14 +12,19 @@ from export.repository import (
     ArtifactInfo,
     EvalData,
     ProfileSettings,
+    median_profile,
     next_version,
+    profile_version,
     publish,
     remeasure,
+    replace_profile,
     training_info,
 )
 from service.contract.model_card import (
+    LatencyProfile,
     ModelCard,
     ModelRepositoryError,
+    ProfileRow,
     model_file,
     read_manifest,
     read_version_card,
@@ -130,6 +135,49 @@ def test_remeasure_without_the_profile_keeps_the_cards_latency(tmp_path: Path) -
     assert again.metrics == card.metrics and again.metrics.ece is not None
     assert again.profile.rows[0].p50_ms == 123.0
     assert read_manifest(tmp_path / card.name) == again
+
+
+def _profile(*rows: tuple[int, float, float]) -> LatencyProfile:
+    return LatencyProfile(
+        provider="CPUExecutionProvider",
+        threads=2,
+        machine="test machine",
+        rows=tuple(ProfileRow(batch_size=b, p50_ms=p50, p99_ms=p99, images_per_s=b * 1e3 / p50)
+                   for b, p50, p99 in rows),
+    )  # fmt: skip
+
+
+def test_interleaved_rounds_keep_the_median_of_each_figure() -> None:
+    """One slow round (the machine busy for its turn) moves neither p50 nor throughput."""
+    runs = [
+        _profile((1, 0.20, 0.30), (32, 4.0, 5.0)),
+        _profile((1, 0.90, 2.00), (32, 7.0, 9.0)),  # a slow stretch of the machine
+        _profile((1, 0.22, 0.31), (32, 3.6, 4.4)),
+    ]
+    merged = median_profile(runs)
+    assert merged.rounds == 3 and merged.threads == 2 and merged.machine == "test machine"
+    b1, b32 = merged.row(1), merged.row(32)
+    assert b1 is not None and b32 is not None
+    assert (b1.p50_ms, b1.p99_ms) == (0.22, 0.31)
+    assert (b32.p50_ms, b32.p99_ms) == (4.0, 5.0)
+    assert b32.images_per_s == pytest.approx(32 * 1000 / 4.0)
+    assert median_profile(runs[:1]).rounds == 1
+    with pytest.raises(ValueError):
+        median_profile([])
+
+
+def test_a_profile_measured_again_replaces_the_cards_only(tmp_path: Path) -> None:
+    d = trained_digits()
+    card = publish(tmp_path, _info(), d.onnx_path, _data(), FAST)
+    again = profile_version(tmp_path / card.name, _data().images, FAST)
+    assert [r.batch_size for r in again.rows] == [r.batch_size for r in card.profile.rows]
+    assert read_manifest(tmp_path / card.name) == card  # measuring writes nothing
+    merged = median_profile([card.profile, again, again])
+    updated = replace_profile(tmp_path / card.name, merged)
+    assert updated.profile == merged and updated.profile.rounds == 3
+    assert updated.metrics == card.metrics and updated.created_at == card.created_at
+    assert read_manifest(tmp_path / card.name) == updated
+    assert read_version_card(tmp_path / card.name, card.version) == updated
 
 
 def test_bad_name_and_missing_file_are_repository_errors(tmp_path: Path) -> None:

@@ -143,6 +143,27 @@ def test_verify_and_evaluate_commands_on_the_zoo(
     assert main(["verify", str(zoo_repo)]) == 0
 
 
+def test_evaluate_in_rounds_keeps_each_figures_median(
+    zoo_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proc = _export("evaluate", str(zoo_repo), "--profile-runs", "3", "--rounds", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "latency round 3 of 3 done" in proc.stdout
+    for model_dir in model_dirs(zoo_repo):
+        card = read_manifest(model_dir)
+        assert card.profile.rounds == 3, card.name
+        b1 = card.profile.rows[0].p50_ms
+        assert f"{card.name}: p50 b1 {b1:.3f} ms, the median" in proc.stdout
+    report = (zoo_repo / "REPORT.md").read_text(encoding="utf-8")
+    assert "each figure is the median of 3 interleaved rounds" in report
+    assert main(["verify", str(zoo_repo)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(zoo_repo), "--rounds", "2", "--accuracy-only"]) == 1
+    assert main(["evaluate", str(zoo_repo), "--rounds", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "--accuracy-only keeps" in err and "--rounds must be at least 1" in err
+
+
 def test_resume_keeps_what_is_published_and_retrains_nothing(zoo_repo: Path) -> None:
     before = {d.name: read_manifest(d).created_at for d in model_dirs(zoo_repo)}
     proc = _export(

@@ -16,13 +16,22 @@ from export.lanes import STATE_FILE, is_stopped
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
 
+TRAINER = (
+    "import os, signal, time\n"
+    "signal.signal(signal.SIGTSTP, lambda *_: os.kill(os.getpid(), signal.SIGSTOP))\n"
+    "time.sleep(600)"
+)
+
 
 def test_the_script_measures_every_figure_and_gives_a_paused_zoo_its_cores_back(
     digits_repo: Path, tmp_path: Path
 ) -> None:
     results, zoo = tmp_path / "results", tmp_path / "zoo"
     (zoo / ".work").mkdir(parents=True)
-    lane = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "export", "zoo"])
+    # A lane's trainer takes SIGTSTP and stops itself (export/training/pause.py); the default
+    # action would not do: the kernel drops SIGTSTP for an orphaned process group (a suite started
+    # under setsid or nohup).
+    lane = subprocess.Popen([sys.executable, "-c", TRAINER, "export", "zoo"])
     try:
         state = {"lanes": {"1": {"entry": "kd-wrn-16-1", "pid": lane.pid, "threads": 1}}}
         (zoo / ".work" / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
