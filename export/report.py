@@ -333,4 +333,3 @@ def _latency_line(cards: Sequence[ModelCard]) -> str:
         f"{line}; each figure is the median of {said} interleaved rounds (every model measured "
         "once per round), so that the machine's drift falls on all alike."
     )
-
