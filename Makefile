@@ -77,7 +77,7 @@ cifar-zoo-pick: venv
 # A finished zoo into models/: its lanes measured each network's latency beside the other lane's
 # training, so every network is measured again on the quiet machine first, then picked. Latency
 # is the median of 5 interleaved rounds: one run per file put WRN-16-1 int8 files anywhere from
-# 4,400 to 8,900 images/s at batch 32 on the 2-core machine, round to round.
+# 4,300 to 9,200 images/s at batch 32 on the 2-core machine, round to round.
 cifar-zoo-publish: venv
 	$(BIN)/python -m export evaluate $(ZOO_DIR) --data-dir $(CIFAR10) --rounds 5
 	$(BIN)/python -m export pick $(ZOO_DIR) --into models

@@ -173,7 +173,7 @@ def profile_version(
 def median_profile(runs: Sequence[LatencyProfile]) -> LatencyProfile:
     """One profile from interleaved rounds of the same version: per batch size, the median of
     the rounds' p50 and of their p99, and the images/s of that p50. A shared machine slows one
-    round and not the next (WRN-16-1 int8 at batch 32 measured 4,400 to 8,900 images/s round to
+    round and not the next (WRN-16-1 int8 at batch 32 measured 4,300 to 9,200 images/s round to
     round on one 2-core host): a single run would rank equal files by the luck of their turn."""
     if not runs:
         raise ValueError("no profile to merge")
