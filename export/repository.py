@@ -140,16 +140,22 @@ def measured_fields(
         "sha256": sha256_file(path),
     }
     if profile:
-        fields["profile"] = profile_latency(
-            session,
-            spec,
-            data.images,
-            threads=settings.threads,
-            min_runs=settings.min_runs,
-            min_seconds=settings.min_seconds,
-            machine=settings.machine or None,
-        )
+        fields["profile"] = _profile(session, spec, data.images, settings)
     return fields
+
+
+def _profile(
+    session: Any, spec: InputSpec, images: np.ndarray, settings: ProfileSettings
+) -> LatencyProfile:
+    return profile_latency(
+        session,
+        spec,
+        images,
+        threads=settings.threads,
+        min_runs=settings.min_runs,
+        min_seconds=settings.min_seconds,
+        machine=settings.machine or None,
+    )
 
 
 def profile_version(
@@ -159,15 +165,7 @@ def profile_version(
     (the card is left as it is)."""
     card = read_manifest(model_dir)
     session = make_session(model_file(model_dir, card.version), settings.provider, settings.threads)
-    return profile_latency(
-        session,
-        card.input,
-        images,
-        threads=settings.threads,
-        min_runs=settings.min_runs,
-        min_seconds=settings.min_seconds,
-        machine=settings.machine or None,
-    )
+    return _profile(session, card.input, images, settings)
 
 
 def median_profile(runs: Sequence[LatencyProfile]) -> LatencyProfile:
@@ -190,12 +188,7 @@ def median_profile(runs: Sequence[LatencyProfile]) -> LatencyProfile:
 
 def replace_profile(model_dir: Path, profile: LatencyProfile) -> ModelCard:
     """Rewrite the card in ``model_dir`` (and its version's own card) with ``profile``."""
-    card = read_manifest(model_dir)
-    updated = ModelCard.model_validate(card.model_copy(update={"profile": profile}).model_dump())
-    if (model_dir / str(card.version) / MANIFEST_FILENAME).is_file():
-        write_manifest(model_dir / str(card.version), updated)
-    write_manifest(model_dir, updated)
-    return updated
+    return _rewrite_card(model_dir, read_manifest(model_dir), {"profile": profile})
 
 
 def next_version(model_dir: Path) -> int:
@@ -281,9 +274,14 @@ def remeasure(
         teacher_card = read_manifest(teacher_dir)
         teacher = (model_file(teacher_dir, teacher_card.version), teacher_card.input)
     measured = measured_fields(path, card.input, data, settings, teacher, profile=profile)
-    updated = ModelCard.model_validate(card.model_copy(update=measured).model_dump())
-    # The version's own card too, where it has one (publish writes both): a service serves a
-    # version by its own card, so the new figures must reach it.
+    return _rewrite_card(model_dir, card, measured)
+
+
+def _rewrite_card(model_dir: Path, card: ModelCard, update: dict[str, Any]) -> ModelCard:
+    """``card`` with ``update`` applied, validated, written as the model's card and as its
+    version's own card where it has one (publish writes both: a service serves a version by its
+    own card, so new figures must reach it)."""
+    updated = ModelCard.model_validate(card.model_copy(update=update).model_dump())
     if (model_dir / str(card.version) / MANIFEST_FILENAME).is_file():
         write_manifest(model_dir / str(card.version), updated)
     write_manifest(model_dir, updated)
