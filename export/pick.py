@@ -14,7 +14,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.report import find_teacher, pareto_front, write_report
+from export.pareto import pareto_front
+from export.report import find_teacher, write_report
 from export.repository import load_cards
 from export.zoo_config import load_zoo_config, model_name
 from export.zoo_progress import CONFIG_FILENAME, record_config

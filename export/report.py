@@ -13,6 +13,8 @@ from export.comparisons import (
     render_mobilenet,
 )
 from export.convergence import CURVES_FILENAME, plot_curves, render_convergence, span_union_s
+from export.pareto import latency_ms, pareto_front
+from export.pareto_plot import plot_pareto
 from export.targets import render_targets
 from export.zoo_progress import progress_of
 from service.contract.model_card import ModelCard, ProfileRow
@@ -23,23 +25,6 @@ PARETO_FILENAME = "pareto.png"
 
 def _row(card: ModelCard, batch_size: int) -> ProfileRow | None:
     return card.profile.row(batch_size)
-
-
-def latency_ms(card: ModelCard) -> float:
-    """p50 latency of one image (batch 1), the x axis of the trade-off."""
-    row = _row(card, 1)
-    return row.p50_ms if row else float("inf")
-
-
-def pareto_front(cards: Sequence[ModelCard]) -> set[str]:
-    """Names of the models no other model beats on both top-1 and batch-1 latency."""
-    front: set[str] = set()
-    best = -1.0
-    for card in sorted(cards, key=lambda c: (latency_ms(c), -c.metrics.top1)):
-        if card.metrics.top1 > best:
-            front.add(card.name)
-            best = card.metrics.top1
-    return front
 
 
 def _human(n: float) -> str:
@@ -91,7 +76,9 @@ def render_report(
         if cards
         else "- Accuracy: n/a",
         _latency_line(cards),
-        "- Pareto: ★ marks models that no other model beats on both top-1 and batch-1 latency.",
+        "- Pareto: ★ marks models that no other model beats on both top-1 and batch-1 latency; "
+        "models of one architecture, precision and size count as equally fast (their median), "
+        "so of those only the most accurate can be marked.",
         *([progress[0]] if progress else []),
         "",
         "| model | precision | top-1 % | top-5 % | p50 ms b1 | p99 ms b1 | img/s b32 "
@@ -244,66 +231,6 @@ def render_students(cards: Sequence[ModelCard]) -> list[str]:
         "",
     ]
     return lines
-
-
-def _label_offsets(cards: Sequence[ModelCard]) -> list[tuple[int, int]]:
-    """Label offsets in points that stack the names of nearby points instead of overprinting."""
-    xs = [latency_ms(c) for c in cards]
-    ys = [c.metrics.top1 for c in cards]
-    span_x = (max(xs) - min(xs)) or 1.0
-    span_y = (max(ys) - min(ys)) or 1.0
-    placed: list[tuple[float, float]] = []
-    offsets = []
-    for x, y in zip(xs, ys, strict=True):
-        nx, ny = (x - min(xs)) / span_x, (y - min(ys)) / span_y
-        crowd = sum(1 for px, py in placed if abs(px - nx) < 0.25 and abs(py - ny) < 0.04)
-        placed.append((nx, ny))
-        offsets.append((5, 4 - 9 * crowd))
-    return offsets
-
-
-def plot_pareto(cards: Sequence[ModelCard], path: Path, title: str) -> Path:
-    """Top-1 against batch-1 latency, the frontier drawn as a step line, every point named."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    front = pareto_front(cards)
-    fig, ax = plt.subplots(figsize=(10, 6.5), dpi=110)
-    for card, (dx, dy) in zip(cards, _label_offsets(cards), strict=True):
-        on = card.name in front
-        point = (latency_ms(card), card.metrics.top1 * 100)
-        ax.scatter(
-            *point,
-            s=60 if on else 35,
-            marker="*" if on else "o",
-            color="tab:red" if on else "tab:blue",
-            zorder=3,
-        )
-        ax.annotate(card.name, point, textcoords="offset points", xytext=(dx, dy), fontsize=7)
-    frontier = sorted((c for c in cards if c.name in front), key=latency_ms)
-    if frontier:
-        ax.step(
-            [latency_ms(c) for c in frontier],
-            [c.metrics.top1 * 100 for c in frontier],
-            where="post",
-            color="tab:red",
-            linewidth=1.2,
-            label="Pareto frontier",
-        )
-        ax.legend(loc="best")
-    machines = "; ".join(sorted({c.profile.machine for c in cards}))
-    ax.set_xlabel("p50 latency at batch 1 (ms, ONNX Runtime)")
-    ax.set_ylabel("top-1 accuracy on the test split (%)")
-    ax.set_title(f"{title}\n{machines}", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.margins(x=0.2, y=0.1)  # room for the names of the outermost points
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def write_report(

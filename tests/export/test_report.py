@@ -6,11 +6,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from export.report import elapsed_training_s, pareto_front, render_report, write_report
+from export.pareto import class_latency_ms, pareto_front
+from export.report import elapsed_training_s, render_report, write_report
 from service.contract.model_card import EpochRecord, ModelCard, ProfileRow, read_manifest
 
 
-def _variant(card: ModelCard, name: str, top1: float, p50: float) -> ModelCard:
+def _variant(
+    card: ModelCard, name: str, top1: float, p50: float, arch: str | None = None
+) -> ModelCard:
+    """``card`` renamed, with its accuracy and latency; its own architecture unless ``arch``."""
     rows = tuple(
         ProfileRow(batch_size=bs, p50_ms=p50 * bs, p99_ms=p50 * bs * 1.5, images_per_s=1000 / p50)
         for bs in (1, 8, 32, 128)
@@ -18,6 +22,7 @@ def _variant(card: ModelCard, name: str, top1: float, p50: float) -> ModelCard:
     return card.model_copy(
         update={
             "name": name,
+            "training": card.training.model_copy(update={"architecture": arch or name}),
             "metrics": card.metrics.model_copy(update={"top1": top1}),
             "profile": card.profile.model_copy(update={"rows": rows}),
         }
@@ -37,6 +42,28 @@ def _cards(digits_repo: Path) -> list[ModelCard]:
 
 def test_pareto_front_keeps_only_undominated_models(digits_repo: Path) -> None:
     assert pareto_front(_cards(digits_repo)) == {"fast-weak", "mid", "slow-strong"}
+
+
+def test_models_doing_the_same_work_share_one_latency_on_the_front(digits_repo: Path) -> None:
+    base = read_manifest(digits_repo / "digits-logreg")
+    cards = [
+        _variant(base, "tiny", 0.80, 0.05),
+        # one architecture trained three ways: the least accurate measured fastest, by noise
+        _variant(base, "alone", 0.85, 0.18, arch="wrn"),
+        _variant(base, "kd", 0.86, 0.26, arch="wrn"),
+        _variant(base, "mimic", 0.87, 0.21, arch="wrn"),
+        _variant(base, "teacher", 0.90, 1.70),
+    ]
+    assert class_latency_ms(cards)["alone"] == class_latency_ms(cards)["kd"] == 0.21
+    assert pareto_front(cards) == {"tiny", "mimic", "teacher"}
+    # a quantized variant is other work: it has a latency and a place on the front of its own
+    int8 = _variant(base, "mimic-int8", 0.868, 0.12, arch="wrn").model_copy(
+        update={"precision": "int8"}
+    )
+    assert pareto_front([*cards, int8]) == {"tiny", "mimic-int8", "mimic", "teacher"}
+    text = render_report([*cards, int8], "Test zoo")
+    starred = {r.split("|")[1].strip() for r in text.splitlines() if r.rstrip(" |").endswith("★")}
+    assert starred == {"tiny", "mimic-int8", "mimic", "teacher"}
 
 
 def test_report_is_sorted_by_latency_and_marks_the_front(digits_repo: Path) -> None:
