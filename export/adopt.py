@@ -20,6 +20,7 @@ from torch import nn
 from export.checkpoint import TrainedMeta, save_trained
 from export.models import build_model
 from export.onnx_export import ExportError, check_parity, load_onnx_weights
+from export.repository import copy_model
 from export.training.config import FINGERPRINT_IGNORES, fingerprint_changes
 from export.training.logs import RunLog
 from export.training.result import ADOPTED_EVENT, TrainResult, jsonable, write_result
@@ -126,10 +127,7 @@ def adopt(
     write_result(out_dir, fingerprint, result)
     for name in [card.name, *(f"{card.name}-{v}" for v in variants)]:
         if (source / name / "manifest.json").is_file() and not (zoo_repo / name).exists():
-            tmp = zoo_repo / f".{name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(source / name, tmp, ignore=shutil.ignore_patterns("*.tmp"))
-            tmp.rename(zoo_repo / name)
+            copy_model(source / name, zoo_repo / name)
     RunLog(out_dir).write(
         ADOPTED_EVENT,
         source=str(source / card.name),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from export.pareto import pareto_front
 from export.report import find_teacher, write_report
-from export.repository import load_cards
+from export.repository import copy_model, load_cards
 from export.zoo_config import load_zoo_config, model_name
 from export.zoo_progress import CONFIG_FILENAME, record_config
 from service.contract.model_card import ModelCard, ModelRepositoryError, model_dirs
@@ -116,11 +116,7 @@ def pick(
         if model_dir.name not in picked.reasons:
             shutil.rmtree(model_dir)
     for name in picked.reasons:
-        tmp = into / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(zoo / name, tmp, ignore=shutil.ignore_patterns("*.tmp"))
-        shutil.rmtree(into / name, ignore_errors=True)
-        tmp.rename(into / name)
+        copy_model(zoo / name, into / name)
     kept = sorted(cards, key=lambda c: c.name)
     (into / ZOO_CARDS_FILENAME).write_text(
         json.dumps([c.model_dump(mode="json") for c in kept], indent=1) + "\n", encoding="utf-8"

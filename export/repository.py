@@ -370,6 +370,17 @@ def verify_repository(repo: Path, *, load: bool = True) -> tuple[int, int, list[
     return n_models, n_versions, problems
 
 
+def copy_model(src: Path, dst: Path) -> None:
+    """Copy a model folder (every version and its card, unchanged, so the hashes still verify) to
+    ``dst``, replacing what is there, through a temporary sibling: a reader of ``dst``'s repository
+    never sees half a model."""
+    tmp = dst.parent / f".{dst.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.tmp"))
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
 def load_cards(repo: Path) -> list[ModelCard]:
     """Every valid card of a repository (raises on the first invalid one)."""
     return [read_manifest(d) for d in model_dirs(repo)]
