@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from export.bench_profile import profile_step, render_profile
 from export.data.augment import Normalizer, random_crop_flip
 from export.data.splits import make_input_spec
 from export.models import CIFAR_ARCHITECTURES, build_model, count_params
@@ -29,6 +30,7 @@ class BenchRow:
     seconds: float
     images_per_s: float
     ms_per_step: float
+    profile_ms: dict[str, float] | None = None  # CPU ms per step by kind, with --profile
 
 
 def bench_arch(
@@ -44,9 +46,10 @@ def bench_arch(
     image_size: int = 32,
     in_channels: int = 3,
     num_classes: int = 10,
+    profile: bool = False,
 ) -> BenchRow:
     """Time full training steps (augment + normalise + forward + backward + SGD) on CIFAR shapes
-    (or the given ones)."""
+    (or the given ones); with ``profile``, then say where a step's CPU time goes."""
     torch.manual_seed(0)
     use_cl = device.type == "cpu" if channels_last is None else channels_last
     model = build_model(
@@ -88,6 +91,7 @@ def bench_arch(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
+    by_kind = profile_step(step) if profile else None
     return BenchRow(
         arch=arch,
         precision=precision,
@@ -97,6 +101,7 @@ def bench_arch(
         seconds=round(elapsed, 3),
         images_per_s=round(steps * batch_size / elapsed, 1),
         ms_per_step=round(elapsed / steps * 1000, 1),
+        profile_ms=None if by_kind is None else {k: round(v, 2) for k, v in by_kind.items()},
     )
 
 
@@ -110,15 +115,17 @@ def run_bench(
     echo: bool = True,
     threads: int | None = None,
     precisions: tuple[str, ...] = ("fp32",),
+    profile: bool = False,
 ) -> list[BenchRow]:
     """Benchmark ``archs`` (default: every CIFAR architecture) at each precision, print a table
-    (with the bf16/fp32 ratio when both ran), optionally JSON."""
+    (with the bf16/fp32 ratio when both ran; with ``profile``, where each step's time goes),
+    optionally JSON."""
     device = select_device(device_name)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _bench(archs, device, batch_size, min_seconds, json_out, echo, precisions)
+        return _bench(archs, device, batch_size, min_seconds, json_out, echo, precisions, profile)
     finally:
         torch.set_num_threads(before)
 
@@ -131,6 +138,7 @@ def _bench(
     json_out: Path | None,
     echo: bool,
     precisions: tuple[str, ...],
+    profile: bool = False,
 ) -> list[BenchRow]:
     machine = describe_device(device)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -145,9 +153,8 @@ def _bench(
     for arch in archs or list(CIFAR_ARCHITECTURES):
         fp32: float | None = None
         for precision in precisions:
-            row = bench_arch(
-                arch, device, batch_size=batch_size, min_seconds=min_seconds, precision=precision
-            )
+            row = bench_arch(arch, device, batch_size=batch_size, min_seconds=min_seconds,
+                             precision=precision, profile=profile)  # fmt: skip
             rows.append(row)
             if precision == "fp32":
                 fp32 = row.images_per_s
@@ -158,6 +165,9 @@ def _bench(
                     f"{row.ms_per_step:>10.1f}{row.steps:>7}{ratio:>9}",
                     flush=True,
                 )
+                if row.profile_ms is not None:
+                    line = render_profile(f"{arch} ({precision})", row.profile_ms, row.ms_per_step)
+                    print(line, flush=True)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         payload = {

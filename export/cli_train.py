@@ -150,6 +150,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             json_out=args.json,
             threads=args.threads,
             precisions=tuple(args.precision),
+            profile=args.profile,
         )
     except BrokenPipeError:
         raise
@@ -187,5 +188,10 @@ def register(sub: Any) -> None:
         default=["fp32"],
         choices=["fp32", "bf16"],
         help="training precision(s) to time; 'fp32 bf16' also prints the ratio",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="then profile 3 steps and print where their CPU time goes, by kind of work",
     )
     p.set_defaults(func=cmd_bench)
