@@ -122,7 +122,7 @@ class Settings(BaseSettings):
         "core). 'auto' chooses per model version at load from its batch-1 call, timed on 1 "
         "thread and on every core this process may use (its affinity mask or cgroup CPU "
         "limit, divided by workers): a model that takes at least 0.5 ms and runs at least "
-        "1.25x faster on every core gets them all for a batch that runs alone (a lone request "
+        "1.1x faster on every core gets them all for a batch that runs alone (a lone request "
         "uses the whole machine) and, under load, runs one-thread batches side by side on a "
         "second session; any other gets 1 thread and runs its batches side by side "
         "(inference_workers). GET /models shows each version's choice and why.",
