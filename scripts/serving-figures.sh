@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # Measure again, in one window, every serving figure the README and docs/performance.md quote.
 #
-#   scripts/serving-figures.sh            # `make serving-figures`: ~25 min on 2 cores
+#   scripts/serving-figures.sh                  # `make serving-figures`: ~35 min on 2 cores
+#   STEPS="lone workers" scripts/serving-figures.sh   # some steps only
 #
-# On models/ (REPO): the largest model, its int8 variant and the smallest student against raw ONNX
-# Runtime (loadtest.served_vs_raw, the three interleaved, two rounds), routing under load at a
-# 20 ms budget (loadtest.ramp), the concurrency sweep of the largest and smallest (loadtest.bench),
-# the overload scenario and the routing cost. The raw outputs replace those in loadtest/results/
-# (RESULTS); each names the machine and its load. A benchmark beside training measures the
-# training, so a running zoo's lanes (ZOO_DIR) are paused for it and continued after.
-# QUICK=1 shortens every step to seconds (for tests; its figures mean nothing).
+# On models/ (REPO), the steps (STEPS, all by default):
+#   vs-raw    the largest model, its int8 variant and the smallest student against raw ONNX
+#             Runtime (loadtest.served_vs_raw, the three interleaved, two rounds)
+#   ramp      routing under load at a 20 ms budget (loadtest.ramp)
+#   sweep     the concurrency sweep of the largest and smallest (loadtest.bench)
+#   overload  the overload scenario, also with a 5 s keep-alive and with max_in_flight 128
+#   routing   the routing cost (loadtest.router_cost)
+#   lone      where a lone request's time goes, the largest and the smallest (two runs)
+#   inline    the largest model with lone calls inline up to 2 ms (the default) and 10 ms
+#   workers   the smallest served alone by one process and by `auto` (interleaved), and the
+#             smallest and the int8 teacher against raw with one and two processes
+#   profile   py-spy on the service serving the smallest at concurrency 64
+#   threads   ORT's default threads with and without spinning against `auto`, two models
+# The raw outputs replace those in loadtest/results/ (RESULTS); each names the machine and its
+# load. A benchmark beside training measures the training, so a running zoo's lanes (ZOO_DIR) are
+# paused for it and continued after. QUICK=1 shortens every step to seconds (for tests; its
+# figures mean nothing).
 set -euo pipefail
 
 PY=${PY:-.venv/bin/python}
@@ -19,6 +30,10 @@ ZOO_DIR=${ZOO_DIR:-$HOME/.cache/rocketserve/cifar10-zoo}
 TAG=${TAG:-cifar10}
 AGAINST_RAW=${AGAINST_RAW:-cifar10-teacher-wrn-40-2 cifar10-teacher-wrn-40-2-int8 cifar10-rocket-kd-wrn-16-1-int8}
 SWEEP=${SWEEP:-cifar10-teacher-wrn-40-2,cifar10-rocket-kd-wrn-16-1-int8}
+LARGEST=${LARGEST:-cifar10-teacher-wrn-40-2}
+SMALLEST=${SMALLEST:-cifar10-rocket-kd-wrn-16-1-int8}
+HEAVY_INT8=${HEAVY_INT8:-cifar10-teacher-wrn-40-2-int8}
+STEPS=${STEPS:-vs-raw ramp sweep overload routing lone inline workers profile threads}
 QUICK=${QUICK:-0}
 
 if [ "$QUICK" = 1 ]; then
@@ -28,6 +43,11 @@ if [ "$QUICK" = 1 ]; then
     sweep=(--quick)
     overload=(--quick)
     routing=(--requests 200)
+    point=(--duration 0.3 --warmup 0.1 --raw-time 0.05)
+    vs_raw_workers=(--concurrency 1 4 --seconds 0.3 --raw-seconds 0.05)
+    runs=1
+    worker_order="auto 1"
+    thread_settings=("0 true" "auto false")
 else
     rounds=2
     vs_raw=()
@@ -35,7 +55,13 @@ else
     sweep=(--duration 3 --warmup 1)
     overload=()
     routing=()
+    point=(--duration 5 --warmup 1 --raw-time 0.5)
+    vs_raw_workers=(--concurrency 1 64)
+    runs=2
+    worker_order="auto 1 1 auto"
+    thread_settings=("0 true" "0 false" "auto false")
 fi
+wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
 mkdir -p "$RESULTS"
 scratch=$(mktemp -d)
@@ -52,6 +78,7 @@ finish() {
 trap finish EXIT
 start=$(date +%s)
 
+if wants vs-raw; then
 echo "== served against raw: ${AGAINST_RAW} (${rounds} round(s), interleaved)"
 for round in $(seq "$rounds"); do
     for model in $AGAINST_RAW; do
@@ -62,28 +89,120 @@ for round in $(seq "$rounds"); do
             | tee -a "$out"
     done
 done
+fi
 
+if wants ramp; then
 echo "== routing under load, latency budget 20 ms"
 "$PY" -m loadtest.ramp --model-repository "$REPO" --latency-budget-ms 20 "${ramp[@]}" \
     --out "$scratch/ramp"
 for ext in md csv json png; do
     cp "$scratch/ramp/ramp.$ext" "$RESULTS/ramp-$TAG-budget-20ms.$ext"
 done
+fi
 
+if wants sweep; then
 echo "== concurrency sweep: $SWEEP"
 "$PY" -m loadtest.bench --model-repository "$REPO" --models "$SWEEP" "${sweep[@]}" \
     --out "$scratch/bench"
 cp "$scratch/bench/bench.csv" "$scratch"/bench/*.png "$RESULTS/"
 "$PY" -m loadtest.table "$RESULTS/bench.csv" --concurrency 1,2,8,32,64,128
+fi
 
+if wants overload; then
 echo "== overload (4x capacity)"
 # A failed criterion is a figure to read in the report, not a reason to stop measuring.
 "$PY" -m loadtest.bench --model-repository "$REPO" --overload "${overload[@]}" \
     --out "$scratch/overload" || echo "overload: a criterion failed (see overload-$TAG.json)"
 cp "$scratch/overload/overload.json" "$RESULTS/overload-$TAG.json"
+echo "== overload with uvicorn's 5 s keep-alive"
+ROCKETSERVE_KEEP_ALIVE_S=5 "$PY" -m loadtest.bench --model-repository "$REPO" --overload \
+    "${overload[@]}" --out "$scratch/overload-ka" || echo "overload, 5 s keep-alive: a criterion failed"
+cp "$scratch/overload-ka/overload.json" "$RESULTS/overload-$TAG-keep-alive-5s.json"
+echo "== overload with max_in_flight 128"
+"$PY" -m loadtest.bench --model-repository "$REPO" --overload --max-in-flight 128 \
+    "${overload[@]}" --out "$scratch/overload-mif" || echo "overload, max_in_flight 128: a criterion failed"
+cp "$scratch/overload-mif/overload.json" "$RESULTS/overload-$TAG-max-in-flight-128.json"
+fi
 
+if wants routing; then
 echo "== routing cost"
 "$PY" -m loadtest.router_cost --model-repository "$REPO" "${routing[@]}" \
     | tee "$RESULTS/router-cost-$TAG.txt"
+fi
+
+# A repository of one model: links to its folder in REPO.
+only() {
+    local dir="$scratch/only-$1"
+    mkdir -p "$dir"
+    ln -sfn "$(cd "$REPO" && pwd)/$1" "$dir/$1"
+    echo "$dir"
+}
+
+if wants lone; then
+echo "== a lone request: $LARGEST, $SMALLEST ($runs run(s))"
+out="$RESULTS/lone-request-$TAG.txt"
+: > "$out"
+for round in $(seq "$runs"); do
+    echo "-- run $round" >> "$out"
+    "$PY" -m loadtest.bench --model-repository "$REPO" --models "$LARGEST,$SMALLEST" \
+        --concurrency 1 --batching on "${point[@]}" --out "$scratch/lone" | tee -a "$out"
+done
+fi
+
+if wants inline; then
+echo "== $LARGEST with lone calls inline up to 2 ms and 10 ms ($runs round(s), interleaved)"
+out="$RESULTS/inline-$TAG.txt"
+: > "$out"
+for round in $(seq "$runs"); do
+    for inline in 2 10; do
+        echo "-- round $round: ROCKETSERVE_INLINE_INFERENCE_MAX_MS=$inline" >> "$out"
+        ROCKETSERVE_INLINE_INFERENCE_MAX_MS=$inline "$PY" -m loadtest.bench \
+            --model-repository "$(only "$LARGEST")" --concurrency 1,2 --batching on "${point[@]}" \
+            --out "$scratch/inline" | tee -a "$out"
+    done
+done
+fi
+
+if wants workers; then
+echo "== worker processes: $SMALLEST alone, auto against 1 (interleaved); against raw"
+out="$RESULTS/workers-$TAG.txt"
+: > "$out"
+for workers in $worker_order; do
+    echo "-- $SMALLEST alone, --workers $workers" >> "$out"
+    "$PY" -m loadtest.bench --model-repository "$(only "$SMALLEST")" --concurrency 1,64 \
+        --batching on --workers "$workers" "${point[@]}" --out "$scratch/workers" | tee -a "$out"
+done
+for model in "$SMALLEST" "$HEAVY_INT8"; do
+    for workers in 1 2; do
+        echo "-- $model against raw, --workers $workers" >> "$out"
+        "$PY" -m loadtest.served_vs_raw --model-repository "$(only "$model")" --model "$model" \
+            --workers "$workers" "${vs_raw_workers[@]}" | tee -a "$out"
+    done
+done
+fi
+
+if wants profile; then
+echo "== where the service's time goes: $SMALLEST at concurrency 64 (py-spy)"
+# py-spy needs leave to read another process (ptrace); where it has none, say so and go on.
+"$PY" -m loadtest.bench --model-repository "$REPO" --models "$SMALLEST" --concurrency 64 \
+    --batching on "${point[@]}" --profile --out "$scratch/profile" \
+    | tee "$RESULTS/profile-$TAG-c64.txt" || echo "profile: py-spy could not sample the service"
+fi
+
+if wants threads; then
+echo "== ORT threads: ORT's default (0) with and without spinning against auto"
+out="$RESULTS/ort-threads-$TAG.txt"
+: > "$out"
+for round in $(seq "$runs"); do
+    for setting in "${thread_settings[@]}"; do
+        read -r threads spinning <<< "$setting"
+        echo "-- round $round: ROCKETSERVE_INTRA_OP_THREADS=$threads" \
+            "ROCKETSERVE_INTRA_OP_SPINNING=$spinning" >> "$out"
+        ROCKETSERVE_INTRA_OP_SPINNING=$spinning "$PY" -m loadtest.bench --model-repository "$REPO" \
+            --models "$HEAVY_INT8,$SMALLEST" --ort-threads "$threads" --concurrency 1,64 \
+            --batching on "${point[@]}" --out "$scratch/threads" | tee -a "$out"
+    done
+done
+fi
 
 echo "serving figures measured in $(( ($(date +%s) - start) / 60 )) min into $RESULTS"

@@ -14,7 +14,7 @@ import pytest
 from export.lanes import STATE_FILE, is_stopped
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)
 
 TRAINER = (
     "import os, signal, time\n"
@@ -45,10 +45,13 @@ def test_the_script_measures_every_figure_and_gives_a_paused_zoo_its_cores_back(
             "TAG": "digits",
             "AGAINST_RAW": "digits-logreg digits-slow",
             "SWEEP": "digits-logreg",
+            "LARGEST": "digits-slow",
+            "SMALLEST": "digits-logreg",
+            "HEAVY_INT8": "digits-slow",
         }
         proc = subprocess.run(
             ["bash", str(ROOT / "scripts" / "serving-figures.sh")],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=280,
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=580,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "kd-wrn-16-1: paused" in proc.stdout and "kd-wrn-16-1: continued" in proc.stdout
@@ -66,7 +69,14 @@ def test_the_script_measures_every_figure_and_gives_a_paused_zoo_its_cores_back(
         "ramp-digits-budget-20ms.csv",
         "bench.csv",
         "overload-digits.json",
+        "overload-digits-keep-alive-5s.json",
+        "overload-digits-max-in-flight-128.json",
         "router-cost-digits.txt",
+        "lone-request-digits.txt",
+        "inline-digits.txt",
+        "workers-digits.txt",
+        "profile-digits-c64.txt",
+        "ort-threads-digits.txt",
     }
     against_raw = (results / "served-vs-raw-digits-slow.txt").read_text(encoding="utf-8")
     assert "model digits-slow" in against_raw and "raw best:" in against_raw
@@ -75,3 +85,11 @@ def test_the_script_measures_every_figure_and_gives_a_paused_zoo_its_cores_back(
     assert ramp["steps"], "the ramp recorded no step"
     routing = (results / "router-cost-digits.txt").read_text(encoding="utf-8")
     assert "us per route" in routing and "impossible+fallback" in routing
+    lone = (results / "lone-request-digits.txt").read_text(encoding="utf-8")
+    assert "after 2 ms pauses" in lone and "in the service" in lone
+    inline = (results / "inline-digits.txt").read_text(encoding="utf-8")
+    assert "INLINE_INFERENCE_MAX_MS=10" in inline and "c=2 " in inline
+    workers = (results / "workers-digits.txt").read_text(encoding="utf-8")
+    assert "--workers 1" in workers and "--workers auto" in workers and "raw best:" in workers
+    threads = (results / "ort-threads-digits.txt").read_text(encoding="utf-8")
+    assert "INTRA_OP_SPINNING=true" in threads and "c=64 " in threads
