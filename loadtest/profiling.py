@@ -31,7 +31,15 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("uvicorn/httptools", ("uvicorn/", "httptools")),
     ("asyncio event loop", ("asyncio/", "uvloop")),
 )
-WAITING = "thread pool waiting for work"
+WAITING = "a thread waiting for work"
+# Leaves of a thread that waits rather than works: a thread pool's idle worker, an inference
+# thread waiting in the batcher for requests (a Condition or an Event). py-spy's --nonblocking
+# mode (the service is not stopped at each sample) cannot tell such threads from busy ones.
+WAITING_LEAVES = (
+    "_worker (concurrent/futures/thread.py",
+    "Condition.wait (threading.py",
+    "Event.wait (threading.py",
+)
 
 
 class ProfilerMissing(RuntimeError):
@@ -54,6 +62,7 @@ def start_recording(
     cmd = [
         py_spy(), "record", "--pid", str(pid), "--subprocesses", "--duration",
         str(max(1, round(seconds))), "--rate", str(rate), "--format", "raw", "--output", str(out),
+        "--nonblocking",
     ]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -61,7 +70,7 @@ def start_recording(
 def bucket_of(stack: list[str]) -> str:
     """The bucket of one stack, frames listed outermost first."""
     leaf = stack[-1] if stack else ""
-    if leaf.startswith("_worker (concurrent/futures/thread.py"):
+    if leaf.startswith(WAITING_LEAVES):
         return WAITING
     for frame in reversed(stack):
         for name, needles in BUCKETS:
@@ -92,5 +101,5 @@ def report(raw: Path) -> list[str]:
     waiting = counts.pop(WAITING, 0)
     working = max(total - waiting, 1)
     lines = [f"{100.0 * n / working:5.1f}%  {name}" for name, n in counts.most_common()]
-    lines.append(f"({total} samples; {waiting} more in an idle inference thread, not counted)")
+    lines.append(f"({total} samples; {waiting} more of threads waiting for work, not counted)")
     return lines

@@ -33,6 +33,13 @@ def test_innermost_named_frame_decides() -> None:
         ["_infer (service/inference/batcher.py:1)", "run (service/inference/session.py:2)"]
     ) == ("ONNX Runtime (inference)")
     assert bucket_of(["x (threading.py:1)", "_worker (concurrent/futures/thread.py:81)"]) == WAITING
+    # an inference thread waiting in the batcher for requests waits; one in ONNX Runtime works
+    collect = "DynamicBatcher._collect (service/inference/batcher.py:381)"
+    assert bucket_of([collect, "Condition.wait (threading.py:327)"]) == WAITING
+    run = "Session.run (onnxruntime/capi/onnxruntime_inference_collection.py:406)"
+    assert bucket_of(["DynamicBatcher._run (service/inference/batcher.py:428)", run]) == (
+        "ONNX Runtime (inference)"
+    )
     assert bucket_of(["mystery (nowhere.py:1)"]) == "other"
 
 
@@ -46,4 +53,4 @@ def test_summary_counts_work_apart_from_waiting(tmp_path: Path) -> None:
     assert counts["ONNX Runtime (inference)"] == 10 and counts[WAITING] == 50
     lines = report(raw)
     assert lines[0] == " 30.0%  multipart parsing"  # 30 of the 100 working samples
-    assert lines[-1].startswith("(150 samples; 50 more in an idle inference thread")
+    assert lines[-1].startswith("(150 samples; 50 more of threads waiting for work")
