@@ -12,7 +12,8 @@
 #   overload  the overload scenario, also with a 5 s keep-alive and with max_in_flight 128
 #   routing   the routing cost (loadtest.router_cost)
 #   lone      where a lone request's time goes, the largest and the smallest (two runs)
-#   inline    the largest model with lone calls inline up to 2 ms (the default) and 10 ms
+#   inline    the largest model alone with lone calls inline up to 5 ms and 2 ms (the default),
+#             three interleaved rounds at concurrency 1, 2 and 4
 #   workers   the smallest served alone by one process and by `auto` (interleaved), and the
 #             smallest and the int8 teacher against raw with one and two processes
 #   profile   py-spy on the service serving the smallest at concurrency 64
@@ -150,14 +151,15 @@ done
 fi
 
 if wants inline; then
-echo "== $LARGEST with lone calls inline up to 2 ms and 10 ms ($runs round(s), interleaved)"
+inline_rounds=$(( runs == 1 ? 1 : 3 ))
+echo "== $LARGEST with lone calls inline up to 5 ms and 2 ms, the default ($inline_rounds round(s), interleaved)"
 out="$RESULTS/inline-$TAG.txt"
 : > "$out"
-for round in $(seq "$runs"); do
-    for inline in 2 10; do
+for round in $(seq "$inline_rounds"); do
+    for inline in 5 2; do
         echo "-- round $round: ROCKETSERVE_INLINE_INFERENCE_MAX_MS=$inline" >> "$out"
         ROCKETSERVE_INLINE_INFERENCE_MAX_MS=$inline "$PY" -m loadtest.bench \
-            --model-repository "$(only "$LARGEST")" --concurrency 1,2 --batching on "${point[@]}" \
+            --model-repository "$(only "$LARGEST")" --concurrency 1,2,4 --batching on "${point[@]}" \
             --out "$scratch/inline" | tee -a "$out"
     done
 done

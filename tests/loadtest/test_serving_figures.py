@@ -88,7 +88,7 @@ def test_the_script_measures_every_figure_and_gives_a_paused_zoo_its_cores_back(
     lone = (results / "lone-request-digits.txt").read_text(encoding="utf-8")
     assert "after 2 ms pauses" in lone and "in the service" in lone
     inline = (results / "inline-digits.txt").read_text(encoding="utf-8")
-    assert "INLINE_INFERENCE_MAX_MS=10" in inline and "c=2 " in inline
+    assert "INLINE_INFERENCE_MAX_MS=2" in inline and "c=2 " in inline
     workers = (results / "workers-digits.txt").read_text(encoding="utf-8")
     assert "--workers 1" in workers and "--workers auto" in workers and "raw best:" in workers
     threads = (results / "ort-threads-digits.txt").read_text(encoding="utf-8")
