@@ -16,7 +16,6 @@ import csv
 import json
 import math
 import os
-import platform
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,13 +25,13 @@ from typing import Any
 
 import httpx
 
+from loadtest.machine import machine_description
 from loadtest.payloads import ModelInfo, images_for, parse_models
 from loadtest.plots import plot_all
 from loadtest.profiling import ProfilerMissing, report, start_recording
 from loadtest.raw import RawCeiling, raw_ceiling
 from loadtest.server import ServiceStartError, start_service
 from loadtest.sweep import run_point
-from service.contract.machine import cpu_model_name
 
 FULL_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128)
 QUICK_CONCURRENCY = (1, 4)
@@ -68,11 +67,6 @@ CSV_FIELDS = (
 
 class BenchError(Exception):
     """A user-facing failure of the bench (bad arguments, service did not start)."""
-
-
-def machine_description() -> str:
-    """CPU model, core count and OS of this machine, for every figure printed."""
-    return f"{cpu_model_name()}, {os.cpu_count()} CPU(s), {platform.system()} {platform.machine()}"
 
 
 def _load() -> str:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import shlex
 import sys
 from collections.abc import Iterator, Sequence
@@ -28,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from loadtest.machine import load_average, machine_description
 from loadtest.payloads import images_for
 from loadtest.ramp_load import Candidate, RampStep, candidates_from, routed_requests, run_step
 from loadtest.ramp_load import summarize as summarize_step
@@ -42,7 +41,6 @@ from loadtest.ramp_report import (
     write_json,
 )
 from loadtest.server import ServiceStartError, start_service
-from service.contract.machine import cpu_model_name
 
 FULL_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
 QUICK_CONCURRENCY = (1, 2)
@@ -50,16 +48,6 @@ QUICK_CONCURRENCY = (1, 2)
 
 class RampError(Exception):
     """A user-facing failure of the ramp (service did not start, nothing to route to)."""
-
-
-def machine_description() -> str:
-    """CPU model, core count and OS of this machine, for every figure printed."""
-    return f"{cpu_model_name()}, {os.cpu_count()} CPU(s), {platform.system()} {platform.machine()}"
-
-
-def load_average() -> str:
-    """The 1, 5 and 15 minute load averages: other processes share the cores."""
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 @contextmanager

@@ -18,6 +18,7 @@
 #             smallest and the int8 teacher against raw with one and two processes
 #   profile   py-spy on the service serving the smallest at concurrency 64
 #   threads   ORT's default threads with and without spinning against `auto`, two models
+#   locust    locust's default scenarios (every model, 1-4 images, multipart and JSON), 32 users
 # The raw outputs replace those in loadtest/results/ (RESULTS); each names the machine and its
 # load. A benchmark beside training measures the training, so a running zoo's lanes (ZOO_DIR) are
 # paused for it and continued after. QUICK=1 shortens every step to seconds (for tests; its
@@ -34,7 +35,7 @@ SWEEP=${SWEEP:-cifar10-teacher-wrn-40-2,cifar10-rocket-kd-wrn-16-1-int8}
 LARGEST=${LARGEST:-cifar10-teacher-wrn-40-2}
 SMALLEST=${SMALLEST:-cifar10-rocket-kd-wrn-16-1-int8}
 HEAVY_INT8=${HEAVY_INT8:-cifar10-teacher-wrn-40-2-int8}
-STEPS=${STEPS:-vs-raw ramp sweep overload routing lone inline workers profile threads}
+STEPS=${STEPS:-vs-raw ramp sweep overload routing lone inline workers profile threads locust}
 QUICK=${QUICK:-0}
 
 if [ "$QUICK" = 1 ]; then
@@ -49,6 +50,7 @@ if [ "$QUICK" = 1 ]; then
     runs=1
     worker_order="auto 1"
     thread_settings=("0 true" "auto false")
+    locust_seconds=3
 else
     rounds=2
     vs_raw=()
@@ -61,6 +63,7 @@ else
     runs=2
     worker_order="auto 1 1 auto"
     thread_settings=("0 true" "0 false" "auto false")
+    locust_seconds=30
 fi
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
@@ -205,6 +208,14 @@ for round in $(seq "$runs"); do
             --batching on "${point[@]}" --out "$scratch/threads" | tee -a "$out"
     done
 done
+fi
+
+if wants locust; then
+echo "== locust: 32 users for ${locust_seconds} s against every model"
+"$PY" -m loadtest.locust_run --model-repository "$REPO" --seconds "$locust_seconds" \
+    --out "$scratch/locust" || echo "locust: some requests failed (see locust-$TAG.txt)"
+cp "$scratch/locust/locust_stats.csv" "$RESULTS/locust-$TAG.csv"
+cp "$scratch/locust/locust-summary.txt" "$RESULTS/locust-$TAG.txt"
 fi
 
 echo "serving figures measured in $(( ($(date +%s) - start) / 60 )) min into $RESULTS"

@@ -77,6 +77,8 @@ def test_the_script_measures_every_figure_and_gives_a_paused_zoo_its_cores_back(
         "workers-digits.txt",
         "profile-digits-c64.txt",
         "ort-threads-digits.txt",
+        "locust-digits.csv",
+        "locust-digits.txt",
     }
     against_raw = (results / "served-vs-raw-digits-slow.txt").read_text(encoding="utf-8")
     assert "model digits-slow" in against_raw and "raw best:" in against_raw
@@ -93,3 +95,5 @@ def test_the_script_measures_every_figure_and_gives_a_paused_zoo_its_cores_back(
     assert "--workers 1" in workers and "--workers auto" in workers and "raw best:" in workers
     threads = (results / "ort-threads-digits.txt").read_text(encoding="utf-8")
     assert "INTRA_OP_SPINNING=true" in threads and "c=64 " in threads
+    locust = (results / "locust-digits.txt").read_text(encoding="utf-8")
+    assert "failures: 0" in locust and "machine:" in locust
