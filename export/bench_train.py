@@ -31,6 +31,8 @@ class BenchRow:
     images_per_s: float
     ms_per_step: float
     profile_ms: dict[str, float] | None = None  # CPU ms per step by kind, with --profile
+    compiled: bool = False  # the model ran through torch.compile
+    warmup_s: float = 0.0  # the untimed first steps (with torch.compile: the compilation)
 
 
 def bench_arch(
@@ -47,9 +49,11 @@ def bench_arch(
     in_channels: int = 3,
     num_classes: int = 10,
     profile: bool = False,
+    compiled: bool = False,
 ) -> BenchRow:
     """Time full training steps (augment + normalise + forward + backward + SGD) on CIFAR shapes
-    (or the given ones); with ``profile``, then say where a step's CPU time goes."""
+    (or the given ones); with ``profile``, then say where a step's CPU time goes; with
+    ``compiled``, through ``torch.compile`` (its compilation falls in the untimed warm-up)."""
     torch.manual_seed(0)
     use_cl = device.type == "cpu" if channels_last is None else channels_last
     model = build_model(
@@ -59,6 +63,7 @@ def bench_arch(
     if use_cl:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    forward = torch.compile(model) if compiled else model
     spec = make_input_spec(image_size, image_size, in_channels, (0.5,) * in_channels,
                            (0.25,) * in_channels)  # fmt: skip
     normalize = Normalizer(spec, device)
@@ -72,15 +77,17 @@ def bench_arch(
         if use_cl:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = F.cross_entropy(model(x), labels)
+            loss = F.cross_entropy(forward(x), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    warm_start = time.perf_counter()
     for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    warmup_s = time.perf_counter() - warm_start
     steps = 0
     start = time.perf_counter()
     while steps < min_steps or time.perf_counter() - start < min_seconds:
@@ -102,6 +109,16 @@ def bench_arch(
         images_per_s=round(steps * batch_size / elapsed, 1),
         ms_per_step=round(elapsed / steps * 1000, 1),
         profile_ms=None if by_kind is None else {k: round(v, 2) for k, v in by_kind.items()},
+        compiled=compiled,
+        warmup_s=round(warmup_s, 1),
+    )
+
+
+def _against_eager(fast: BenchRow, eager: BenchRow) -> str:
+    return (
+        f"  {fast.arch} {fast.precision} through torch.compile: {fast.images_per_s:.1f} img/s, "
+        f"{fast.images_per_s / eager.images_per_s:.2f}x eager (compiling and the first steps: "
+        f"{fast.warmup_s:.1f} s)"
     )
 
 
@@ -116,16 +133,18 @@ def run_bench(
     threads: int | None = None,
     precisions: tuple[str, ...] = ("fp32",),
     profile: bool = False,
+    compiled: bool = False,
 ) -> list[BenchRow]:
     """Benchmark ``archs`` (default: every CIFAR architecture) at each precision, print a table
-    (with the bf16/fp32 ratio when both ran; with ``profile``, where each step's time goes),
-    optionally JSON."""
+    (with the bf16/fp32 ratio when both ran; with ``profile``, where each step's time goes; with
+    ``compiled``, each also through ``torch.compile`` against eager), optionally JSON."""
     device = select_device(device_name)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _bench(archs, device, batch_size, min_seconds, json_out, echo, precisions, profile)
+        return _bench(archs, device, batch_size, min_seconds, json_out, echo, precisions, profile,
+                      compiled)  # fmt: skip
     finally:
         torch.set_num_threads(before)
 
@@ -139,6 +158,7 @@ def _bench(
     echo: bool,
     precisions: tuple[str, ...],
     profile: bool = False,
+    compiled: bool = False,
 ) -> list[BenchRow]:
     machine = describe_device(device)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -168,6 +188,12 @@ def _bench(
                 if row.profile_ms is not None:
                     line = render_profile(f"{arch} ({precision})", row.profile_ms, row.ms_per_step)
                     print(line, flush=True)
+            if compiled:
+                fast = bench_arch(arch, device, batch_size=batch_size, min_seconds=min_seconds,
+                                  precision=precision, compiled=True)  # fmt: skip
+                rows.append(fast)
+                if echo:
+                    print(_against_eager(fast, row), flush=True)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         payload = {

@@ -151,6 +151,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             threads=args.threads,
             precisions=tuple(args.precision),
             profile=args.profile,
+            compiled=args.compile,
         )
     except BrokenPipeError:
         raise
@@ -193,5 +194,10 @@ def register(sub: Any) -> None:
         "--profile",
         action="store_true",
         help="then profile 3 steps and print where their CPU time goes, by kind of work",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time each architecture through torch.compile and print the ratio to eager",
     )
     p.set_defaults(func=cmd_bench)
