@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import onnx
 import torch
 import torch.nn.functional as F
 
 from export.bench_profile import profile_step, render_profile
+from export.complexity import count_macs
 from export.data.augment import Normalizer, random_crop_flip
 from export.data.splits import make_input_spec
 from export.models import CIFAR_ARCHITECTURES, build_model, count_params
+from export.onnx_export import export_onnx
 from export.training.runtime import describe_device, select_device
+from service.contract.model_card import InputSpec
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,7 @@ class BenchRow:
     arch: str
     precision: str
     params: int
+    macs: int  # multiply-accumulates of one image, as the exported graph counts them
     batch_size: int
     steps: int
     seconds: float
@@ -33,6 +40,14 @@ class BenchRow:
     profile_ms: dict[str, float] | None = None  # CPU ms per step by kind, with --profile
     compiled: bool = False  # the model ran through torch.compile
     warmup_s: float = 0.0  # the untimed first steps (with torch.compile: the compilation)
+
+
+def graph_macs(model: torch.nn.Module, spec: InputSpec) -> int:
+    """MACs of one image through ``model``, counted on its exported ONNX graph as every model
+    card counts them (export/complexity.py); ``model`` itself is left as it was."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(copy.deepcopy(model), Path(tmp) / "model.onnx", spec)
+        return count_macs(onnx.load(str(path)))
 
 
 def bench_arch(
@@ -59,13 +74,14 @@ def bench_arch(
     model = build_model(
         arch, in_channels=in_channels, num_classes=num_classes, image_size=image_size
     )
+    spec = make_input_spec(image_size, image_size, in_channels, (0.5,) * in_channels,
+                           (0.25,) * in_channels)  # fmt: skip
+    macs = graph_macs(model, spec)
     model = model.to(device).train()
     if use_cl:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     forward = torch.compile(model) if compiled else model
-    spec = make_input_spec(image_size, image_size, in_channels, (0.5,) * in_channels,
-                           (0.25,) * in_channels)  # fmt: skip
     normalize = Normalizer(spec, device)
     gen = torch.Generator(device=device).manual_seed(0)
     shape = (batch_size, image_size, image_size, in_channels)
@@ -103,6 +119,7 @@ def bench_arch(
         arch=arch,
         precision=precision,
         params=count_params(model),
+        macs=macs,
         batch_size=batch_size,
         steps=steps,
         seconds=round(elapsed, 3),
@@ -167,7 +184,7 @@ def _bench(
         print(f"training throughput, batch {batch_size}, 32x32x3, torch {torch.__version__}")
         print(f"machine: {machine}; load average before: {load}")
         print(
-            f"{'arch':<18}{'precision':>10}{'params':>10}{'img/s':>10}{'ms/step':>10}"
+            f"{'arch':<18}{'precision':>10}{'params':>10}{'MACs':>8}{'img/s':>10}{'ms/step':>10}"
             f"{'steps':>7}{'vs fp32':>9}"
         )
     for arch in archs or list(CIFAR_ARCHITECTURES):
@@ -181,7 +198,8 @@ def _bench(
             ratio = f"{row.images_per_s / fp32:.2f}x" if fp32 else "-"
             if echo:
                 print(
-                    f"{row.arch:<18}{row.precision:>10}{row.params:>10,}{row.images_per_s:>10.1f}"
+                    f"{row.arch:<18}{row.precision:>10}{row.params:>10,}{row.macs / 1e6:>7.2f}M"
+                    f"{row.images_per_s:>10.1f}"
                     f"{row.ms_per_step:>10.1f}{row.steps:>7}{ratio:>9}",
                     flush=True,
                 )

@@ -115,11 +115,13 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 
 def describe_device(device: torch.device, world_size: int = 1) -> str:
-    """e.g. 'cpu (Intel(R) Xeon(R) Processor, 2 cores)' or 'cuda (NVIDIA H200) x2'."""
+    """e.g. 'cpu (Intel(R) Xeon(R) Processor, 2 cores, 1 thread)' or 'cuda (NVIDIA H200) x2'."""
     if device.type == "cuda":
         text = f"cuda ({torch.cuda.get_device_name(device)})"
     else:
+        threads = torch.get_num_threads()
         text = (
-            f"cpu ({cpu_model_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+            f"cpu ({cpu_model_name()}, {os.cpu_count()} cores, "
+            f"{threads} thread{'' if threads == 1 else 's'})"
         )
     return text if world_size == 1 else f"{text} x{world_size} processes"
