@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from service.contract.model_card import ModelCard
 
@@ -33,14 +33,15 @@ def class_latency_ms(cards: Sequence[ModelCard]) -> dict[str, float]:
     }
 
 
-def pareto_front(cards: Sequence[ModelCard]) -> set[str]:
+def pareto_front(cards: Sequence[ModelCard], speed: Mapping[str, float] | None = None) -> set[str]:
     """Names of the models no other model beats on both top-1 and batch-1 latency, noise aside.
 
     Models that do the same work (``same_work``) count as equally fast, at their median latency,
     so only the most accurate of them can be on the front: which of five identical WRN-16-1
     graphs measured fastest on a shared machine is chance, and the front must not follow it.
+    ``speed`` is ``class_latency_ms(cards)`` when the caller has it already.
     """
-    speed = class_latency_ms(cards)
+    speed = class_latency_ms(cards) if speed is None else speed
     front: set[str] = set()
     best = -1.0
     for card in sorted(cards, key=lambda c: (speed[c.name], -c.metrics.top1, c.name)):

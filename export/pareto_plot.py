@@ -58,8 +58,8 @@ def plot_pareto(cards: Sequence[ModelCard], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter
 
-    front = pareto_front(cards)
     speed = class_latency_ms(cards)
+    front = pareto_front(cards, speed)
     xs = [latency_ms(c) for c in cards]
     ys = [c.metrics.top1 * 100 for c in cards]
     fig, ax = plt.subplots(figsize=(11, 7), dpi=110)
