@@ -83,7 +83,7 @@ cifar-zoo-publish: venv
 	$(BIN)/python -m export pick $(ZOO_DIR) --into models
 
 # The serving figures the README and docs/performance.md quote, measured again on models/ in one
-# window (~25 min on 2 cores; a running zoo is paused meanwhile); raw outputs in loadtest/results/.
+# window (~35 min on 2 cores; a running zoo is paused meanwhile); raw outputs in loadtest/results/.
 serving-figures: venv
 	ZOO_DIR=$(ZOO_DIR) PY=$(BIN)/python scripts/serving-figures.sh
 

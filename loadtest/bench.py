@@ -76,7 +76,9 @@ def _load() -> str:
 def service_env(args: argparse.Namespace, batching: bool) -> dict[str, str]:
     """ROCKETSERVE_* settings of a service started by the bench."""
     per_request = min(32, args.max_batch_size)
-    extra = {"ROCKETSERVE_MAX_IN_FLIGHT": str(args.max_in_flight)} if args.max_in_flight else {}
+    extra = (
+        {} if args.max_in_flight is None else {"ROCKETSERVE_MAX_IN_FLIGHT": str(args.max_in_flight)}
+    )
     return {
         **extra,
         "ROCKETSERVE_BATCHING": "true" if batching else "false",
@@ -315,7 +317,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--workers", default="auto", help="service worker processes: auto (the default) or N"
     )
     p.add_argument(
-        "--max-in-flight", type=int, default=0, help="service max_in_flight (0: no limit)"
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="service max_in_flight (default: the service's, 128 per usable core; 0: no limit)",
     )
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.add_argument("--quick", action="store_true", help="c=1,4, 0.5 s points (for tests)")
