@@ -110,7 +110,14 @@ async def test_poll_mode_rolls_out_published_versions_under_load(
                 raise AssertionError(f"version {version} was never served")
         await asyncio.sleep(0.5)
         answers = await traffic.stop()
+        # Every process rolled out: fresh connections, spread over the workers by the kernel,
+        # are all answered by version 4 (one worker left behind would answer about half).
+        latest = []
+        for _ in range(24):
+            async with httpx.AsyncClient(base_url=url, timeout=30) as fresh:
+                latest.append((await fresh.post("/predict", json=traffic.body)).json()["version"])
     failures = [a for a in answers if a[0] != 200]
     print(f"poll-mode roll-out under load: {len(answers)} requests, {len(failures)} failures")
     assert not failures, failures[:3]
     assert {a["version"] for _, a in answers} == {2, 3, 4}
+    assert latest == [4] * 24
