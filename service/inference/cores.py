@@ -42,6 +42,12 @@ class CoreBudget:
         with self._cond:
             return self._free
 
+    @property
+    def waiting(self) -> int:
+        """Batches waiting for their cores now."""
+        with self._cond:
+            return len(self._waiting)
+
     @contextmanager
     def hold(self, cores: int) -> Iterator[None]:
         """Hold ``cores`` (at most the budget) for the duration of the block; waits its turn."""

@@ -42,10 +42,8 @@ def test_a_wide_batch_is_not_starved_by_narrow_ones() -> None:
     order: list[str] = []
     first = budget.hold(1)
     first.__enter__()  # one core busy: the wide waiter cannot start yet
-    wide_waiting = threading.Event()
 
     def wide() -> None:
-        wide_waiting.set()
         with budget.hold(2):
             order.append("wide")
 
@@ -53,14 +51,19 @@ def test_a_wide_batch_is_not_starved_by_narrow_ones() -> None:
         with budget.hold(1):
             order.append("narrow")
 
+    def until_waiting(n: int) -> None:
+        deadline = time.monotonic() + 5
+        while budget.waiting < n:
+            assert time.monotonic() < deadline, f"{budget.waiting} waiting, expected {n}"
+            time.sleep(0.001)
+
     t_wide = threading.Thread(target=wide)
     t_wide.start()
-    wide_waiting.wait()
-    time.sleep(0.05)  # the wide one queues first ...
+    until_waiting(1)  # the wide one queues first ...
     t_narrow = threading.Thread(target=narrow)
     t_narrow.start()
-    time.sleep(0.05)  # ... a narrow one arrives while a core is free, and must wait its turn
-    assert order == []
+    until_waiting(2)  # ... a narrow one arrives while a core is free, and must wait its turn
+    assert order == [] and budget.free == 1
     first.__exit__(None, None, None)
     t_wide.join(5)
     t_narrow.join(5)
