@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,43 @@ from tests.support.held import held_app
 pytestmark = pytest.mark.timeout(60)
 
 TENSOR = {"tensor": np.zeros((1, 8, 8)).tolist()}
+TENSOR_BODY = json.dumps(TENSOR).encode()
+
+
+async def post_counting_reads(
+    app: Any, body: bytes, waited_s: float = 0.0
+) -> tuple[int, dict[bytes, bytes], dict[str, Any], int]:
+    """POST ``body`` to /predict straight through ASGI, stamped as arrived ``waited_s`` ago;
+    returns the status, headers, JSON answer and how many times the app called ``receive``."""
+    reads = 0
+    answered = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        await answered.wait()  # then, as a server does: nothing until the client leaves
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            answered.set()
+
+    headers = [(b"host", b"test"), (b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]  # fmt: skip
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+        "root_path": "", "headers": headers, "client": ("127.0.0.1", 1), "server": ("test", 80),
+        "state": {ARRIVAL_KEY: time.monotonic() - waited_s},
+    }  # fmt: skip
+    await app(scope, receive, send)
+    answer = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], dict(sent[0]["headers"]), json.loads(answer), reads
 
 
 async def test_max_in_flight_sheds_at_once_and_recovers(
@@ -34,10 +72,10 @@ async def test_max_in_flight_sheds_at_once_and_recovers(
         await held.entered.wait()
         second = asyncio.create_task(c.post("/predict", json=TENSOR))
         await held.until_queued(1)
-        # Two in flight: the third is refused even though the queue has room.
-        r = await c.post("/predict", content=b"not even read")
-        assert r.status_code == 503 and r.headers["retry-after"] == "3"
-        assert r.json()["error"]["code"] == "overloaded"
+        # Two in flight: the third is refused even though the queue has room, unread.
+        status, headers, answer, reads = await post_counting_reads(held.app, TENSOR_BODY)
+        assert status == 503 and headers[b"retry-after"] == b"3"
+        assert answer["error"]["code"] == "overloaded" and reads == 0
         held.release.set()
         assert (await first).status_code == 200
         assert (await second).status_code == 200
@@ -70,12 +108,15 @@ async def test_saturated_loop_sheds_at_the_gate_without_reading_the_body(
 ) -> None:
     app = create_app(make_settings(max_loop_wait_ms=50, retry_after_s=2))
     async with app.router.lifespan_context(app):
+        status, headers, answer, reads = await post_counting_reads(app, TENSOR_BODY, 0.2)
+        assert status == 503 and headers[b"retry-after"] == b"2" and reads == 0
+        assert answer["error"]["code"] == "overloaded"
+        assert "event loop" in answer["error"]["message"]
+        # the same request, fresh, is read and answered
+        status, _, _, reads = await post_counting_reads(app, TENSOR_BODY, 0.0)
+        assert status == 200 and reads >= 1
         late = httpx.ASGITransport(app=stamped(app, 0.2))
         async with httpx.AsyncClient(transport=late, base_url="http://test") as c:
-            r = await c.post("/predict", content=b"not even read")
-            assert r.status_code == 503 and r.headers["retry-after"] == "2"
-            assert r.json()["error"]["code"] == "overloaded"
-            assert "event loop" in r.json()["error"]["message"]
             # Only /predict is gated: health and metrics still answer on a busy loop.
             assert (await c.get("/healthz")).status_code == 200
         fresh = httpx.ASGITransport(app=stamped(app, 0.0))

@@ -24,6 +24,7 @@ class HeldApp:
     """The client of the app, its default model, and the switches of the held batches."""
 
     client: httpx.AsyncClient
+    app: Any  # the ASGI app behind the client
     served: ServedModel
     entered: asyncio.Event  # set when a batch reaches the model
     release: threading.Event  # set to let every held batch (and later ones) through
@@ -60,6 +61,6 @@ async def held_app(settings: Settings, **batcher: Any) -> AsyncIterator[HeldApp]
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-                yield HeldApp(c, served, entered, release)
+                yield HeldApp(c, app, served, entered, release)
     finally:
         release.set()
