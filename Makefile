@@ -97,7 +97,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 unit: venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -rs
 
 # The docs site (mkdocs, material theme), built strictly: a broken link fails the build.
 docs: venv

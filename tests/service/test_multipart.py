@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import requests
 
 from service.errors import BadRequest
 from service.inputs.multipart import split_form
@@ -42,7 +43,6 @@ def test_httpx_body() -> None:
 
 
 def test_requests_body() -> None:
-    requests = pytest.importorskip("requests")
     jpeg = JPEG.read_bytes()
     prepared = requests.Request(
         "POST", "http://x", files={"file": ("a.jpg", jpeg, "image/jpeg")}, data={"top_k": "3"}

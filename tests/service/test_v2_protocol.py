@@ -9,14 +9,13 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.http as httpclient
 from PIL import Image
+from tritonclient.utils import InferenceServerException
 
 from service.contract.model_card import model_file, read_manifest
 from tests.service.conftest import png_bytes
 from tests.support.server import running_service
-
-httpclient = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
