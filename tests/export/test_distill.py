@@ -79,9 +79,13 @@ def test_mimic_and_hint_losses_by_hand() -> None:
     assert mimic_loss(s, t).item() == pytest.approx(2.5)
     assert logit_hint(s, t, gradient_block=True).item() == pytest.approx(5.0)
     loss = RocketLoss(lam=0.5)(s, t, torch.tensor([1, 0]))
-    assert loss.total.item() == pytest.approx(
-        loss.ce_light.item() + loss.ce_booster.item() + 0.5 * 5.0, rel=1e-6
-    )
+    # cross-entropies by hand: the light net (s) on labels 1 and 0, the booster (t) likewise
+    ce_light = -(math.log(_softmax([1.0, 2.0])[1]) + math.log(_softmax([0.0, -1.0])[0])) / 2
+    ce_booster = -(math.log(_softmax([0.0, 0.0])[1]) + math.log(_softmax([1.0, 1.0])[0])) / 2
+    assert loss.ce_light.item() == pytest.approx(ce_light, rel=1e-6)
+    assert loss.ce_booster.item() == pytest.approx(ce_booster, rel=1e-6)
+    assert ce_booster == pytest.approx(math.log(2))  # two tied logits each
+    assert loss.total.item() == pytest.approx(ce_light + ce_booster + 0.5 * 5.0, rel=1e-6)
 
 
 def _hint_gradients(sharing: str, gradient_block: bool) -> Any:

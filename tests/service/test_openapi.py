@@ -159,6 +159,10 @@ def test_the_request_schema_refuses_what_the_service_refuses(
         assert not schema.json_request_is_valid(body), body
 
 
+# What test_server_side_errors_are_answered_as_published produces and checks, in its order.
+SERVER_SIDE_STATUSES = (503, 504, 500, 408)
+
+
 async def _answer(
     settings: Settings, breaks: Callable[[Any], None] | None = None
 ) -> httpx.Response:
@@ -176,6 +180,7 @@ async def test_server_side_errors_are_answered_as_published(digits_repo: Path) -
     app = create_app(settings)
     doc = app.openapi()
     schema = PublishedSchema(doc)
+    answered: list[int] = []
 
     # 503: not ready (the models are not loaded: no lifespan has run).
     transport = httpx.ASGITransport(app=app)
@@ -183,12 +188,14 @@ async def test_server_side_errors_are_answered_as_published(digits_repo: Path) -
         r = await c.post("/predict", json={"tensor": TENSOR3})
     assert r.status_code == 503
     schema.check_answer(r)
+    answered.append(r.status_code)
 
     # 504: the deadline passes before the answer is ready.
     late = Settings(model_repository=digits_repo, warmup_runs=1, request_timeout_ms=0.001)
     r = await _answer(late)
     assert r.status_code == 504
     schema.check_answer(r)
+    answered.append(r.status_code)
 
     # 500: a fault inside the server.
     def broken(app: Any) -> None:
@@ -200,6 +207,7 @@ async def test_server_side_errors_are_answered_as_published(digits_repo: Path) -
     r = await _answer(settings, broken)
     assert r.status_code == 500
     schema.check_answer(r)
+    answered.append(r.status_code)
 
     # 408: the body does not arrive in time.
     slow = Settings(model_repository=digits_repo, warmup_runs=1, body_read_timeout_s=0.05)
@@ -222,10 +230,12 @@ async def test_server_side_errors_are_answered_as_published(digits_repo: Path) -
     r = httpx.Response(start["status"], headers=headers, content=body["body"])
     assert r.status_code == 408
     schema.check_answer(r)
+    answered.append(r.status_code)
+    assert sorted(answered) == sorted(SERVER_SIDE_STATUSES)
 
 
 def test_every_documented_error_status_is_produced_by_a_test() -> None:
-    produced = {status for _, _, status, _ in CASES} | {408, 500, 503, 504}
+    produced = {status for _, _, status, _ in CASES} | set(SERVER_SIDE_STATUSES)
     documented = {
         int(s)
         for s in create_app(Settings(model_repository=Path("."))).openapi()["paths"]["/predict"][
