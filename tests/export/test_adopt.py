@@ -19,6 +19,8 @@ from export.zoo import ZooOptions, run_zoo
 from export.zoo_config import ZooError, config_path, load_zoo_config
 from export.zoo_status import format_status, zoo_status
 from service.contract.model_card import model_dirs, read_manifest
+from tests.support.onnx_repo import digits_uint8_split
+from tests.support.reeval import agreement_by_hand
 
 TEACHER, KD = "digits-teacher-resnet20", "digits-kd-resnet8"
 
@@ -118,7 +120,10 @@ def test_a_student_the_repository_lacks_is_distilled_from_the_adopted_teacher(
     assert any(line.startswith(f"[{TEACHER}] adopted from") for line in lines)
     assert any(line.startswith(f"[{KD}] trained: 1 epochs") for line in lines)
     kd = read_manifest(out / KD)
-    assert kd.training.teacher == TEACHER and kd.metrics.teacher_agreement is not None
+    assert kd.training.teacher == TEACHER
+    _, x_te, _, _ = digits_uint8_split()
+    by_hand = agreement_by_hand(out / KD, out / TEACHER, x_te)
+    assert kd.metrics.teacher_agreement == pytest.approx(by_hand, abs=1e-9)
 
 
 def test_a_network_trained_to_another_recipe_is_trained_again(

@@ -17,6 +17,8 @@ from export.zoo import ZooOptions, _training_config
 from export.zoo_config import ZOO_TEACHER, config_path, load_zoo_config
 from service.contract.model_card import model_dirs, read_manifest
 from tests.support.cli import run_module
+from tests.support.onnx_repo import digits_uint8_split
+from tests.support.reeval import agreement_by_hand
 
 
 def _export(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -250,7 +252,9 @@ def test_with_teacher_first_a_student_run_alone_loads_the_teacher(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[digits-teacher-resnet20] already published" in proc.stdout
     rocket = read_manifest(out / "digits-rocket-resnet8")
-    assert rocket.metrics.teacher_agreement is not None
+    _, x_te, _, _ = digits_uint8_split()
+    by_hand = agreement_by_hand(out / rocket.name, out / "digits-teacher-resnet20", x_te)
+    assert rocket.metrics.teacher_agreement == pytest.approx(by_hand, abs=1e-9)
 
 
 def _share(lanes: int) -> int:
