@@ -157,14 +157,26 @@ def test_zoo_pause_stops_every_lane_and_the_parent_and_continue_resumes_them(
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states in /proc")
-def test_a_pid_that_is_no_longer_the_zoos_is_never_signalled(tmp_path: Path) -> None:
+def test_a_pid_that_is_no_longer_the_zoos_is_never_signalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A zoo stopped long ago left lanes.json behind; its pids now belong to other processes.
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    signalled: list[tuple[int, int]] = []
+    real_kill = os.kill
+
+    def kill(pid: int, sig: int) -> None:
+        signalled.append((pid, sig))
+        real_kill(pid, sig)
+
     try:
         work = tmp_path / ".work"
         _lanes_state(work, other.pid, {"kd-wrn-16-1": other.pid})
+        monkeypatch.setattr(os, "kill", kill)
         assert pause_lanes(work, wait_s=1.0) == {}
-        time.sleep(0.2)
+        assert continue_lanes(work) == {}
+        monkeypatch.undo()
+        assert [pid for pid, sig in signalled if sig != 0] == []  # signal 0 only asks
         assert _state(other.pid) in "SR"
     finally:
         other.kill()
