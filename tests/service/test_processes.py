@@ -76,6 +76,8 @@ def test_the_default_runs_the_chosen_processes_and_serves(
 ) -> None:
     """``python -m service`` with no workers setting: the processes it logs, it runs."""
     expected, _ = choose_processes(settings(digits_repo), cards(digits_repo), usable_cores())
+    # digits models are light: one process per usable core, up to the cap (2 on the CI machine)
+    assert expected == min(usable_cores(), MAX_AUTO_PROCESSES)
     port = free_port()
     log = tmp_path / "service.log"
     env = {k: v for k, v in os.environ.items() if k != "ROCKETSERVE_WORKERS"}
