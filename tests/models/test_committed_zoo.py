@@ -184,3 +184,43 @@ def test_the_top1_the_docs_quote_beside_a_model_is_its_cards() -> None:
         if name not in top1 or round(top1[name] * 100, 1) != figure
     ]
     assert not stale, f"quoted top-1 that is not the served card's: {stale}"
+
+
+def _markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table of ``text``: its rows (the header first, the rule dropped) as cells."""
+    tables: list[list[list[str]]] = []
+    rows: list[list[str]] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [c.strip().strip("*`") for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set(":-") for c in cells):
+                rows.append(cells)
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
+def test_the_docs_tables_of_the_zoo_carry_the_cards_figures() -> None:
+    """A table with a row per model and a "top-1 %" column (docs/offline.md's table of the zoo):
+    every row names a served model with its card's top-1 and MACs, and some table lists every
+    served model, so a newly published zoo cannot leave the old one's table behind."""
+    cards = {c.name: c for c in _cards()}
+    complete = False
+    checked = 0
+    for path in [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))]:
+        for header, *rows in _markdown_tables(path.read_text(encoding="utf-8")):
+            if header[0] != "model" or "top-1 %" not in header:
+                continue
+            named = [r for r in rows if r[0].startswith("cifar10-")]
+            for row in named:
+                where = f"{path.name}: {row[0]}"
+                assert row[0] in cards, f"{where} is not served"
+                card = cards[row[0]]
+                assert row[header.index("top-1 %")] == f"{card.metrics.top1 * 100:.2f}", where
+                if "MACs" in header:
+                    assert row[header.index("MACs")] == f"{card.macs / 1e6:.2f}M", where
+                checked += 1
+            complete |= {r[0] for r in named} == set(cards)
+    assert checked, "no table of the zoo found: the header no longer matches"
+    assert complete, "no table in the README or docs lists every served model"
