@@ -224,3 +224,16 @@ def test_the_docs_tables_of_the_zoo_carry_the_cards_figures() -> None:
             complete |= {r[0] for r in named} == set(cards)
     assert checked, "no table of the zoo found: the header no longer matches"
     assert complete, "no table in the README or docs lists every served model"
+
+
+SERVED_COUNT = re.compile(r"\b(\d+)\s+models(?=,?\s+a\s+WRN|\s+in\s+`models/`|\s+of\s+`models/`)")
+
+
+def test_the_number_of_served_models_the_docs_give_is_the_repositorys() -> None:
+    counted = [
+        (path.name, int(m.group(1)))
+        for path in [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))]
+        for m in SERVED_COUNT.finditer(path.read_text(encoding="utf-8"))
+    ]
+    assert len(counted) >= 3, f"the pattern no longer matches the docs: {counted}"
+    assert all(n == len(_cards()) for _, n in counted), counted
