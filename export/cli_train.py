@@ -41,7 +41,12 @@ _OVERRIDES: list[tuple[str, str, Any, str]] = [
     ("--ce-weight", "ce_weight", float, "mimic: weight of an extra cross-entropy term"),
     ("--lambda", "lambda", float, "rocket hint weight lambda"),
     ("--sharing", "sharing", str, "rocket sharing: bottom, interval or none"),
-    ("--interval-blocks", "interval_blocks", int, "rocket interval sharing: blocks per stage"),
+    (
+        "--interval-blocks",
+        "interval_blocks",
+        int,
+        "rocket interval sharing: blocks per stage (default 0: every block of the light net)",
+    ),
     ("--kd-weight", "kd_weight", float, "rocket-kd: weight of the KD term"),
     ("--out", "out_dir", str, "run folder (default runs/<method>-<dataset>-<student>)"),
     ("--stop-after", "stop_after", int, "stop after N epochs, leaving a resumable checkpoint"),

@@ -206,7 +206,7 @@ class RocketLaunching(DistillMethod):
             booster,
             ctx.make_net(ctx.student_arch),
             str(opts.get("sharing", "bottom")),
-            int(opts.get("interval_blocks", 1)),
+            int(opts.get("interval_blocks", 0)),
         )
         self.loss = RocketLoss(
             float(opts.get("lambda", 0.03)),

@@ -2,8 +2,10 @@
 
 "bottom" sharing: the light net's stem and first stage ARE the booster's stem and first blocks
 (the very same modules), so the light branch forks off the booster's trunk after those blocks
-and the shared computation runs once. "interval" sharing: the first block(s) of every stage
-share their convolution weights, while each net keeps its own batch norms (Zhou et al. 2018).
+and the shared computation runs once. "interval" sharing, as the authors' code does it
+(zhougr1993/Rocket-Launching, rocket_interval.py with param_share): every convolution of the light
+net is the booster's, the stem's and those of the first blocks of every stage (all the light
+net's blocks by default), while the light net keeps its own batch norms and classifier.
 "none" trains two independent nets jointly (the paper's ablation without sharing).
 """
 
@@ -46,8 +48,11 @@ def _require_same(what: str, booster: nn.Module, light: nn.Module) -> None:
 
 
 def _share_convs(booster_block: nn.Module, light_block: nn.Module) -> None:
-    """Make every conv/linear of ``light_block`` the booster's module; BNs stay separate."""
+    """Make every conv/linear of ``light_block`` the booster's module; BNs stay separate.
+    ``light_block`` must not itself be a conv (share its parent's attribute instead)."""
     for name, module in list(booster_block.named_modules()):
+        if not name:
+            continue
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             parent_name, _, attr = name.rpartition(".")
             parent = light_block.get_submodule(parent_name) if parent_name else light_block
@@ -67,7 +72,7 @@ class RocketNet(nn.Module):
     """Booster and light net trained together; forward returns (light_logits, booster_logits)."""
 
     def __init__(
-        self, booster: StagedNet, light: StagedNet, sharing: str, interval_blocks: int = 1
+        self, booster: StagedNet, light: StagedNet, sharing: str, interval_blocks: int = 0
     ) -> None:
         super().__init__()
         if sharing not in SHARING_MODES:
@@ -98,15 +103,21 @@ class RocketNet(nn.Module):
                 _stage(light, 0)[i] = _stage(booster, 0)[i]
             self.fork_blocks = n
         elif sharing == "interval":
-            if interval_blocks < 1:
-                raise RocketSharingError("interval sharing needs interval_blocks >= 1")
+            if interval_blocks < 0:
+                raise RocketSharingError("interval_blocks must be >= 0 (0: every light block)")
+            _require_same("the stem", booster.stem, light.stem)
+            if isinstance(booster.stem, (nn.Conv2d, nn.Linear)):
+                light.stem = booster.stem
+            else:
+                _share_convs(booster.stem, light.stem)
             for s in range(len(booster.stages)):
                 b_stage, l_stage = _stage(booster, s), _stage(light, s)
-                if interval_blocks > min(len(b_stage), len(l_stage)):
+                blocks = interval_blocks or len(l_stage)
+                if blocks > min(len(b_stage), len(l_stage)):
                     raise RocketSharingError(
-                        f"stage {s + 1} has fewer than {interval_blocks} block(s) to share"
+                        f"stage {s + 1} has fewer than {blocks} block(s) to share"
                     )
-                for i in range(interval_blocks):
+                for i in range(blocks):
                     _require_same(f"stage {s + 1} block {i + 1}", b_stage[i], l_stage[i])
                     _share_convs(b_stage[i], l_stage[i])
 

@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "ce_weight": 0.0,
     "lambda": 0.03,
     "sharing": "bottom",
-    "interval_blocks": 1,
+    "interval_blocks": 0,  # interval sharing: the first N blocks per stage; 0: all the light's
     "joint": True,
     "gradient_block": True,
     "kd_weight": 1.0,
@@ -198,7 +198,7 @@ def _check_ranges(cfg: dict[str, Any]) -> None:
         ("lambda", cfg["lambda"] >= 0, "must be >= 0"),
         ("label_smoothing", 0 <= cfg["label_smoothing"] < 1, "must be in [0, 1)"),
         ("warmup_fraction", 0 < cfg["warmup_fraction"] < 1, "must be in (0, 1)"),
-        ("interval_blocks", cfg["interval_blocks"] >= 1, "must be >= 1"),
+        ("interval_blocks", cfg["interval_blocks"] >= 0, "must be >= 0 (0: every light block)"),
     ]
     for key, ok, why in checks:
         if not ok:

@@ -113,14 +113,37 @@ def test_bottom_sharing_holds_the_very_same_tensors() -> None:
 
 
 def test_interval_sharing_shares_convolutions_but_not_batch_norms() -> None:
-    rocket = _rocket("interval")
+    """As the authors' rocket_interval.py: every convolution of the light net is the booster's
+    (the stem, and the first blocks of each stage, as many as the light net has); batch norms
+    and the classifier are the light net's own."""
+    rocket = RocketNet(_net("wrn-40-1", 32, 3), _net("wrn-16-1", 32, 3), "interval")
+    light, booster = rocket.light, rocket.booster
+    assert light.stem is booster.stem
     for s in range(3):
-        b_block, l_block = rocket.booster.stages[s][0], rocket.light.stages[s][0]
-        assert l_block.conv1.weight is b_block.conv1.weight
-        assert l_block.conv2.weight is b_block.conv2.weight
-        assert l_block.bn1 is not b_block.bn1 and l_block.bn1.weight is not b_block.bn1.weight
-        assert rocket.light.stages[s][-1] is not rocket.booster.stages[s][-1]
-    assert rocket.light.stem is not rocket.booster.stem
+        assert len(light.stages[s]) == 2 < len(booster.stages[s]) == 6
+        for b_block, l_block in zip(booster.stages[s][:2], light.stages[s], strict=True):
+            assert l_block is not b_block
+            assert l_block.conv1.weight is b_block.conv1.weight
+            assert l_block.conv2.weight is b_block.conv2.weight
+            assert l_block.bn1 is not b_block.bn1 and l_block.bn1.weight is not b_block.bn1.weight
+    own = {
+        n
+        for n, p in light.named_parameters()
+        if id(p) in {id(q) for q in rocket.light_only_parameters()}
+    }
+    assert own and all(".bn" in n or n.startswith(("bn", "head", "fc")) for n in own), own
+    # WRN-40-1 (563,930) plus the light net's own batch norms and classifier (1,578)
+    assert sum(p.numel() for p in rocket.parameters()) == 563_930 + 1_578
+
+
+def test_interval_sharing_can_share_fewer_blocks() -> None:
+    rocket = RocketNet(_net("wrn-40-1", 32, 3), _net("wrn-16-1", 32, 3), "interval", 1)
+    for s in range(3):
+        first, second = rocket.light.stages[s]
+        assert first.conv1.weight is rocket.booster.stages[s][0].conv1.weight
+        assert all(second.conv1.weight is not b.conv1.weight for b in rocket.booster.stages[s])
+    with pytest.raises(RocketSharingError, match="fewer than 3 block"):
+        RocketNet(_net("wrn-40-1", 32, 3), _net("wrn-16-1", 32, 3), "interval", 3)
 
 
 def test_no_sharing_shares_nothing() -> None:
