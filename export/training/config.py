@@ -246,8 +246,17 @@ def fingerprint(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in FINGERPRINT_IGNORES}
 
 
+def _bearing(fp: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint without the options its run never reads: ``interval_blocks`` counts only for
+    Rocket with interval sharing (its default changed from 1 to 0 when interval sharing came to
+    share every light block, as the authors' code does; other runs must not restart for it)."""
+    interval = fp.get("method") in ("rocket", "rocket-kd") and fp.get("sharing") == "interval"
+    return fp if interval else {k: v for k, v in fp.items() if k != "interval_blocks"}
+
+
 def fingerprint_changes(new: dict[str, Any], old: dict[str, Any]) -> list[str]:
-    """The keys whose values differ between two fingerprints. An option added since ``old`` was
-    written reads as unset (None) there, so a new option left at its unset default does not stop
-    a long run from resuming."""
+    """The keys whose values differ between two fingerprints, among the options the run reads.
+    An option added since ``old`` was written reads as unset (None) there, so a new option left
+    at its unset default does not stop a long run from resuming."""
+    new, old = _bearing(new), _bearing(old)
     return sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))

@@ -454,3 +454,25 @@ def test_the_progress_bar_leaves_a_pause_out(monkeypatch: pytest.MonkeyPatch) ->
     assert bar.images_per_s == pytest.approx(100.0)
     assert bar.bar.format_dict["elapsed"] == pytest.approx(20.0)
     bar.close()
+
+
+def test_interval_blocks_counts_only_for_rocket_with_interval_sharing() -> None:
+    from export.training.config import fingerprint_changes
+
+    # A teacher's checkpoint written when interval_blocks defaulted to 1 resumes under 0 ...
+    teacher = {"method": "baseline", "epochs": 40, "sharing": "bottom"}
+    assert (
+        fingerprint_changes({**teacher, "interval_blocks": 0}, {**teacher, "interval_blocks": 1})
+        == []
+    )
+    bottom = {"method": "rocket", "sharing": "bottom"}
+    assert (
+        fingerprint_changes({**bottom, "interval_blocks": 0}, {**bottom, "interval_blocks": 1})
+        == []
+    )
+    # ... but a Rocket that shared one block per stage is not the one that shares them all.
+    for method in ("rocket", "rocket-kd"):
+        interval = {"method": method, "sharing": "interval"}
+        assert fingerprint_changes(
+            {**interval, "interval_blocks": 0}, {**interval, "interval_blocks": 1}
+        ) == ["interval_blocks"]
