@@ -2,7 +2,7 @@
 
 Each study reads the cards of a zoo (served or not) and renders a table plus a reading that says,
 for each comparison, whether the gap is beyond test-set noise (``export.noise``). A gap within
-noise with one seed per side is flagged as needing a second seed rather than read as a result.
+noise with one seed per side says so rather than being read as a result.
 """
 
 from __future__ import annotations

@@ -96,9 +96,7 @@ def _budget_reading(cards: Sequence[ModelCard]) -> list[str]:
             low, high = group_runs(budgets[short]), group_runs(budgets[long])
             g = gap(low, high)
             seeds = f"{len(low.cards)} vs {len(high.cards)} seed(s)"
-            noise = f"2 s.e. = {g.two_se:.2f}" + (
-                "" if g.seed_range is None else f", seed range {g.seed_range:.2f}"
-            )
+            noise = g.noise + ("" if g.seed_range is None else f", seed range {g.seed_range:.2f}")
             lines.append(
                 f"- {arch} {METHOD_TEXT.get(method, method)}, {short:g} -> {long:g} epochs: "
                 f"{g.points:+.2f} points ({'beyond' if g.beyond_noise else 'within'} noise; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import platform
 import subprocess
@@ -96,6 +97,17 @@ ECE_BINS = 15  # equal-width confidence bins, as in Guo et al., "On Calibration 
 # Networks", ICML 2017
 
 
+def pack_hits(hits: np.ndarray) -> str:
+    """Per-image top-1 hits (bool, split order) as a card's ``metrics.correct``."""
+    return base64.b64encode(np.packbits(hits.astype(bool)).tobytes()).decode("ascii")
+
+
+def unpack_hits(correct: str, n: int) -> np.ndarray:
+    """A card's ``metrics.correct`` back as ``n`` booleans."""
+    packed = np.frombuffer(base64.b64decode(correct), dtype=np.uint8)
+    return np.unpackbits(packed, count=n).astype(bool)
+
+
 def calibration(
     logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
 ) -> tuple[float, float]:
@@ -144,6 +156,7 @@ def evaluate_accuracy(
         raise ValueError(f"need one teacher answer per image ({n}), got shape {teacher_top1.shape}")
     logits = logits_of(session, normalize_uint8(images, spec))
     n_classes = logits.shape[1]
+    hits = np.argsort(-logits, axis=1, kind="stable")[:, 0] == labels  # as top-1 counts them
     agreement = None
     if teacher_top1 is not None:
         agreement = float(np.mean(logits.argmax(axis=1) == teacher_top1))
@@ -153,12 +166,13 @@ def evaluate_accuracy(
         dataset=dataset,
         split=split,
         n=len(labels),
-        top1=topk_accuracy(logits, labels, 1),
+        top1=float(hits.mean()),
         top5=topk_accuracy(logits, labels, 5) if n_classes > 5 else None,
         measured_with=f"onnxruntime {ort.__version__}",
         teacher_agreement=agreement,
         ece=ece,
         nll=nll,
+        correct=pack_hits(hits),
     )
 
 

@@ -109,7 +109,7 @@ def _beat_alone(cards: Sequence[ModelCard]) -> list[Verdict]:
         g = gap(base, runs)
         measured = (
             f"{g.points:+.2f} points over alone ({len(runs.cards)} vs {len(base.cards)} "
-            f"seed(s), 2 s.e. = {g.two_se:.2f}"
+            f"seed(s), {g.noise}"
             + (f", seed range {g.seed_range:.2f}" if g.seed_range is not None else "")
             + f", {budget:g} epochs)"
         )
@@ -120,7 +120,7 @@ def _beat_alone(cards: Sequence[ModelCard]) -> list[Verdict]:
         elif g.beyond_noise:
             verdict = "missed: worse than alone beyond noise"
         else:
-            verdict = "open: within noise with one seed, a second seed of both is due"
+            verdict = "open: within noise, with fewer than two seeds a side"
         verdicts.append(Verdict(f"{METHOD_TEXT[method]} beats {STUDENT_ARCH} alone", measured,
                                 verdict))  # fmt: skip
     return verdicts

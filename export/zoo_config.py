@@ -93,7 +93,7 @@ def second_seed_reason(
         if other is None:
             return True, f"{rival} has no card yet"
         g = gap(group_runs([other]), group_runs([own]))
-        reading = f"{first} vs {rival}: {g.points:+.2f} points (2 s.e. = {g.two_se:.2f})"
+        reading = f"{first} vs {rival}: {g.points:+.2f} points ({g.noise})"
         if not g.beyond_noise:
             return True, reading + ", within noise"
         readings.append(reading)

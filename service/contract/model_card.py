@@ -12,6 +12,7 @@ pydantic and the standard library so that the slim serving image can import it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -165,6 +166,29 @@ class EvalMetrics(_Strict):
     nll: float | None = Field(
         None, ge=0, description="Mean negative log-likelihood of the true class (nats)."
     )
+    correct: str | None = Field(
+        None,
+        description="Which images of the split the model gets right, in split order: one bit "
+        "per image (1: top-1 right), packed most significant bit first (numpy.packbits), "
+        "base64. Two models' top-1 gap is tested on the images where they differ "
+        "(export/noise.py); the service does not read it.",
+    )
+
+    @model_validator(mode="after")
+    def _correct_fits(self) -> EvalMetrics:
+        if self.correct is not None:
+            try:
+                packed = base64.b64decode(self.correct, validate=True)
+            except ValueError as exc:
+                raise ValueError(f"correct is not base64: {exc}") from None
+            if len(packed) != (self.n + 7) // 8:
+                raise ValueError(
+                    f"correct holds {len(packed)} bytes, {(self.n + 7) // 8} for {self.n} images"
+                )
+            hits = sum(bin(byte).count("1") for byte in packed)
+            if abs(hits - self.top1 * self.n) > 0.5:
+                raise ValueError(f"correct marks {hits} hits, top1 says {self.top1 * self.n:g}")
+        return self
 
 
 class ProfileRow(_Strict):

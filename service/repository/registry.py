@@ -96,7 +96,8 @@ class ServedModel:
             "sha256": next(r.sha256 for r in card.version_records() if r.version == self.version),
             "offline": {
                 "measured_on_version": card.version,
-                "metrics": card.metrics.model_dump() if measured_here else None,
+                # per-image hits are the offline comparisons' (export/noise.py), not a client's
+                "metrics": card.metrics.model_dump(exclude={"correct"}) if measured_here else None,
                 "profile": card.profile.model_dump() if measured_here else None,
             },
             "live": self.live_latency_ms(),

@@ -13,10 +13,12 @@ from export.evaluate import (
     evaluate_accuracy,
     machine_description,
     make_session,
+    pack_hits,
     profile_latency,
     topk_accuracy,
+    unpack_hits,
 )
-from service.contract.model_card import read_manifest
+from service.contract.model_card import EvalMetrics, read_manifest
 from tests.support.onnx_repo import digits_input_spec, digits_uint8_split
 
 
@@ -76,3 +78,24 @@ def test_latency_profile_rows_and_setup(digits_repo: Path) -> None:
 def test_unknown_provider_is_refused(digits_repo: Path) -> None:
     with pytest.raises(ValueError, match="provider 'NopeExecutionProvider' is not available"):
         make_session(digits_repo / "digits-slow" / "1" / "model.onnx", "NopeExecutionProvider")
+
+
+def test_the_card_records_which_images_the_model_gets_right(digits_repo: Path) -> None:
+    _, x_te, _, y_te = digits_uint8_split()
+    card = read_manifest(digits_repo / "digits-logreg")
+    session = make_session(digits_repo / "digits-logreg" / "2" / "model.onnx", threads=1)
+    metrics = evaluate_accuracy(session, card.input, x_te, y_te, dataset="digits")
+    assert metrics.correct is not None
+    hits = unpack_hits(metrics.correct, metrics.n)
+    # by hand: the session's own logits, argmax against the labels
+    x = (x_te.astype(np.float32) / 255.0 - 0.5) / 0.25
+    logits = session.run(None, {card.input.name: x.transpose(0, 3, 1, 2)})[0]
+    np.testing.assert_array_equal(hits, logits.argmax(axis=1) == y_te)
+    assert hits.mean() == pytest.approx(metrics.top1)
+    fields = metrics.model_dump()
+    with pytest.raises(ValueError, match="bytes, 45 for 360 images"):
+        EvalMetrics.model_validate({**fields, "correct": pack_hits(hits[:-8])})
+    with pytest.raises(ValueError, match="hits, top1 says"):
+        EvalMetrics.model_validate({**fields, "correct": pack_hits(~hits)})
+    with pytest.raises(ValueError, match="not base64"):
+        EvalMetrics.model_validate({**fields, "correct": "not base64!"})

@@ -1,13 +1,16 @@
-"""Whether a gap is beyond test-set noise: the binomial standard error and the seed range."""
+"""Whether a gap is beyond test-set noise: paired or binomial standard error, and the seed range."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from export.evaluate import pack_hits
 from export.noise import Runs, compare, gap, group_runs, standard_error
-from service.contract.model_card import ModelCard, ProfileRow, read_manifest
+from service.contract.model_card import EvalMetrics, ModelCard, ProfileRow, read_manifest
 from tests.support.cards import scored_card
 
 ROWS = (ProfileRow(batch_size=1, p50_ms=1.0, p99_ms=1.5, images_per_s=1000.0),)
@@ -59,13 +62,51 @@ def test_with_seeds_on_both_sides_the_gap_must_also_pass_the_seed_range(base: Mo
     assert gap(low, _runs(base, "one", 0.890)).seed_range is None
 
 
-def test_compare_says_when_a_second_seed_is_due(base: ModelCard) -> None:
+def test_compare_says_how_many_seeds_and_which_noise(base: ModelCard) -> None:
     one_each = compare(_runs(base, "a", 0.900), _runs(base, "b", 0.905))
-    assert one_each == (
-        "+0.50 points (within noise, one seed each: a second seed of both is due; 2 s.e. = 0.84)"
-    )
+    assert one_each == "+0.50 points (within noise, one seed each; 2 s.e. = 0.84 (unpaired))"
     two_each = compare(_runs(base, "a", 0.880, 0.884), _runs(base, "b", 0.886, 0.888))
-    assert two_each == "+0.50 points (within noise; 2 s.e. = 0.90, seed range 0.40)"
+    assert two_each == "+0.50 points (within noise; 2 s.e. = 0.90 (unpaired), seed range 0.40)"
     assert compare(_runs(base, "a", 0.900), _runs(base, "b", 0.880)).startswith(
         "-2.00 points (beyond noise; 2 s.e. = 0.88"
     )
+
+
+def _with_hits(base: ModelCard, name: str, hits: np.ndarray, seed: int = 0) -> ModelCard:
+    card = scored_card(base, name, float(hits.mean()), ROWS, seed=seed)
+    fields = {**card.metrics.model_dump(), "n": len(hits), "correct": pack_hits(hits)}
+    return card.model_copy(update={"metrics": EvalMetrics.model_validate(fields)})
+
+
+def test_a_gap_between_cards_with_their_hits_is_tested_paired(base: ModelCard) -> None:
+    # 10,000 images; both right on 8,500, both wrong on 1,300; A alone right on 70, B on 130:
+    # B is 0.60 points ahead and the two differ on 200 images.
+    a = np.zeros(10_000, dtype=bool)
+    b = np.zeros(10_000, dtype=bool)
+    a[:8_500] = b[:8_500] = True
+    a[8_500:8_570] = True
+    b[8_570:8_700] = True
+    g = gap(group_runs([_with_hits(base, "a", a)]), group_runs([_with_hits(base, "b", b)]))
+    assert g.paired and g.points == pytest.approx(0.6)
+    # by hand: d is +1 on 130 images, -1 on 70, 0 elsewhere
+    d = np.r_[np.ones(130), -np.ones(70), np.zeros(9_800)]
+    assert g.two_se == pytest.approx(2 * 100 * d.std(ddof=1) / math.sqrt(10_000), rel=1e-9)
+    assert g.two_se == pytest.approx(0.283, abs=0.001) and g.beyond_noise
+    # unpaired, the same gap would read as noise: 2 s.e. of 0.98 points
+    unpaired = math.hypot(standard_error(0.857, 10_000), standard_error(0.863, 10_000))
+    assert 2 * 100 * unpaired == pytest.approx(0.98, abs=0.01)
+    assert 2 * 100 * unpaired > g.points
+    assert "2 s.e. = 0.28 (paired)" in compare(
+        group_runs([_with_hits(base, "a", a)]), group_runs([_with_hits(base, "b", b)])
+    )
+
+
+def test_seeds_are_averaged_per_image_and_a_card_without_hits_falls_back(base: ModelCard) -> None:
+    rng = np.random.default_rng(0)
+    a0, a1, b0 = (rng.random(10_000) < p for p in (0.85, 0.85, 0.86))
+    low = group_runs([_with_hits(base, "a0", a0), _with_hits(base, "a1", a1, seed=1)])
+    high = group_runs([_with_hits(base, "b0", b0)])
+    d = b0.astype(float) - (a0.astype(float) + a1.astype(float)) / 2
+    assert gap(low, high).two_se == pytest.approx(2 * 100 * d.std(ddof=1) / math.sqrt(10_000))
+    plain = scored_card(base, "b-plain", float(b0.mean()), ROWS)  # a card from before 'correct'
+    assert not gap(low, group_runs([plain])).paired

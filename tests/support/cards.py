@@ -26,7 +26,14 @@ def scored_card(
             "name": name,
             "training": base.training.model_copy(update=training),
             "metrics": base.metrics.model_copy(
-                update={"dataset": dataset, "n": 10_000, "top1": top1, "ece": ece, "nll": None}
+                update={
+                    "dataset": dataset,
+                    "n": 10_000,
+                    "top1": top1,
+                    "ece": ece,
+                    "nll": None,
+                    "correct": None,
+                }
             ),
             "profile": base.profile.model_copy(update={"rows": rows}),
             **(card or {}),
