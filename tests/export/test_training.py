@@ -16,6 +16,7 @@ from export.models import build_model
 from export.training import ConfigError, TrainResult, pause, run_training
 from export.training.logs import Progress, RunLog, epoch_end_times, read_log
 from export.training.loop import ResumeError
+from export.training.result import RESULT_FILENAME
 from export.training.runtime import native_bf16, resolve_precision
 from service.contract.model_card import InputSpec
 from service.contract.preprocess import normalize_uint8
@@ -106,6 +107,12 @@ def test_rocket_ablation_switches_train(switches: dict[str, Any], tmp_path: Path
         pairs = zip(pretrained.state_dict().items(), final.state_dict().values(), strict=True)
         for (name, a), b in pairs:
             assert torch.equal(a, b), name
+        # The booster's own training is part of the method: its time is in the run's.
+        booster = json.loads((tmp_path / "booster-pretrain" / RESULT_FILENAME).read_text())
+        booster_s = booster["result"]["wall_time_s"]
+        light_s = sum(r["epoch_time_s"] for r in read_log(tmp_path) if r["event"] == "epoch")
+        assert booster_s > 0 and light_s > 0
+        assert result.wall_time_s == pytest.approx(booster_s + light_s, abs=0.01)
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
