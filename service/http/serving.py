@@ -19,7 +19,7 @@ import numpy as np
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope
 
-from service.errors import DeadlineExceeded, ServiceError, Unavailable
+from service.errors import DeadlineExceeded, ServiceError, Unavailable, Unprocessable
 from service.http.asgi_io import disconnected, header, read_body
 from service.http.responses import Reply, error_reply
 from service.http.state import ServiceState
@@ -101,6 +101,14 @@ async def serve(
         result = await served.batcher.submit(
             prepared.batch, deadline, lambda: disconnected(receive)
         )
+        if not np.isfinite(result.outputs).all():
+            # Finite inputs far outside the training range (every value near float32's max)
+            # overflow the logits: there is no answer to give, and it is the input's doing.
+            raise Unprocessable(
+                "the model's outputs for this input are not finite (inf or NaN): its values are "
+                "far outside the range the model was trained on",
+                code="non_finite_output",
+            )
         if time.monotonic() > deadline:
             # The answer was ready in time but the event loop came back to it late (overload):
             # it is late all the same, and a 200 past the deadline would break the contract.

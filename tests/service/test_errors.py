@@ -107,6 +107,12 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
         422,
         "invalid_tensor",
     ),
+    (
+        "finite tensor that overflows the logits",
+        {"json": {"tensor": (np.ones((1, 8, 8)) * 3e38).tolist()}},
+        422,
+        "non_finite_output",
+    ),
     ("top_k zero", {"json": {"tensor": GOOD_TENSOR, "top_k": 0}}, 422, "invalid_top_k"),
     ("top_k too big", {"json": {"tensor": GOOD_TENSOR, "top_k": 11}}, 422, "invalid_top_k"),
     ("top_k not int", _raw(_png(), query="?top_k=abc"), 422, "invalid_top_k"),
@@ -185,6 +191,16 @@ async def test_bad_input_gets_a_clear_4xx(
     # ...and the service keeps serving.
     ok = await shared.post("/predict", json={"tensor": GOOD_TENSOR})
     assert ok.status_code == 200
+
+
+async def test_v2_outputs_that_overflow_are_a_4xx(shared: httpx.AsyncClient) -> None:
+    huge = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [3e38] * 64}
+    r = await shared.post("/v2/models/digits-logreg/infer", json={"inputs": [huge]})
+    assert r.status_code == 422 and "not finite" in r.json()["error"], r.text
+    ok = {**huge, "data": [0.5] * 64}
+    assert (
+        await shared.post("/v2/models/digits-logreg/infer", json={"inputs": [ok]})
+    ).status_code == 200
 
 
 async def test_messages_name_the_problem(client: httpx.AsyncClient) -> None:
