@@ -82,7 +82,9 @@ def _parse_multipart(body: bytes, boundary: bytes | None) -> PredictRequest:
     return request
 
 
-def _check_json_size(body: bytes) -> None:
+def check_json_size(body: bytes) -> None:
+    """Refuse a JSON body whose arrays, objects or strings would cost far more memory as Python
+    objects than the body's bytes (400 invalid_json), before it is parsed."""
     # Counted on the bytes: base64 has none of these, and UTF-8 bytes of other characters are
     # >= 0x80, so a character inside a string is counted only in UTF-16/32 bodies (over-counted).
     containers = body.count(b"[") + body.count(b"{")
@@ -101,7 +103,7 @@ def _check_json_size(body: bytes) -> None:
 
 
 def _parse_json(body: bytes) -> PredictRequest:
-    _check_json_size(body)
+    check_json_size(body)
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

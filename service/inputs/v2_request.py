@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import BadRequest
+from service.inputs.body import check_json_size
 
 # The protocol's numeric datatypes, little-endian as the binary extension sends them.
 NUMERIC_DATATYPES: dict[str, np.dtype[Any]] = {
@@ -87,6 +88,7 @@ def parse_infer_request(
         return _raw_request(body, *raw_input)
     header_bytes = body if length is None else body[:length]
     binary = b"" if length is None else body[length:]
+    check_json_size(header_bytes)  # refused before parsing, as /predict's JSON bodies are
     try:
         header = json.loads(header_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -313,9 +315,15 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 
 def _optional_str(value: Any, what: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise BadRequest(f"'{what}' must be a string")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"'{what}' must be a string")
+    try:
+        value.encode("utf-8")  # the answer echoes it: a lone surrogate ("\ud800") cannot be
+    except UnicodeEncodeError:
+        raise BadRequest(f"'{what}' is not valid Unicode text (a lone surrogate)") from None
+    return value
 
 
 def model_batch(

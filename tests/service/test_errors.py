@@ -203,6 +203,31 @@ async def test_v2_outputs_that_overflow_are_a_4xx(shared: httpx.AsyncClient) -> 
     ).status_code == 200
 
 
+async def test_v2_bodies_that_would_cost_memory_or_cannot_be_echoed_are_a_4xx(
+    shared: httpx.AsyncClient,
+) -> None:
+    infer = "/v2/models/digits-logreg/infer"
+    data = ",".join(["0.5"] * 64)
+    good = '{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [' + data + "]}"
+    # 70,000 empty arrays: ~140 KB of body, tens of MB as Python lists; refused unparsed
+    bomb = '{"inputs": [' + good + '], "parameters": {"x": [' + ",".join(["[]"] * 70_000) + "]}}"
+    r = await shared.post(
+        infer, content=bomb.encode(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and "arrays and objects" in r.json()["error"], r.text
+    # an id the answer would echo but UTF-8 cannot encode (a lone surrogate, legal JSON)
+    lone = '{"id": "\\ud800", "inputs": [' + good + "]}"
+    r = await shared.post(
+        infer, content=lone.encode(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and "'id'" in r.json()["error"], r.text
+    fine = '{"id": "caf\\u00e9", "inputs": [' + good + "]}"
+    r = await shared.post(
+        infer, content=fine.encode(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 200 and r.json()["id"] == "caf\u00e9", r.text
+
+
 async def test_messages_name_the_problem(client: httpx.AsyncClient) -> None:
     r = await client.post(
         "/predict?model=nope", content=_png(), headers={"content-type": "image/png"}
