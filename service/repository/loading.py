@@ -282,8 +282,10 @@ def _serve(
         runtime.provider,
     ).set(1)
     metrics.queue_capacity.labels(*labels).set(settings.max_queue_size)
-    metrics.queue_depth.labels(*labels).set(0)
-    metrics.in_flight.labels(*labels).set(0)
+    # Created at 0 when new, never reset: a version reloaded under load still has requests in
+    # flight on its old instance, whose dec() would drive a reset gauge below zero for good.
+    metrics.queue_depth.labels(*labels)
+    metrics.in_flight.labels(*labels)
     metrics.model_params.labels(*labels).set(card.params)
     metrics.model_macs.labels(*labels).set(card.macs)
     metrics.intra_op_threads.labels(*labels).set(layout.intra_op_threads)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from service.http.app import create_app
+from service.settings import Settings
 from tests.service.conftest import Reference
 from tests.support.onnx_repo import build_digits_model
 from tests.support.server import running_service
@@ -121,3 +124,42 @@ async def test_poll_mode_rolls_out_published_versions_under_load(
     assert not failures, failures[:3]
     assert {a["version"] for _, a in answers} == {2, 3, 4}
     assert latest == [4] * 24
+
+
+async def test_reloading_a_version_under_load_keeps_its_gauges_true(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A version loaded again while its old instance still has requests in flight: the shared
+    in-flight gauge ends at 0, not below (before, the new instance reset it while the old one's
+    requests were still to leave)."""
+    settings = make_settings(
+        model_control_mode="explicit", api_key=KEY, inline_inference_max_ms=0, warmup_runs=0
+    )
+    app = create_app(settings)
+    body = {"tensor": np.zeros((1, 1, 8, 8)).tolist(), "model": "digits-logreg:2"}
+    statuses: list[int] = []
+    stop = asyncio.Event()
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+
+            async def client() -> None:
+                while not stop.is_set():
+                    statuses.append((await c.post("/predict", json=body)).status_code)
+
+            clients = [asyncio.create_task(client()) for _ in range(16)]
+            await asyncio.sleep(0.3)
+            for _ in range(3):
+                r = await c.post("/v2/repository/models/digits-logreg/load", headers=AUTH)
+                assert r.status_code == 200, r.text
+                await asyncio.sleep(0.2)
+            stop.set()
+            await asyncio.gather(*clients)
+            exposition = (await c.get("/metrics")).text
+    assert statuses and set(statuses) == {200}
+    in_flight = {
+        line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
+        for line in exposition.splitlines()
+        if line.startswith('rocketserve_in_flight_requests{model="digits-logreg"')
+    }
+    assert in_flight and set(in_flight.values()) == {0.0}, in_flight
