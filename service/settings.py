@@ -14,7 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ROCKETSERVE_"
 IN_FLIGHT_PER_CORE = 128
-VERSION_POLICY = re.compile(r"^(all|latest:[1-9][0-9]*|specific:[1-9][0-9]*(,[1-9][0-9]*)*)$")
+VERSION_POLICY = re.compile(
+    r"^(all|latest:[1-9][0-9]{0,8}|specific:[1-9][0-9]{0,8}(,[1-9][0-9]{0,8})*)$"
+)
 AUTO: Literal["auto"] = "auto"  # the value of a setting the service chooses itself
 
 

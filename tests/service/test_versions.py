@@ -41,6 +41,11 @@ def test_per_model_policy_overrides_the_default(digits_repo: Path) -> None:
     assert sorted(registry.models["digits-logreg"]) == [1, 2]
     with pytest.raises(ValueError, match="not 'all', 'latest:N'"):
         Settings(model_repository=digits_repo, model_version_policies={"m": "newest"})
+    # a count past int()'s digit limit is a setting error, not a start-up traceback
+    for huge in ("latest:" + "9" * 5000, "specific:1," + "9" * 10):
+        with pytest.raises(ValueError):
+            Settings(model_repository=digits_repo, version_policy=huge)
+    assert Settings(model_repository=digits_repo, version_policy="latest:999999999").version_policy
 
 
 def test_each_version_is_served_with_its_own_card(digits_repo: Path, tmp_path: Path) -> None:
