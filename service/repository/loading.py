@@ -125,6 +125,9 @@ class ModelLoader:
         except ModelRepositoryError as exc:
             failed(model_dir.name, None, str(exc))
             return versions, failures
+        except OSError as exc:  # a folder or file this process may not read, one gone meanwhile
+            failed(model_dir.name, None, f"{model_dir}: {type(exc).__name__}: {exc}")
+            return versions, failures
         servable: dict[int, tuple[ModelCard, Path]] = {}
         for version, checked in files.items():
             if isinstance(checked, str):  # the version's verification failed: the reason

@@ -24,13 +24,15 @@ log = logging.getLogger(__name__)
 Snapshot = dict[str, tuple[tuple[str, int, int], ...]]
 
 
-def snapshot(repo: Path) -> Snapshot:
-    """Each model folder's files (relative path, size, mtime in ns); model folders only."""
+def snapshot(repo: Path) -> Snapshot | None:
+    """Each model folder's files (relative path, size, mtime in ns); model folders only. None
+    when the folder cannot be listed (a remount, a network file system's hiccup): that says
+    nothing about the models, and must not read as every model removed."""
     found: Snapshot = {}
     try:
         entries = sorted(p for p in repo.iterdir() if p.is_dir())
     except OSError:
-        return found
+        return None
     for model_dir in entries:
         if not (model_dir / MANIFEST_FILENAME).exists():
             continue
@@ -52,7 +54,7 @@ class RepositoryPoller:
 
     def __init__(self, registry: ModelRegistry, repo: Path, interval_s: float) -> None:
         self.registry, self.repo, self.interval_s = registry, repo, interval_s
-        self.applied: Snapshot = snapshot(repo)
+        self.applied: Snapshot = snapshot(repo) or {}
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -60,6 +62,9 @@ class RepositoryPoller:
         while True:
             await asyncio.sleep(self.interval_s)
             now = await asyncio.to_thread(snapshot, self.repo)
+            if now is None:
+                log.warning("poll: %s cannot be listed; serving what is loaded", self.repo)
+                continue
             if now == last and now != self.applied:
                 await self.apply(now)
             last = now
@@ -77,4 +82,8 @@ class RepositoryPoller:
                     await self.registry.unload_model(name)
             except ServiceError as exc:
                 log.error("poll: model %s: %s (the serving versions are kept)", name, exc.message)
+            except Exception:  # the poller must outlive any one model's fault
+                log.exception(
+                    "poll: model %s could not be applied (the serving versions are kept)", name
+                )
         self.applied = now

@@ -246,7 +246,13 @@ class ModelRegistry:
         folder = loader.settings.model_repository / name
         if name not in {d.name for d in model_dirs(loader.settings.model_repository)}:
             raise NotFound(f"no model {name!r} in the repository folder", code="unknown_model")
-        versions, failures = await asyncio.to_thread(loader.load_model, folder)
+        try:
+            versions, failures = await asyncio.to_thread(loader.load_model, folder)
+        except ModelRepositoryError as exc:  # strict_models: the first failure ends the load
+            self.metrics.model_loads.labels(name, "failed").inc()
+            raise BadRequest(
+                f"model {name!r} could not be loaded: {exc}", code="load_failed"
+            ) from None
         self.failures = [f for f in self.failures if f.model != name] + failures
         self._count_versions(name)
         if not versions:
@@ -354,8 +360,10 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """True when every model version is loaded, warm and its batcher running."""
-        return all(m.ready and m.batcher.running for m in self.all())
+        """True when at least one model version is served and every one is loaded, warm and its
+        batcher running (a replica whose last model was unloaded answers every request 404)."""
+        served = self.all()
+        return bool(served) and all(m.ready and m.batcher.running for m in served)
 
     def start(self) -> None:
         """Start every batcher on the running event loop."""

@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -157,3 +158,60 @@ def test_tiny_models_run_lone_requests_inline_unless_turned_off(
     assert all(m.batcher.inline for m in registry.all())
     off = ModelRegistry.load(make_settings(inline_inference_max_ms=0), ServiceMetrics())
     assert not any(m.batcher.inline for m in off.all())
+
+
+def test_a_file_the_process_cannot_read_skips_its_model(
+    repo_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError reading a model (a root-owned 0600 file in an image run as another user) skips
+    that model like any other load failure, instead of ending the start-up."""
+    import service.repository.loading as loading
+
+    real = loading.verified_versions
+
+    def unreadable(model_dir: Path, card: object) -> object:
+        if model_dir.name == "digits-slow":
+            raise PermissionError(13, "Permission denied", str(model_dir / "1" / "model.onnx"))
+        return real(model_dir, card)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loading, "verified_versions", unreadable)
+    registry = load(repo_copy)
+    assert sorted(registry.models) == ["digits-logreg"]
+    [failure] = registry.failures
+    assert failure.model == "digits-slow" and "PermissionError" in failure.reason
+
+
+async def test_run_time_faults_are_4xx_and_the_replica_without_models_is_not_ready(
+    repo_copy: Path,
+) -> None:
+    settings = Settings(
+        model_repository=repo_copy,
+        warmup_runs=1,
+        model_control_mode="explicit",
+        api_key="k",
+        strict_models=True,
+    )
+    app = create_app(settings)
+    auth = {"Authorization": "Bearer k"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            with (repo_copy / "digits-slow" / "1" / "model.onnx").open("ab") as fh:
+                fh.write(b"\0")
+            # strict: the broken version is refused, a 400 that says why, not a 500
+            r = await c.post("/v2/repository/models/digits-slow/load", headers=auth)
+            assert r.status_code == 400 and "sha256 differs" in r.text, r.text
+            assert (await c.get("/readyz")).status_code == 200  # the serving version is kept
+            for name in ("digits-slow", "digits-logreg"):
+                r = await c.post(f"/v2/repository/models/{name}/unload", headers=auth)
+                assert r.status_code == 200, r.text
+            # nothing served: every request would be a 404, so the replica is not ready
+            assert (await c.get("/readyz")).status_code == 503
+            assert (await c.get("/v2/health/ready")).status_code != 200
+
+
+def test_a_repository_that_cannot_be_listed_is_no_news(tmp_path: Path) -> None:
+    from service.repository.polling import snapshot
+
+    assert snapshot(tmp_path / "gone") is None
+    assert snapshot(tmp_path) == {}  # listed, and empty: every model removed
