@@ -218,10 +218,11 @@ class ModelRegistry:
                 default = versions[max(versions)]
             elif pinned.isascii() and pinned.isdecimal():
                 default = versions.get(int(pinned))
+        before = self.models
         self.models, self.default = models, default
         self.newest = {name: v[max(v)] for name, v in models.items() if v}
-        for name in set(models) | {f.model for f in self.failures}:
-            self._count_versions(name)
+        for name in set(before) | set(models) | {f.model for f in self.failures}:
+            self._count_versions(name)  # an unloaded model's count too: 0 ready
 
     def _count_versions(self, name: str) -> None:
         ready = len(self.models.get(name, {}))
@@ -289,8 +290,18 @@ class ModelRegistry:
         for served in retired:
             await served.batcher.close()
             current = self.models.get(served.name, {}).get(served.version)
-            if current is None:  # not reloaded under the same number
-                self.metrics.model_ready.labels(served.name, str(served.version)).set(0)
+            if current is None:  # not reloaded under the same number: no longer served
+                labels = (served.name, str(served.version))
+                card = served.card
+                self.metrics.model_ready.labels(*labels).set(0)
+                self.metrics.model_info.labels(
+                    *labels,
+                    card.training.method,
+                    card.training.architecture,
+                    card.precision,
+                    served.runtime.provider,
+                ).set(0)
+                self.metrics.queue_capacity.labels(*labels).set(0)
 
     def route(self, objective: Objective) -> tuple[ServedModel, dict[str, Any]]:
         """The model version an objective chooses, and what the answer says about it."""

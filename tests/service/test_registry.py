@@ -18,6 +18,7 @@ from service.inference.session import CPU, OnnxModel, choose_provider
 from service.observability.metrics import ServiceMetrics
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
+from tests.support.onnx_repo import build_digits_model
 
 
 @pytest.fixture
@@ -215,3 +216,41 @@ def test_a_repository_that_cannot_be_listed_is_no_news(tmp_path: Path) -> None:
 
     assert snapshot(tmp_path / "gone") is None
     assert snapshot(tmp_path) == {}  # listed, and empty: every model removed
+
+
+async def test_retired_and_unloaded_versions_leave_the_gauges(repo_copy: Path) -> None:
+    settings = Settings(
+        model_repository=repo_copy,
+        warmup_runs=1,
+        model_control_mode="explicit",
+        api_key="k",
+        version_policy="latest:1",
+    )
+    app = create_app(settings)
+    auth = {"Authorization": "Bearer k"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            build_digits_model(repo_copy, "digits-logreg", 3)
+            for action, name in (("load", "digits-logreg"), ("unload", "digits-slow")):
+                r = await c.post(f"/v2/repository/models/{name}/{action}", headers=auth)
+                assert r.status_code == 200, r.text
+            exposition = (await c.get("/metrics")).text
+
+    def value(name: str, **labels: str) -> float:
+        pairs = [f'{k}="{v}"' for k, v in labels.items()]
+        [line] = [
+            ln
+            for ln in exposition.splitlines()
+            if ln.startswith(name + "{") and all(p in ln.split("}")[0] for p in pairs)
+        ]
+        return float(line.rsplit(" ", 1)[1])
+
+    lr, slow = "digits-logreg", "digits-slow"
+    assert value("rocketserve_model_info", model=lr, version="3") == 1
+    assert value("rocketserve_model_info", model=lr, version="2") == 0  # rolled out: retired
+    assert value("rocketserve_queue_capacity", model=lr, version="2") == 0
+    assert value("rocketserve_model_ready", model=lr, version="2") == 0
+    assert value("rocketserve_model_versions", model=lr, state="ready") == 1
+    assert value("rocketserve_model_versions", model=slow, state="ready") == 0
+    assert value("rocketserve_model_info", model=slow, version="1") == 0
