@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import Callable
@@ -254,3 +255,27 @@ async def test_retired_and_unloaded_versions_leave_the_gauges(repo_copy: Path) -
     assert value("rocketserve_model_versions", model=lr, state="ready") == 1
     assert value("rocketserve_model_versions", model=slow, state="ready") == 0
     assert value("rocketserve_model_info", model=slow, version="1") == 0
+
+
+async def test_the_poller_keeps_serving_while_the_repository_cannot_be_listed(
+    digits_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.repository.polling as polling
+
+    registry = load(digits_repo)
+    poller = polling.RepositoryPoller(registry, digits_repo, interval_s=0.01)
+    assert set(poller.applied) == {"digits-logreg", "digits-slow"}
+    applied: list[object] = []
+
+    async def apply(now: object) -> None:
+        applied.append(now)
+
+    monkeypatch.setattr(poller, "apply", apply)
+    monkeypatch.setattr(polling, "snapshot", lambda repo: None)  # a remount: cannot be listed
+    task = asyncio.create_task(poller.run())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert applied == []  # not read as every model removed
+    assert sorted(registry.models) == ["digits-logreg", "digits-slow"]
