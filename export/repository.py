@@ -208,6 +208,15 @@ def publish(
     if (model_dir / MANIFEST_FILENAME).exists():
         previous = read_manifest(model_dir).version_records()
     version = next_version(model_dir)
+    last = model_dir / str(version - 1)
+    if (
+        version > 1
+        and version - 1 not in {r.version for r in previous}
+        and not (last / MANIFEST_FILENAME).exists()
+    ):
+        # A publish that died between copying its file and writing any card: the folder is no
+        # version (nothing vouches for it); this one takes its number instead of leaving it.
+        version -= 1
     # Measure first, then copy: a failed measurement leaves no half-written version behind.
     measured = measured_fields(onnx_src, info.input, data, settings, info.teacher)
     dst = model_file(model_dir, version)

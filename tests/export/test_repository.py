@@ -19,6 +19,7 @@ from export.repository import (
     remeasure,
     replace_profile,
     training_info,
+    verify_model,
 )
 from service.contract.model_card import (
     LatencyProfile,
@@ -85,6 +86,20 @@ def test_second_publish_is_version_two_and_keeps_the_first_record(tmp_path: Path
     for card in (first, second):
         own = read_version_card(tmp_path / card.name, card.version)
         assert own is not None and own.sha256 == card.sha256 and own.version == card.version
+
+
+def test_a_version_folder_left_without_a_card_is_taken_over(tmp_path: Path) -> None:
+    """A publish that died after copying its file but before writing a card left folder 2 with
+    a model.onnx that nothing vouches for: the next publish is version 2, not 3 beside it."""
+    d = trained_digits()
+    first = publish(tmp_path, _info(), d.onnx_path, _data(), FAST)
+    orphan = model_file(tmp_path / first.name, 2)
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"half a publish")
+    second = publish(tmp_path, _info(), d.onnx_path, _data(), FAST)
+    assert second.version == 2 and [r.version for r in second.version_records()] == [2, 1]
+    assert sha256_file(orphan) == second.sha256
+    assert verify_model(tmp_path / first.name) == []
 
 
 def test_variant_card_records_precision_and_source(tmp_path: Path) -> None:
