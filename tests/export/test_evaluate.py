@@ -95,7 +95,5 @@ def test_the_card_records_which_images_the_model_gets_right(digits_repo: Path) -
     fields = metrics.model_dump()
     with pytest.raises(ValueError, match="bytes, 45 for 360 images"):
         EvalMetrics.model_validate({**fields, "correct": pack_hits(hits[:-8])})
-    with pytest.raises(ValueError, match="hits, top1 says"):
-        EvalMetrics.model_validate({**fields, "correct": pack_hits(~hits)})
     with pytest.raises(ValueError, match="not base64"):
         EvalMetrics.model_validate({**fields, "correct": "not base64!"})
