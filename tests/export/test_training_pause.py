@@ -177,7 +177,7 @@ def test_a_pid_that_is_no_longer_the_zoos_is_never_signalled(
         assert continue_lanes(work) == {}
         monkeypatch.undo()
         assert [pid for pid, sig in signalled if sig != 0] == []  # signal 0 only asks
-        assert _state(other.pid) in "SR"
+        assert _state(other.pid) not in "Tt"  # not stopped (D, a moment on disk, is fine)
     finally:
         other.kill()
         other.wait(timeout=30)
