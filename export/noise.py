@@ -89,24 +89,23 @@ class Gap:
         )
 
 
-def _mean_hits(runs: Runs) -> np.ndarray | None:
-    """Per image, the share of the seeds that get it right; None when a card lacks its hits."""
-    metrics = [c.metrics for c in runs.cards]
-    if any(m.correct is None for m in metrics):
-        return None
-    if len({(m.dataset, m.split, m.n) for m in metrics}) != 1:
-        return None
-    return np.mean([unpack_hits(str(m.correct), m.n) for m in metrics], axis=0)
+def _mean_hits(runs: Runs) -> np.ndarray:
+    """Per image, the share of the seeds that get it right."""
+    return np.mean([unpack_hits(str(c.metrics.correct), c.metrics.n) for c in runs.cards], axis=0)
 
 
 def paired_standard_error(low: Runs, high: Runs) -> float | None:
     """Standard error of the top-1 gap from the per-image differences of the two sides (their
     seeds averaged per image); None unless every card records its hits on the same split."""
-    a, b = _mean_hits(low), _mean_hits(high)
-    same_split = {(c.metrics.dataset, c.metrics.split) for c in low.cards + high.cards}
-    if a is None or b is None or len(a) != len(b) or len(same_split) != 1 or len(a) < 2:
+    metrics = [c.metrics for c in low.cards + high.cards]
+    if (
+        any(m.correct is None for m in metrics)
+        or len({(m.dataset, m.split, m.n) for m in metrics}) != 1
+    ):
         return None
-    d = b - a
+    if metrics[0].n < 2:
+        return None
+    d = _mean_hits(high) - _mean_hits(low)
     return float(d.std(ddof=1) / math.sqrt(len(d)))
 
 

@@ -14,6 +14,7 @@ import pytest
 from service.http.app import create_app
 from service.settings import Settings
 from tests.service.conftest import Reference
+from tests.service.test_endpoints import samples
 from tests.support.onnx_repo import build_digits_model
 from tests.support.server import running_service
 
@@ -158,8 +159,8 @@ async def test_reloading_a_version_under_load_keeps_its_gauges_true(
             exposition = (await c.get("/metrics")).text
     assert statuses and set(statuses) == {200}
     in_flight = {
-        line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
-        for line in exposition.splitlines()
-        if line.startswith('rocketserve_in_flight_requests{model="digits-logreg"')
+        labels: value
+        for (name, labels), value in samples(exposition).items()
+        if name == "rocketserve_in_flight_requests" and ("model", "digits-logreg") in labels
     }
     assert in_flight and set(in_flight.values()) == {0.0}, in_flight

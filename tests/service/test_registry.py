@@ -19,6 +19,7 @@ from service.inference.session import CPU, OnnxModel, choose_provider
 from service.observability.metrics import ServiceMetrics
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
+from tests.service.test_endpoints import samples
 from tests.support.onnx_repo import build_digits_model
 
 
@@ -238,14 +239,11 @@ async def test_retired_and_unloaded_versions_leave_the_gauges(repo_copy: Path) -
                 assert r.status_code == 200, r.text
             exposition = (await c.get("/metrics")).text
 
+    measured = samples(exposition)
+
     def value(name: str, **labels: str) -> float:
-        pairs = [f'{k}="{v}"' for k, v in labels.items()]
-        [line] = [
-            ln
-            for ln in exposition.splitlines()
-            if ln.startswith(name + "{") and all(p in ln.split("}")[0] for p in pairs)
-        ]
-        return float(line.rsplit(" ", 1)[1])
+        [found] = [v for (n, ls), v in measured.items() if n == name and labels.items() <= set(ls)]
+        return found
 
     lr, slow = "digits-logreg", "digits-slow"
     assert value("rocketserve_model_info", model=lr, version="3") == 1
