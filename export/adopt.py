@@ -20,7 +20,7 @@ from torch import nn
 from export.checkpoint import TrainedMeta, save_trained
 from export.models import build_model
 from export.onnx_export import ExportError, check_parity, load_onnx_weights
-from export.repository import copy_model
+from export.repository import EvalData, ProfileSettings, copy_model, remeasure
 from export.training.config import FINGERPRINT_IGNORES, fingerprint_changes
 from export.training.logs import RunLog
 from export.training.result import ADOPTED_EVENT, TrainResult, jsonable, write_result
@@ -72,21 +72,35 @@ def rebuild(
     return model, kwargs
 
 
+def fill_hits(
+    model_dir: Path, data: EvalData, settings: ProfileSettings, repo_teacher: str | None
+) -> None:
+    """Measure again the accuracy figures of a card that lacks per-image hits
+    (``metrics.correct``: a repository published before cards kept them), keeping its latency
+    profile: the zoo reads its comparisons with the paired test, which needs both sides' hits.
+    ``repo_teacher``: the zoo's teacher, as :func:`export.repository.remeasure` takes it."""
+    if read_manifest(model_dir).metrics.correct is None:
+        remeasure(model_dir, data, settings, repo_teacher, profile=False)
+
+
 def adopt(
     card: ModelCard,
     source: Path,
     out_dir: Path,
     fingerprint: dict[str, Any],
-    test_images: np.ndarray,
+    data: EvalData,
+    settings: ProfileSettings,
     zoo_repo: Path,
     variants: list[str],
+    repo_teacher: str | None,
 ) -> ModelCard:
     """Rebuild ``card``'s network into the run folder ``out_dir`` as a finished run with
     ``fingerprint`` (so a resumed zoo loads it like one it trained), beside its ONNX file, and
-    copy the model and the ``variants`` the source has into ``zoo_repo`` where it lacks them;
-    returns the adopted card."""
+    copy the model and the ``variants`` the source has into ``zoo_repo`` where it lacks them
+    (measuring on ``data`` the per-image hits of a card served without them, with ``settings``
+    and the zoo's teacher ``repo_teacher``); returns the adopted card."""
     onnx_path = model_file(source / card.name, card.version)
-    model, kwargs = rebuild(card, onnx_path, test_images)
+    model, kwargs = rebuild(card, onnx_path, data.images)
     training = card.training
     history = [record.model_dump(mode="json") for record in training.history]
     # PyTorch's top-1 at the end of training, as a trained artifact records it; the card's
@@ -128,6 +142,7 @@ def adopt(
     for name in [card.name, *(f"{card.name}-{v}" for v in variants)]:
         if (source / name / "manifest.json").is_file() and not (zoo_repo / name).exists():
             copy_model(source / name, zoo_repo / name)
+            fill_hits(zoo_repo / name, data, settings, repo_teacher)
     RunLog(out_dir).write(
         ADOPTED_EVENT,
         source=str(source / card.name),

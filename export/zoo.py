@@ -205,8 +205,18 @@ class Zoo:
             return None
         variants = [str(v) for v in entry.get("variants", []) or []]
         try:
-            adopted = adopt(card, source, out_dir, fp, self.splits.test_images, self.repo, variants)
-        except (ExportError, ArtifactError, OSError) as exc:
+            adopted = adopt(
+                card,
+                source,
+                out_dir,
+                fp,
+                self.data,
+                self.settings,
+                self.repo,
+                variants,
+                self.teacher_name,
+            )
+        except (ExportError, ArtifactError, ModelRepositoryError, OSError) as exc:
             self.log(f"[{name}] not adopted from {source}: {exc}")
             return None
         t = card.training

@@ -12,13 +12,14 @@ import yaml
 
 from export.adopt import recipe_changes
 from export.checkpoint import load_trained
+from export.evaluate import unpack_hits
 from export.pick import pick
 from export.training import resolve_config
 from export.training.logs import read_log
 from export.zoo import ZooOptions, run_zoo
 from export.zoo_config import ZooError, config_path, load_zoo_config
 from export.zoo_status import format_status, zoo_status
-from service.contract.model_card import model_dirs, read_manifest
+from service.contract.model_card import ModelCard, model_dirs, read_manifest, write_manifest
 from tests.support.onnx_repo import digits_uint8_split
 from tests.support.reeval import agreement_by_hand
 
@@ -193,3 +194,32 @@ def test_a_student_of_another_teacher_is_not_adopted(
     other_teacher = f"teacher: the zoo's {TEACHER} is not the one {mixed} serves"
     assert f"[{KD}] not adopted from {mixed}: trained otherwise: {other_teacher}" in said
     assert f"[{KD}] trained: 1 epochs" in said
+
+
+def test_cards_served_without_per_image_hits_get_them_on_adoption(
+    served: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A repository published before cards kept ``metrics.correct``: adoption measures the hits
+    (the paired noise test of the zoo's second seeds needs them) and keeps the rest of the card."""
+    _, models = served
+    old = _copy(models, tmp_path)
+    for manifest in old.glob("*/**/manifest.json"):
+        card = ModelCard.model_validate_json(manifest.read_text(encoding="utf-8"))
+        stripped = card.model_copy(
+            update={"metrics": card.metrics.model_copy(update={"correct": None})}
+        )
+        write_manifest(manifest.parent, stripped)
+    assert all(read_manifest(old / n).metrics.correct is None for n in (TEACHER, KD))
+    out = tmp_path / "zoo"
+    _zoo(out, adopt_from=old)
+    for name in (TEACHER, f"{TEACHER}-int8", KD, f"{KD}-int8"):
+        served_card, adopted = read_manifest(models / name), read_manifest(out / name)
+        assert adopted.metrics.correct == served_card.metrics.correct, name
+        hits = unpack_hits(str(adopted.metrics.correct), adopted.metrics.n)
+        assert hits.mean() == pytest.approx(adopted.metrics.top1, abs=1e-12)
+        assert adopted.profile == served_card.profile  # latency is not measured again
+        assert adopted.metrics == served_card.metrics, name
+        version = out / name / str(adopted.version) / "manifest.json"
+        if version.is_file():  # the served version's own card gets them too
+            own = ModelCard.model_validate_json(version.read_text(encoding="utf-8"))
+            assert own.metrics.correct == adopted.metrics.correct, name
