@@ -129,14 +129,16 @@ def gap(low: Runs, high: Runs) -> Gap:
 
 def compare(low: Runs, high: Runs) -> str:
     """'+0.85 points (beyond noise; 2 s.e. = 0.62 (paired))' with the seeds taken into
-    account; a gap within noise with one seed a side says so (a second seed of both would
-    tell more; a zoo trains one where its config has it)."""
+    account; with one seed a side it says so ('beyond noise, one seed each': the test set's
+    noise is measured, the seed-to-seed spread is not; a zoo trains a second seed of both where
+    the gap is within noise and its config has one)."""
     g = gap(low, high)
     gain, seed_noise, beyond = g.points, g.seed_range, g.beyond_noise
     parts = [g.noise]
     if seed_noise is not None:
         parts.append(f"seed range {seed_noise:.2f}")
     verdict = "beyond noise" if beyond else "within noise"
-    if not beyond and len(low.cards) == 1 and len(high.cards) == 1:
+    if len(low.cards) == 1 and len(high.cards) == 1:
+        # The test set's noise only: how far another seed would move either side is unmeasured.
         verdict += ", one seed each"
     return f"{gain:+.2f} points ({verdict}; {', '.join(parts)})"

@@ -115,10 +115,10 @@ def _beat_alone(cards: Sequence[ModelCard]) -> list[Verdict]:
         )
         if g.beyond_noise and g.points > 0:
             verdict = "met"
-        elif len(runs.cards) >= 2 and len(base.cards) >= 2:
-            verdict = "missed: two seeds a side show no gain beyond noise at this budget"
         elif g.beyond_noise:
             verdict = "missed: worse than alone beyond noise"
+        elif len(runs.cards) >= 2 and len(base.cards) >= 2:
+            verdict = "missed: two seeds a side find no gain beyond noise at this budget"
         else:
             verdict = "open: within noise, with fewer than two seeds a side"
         verdicts.append(Verdict(f"{METHOD_TEXT[method]} beats {STUDENT_ARCH} alone", measured,
@@ -169,8 +169,9 @@ def render_targets(cards: Sequence[ModelCard], teacher: ModelCard | None) -> lis
         "## Targets",
         "",
         "The CIFAR-10 zoo's goals, checked against the cards above (export/targets.py). Noise: a "
-        "gap counts when it exceeds twice the binomial standard error of the difference and, "
-        "with two seeds a side, the seed-to-seed range.",
+        "gap counts when it exceeds twice the standard error of the difference (paired, from the "
+        "per-image hits the cards record; binomial where a card lacks them) and, with two seeds "
+        "a side, the seed-to-seed range.",
         "",
         "| target | measured | verdict |",
         "|---|---|---|",

@@ -74,7 +74,8 @@ def second_seed_reason(
 
     An entry with ``second_seed_of: X`` and ``when_within_noise_of: [Y, ...]`` trains only when
     X's gap to some Y is within test-set noise (or cannot be read yet: a card is missing), as the
-    report's reading would ask for a second seed there; otherwise it is skipped.
+    report's reading would ask for a second seed there; otherwise it is skipped. The gap is read
+    between the first seeds (the entries named), whatever seeds exist already.
     """
     first, rivals = entry.get("second_seed_of"), entry.get("when_within_noise_of") or []
     if not first or not rivals:

@@ -185,6 +185,15 @@ class EvalMetrics(_Strict):
                 raise ValueError(
                     f"correct holds {len(packed)} bytes, {(self.n + 7) // 8} for {self.n} images"
                 )
+            padding = 8 * len(packed) - self.n
+            if packed and packed[-1] & ((1 << padding) - 1):
+                raise ValueError(f"correct sets bits past its {self.n} images")
+            hits = int.from_bytes(packed, "big").bit_count()
+            if hits != round(self.top1 * self.n):
+                raise ValueError(
+                    f"correct marks {hits} of {self.n} images right, top1 {self.top1} says "
+                    f"{round(self.top1 * self.n)}"
+                )
         return self
 
 

@@ -97,3 +97,18 @@ def test_the_card_records_which_images_the_model_gets_right(digits_repo: Path) -
         EvalMetrics.model_validate({**fields, "correct": pack_hits(hits[:-8])})
     with pytest.raises(ValueError, match="not base64"):
         EvalMetrics.model_validate({**fields, "correct": "not base64!"})
+    with pytest.raises(ValueError, match=r"marks \d+ of 360 images right"):
+        EvalMetrics.model_validate({**fields, "correct": pack_hits(~hits)})
+
+
+def test_hits_pack_most_significant_bit_first_and_pad_with_zeros() -> None:
+    """The card's documented layout (numpy.packbits' default), on a split not a multiple of 8."""
+    hits = np.array([1, 0, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
+    assert pack_hits(hits) == "gIA="  # bytes 0x80 0x80
+    np.testing.assert_array_equal(unpack_hits("gIA=", 9), hits)
+    fields = {"dataset": "digits", "split": "test", "n": 9, "top1": 2 / 9, "measured_with": "x"}
+    assert EvalMetrics.model_validate({**fields, "correct": "gIA="}).correct == "gIA="
+    with pytest.raises(ValueError, match="sets bits past its 9 images"):
+        EvalMetrics.model_validate({**fields, "correct": "gIE="})  # 0x80 0x81
+    with pytest.raises(ValueError, match="marks 2 of 9 images right, top1"):
+        EvalMetrics.model_validate({**fields, "top1": 3 / 9, "correct": "gIA="})

@@ -68,7 +68,7 @@ def test_compare_says_how_many_seeds_and_which_noise(base: ModelCard) -> None:
     two_each = compare(_runs(base, "a", 0.880, 0.884), _runs(base, "b", 0.886, 0.888))
     assert two_each == "+0.50 points (within noise; 2 s.e. = 0.90 (unpaired), seed range 0.40)"
     assert compare(_runs(base, "a", 0.900), _runs(base, "b", 0.880)).startswith(
-        "-2.00 points (beyond noise; 2 s.e. = 0.88"
+        "-2.00 points (beyond noise, one seed each; 2 s.e. = 0.88"
     )
 
 
