@@ -9,6 +9,7 @@ exactly as the reference preprocessing (``service.contract.preprocess``) does.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,19 +139,34 @@ def decode_uint8(item: OpenedImage, spec: InputSpec) -> np.ndarray:
     if image is None:
         image = _open_with_pillow(item.data, item.what)
     try:
-        draft(image, spec)
         try:
+            draft(image, spec)
             image.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # any: see _DECODER_FAULTS
             raise BadRequest(
-                f"{item.what} is truncated or corrupt: {exc}", code="invalid_image"
+                f"{item.what} is truncated or corrupt: {_fault(exc)}", code="invalid_image"
             ) from None
         try:
             return image_to_uint8(image, spec)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, *_DECODER_FAULTS) as exc:
             raise BadRequest(
-                f"{item.what}: mode {image.mode} cannot be converted to {spec.color}: {exc}",
+                f"{item.what}: mode {image.mode} cannot be converted to {spec.color}: "
+                f"{_fault(exc)}",
                 code="invalid_image",
             ) from None
     finally:
         image.close()
+
+
+# Pillow decoding a malformed file raises more than OSError: a TIFF whose strip offsets are
+# floats gives TypeError, other broken tags struct.error, IndexError, KeyError or
+# ZeroDivisionError. Any of them is the client's file, not a fault of the service; decoding
+# (Pillow alone) catches every exception but MemoryError, converting (our code too) these.
+_DECODER_FAULTS = (TypeError, struct.error, IndexError, KeyError, ZeroDivisionError, EOFError)
+
+
+def _fault(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."

@@ -100,7 +100,7 @@ def parse_infer_request(
     parameters = _object(header.get("parameters"), "parameters")
     request = InferRequest(
         id=_optional_str(header.get("id"), "id"),
-        binary_output=bool(parameters.get("binary_data_output", False)),
+        binary_output=_flag(parameters.get("binary_data_output", False), "binary_data_output"),
         parameters=parameters,
     )
     raw_inputs = header.get("inputs")
@@ -162,7 +162,7 @@ def _input(raw: Any, index: int, binary: bytes, offset: int) -> tuple[InferInput
     if not isinstance(name, str) or not name:
         raise BadRequest(f"input {index} needs a 'name'")
     datatype = raw.get("datatype")
-    if datatype != BYTES and datatype not in NUMERIC_DATATYPES:
+    if not isinstance(datatype, str) or (datatype != BYTES and datatype not in NUMERIC_DATATYPES):
         raise BadRequest(f"input {name!r}: unknown datatype {datatype!r}")
     shape = _shape(raw.get("shape"), name)
     count = math.prod(shape)
@@ -218,7 +218,9 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
     ):
         raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    if len(value) > 8 or math.prod(value) > MAX_ELEMENTS:
+    # Each dimension too, not only their product: a zero beside 2**62 holds no element, yet
+    # numpy refuses to shape an array so.
+    if len(value) > 8 or math.prod(value) > MAX_ELEMENTS or max(value) > MAX_ELEMENTS:
         raise BadRequest(f"input {name!r}: shape {value} is too large")
     return tuple(value)
 
@@ -290,7 +292,12 @@ def _json_bytes_elements(data: Any, name: str) -> list[bytes]:
     flat = _flatten(data, name)
     if not all(isinstance(item, str) for item in flat):
         raise BadRequest(f"input {name!r}: BYTES 'data' must hold strings")
-    return [item.encode("utf-8") for item in flat]
+    try:
+        return [item.encode("utf-8") for item in flat]
+    except UnicodeEncodeError:  # legal JSON ("\ud800"), yet no UTF-8 bytes
+        raise BadRequest(
+            f"input {name!r}: a BYTES string is not valid Unicode text (a lone surrogate)"
+        ) from None
 
 
 def _output(raw: Any, index: int) -> RequestedOutput:
@@ -298,12 +305,18 @@ def _output(raw: Any, index: int) -> RequestedOutput:
         raise BadRequest(f"output {index} must be an object with a 'name'")
     parameters = _object(raw.get("parameters"), f"output {raw['name']!r} parameters")
     binary = parameters.get("binary_data")
-    if binary is not None and not isinstance(binary, bool):
-        raise BadRequest(f"output {raw['name']!r}: binary_data must be true or false")
+    if binary is not None:
+        binary = _flag(binary, f"output {raw['name']!r}: binary_data")
     k = parameters.get("classification", 0)
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise BadRequest(f"output {raw['name']!r}: classification must be a count")
     return RequestedOutput(raw["name"], binary, k)
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):  # "false" is a true string: refused, not guessed
+        raise BadRequest(f"{what} must be true or false")
+    return value
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:

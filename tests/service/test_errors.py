@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import io
+import json
 import struct
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +55,22 @@ def _jpeg(declare: tuple[int, int] | None = None) -> bytes:
     return data[:sof] + struct.pack(">HH", declare[1], declare[0]) + data[sof + 4 :]
 
 
+def _tiff_with_float_strip_offsets() -> bytes:
+    """A TIFF whose StripOffsets tag (273) is typed FLOAT instead of LONG: Pillow opens it and
+    then fails to seek to a float offset (TypeError, not OSError)."""
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "TIFF")
+    data = bytearray(out.getvalue())
+    assert data[:2] == b"II"  # little-endian
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for i in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", data, entry)[0] == 273:
+            struct.pack_into("<H", data, entry + 2, 11)  # type LONG (4) -> FLOAT (11)
+            return bytes(data)
+    raise AssertionError("Pillow wrote no StripOffsets tag")
+
+
 def _raw(data: bytes, ctype: str = "image/png", query: str = "") -> dict[str, Any]:
     return {"url": "/predict" + query, "content": data, "headers": {"content-type": ctype}}
 
@@ -68,6 +86,7 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("not an image", _raw(b"hello, world"), 400, "invalid_image"),
     ("truncated image", _raw(_png()[:40]), 400, "invalid_image"),
     ("truncated jpeg", _raw(_jpeg()[: len(_jpeg()) - 30], "image/jpeg"), 400, "invalid_image"),
+    ("tiff with float offsets", _raw(_tiff_with_float_strip_offsets()), 400, "invalid_image"),
     ("jpeg declaring 60000x60000", _raw(_jpeg((60000, 60000))), 413, "image_too_large"),
     ("empty body", _raw(b""), 400, "empty_body"),
     ("unsupported type", _raw(b"abc", "text/plain"), 415, "unsupported_media_type"),
@@ -226,6 +245,63 @@ async def test_v2_bodies_that_would_cost_memory_or_cannot_be_echoed_are_a_4xx(
         infer, content=fine.encode(), headers={"content-type": "application/json"}
     )
     assert r.status_code == 200 and r.json()["id"] == "caf\u00e9", r.text
+
+
+_V2_INPUT = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}
+_V2_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("datatype a list", {"inputs": [{**_V2_INPUT, "datatype": [1]}]}, "unknown datatype [1]"),
+    ("datatype an object", {"inputs": [{**_V2_INPUT, "datatype": {}}]}, "unknown datatype {}"),
+    # no element, but numpy cannot shape an array so: each dimension is bounded too
+    ("zero beside a huge dim", {"inputs": [{**_V2_INPUT, "shape": [0, 10**30], "data": []}]},
+     "is too large"),
+    ("zero beside 2**62 twice",
+     {"inputs": [{**_V2_INPUT, "shape": [0, 2**62, 2**62], "data": []}]}, "is too large"),
+    ("binary_data_output a string",
+     {"inputs": [_V2_INPUT], "parameters": {"binary_data_output": "false"}},
+     "binary_data_output must be true or false"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "body", "message"), _V2_CASES, ids=[c[0] for c in _V2_CASES])
+async def test_bad_v2_input_gets_a_clear_400(
+    shared: httpx.AsyncClient, what: str, body: dict[str, Any], message: str
+) -> None:
+    r = await shared.post("/v2/models/digits-logreg/infer", json=body)
+    assert r.status_code == 400 and message in r.json()["error"], r.text
+    ok = await shared.post("/v2/models/digits-logreg/infer", json={"inputs": [_V2_INPUT]})
+    assert ok.status_code == 200, ok.text
+
+
+async def test_bad_v2_binary_and_bytes_input_gets_a_clear_400(shared: httpx.AsyncClient) -> None:
+    infer = "/v2/models/digits-logreg/infer"
+    # the binary extension: a zero-element tensor of huge dimensions, with its 0 bytes
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [0, 2**62, 2**62],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 0},
+                }
+            ]
+        }
+    ).encode()
+    r = await shared.post(
+        infer,
+        content=header,
+        headers={
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        },
+    )
+    assert r.status_code == 400 and "is too large" in r.json()["error"], r.text
+    # a BYTES string that is legal JSON but has no UTF-8 form (a lone surrogate)
+    lone = '{"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": ["\\ud800"]}]}'
+    r = await shared.post(
+        infer, content=lone.encode(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and "lone surrogate" in r.json()["error"], r.text
 
 
 async def test_messages_name_the_problem(client: httpx.AsyncClient) -> None:
