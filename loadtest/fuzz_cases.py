@@ -331,7 +331,19 @@ def v2_requests(draw: st.DrawFn, served: Served) -> FuzzCase:
     path = b"/v2/models/" + quote(draw(st.sampled_from(served.names))).encode()
     if draw(st.integers(0, 3)) == 0:
         path += b"/versions/" + draw(st.sampled_from([b"1", b"2", b"%C2%B2", b"9" * 40]))
-    datatypes = ["FP32", "FP64", "FP16", "INT64", "UINT8", "BOOL", "BYTES", "X"]
+    datatypes: list[Any] = [
+        "FP32",
+        "FP64",
+        "FP16",
+        "INT64",
+        "UINT8",
+        "BOOL",
+        "BYTES",
+        "X",
+        [1],
+        {},
+        3,
+    ]
     n = draw(st.sampled_from([0, 1, 1, 2, 33]))
     if draw(st.booleans()):  # a request the model takes, to mangle in one place below
         datatype, name = draw(st.sampled_from(["FP32", "BYTES"])), "input"
@@ -343,6 +355,7 @@ def v2_requests(draw: st.DrawFn, served: Served) -> FuzzCase:
                 st.just([n, c, h, w]),
                 st.lists(st.integers(-2, 40), max_size=9),
                 st.just([2**40, 2**40]),
+                st.just([0, 2**62, 2**62]),  # no element, yet no numpy array either
             )
         )
     count = math.prod(shape) if all(d >= 0 for d in shape) else 3
@@ -356,13 +369,16 @@ def v2_requests(draw: st.DrawFn, served: Served) -> FuzzCase:
             binary = b"".join(struct.pack("<I", len(image)) + image for _ in range(n))
             extra = draw(st.sampled_from([0, 0, 1]))
             entry["parameters"] = {"binary_data_size": len(binary) + extra}
-        else:  # JSON strings hold text: only a byte-per-character image survives the trip
+        elif draw(st.integers(0, 4)):  # JSON strings hold text: a byte-per-character image
             entry["data"] = [image.decode("latin-1")] * min(count, 40)
+        else:
+            entry["data"] = "@data"  # a string legal in JSON with no UTF-8 form
+            data_text = '["\\ud800"]'
     elif draw(st.booleans()) and count <= 200_000:
         dtypes = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT64": "<i8"}
         values = rng.normal(0, draw(st.sampled_from([1.0, 1e5, 1e40])), count)
         with np.errstate(all="ignore"):
-            binary = values.astype(dtypes.get(datatype, "u1")).tobytes()
+            binary = values.astype(dtypes.get(str(datatype), "u1")).tobytes()
         binary = binary[: len(binary) - draw(st.sampled_from([0, 0, 1]))]
         entry["parameters"] = {"binary_data_size": len(binary)}
     else:
@@ -370,6 +386,9 @@ def v2_requests(draw: st.DrawFn, served: Served) -> FuzzCase:
         values = rng.normal(0, 1, min(count, 200_000))
         data_text = json.dumps(values.tolist()) if draw(st.booleans()) else draw(json_text(10))
     header: dict[str, Any] = {"inputs": [entry]}
+    if draw(st.integers(0, 5)) == 0:
+        flag = draw(st.sampled_from([True, False, "false", 0, None]))
+        header["parameters"] = {"binary_data_output": flag}
     if draw(st.booleans()):
         outputs: Any = draw(st.sampled_from([[{"name": "logits"}], [{"name": "y"}], "x", [1]]))
         header["outputs"] = outputs

@@ -114,7 +114,7 @@ def images(draw: st.DrawFn, shapes: Sequence[tuple[int, int, int]]) -> bytes:
         _, h, w = draw(st.sampled_from(shapes))
         size = (draw(st.integers(2, 24)) * w, draw(st.integers(2, 24)) * h)
     data = encode_image(mode, fmt, options, size, draw(st.integers(0, 2**16)))
-    mangle = draw(st.sampled_from(["none"] * 4 + ["truncate", "flip", "size", "splice"]))
+    mangle = draw(st.sampled_from(["none"] * 4 + ["truncate", "flip", "size", "splice", "tag"]))
     if mangle == "truncate":
         data = data[: draw(st.integers(0, max(0, len(data) - 1)))]
     elif mangle == "flip":
@@ -128,4 +128,23 @@ def images(draw: st.DrawFn, shapes: Sequence[tuple[int, int, int]]) -> bytes:
     elif mangle == "splice":
         at = draw(st.integers(0, len(data)))
         data = data[:at] + draw(st.binary(max_size=64)) + data[at:]
+    elif mangle == "tag":  # a TIFF tag of another type (float strip offsets broke Pillow's seek)
+        data = retype_tiff_tag(data, draw(st.integers(0, 63)), draw(st.integers(0, 13)))
     return data
+
+
+def retype_tiff_tag(data: bytes, pick: int, new_type: int) -> bytes:
+    """A little-endian TIFF with the type of its first IFD's entry ``pick`` (modulo the count)
+    set to ``new_type``; anything else as it is."""
+    if not data.startswith(b"II*\x00") or len(data) < 8:
+        return data
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    if ifd + 2 > len(data):
+        return data
+    count = struct.unpack_from("<H", data, ifd)[0]
+    entry = ifd + 2 + 12 * (pick % max(count, 1))
+    if not count or entry + 12 > len(data):
+        return data
+    out = bytearray(data)
+    struct.pack_into("<H", out, entry + 2, new_type)
+    return bytes(out)
