@@ -35,7 +35,11 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Powers of two up to the largest max_batch_size the settings allow (4096).
+BATCH_SIZE_BUCKETS = tuple(2**i for i in range(13))
+# Statuses every model version's request counter starts with at 0, so that rate() and increase()
+# see the first of each (a series born at its first increment hides that increment).
+STARTING_STATUSES = (200, 503, 504)
 
 MODEL_LABELS = ("model", "version")
 
@@ -64,7 +68,8 @@ class ServiceMetrics:
         )
         self.request_latency = Histogram(
             f"{PREFIX}_request_latency_seconds",
-            "End-to-end latency of a prediction request (decode, queue, inference, encode).",
+            "End-to-end latency of a successful (2xx) prediction request (decode, queue, "
+            "inference, encode); refusals and errors are counted in requests_total, not timed.",
             MODEL_LABELS,
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -267,14 +272,20 @@ class ModelRequestMetrics:
     def __init__(self, metrics: ServiceMetrics, name: str, version: str) -> None:
         self._requests = metrics.requests
         self._labels = (name, version)
-        self._by_status: dict[int, Any] = {}
+        self._by_status: dict[int, Any] = {
+            status: self._requests.labels(name, version, str(status))
+            for status in STARTING_STATUSES
+        }
         self.latency = metrics.request_latency.labels(name, version)
         self.in_flight = metrics.in_flight.labels(name, version)
 
     def count(self, status: int, seconds: float) -> None:
-        """One finished request: its status counted, its end-to-end latency observed."""
+        """One finished request: its status counted and, when it succeeded, its end-to-end
+        latency observed (a flood of cheap 4xx must not pull the latency SLO's p99 down, nor
+        timeouts push it up: the error ratio watches those)."""
         child = self._by_status.get(status)
         if child is None:
             child = self._by_status[status] = self._requests.labels(*self._labels, str(status))
         child.inc()
-        self.latency.observe(seconds)
+        if status < 300:
+            self.latency.observe(seconds)

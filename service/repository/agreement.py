@@ -40,7 +40,7 @@ class AgreementSampler:
     ) -> None:
         self.metrics, self.rate, self.reference = metrics, rate, reference
         self._random = random.Random(seed)
-        self._recent: dict[str, deque[bool]] = {}
+        self._recent: dict[tuple[str, str], deque[bool]] = {}  # by (model, reference)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def reference_for(self, served: Any, newest: dict[str, Any]) -> Any | None:
@@ -91,7 +91,7 @@ class AgreementSampler:
         served_p = softmax(np.asarray(outputs, dtype=np.float32))
         reference_p = softmax(np.asarray(result.outputs, dtype=np.float32))
         served_top, reference_top = served_p.argmax(axis=1), reference_p.argmax(axis=1)
-        recent = self._recent.setdefault(name, deque(maxlen=WINDOW))
+        recent = self._recent.setdefault(labels, deque(maxlen=WINDOW))
         for s_top, r_top, s_p, r_p in zip(
             served_top, reference_top, served_p.max(axis=1), reference_p.max(axis=1), strict=True
         ):

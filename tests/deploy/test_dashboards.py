@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,7 @@ def test_dashboard_covers_the_issue() -> None:
     exprs = " ".join(q.expr for q in dashboard_queries(DASHBOARD))
     for needle in (
         "sum by (status) (rate(rocketserve_requests_total",
-        'status=~"5..|429"',
+        'status=~"5.."',
         "histogram_quantile(0.5, sum by (model, le) (rate(rocketserve_request_latency_seconds",
         "histogram_quantile(0.95, sum by (model, le) (rate(rocketserve_request_latency_seconds",
         "histogram_quantile(0.99, sum by (model, le) (rate(rocketserve_request_latency_seconds",
@@ -104,6 +105,11 @@ def test_dashboard_covers_the_issue() -> None:
     ):
         assert metric in table, metric
     assert all(t["instant"] and t["format"] == "table" for t in by_type["table"]["targets"])
+    # only served versions: a retired one keeps its constant gauges, with model_info at 0
+    assert all(
+        re.search(r"rocketserve_model_info(\{[^}]*\})? == 1", t["expr"])
+        for t in by_type["table"]["targets"]
+    )
     charts = [p for p in panels(dashboard) if p["type"] == "xychart"]
     # Offline accuracy and live agreement with the teacher, each against live p99 latency.
     for metric in ("rocketserve_model_top1_accuracy", "rocketserve_agreement_ratio"):
@@ -135,6 +141,9 @@ def test_alert_rules_cover_the_issue() -> None:
     queue = rules["RocketserveQueueNearCapacity"]
     assert "rocketserve_queue_depth" in queue and "rocketserve_queue_capacity" in queue
     assert "rocketserve_model_ready == 0" in rules["RocketserveModelNotReady"]
+    assert "rocketserve_queue_capacity > 0" in rules["RocketserveModelNotReady"]  # not retired
+    assert "rocketserve_agreement_total" in rules["RocketserveAgreementDrop"]
+    assert "absent(up" in rules["RocketserveAbsent"]
 
 
 def test_dashboard_provider_points_at_the_mounted_dashboards() -> None:

@@ -148,3 +148,31 @@ async def test_a_blocked_reference_never_delays_the_client(
         assert queued <= 16 and dropped + queued + running == 30
         assert dropped >= 30 - 16 - running
         release.set()
+
+
+async def test_the_recent_ratio_is_kept_per_reference() -> None:
+    """When a model's reference changes (its teacher unloaded, say), the new pair's window starts
+    empty: the old reference's samples are not mixed into its ratio."""
+    from types import SimpleNamespace
+
+    from service.observability.metrics import ServiceMetrics
+    from service.repository.agreement import AgreementSampler
+
+    metrics = ServiceMetrics()
+    sampler = AgreementSampler(metrics, rate=1.0)
+    answer = np.array([[0.0, 5.0]], dtype=np.float32)  # class 1
+
+    def reference(name: str, logits: list[float]) -> SimpleNamespace:
+        async def submit(batch: np.ndarray) -> SimpleNamespace:
+            return SimpleNamespace(outputs=np.array([logits], dtype=np.float32))
+
+        return SimpleNamespace(name=name, batcher=SimpleNamespace(submit=submit))
+
+    agreeing, disagreeing = reference("a", [0.0, 3.0]), reference("b", [3.0, 0.0])
+    for _ in range(3):
+        await sampler._compare("m", agreeing, np.zeros((1, 2)), answer)
+    await sampler._compare("m", disagreeing, np.zeros((1, 2)), answer)
+    m = samples(metrics.exposition().decode())
+    ratio = "rocketserve_agreement_ratio"
+    assert m[(ratio, (("model", "m"), ("reference", "a")))] == 1.0
+    assert m[(ratio, (("model", "m"), ("reference", "b")))] == 0.0
