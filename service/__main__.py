@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from service.contract.model_card import (
     ModelCard,
@@ -18,7 +20,7 @@ from service.contract.model_card import (
 from service.http.uvicorn_hooks import arrival_protocol
 from service.inference.processes import choose_processes
 from service.observability.multiprocess import share_metrics_across_workers
-from service.repository.loading import verify_repository
+from service.repository.loading import select_versions, verified_versions, verify_repository
 from service.repository.registry import LoadFailure
 from service.settings import ENV_PREFIX, Settings
 
@@ -63,32 +65,75 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _one_line(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
-    field = f"{ENV_PREFIX}{where.upper()}" if where else "settings"
-    return f"invalid setting {field}: {first['msg']}"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if not where:  # a check across several settings names them in its message
+        return f"invalid settings: {message}"
+    return f"invalid setting {ENV_PREFIX}{where.upper()}: {message}"
 
 
 def check_repository(settings: Settings) -> tuple[list[LoadFailure], list[ModelCard]]:
     """What would keep model versions from being served, found before uvicorn starts, and the
     cards that could be read (the choice of worker processes needs them).
 
-    With ``strict_models`` every version is opened in ONNX Runtime (a corrupt file or a signature
-    that does not match its card is found here); otherwise only the cards are read, and the
-    service itself skips what it cannot load. No servable model at all is an error either way.
+    Every card is read and every version file checked against it (size, sha256), and each
+    model's version policy applied; with ``strict_models`` every version is also opened in ONNX
+    Runtime (a corrupt file or a signature that does not match its card is found here). No
+    servable model at all, or a ``default_model`` / ``agreement_reference`` naming none that is
+    served, is an error either way; otherwise the service itself skips what it cannot load.
     """
     failures = verify_repository(settings) if settings.strict_models else []
-    cards = []
+    broken = {(f.model, f.version) for f in failures}
+    cards, servable = [], set()
     for model_dir in model_dirs(settings.model_repository):
         try:
-            cards.append(read_manifest(model_dir))
-        except ModelRepositoryError as exc:
+            card = read_manifest(model_dir)
+            versions = verified_versions(model_dir, card)
+        except (ModelRepositoryError, OSError) as exc:
             if not settings.strict_models:  # verify_repository reported it already
                 failures.append(LoadFailure(model_dir.name, None, str(exc)))
-    servable = {d.name for d in model_dirs(settings.model_repository)}
-    servable -= {f.model for f in failures if f.version is None}
+            continue
+        cards.append(card)
+        good = []
+        for version, checked in versions.items():
+            if isinstance(checked, str):
+                if not settings.strict_models:
+                    failures.append(LoadFailure(card.name, version, checked))
+            elif (card.name, version) not in broken:
+                good.append(version)
+        policy = settings.policy_for(card.name)
+        if select_versions(policy, good):
+            servable.add(card.name)
+        elif good:
+            reason = f"version policy {policy!r} selects none of its versions {sorted(good)}"
+            failures.append(LoadFailure(card.name, None, reason))
     if not servable:
         reason = failures[0].line() if failures else "no model folders with a manifest.json"
         raise ModelRepositoryError(f"{settings.model_repository}: nothing to serve; {reason}")
+    for field in ("default_model", "agreement_reference"):
+        named = getattr(settings, field)
+        if named is not None and named.partition(":")[0] not in servable:
+            raise ModelRepositoryError(
+                f"{ENV_PREFIX}{field.upper()}={named!r} names no model served from "
+                f"{settings.model_repository} (served: {', '.join(sorted(servable))})"
+            )
     return failures, cards
+
+
+def mistyped_settings(environ: dict[str, str]) -> list[str]:
+    """``ROCKETSERVE_*`` variables that are no setting but look like one (a typo, ignored
+    otherwise): a warning each, with the setting meant. Other tools' variables
+    (``ROCKETSERVE_CIFAR10``, say) resemble no setting and are left alone."""
+    known = [name.upper() for name in Settings.model_fields]
+    warnings = []
+    for key in sorted(environ):
+        name = key.removeprefix(ENV_PREFIX)
+        if key.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            if close:
+                warnings.append(
+                    f"{key} is not a setting (ignored): did you mean {ENV_PREFIX}{close[0]}?"
+                )
+    return warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,12 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             # The factory (in every worker process) reads its settings from the environment.
             os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
+    for warning in mistyped_settings(dict(os.environ)):
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         settings = Settings()  # type: ignore[call-arg]  # model_repository comes from the env
         failures, cards = check_repository(settings)
         workers, why = choose_processes(settings, cards)
     except ValidationError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:  # a variable pydantic-settings cannot parse (JSON of a dict)
+        print(f"error: invalid setting: {exc}", file=sys.stderr)
         return 2
     except ModelRepositoryError as exc:
         print(f"error: {exc}", file=sys.stderr)

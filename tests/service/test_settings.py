@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from service.__main__ import main
+from service.__main__ import main, mistyped_settings
 from service.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +87,7 @@ def test_batching_off_allows_requests_bigger_than_a_batch(tmp_path: Path) -> Non
         (["--model-repository", ".", "--port", "70000"], "ROCKETSERVE_PORT"),
         (
             ["--model-repository", ".", "--intra-op-threads", "many"],
-            "ROCKETSERVE_INTRA_OP_THREADS: Value error, must be 'auto' or an integer from 0 to 256",
+            "ROCKETSERVE_INTRA_OP_THREADS: must be 'auto' or an integer from 0 to 256",
         ),
         (["--model-repository", ".", "--inference-workers", "0"], "ROCKETSERVE_INFERENCE_WORKERS"),
     ],
@@ -105,6 +107,55 @@ def test_cli_reports_a_broken_manifest(capsys: pytest.CaptureFixture[str], tmp_p
     assert main(["--model-repository", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not valid JSON" in err
+
+
+def _repo_copy(digits_repo: Path, tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    shutil.copytree(digits_repo, repo)
+    return repo
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    ("change", "argv", "message"),
+    [
+        # every model's files gone: the cards read, but nothing could be served
+        ("no files", [], "nothing to serve; model digits-logreg:1 "),
+        ("", ["--default-model", "nosuch"], "ROCKETSERVE_DEFAULT_MODEL='nosuch' names no model"),
+        ("policy", [], "version policy 'specific:5' selects none of its versions"),
+        ("policies", [], "invalid setting: "),
+    ],
+    ids=["files missing", "unknown default", "policy selects nothing", "unparsable JSON"],
+)
+def test_a_repository_that_would_serve_nothing_is_refused_before_uvicorn(
+    capsys: pytest.CaptureFixture[str],
+    digits_repo: Path,
+    tmp_path: Path,
+    change: str,
+    argv: list[str],
+    message: str,
+) -> None:
+    """Caught in the parent, one line: each worker would otherwise die with a traceback."""
+    repo = _repo_copy(digits_repo, tmp_path)
+    if change == "no files":
+        for onnx_file in repo.glob("*/*/model.onnx"):
+            onnx_file.unlink()
+    elif change == "policy":
+        os.environ[f"{ENV_PREFIX}VERSION_POLICY"] = "specific:5"
+    elif change == "policies":
+        os.environ[f"{ENV_PREFIX}MODEL_VERSION_POLICIES"] = "notjson"
+    assert main(["--model-repository", str(repo), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_a_mistyped_setting_is_named_with_the_one_meant() -> None:
+    environ = {"ROCKETSERVE_MAX_BATCHSIZE": "8", "ROCKETSERVE_CIFAR10": "/data", "HOME": "/root"}
+    assert mistyped_settings(environ) == [
+        "ROCKETSERVE_MAX_BATCHSIZE is not a setting (ignored): did you mean "
+        "ROCKETSERVE_MAX_BATCH_SIZE?"
+    ]
+    assert mistyped_settings({"ROCKETSERVE_MAX_BATCH_SIZE": "8"}) == []
 
 
 def test_a_cgroup_cpu_quota_caps_the_usable_cores(tmp_path: Path) -> None:
