@@ -25,6 +25,14 @@ from typing import Any
 
 import httpx
 
+from loadtest.cli import (
+    CommandError,
+    http_url,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 from loadtest.machine import machine_description
 from loadtest.payloads import ModelInfo, images_for, parse_models
 from loadtest.plots import plot_all
@@ -65,7 +73,7 @@ CSV_FIELDS = (
 )
 
 
-class BenchError(Exception):
+class BenchError(CommandError):
     """A user-facing failure of the bench (bad arguments, service did not start)."""
 
 
@@ -290,7 +298,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     where = p.add_argument_group("target (one of them, or both for --url with a raw ceiling)")
     where.add_argument("--model-repository", type=Path, help="start the service on this repo")
-    where.add_argument("--url", help="bench a running service instead of starting one")
+    where.add_argument(
+        "--url", type=http_url, help="bench a running service instead of starting one"
+    )
     p.add_argument("--models", default="", help="comma-separated model names (default: all)")
     p.add_argument("--concurrency", default=",".join(map(str, FULL_CONCURRENCY)))
     p.add_argument("--batching", default="off,on", help="modes to sweep: off,on")
@@ -301,12 +311,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="lean",
         help="load generator: lean asyncio HTTP/1.1 (cheap) or httpx",
     )
-    p.add_argument("--duration", type=float, default=4.0, help="measured seconds per point")
-    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per point")
     p.add_argument(
-        "--raw-time", type=float, default=1.0, help="seconds per raw (thread layout, batch size)"
+        "--duration", type=positive_float, default=4.0, help="measured seconds per point"
     )
-    p.add_argument("--max-batch-size", type=int, default=32, help="service max_batch_size")
+    p.add_argument(
+        "--warmup", type=non_negative_float, default=1.0, help="unmeasured seconds per point"
+    )
+    p.add_argument(
+        "--raw-time",
+        type=positive_float,
+        default=1.0,
+        help="seconds per raw (thread layout, batch size)",
+    )
+    p.add_argument("--max-batch-size", type=positive_int, default=32, help="service max_batch_size")
     p.add_argument(
         "--ort-threads",
         default="auto",
@@ -328,10 +345,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="py-spy the service at every point (started only)"
     )
     p.add_argument("--overload", action="store_true", help="run the overload scenario instead")
-    p.add_argument("--overload-seconds", type=float, default=60.0)
-    p.add_argument("--overload-factor", type=float, default=4.0)
-    p.add_argument("--timeout-ms", type=float, default=1000.0, help="service request timeout")
-    p.add_argument("--queue-size", type=int, default=256, help="service max_queue_size (overload)")
+    p.add_argument("--overload-seconds", type=positive_float, default=60.0)
+    p.add_argument("--overload-factor", type=positive_float, default=4.0)
+    p.add_argument(
+        "--timeout-ms", type=positive_float, default=1000.0, help="service request timeout"
+    )
+    p.add_argument(
+        "--queue-size", type=positive_int, default=256, help="service max_queue_size (overload)"
+    )
     args = p.parse_args(argv)
     if not args.model_repository and not args.url:
         p.error("give --model-repository DIR (start the service) or --url URL")
@@ -383,4 +404,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

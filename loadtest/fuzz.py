@@ -42,6 +42,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, seed
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from loadtest.cli import http_url, non_negative_float, positive_int, run_cli
 from loadtest.fuzz_cases import (
     FuzzCase,
     Served,
@@ -328,23 +329,29 @@ def summary(tally: Tally, url: str, seed_value: int, seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=10_000, help="requests to send in all")
+    parser.add_argument(
+        "--requests", type=positive_int, default=10_000, help="requests to send in all"
+    )
     parser.add_argument(
         "--repository", type=Path, default=Path("models"), help="model repository to serve"
     )
-    parser.add_argument("--url", help="fuzz a service already running there instead")
+    parser.add_argument("--url", type=http_url, help="fuzz a service already running there instead")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same requests")
     parser.add_argument("--sources", default=",".join(SOURCES), help=f"a subset of {SOURCES}")
-    parser.add_argument("--pause-ms", type=float, default=0.0, help="pause between requests")
+    parser.add_argument(
+        "--pause-ms", type=non_negative_float, default=0.0, help="pause between requests"
+    )
     parser.add_argument("--save", type=Path, help="folder to write each bug's request to")
     args = parser.parse_args(argv)
     sources = tuple(s for s in args.sources.split(",") if s)
     if not sources or set(sources) - set(SOURCES):
         parser.error(f"--sources: choose among {SOURCES}")
+    if not args.url and not args.repository.is_dir():
+        parser.error(f"--repository {args.repository}: not a folder")
     started = time.monotonic()
     pause_s = args.pause_ms / 1000.0
     if args.url:
-        url = args.url.rstrip("/")
+        url = args.url
         tally = run_campaign(url, args.requests, args.seed, sources, pause_s)
     else:
         log = Path(tempfile.mkdtemp(prefix="rocketserve-fuzz-")) / "service.log"
@@ -364,4 +371,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

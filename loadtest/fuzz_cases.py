@@ -79,13 +79,20 @@ class Served:
 
     @classmethod
     def read(cls, url: str) -> Served:
-        """Ask the service at ``url``."""
-        models = httpx.get(url + "/models", timeout=30).json()["models"]
-        return cls(
-            names=tuple(m["name"] for m in models),
-            versions=tuple(f"{m['name']}:{v['version']}" for m in models for v in m["versions"]),
-            shapes=tuple(sorted({tuple(m["input"]["shape"]) for m in models})),
-        )
+        """Ask the service at ``url``; ValueError when what answers is not the service."""
+        resp = httpx.get(url + "/models", timeout=30)
+        resp.raise_for_status()
+        try:
+            models = resp.json()["models"]
+            return cls(
+                names=tuple(m["name"] for m in models),
+                versions=tuple(
+                    f"{m['name']}:{v['version']}" for m in models for v in m["versions"]
+                ),
+                shapes=tuple(sorted({tuple(m["input"]["shape"]) for m in models})),
+            )
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{url}/models: not the service's list of models") from None
 
 
 def form(parts: list[tuple[bytes, bytes]], boundary: bytes, eol: bytes = b"\r\n") -> bytes:

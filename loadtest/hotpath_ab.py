@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from loadtest.cli import positive_float, positive_int, run_cli
 from loadtest.served_report import Row, machine
 from loadtest.served_vs_raw import Server, pick_model
 from service.contract.model_card import ModelCard
@@ -57,6 +59,23 @@ def apply(variant: str) -> None:
         responses.dump_json = cast(Any, orjson.dumps)
     else:
         raise SystemExit(f"error: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+
+
+def variant_problem(variant: str) -> str | None:
+    """Why ``variant`` cannot run here (not a variant, no orjson, no such revision), or None."""
+    if variant.startswith("git:"):
+        rev = variant[4:]
+        found = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+            capture_output=True,
+            check=False,
+        )
+        return None if rev and found.returncode == 0 else f"{variant}: no such git revision"
+    if variant not in VARIANTS:
+        return f"unknown variant {variant!r}; known: {', '.join(VARIANTS)} or git:REV"
+    if variant == "orjson" and importlib.util.find_spec("orjson") is None:
+        return "variant orjson: orjson is not installed"
+    return None
 
 
 def serve(argv: list[str]) -> int:
@@ -125,16 +144,26 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.hotpath_ab", description=__doc__)
     p.add_argument("--model-repository", type=Path, default=Path("models"))
     p.add_argument("--model", default="cifar10-kd-wrn-16-1-int8")
-    p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--seconds", type=float, default=4.0, help="measured seconds per point")
+    p.add_argument(
+        "--variants",
+        help=f"comma-separated (default: those of {', '.join(VARIANTS)} that run here)",
+    )
+    p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--seconds", type=positive_float, default=4.0, help="measured seconds per point")
     p.add_argument("--image", type=Path, default=DEFAULT_JPEG, help="the JPEG every request sends")
     args = p.parse_args(argv)
-    variants = args.variants.split(",")
+    if args.variants is None:  # orjson only where it is installed
+        variants = [v for v in VARIANTS if variant_problem(v) is None]
+    else:
+        variants = [v for v in args.variants.split(",") if v]
     if "current" not in variants:
         variants.insert(0, "current")
-    card, _ = pick_model(args.model_repository, args.model)
+    problems = [why for why in map(variant_problem, variants) if why]
+    if problems:
+        p.error(f"--variants: {'; '.join(problems)}")
+    # Everything a round needs is read before the first server starts.
     payload = multipart_payload(args.image.read_bytes())
+    card, _ = pick_model(args.model_repository, args.model)
     results: dict[str, list[tuple[Row, Row]]] = {v: [] for v in variants}
     with contextlib.ExitStack() as stack:
         trees = {v: stack.enter_context(worktree(v[4:])) for v in variants if v.startswith("git:")}
@@ -176,4 +205,4 @@ def _range(values: list[float], fmt: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from loadtest.cli import CommandError, positive_int, run_cli
 from loadtest.machine import load_average, machine_description
 from loadtest.server import start_service
 
@@ -61,7 +62,7 @@ def run(repository: Path, out: Path, users: int, spawn_rate: int, seconds: int) 
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
                               timeout=seconds + 120)  # fmt: skip
     if not (out / STATS).is_file():
-        raise RuntimeError(f"locust wrote no stats (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        raise CommandError(f"locust wrote no stats (exit {proc.returncode}): {proc.stderr[-2000:]}")
     header = [
         f"machine: {machine_description()}; load average at the end: {load_average()}",
         f"locust -u {users} -r {spawn_rate} -t {seconds}s against python -m service "
@@ -76,11 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run it; exit 1 if any request failed."""
     parser = argparse.ArgumentParser(prog="python -m loadtest.locust_run", description=__doc__)
     parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
-    parser.add_argument("--users", type=int, default=32)
-    parser.add_argument("--spawn-rate", type=int, default=8)
-    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--users", type=positive_int, default=32)
+    parser.add_argument("--spawn-rate", type=positive_int, default=8)
+    parser.add_argument("--seconds", type=positive_int, default=30)
     parser.add_argument("--out", type=Path, default=Path("locust-out"))
     args = parser.parse_args(argv)
+    if not args.model_repository.is_dir():
+        parser.error(f"--model-repository {args.model_repository}: not a folder")
     lines = run(args.model_repository, args.out, args.users, args.spawn_rate, args.seconds)
     print("\n".join(lines))
     failures = next(int(line.split(": ")[1].replace(",", "")) for line in lines
@@ -89,4 +92,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from loadtest.cli import positive_int, run_cli
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_CIFAR10 = Path("/work/shared/datasets/cifar10")
@@ -61,19 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cifar10", type=Path, default=DEFAULT_CIFAR10)
-    parser.add_argument("--per-class", type=int, default=2)
+    parser.add_argument("--per-class", type=positive_int, default=2)
     parser.add_argument("--out", type=Path, default=DATA_DIR)
     args = parser.parse_args(argv)
-    try:
-        digits = write_digits(args.out / "digits", args.per_class)
-        cifar = copy_cifar10(args.cifar10, args.out / "cifar10", args.per_class)
-    except (OSError, ValueError) as exc:
-        print(f"make_data: error: {exc}", file=sys.stderr)
-        return 2
+    if not (args.cifar10 / "test").is_dir():
+        parser.error(f"--cifar10 {args.cifar10}: CIFAR-10 test split not found")
+    digits = write_digits(args.out / "digits", args.per_class)
+    cifar = copy_cifar10(args.cifar10, args.out / "cifar10", args.per_class)
     total = sum(p.stat().st_size for p in [*digits, *cifar])
     print(f"wrote {len(digits)} digits PNGs and {len(cifar)} CIFAR-10 JPEGs ({total} bytes)")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from loadtest.cli import CommandError, http_url, non_negative_float, positive_float, run_cli
 from loadtest.machine import load_average, machine_description
 from loadtest.payloads import images_for
 from loadtest.ramp_load import Candidate, RampStep, candidates_from, routed_requests, run_step
@@ -46,7 +47,7 @@ FULL_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
 QUICK_CONCURRENCY = (1, 2)
 
 
-class RampError(Exception):
+class RampError(CommandError):
     """A user-facing failure of the ramp (service did not start, nothing to route to)."""
 
 
@@ -162,14 +163,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtest.ramp", description=__doc__.splitlines()[0])
     where = p.add_argument_group("target (one of them)")
     where.add_argument("--model-repository", type=Path, help="start the service on this repo")
-    where.add_argument("--url", help="load a running service instead of starting one")
+    where.add_argument(
+        "--url", type=http_url, help="load a running service instead of starting one"
+    )
     p.add_argument(
-        "--latency-budget-ms", type=float, required=True, help="objective of every request"
+        "--latency-budget-ms",
+        type=positive_float,
+        required=True,
+        help="objective of every request",
     )
     p.add_argument("--family", help="route only among models of this data set")
     p.add_argument("--concurrency", help="comma-separated clients per step (default 1,2,...,64)")
-    p.add_argument("--step-seconds", type=float, default=10.0, help="measured seconds per step")
-    p.add_argument("--warmup-seconds", type=float, default=3.0, help="unrecorded, first level")
+    p.add_argument(
+        "--step-seconds", type=positive_float, default=10.0, help="measured seconds per step"
+    )
+    p.add_argument(
+        "--warmup-seconds", type=non_negative_float, default=3.0, help="unrecorded, first level"
+    )
     p.add_argument("--out", type=Path, default=Path("ramp-out"))
     p.add_argument("--quick", action="store_true", help="c=1,2, 0.5 s steps (for tests)")
     args = p.parse_args(argv)
@@ -177,8 +187,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("give --model-repository DIR (start the service) or --url URL, not both")
     if args.model_repository and not args.model_repository.is_dir():
         p.error(f"--model-repository {args.model_repository}: not a folder")
-    if not args.latency_budget_ms > 0:
-        p.error("--latency-budget-ms must be above 0")
     default = QUICK_CONCURRENCY if args.quick else FULL_CONCURRENCY
     try:
         levels = [int(c) for c in (args.concurrency or "").split(",") if c.strip()]
@@ -189,8 +197,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.concurrency = levels or list(default)
     if args.quick:
         args.step_seconds, args.warmup_seconds = 0.5, 0.3
-    if not args.step_seconds > 0 or args.warmup_seconds < 0:
-        p.error("--step-seconds must be above 0 and --warmup-seconds at least 0")
     return args
 
 
@@ -223,4 +229,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

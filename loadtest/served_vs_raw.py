@@ -31,6 +31,7 @@ import onnxruntime as ort
 from PIL import Image
 from pydantic import ValidationError
 
+from loadtest.cli import non_negative_float, positive_float, positive_int, run_cli
 from loadtest.raw import SEARCH_BATCH_SIZES, RawCeiling, RawCell, search_layouts
 from loadtest.served_report import Row, order, raw_rows, report, targets_for
 from service.contract.model_card import (
@@ -251,10 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         "--model-repository", type=Path, default=Path("models"), help="default: models/"
     )
     parser.add_argument("--model", help="model name (default: the one with the most MACs)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured time per level")
+    parser.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 8, 64])
     parser.add_argument(
-        "--raw-seconds", type=float, default=1.0, help="raw time per (thread layout, batch size)"
+        "--seconds", type=positive_float, default=3.0, help="measured time per level"
+    )
+    parser.add_argument(
+        "--raw-seconds",
+        type=positive_float,
+        default=1.0,
+        help="raw time per (thread layout, batch size)",
     )
     parser.add_argument(
         "--threads",
@@ -264,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", default="auto", help="service worker processes: auto (default) or a count"
     )
-    parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    parser.add_argument("--max-queue-delay-ms", type=non_negative_float, default=2.0)
     parser.add_argument(
         "--provider",
         choices=sorted(PROVIDERS),
@@ -346,4 +352,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -46,6 +46,11 @@ class RunningService:
         """Resident memory of the server and its worker processes, 0 when it is gone."""
         return tree_rss_bytes(self.pid)
 
+    def last_log_line(self) -> str:
+        """The last non-empty line the server wrote (its own ``error: ...``, or a traceback's)."""
+        lines = [line for line in self.log_tail().splitlines() if line.strip()]
+        return lines[-1].strip() if lines else ""
+
     def log_tail(self, n: int = 30) -> str:
         """The last ``n`` lines the server wrote."""
         try:
@@ -101,7 +106,9 @@ def start_service(
         try:
             wait_ready(url, process, ready_timeout_s)
         except ServiceStartError as exc:
-            raise ServiceStartError(f"{exc}; server log:\n{running.log_tail()}") from None
+            # One line: what the server said last, and where the whole log is.
+            said = running.last_log_line() or "nothing"
+            raise ServiceStartError(f"{exc}; it said: {said} (log: {log_path})") from None
         yield running
     finally:
         stop(process)

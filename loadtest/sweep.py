@@ -115,6 +115,11 @@ async def run_point(
     client: ClientKind = "lean",
 ) -> PointResult:
     """``concurrency`` workers each send one image per request, back to back, for a while."""
+    if not (0 < duration_s < float("inf") and 0 <= warmup_s < float("inf")):
+        raise ValueError(
+            f"a load point needs a finite duration above 0 (got {duration_s} s) "
+            f"and a finite warm-up of at least 0 (got {warmup_s} s)"
+        )
     bodies = [encode_request(model, [img], payload) for img in images]
     stats = PointStats()
     begin = time.perf_counter()

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from loadtest.cli import fail, run_cli
 
 HEADER = (
     "| model (top-1) | batching | concurrency | served img/s | p50 ms | p99 ms | mean batch "
     "| raw ORT img/s (at batch) | served/raw | service CPU ms/req |\n"
     "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+COLUMNS = (
+    "model",
+    "batching",
+    "concurrency",
+    "throughput_rps",
+    "p50_ms",
+    "p99_ms",
+    "mean_batch",
+    "raw_images_per_s",
+    "raw_batch_size",
+    "served_over_raw",
+    "server_cpu_ms_per_req",
 )
 
 
@@ -42,15 +56,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with args.csv.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            rows = list(reader)
     except OSError as exc:
-        print(f"error: cannot read {args.csv}: {exc.strerror}", file=sys.stderr)
-        return 2
+        return fail(f"cannot read {args.csv}: {exc.strerror}")
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        return fail(f"{args.csv}: not a bench CSV (no column {', '.join(missing)})")
     levels = {int(c) for c in args.concurrency.split(",") if c.strip()} or None
+    lines = markdown_rows(rows, levels)
+    if not lines:
+        at = "" if levels is None else f" at concurrency {args.concurrency}"
+        return fail(f"{args.csv}: no rows{at}")
     print(HEADER)
-    print("\n".join(markdown_rows(rows, levels)))
+    print("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))
