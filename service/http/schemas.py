@@ -158,10 +158,11 @@ class ErrorResponse(BaseModel):
 
 # The error answers of POST /predict, by status: what a client can see and why.
 PREDICT_ERRORS: dict[int, str] = {
-    400: "Empty body, not an image, truncated image, bad base64, JSON or multipart.",
+    400: "Empty body, not an image, truncated image, bad base64, JSON, multipart or gzip/deflate "
+    "body.",
     404: "Unknown model or version.",
     413: "Body, image pixel count or number of inputs over a limit.",
-    415: "Unsupported content type.",
+    415: "Unsupported content type or Content-Encoding (gzip, deflate or none).",
     422: "Readable but invalid: tensor shape/dtype/rank or non-finite values, unknown field, "
     "top_k out of range, an objective no model meets (the answer names the best candidates).",
     408: "The body did not arrive within the body-read timeout; the connection is closed.",

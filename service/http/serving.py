@@ -25,6 +25,7 @@ from service.http.responses import Reply, error_reply
 from service.http.state import ServiceState
 from service.http.uvicorn_hooks import arrival
 from service.inference.batcher import BatchResult
+from service.inputs.encoding import decode_body
 from service.repository.registry import ModelRegistry, ServedModel
 from service.repository.routing import Objective
 
@@ -93,6 +94,7 @@ async def serve(
                 header(scope, b"content-length"),
                 started + settings.body_read_timeout_s,
             )
+            body = decode_body(body, header(scope, b"content-encoding"), settings.max_body_bytes)
             resolver = Resolver(registry)
             prepared = await prepare(body, resolver)
             served = prepared.served

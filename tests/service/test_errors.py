@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import struct
@@ -327,6 +328,36 @@ async def small_client(make_settings: Callable[..., Settings]) -> AsyncIterator[
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             yield c
+
+
+async def test_compressed_bodies_are_decoded_within_the_body_limit(
+    shared: httpx.AsyncClient, small_client: httpx.AsyncClient
+) -> None:
+    body = json.dumps({"tensor": GOOD_TENSOR}).encode()
+    plain = await shared.post(
+        "/predict", content=body, headers={"content-type": "application/json"}
+    )
+    assert plain.status_code == 200
+    for coding, packed in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
+        headers = {"content-type": "application/json", "content-encoding": coding}
+        r = await shared.post("/predict", content=packed, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"] == plain.json()["predictions"]
+    refusals = [
+        ("br", b"x", 415, "unsupported_encoding"),
+        ("gzip", b"not gzip at all", 400, "invalid_encoding"),
+        ("gzip", gzip.compress(body)[:-12], 400, "invalid_encoding"),  # cut short
+    ]
+    for coding, content, status, code in refusals:
+        headers = {"content-type": "application/json", "content-encoding": coding}
+        r = await shared.post("/predict", content=content, headers=headers)
+        assert r.status_code == status and r.json()["error"]["code"] == code, r.text
+    # 1 MiB of zeros in about 1 KiB: refused once decoded past the 4 KiB limit, not inflated
+    bomb = gzip.compress(b"0" * 2**20)
+    assert len(bomb) < 4096
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    r = await small_client.post("/predict", content=bomb, headers=headers)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large", r.text
 
 
 async def test_body_over_limit_is_413_declared_or_streamed(small_client: httpx.AsyncClient) -> None:

@@ -90,6 +90,24 @@ def test_infer_equals_onnx_runtime(client: object, digits_repo: Path, binary: bo
     )
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_compressed_requests_as_tritonclient_sends_them(
+    client: object, digits_repo: Path, compression: str
+) -> None:
+    x = tensor(4, seed=2)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    result = client.infer(  # type: ignore[attr-defined]
+        "digits-logreg", [inp], request_compression_algorithm=compression
+    )
+    np.testing.assert_allclose(
+        result.as_numpy("logits"),
+        reference(digits_repo, "digits-logreg", 2, x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
 def test_classification_extension(client: object, digits_repo: Path) -> None:
     x = tensor(2, seed=1)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
