@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from starlette.types import Receive, Scope
 
-from service.errors import BadRequest, PayloadTooLarge
+from service.errors import BadRequest, NotFound, PayloadTooLarge
 from service.http.asgi_io import header
 from service.http.responses import Reply, dump_json
 from service.http.serving import Prepared, Resolver, serve
@@ -51,7 +51,10 @@ def is_infer(path: str) -> bool:
 
 
 def model_spec(name: str, version: str | None) -> str:
-    """The registry's selector of a model (and version) named in a v2 path."""
+    """The registry's selector of a model (and version) named in a v2 path: a name holding the
+    registry's own ``name:version`` separator names no model (versions go in ``/versions/``)."""
+    if ":" in name:
+        raise NotFound(f"unknown model {name!r}", code="unknown_model")
     return name if not version else f"{name}:{version}"
 
 
@@ -61,8 +64,8 @@ async def infer(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
     match = INFER_PATH.match(scope["path"])
 
     async def prepare(body: bytes, models: Resolver) -> Prepared:
-        if match is None:
-            raise BadRequest(f"{scope['path']} is not an infer path")
+        if match is None:  # /v2/models/a/b/infer: no such model or route
+            raise NotFound(f"{scope['path']} names no model", code="not_found")
         name, version = match.group(1), match.group(2)
         header_length = header(scope, b"inference-header-content-length")
         note = None

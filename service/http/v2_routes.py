@@ -11,12 +11,13 @@ Errors are ``{"error": "message"}`` (``service.http.responses``, dialect "v2").
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from service.errors import NotFound, ServiceError
+from service.errors import BadRequest, NotFound, ServiceError
 from service.http.responses import json_reply
 from service.http.state import registry_of, state_of
 from service.http.v2_infer import model_spec
@@ -75,6 +76,32 @@ def model_metadata(registry: ModelRegistry, served: ServedModel) -> dict[str, An
     }
 
 
+def _unsupported(what: str, instead: str) -> NotFound:
+    return NotFound(f"{what} is not supported by this server; {instead}", code="not_found")
+
+
+@router.get("/models/stats", summary="Statistics extension (not supported)")
+@router.get("/models/{name}/stats", summary="Statistics extension (not supported)")
+@router.get("/models/{name}/versions/{version}/stats", summary="Statistics (not supported)")
+async def statistics(request: Request) -> Response:
+    """The statistics extension is not offered: 404 with where the figures are instead."""
+    raise _unsupported(
+        "the statistics extension", "GET /metrics has per-model counts and latency histograms"
+    )
+
+
+@router.get("/models/{name}/config", summary="Model configuration (not supported)")
+@router.get(
+    "/models/{name}/versions/{version}/config", summary="Model configuration (not supported)"
+)
+async def model_config(request: Request) -> Response:
+    """Triton's model configuration is not offered: 404 with where the same facts are."""
+    raise _unsupported(
+        "the model configuration endpoint",
+        "GET /v2/models/{name} has the inputs and outputs, GET /models/{name} the model card",
+    )
+
+
 @router.get("/models/{name}", summary="Model metadata (v2)")
 async def get_model(request: Request, name: str) -> dict[str, Any]:
     """Metadata of the model's default (newest loaded) version."""
@@ -106,10 +133,31 @@ async def model_version_ready(request: Request, name: str, version: str) -> Resp
     return _ready(request, name, version)
 
 
+async def _json_object(request: Request, what: str) -> dict[str, Any]:
+    """The request's JSON object body ({} for an empty one); 400 for anything else."""
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest(f"the {what} request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"the {what} request body must be a JSON object")
+    return value
+
+
 @router.post("/repository/index", summary="Model repository index (v2)")
 async def repository_index(request: Request) -> Response:
-    """Every model of the repository folder and version loaded, with its state."""
-    return json_reply(registry_of(request).index()).as_response()
+    """Every model of the repository folder and version loaded, with its state; with
+    ``{"ready": true}``, only the versions ready to serve."""
+    ready = (await _json_object(request, "index")).get("ready", False)
+    if not isinstance(ready, bool):
+        raise BadRequest("'ready' must be true or false")
+    entries = registry_of(request).index()
+    if ready:
+        entries = [e for e in entries if e["state"] == "READY"]
+    return json_reply(entries).as_response()
 
 
 def _authorised(request: Request) -> None:
@@ -146,6 +194,15 @@ async def load_model(request: Request, name: str) -> Response:
     the new versions are loaded and warmed beside the old, switched to at once, and the old
     ones finish what they accepted before they are released."""
     _authorised(request)
+    parameters = (await _json_object(request, "load")).get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("'parameters' must be an object")
+    overrides = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
+    if overrides:
+        raise BadRequest(
+            f"load parameters {overrides} are not supported: a model is loaded from its folder "
+            "in the repository as it is (its card and ONNX files); change them there"
+        )
     await registry_of(request).load_model(name)
     return _empty(200)
 

@@ -161,7 +161,7 @@ def test_errors_are_v2_errors(client: object, server: tuple[str, str]) -> None:
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
 
 
-def test_repository_index_load_and_unload(client: object) -> None:
+def test_repository_index_load_and_unload(client: object, server: tuple[str, str]) -> None:
     index = client.get_model_repository_index()
     assert {(m["name"], m.get("version")) for m in index} >= {
         ("digits-logreg", "1"),
@@ -174,11 +174,43 @@ def test_repository_index_load_and_unload(client: object) -> None:
     assert not client.is_model_ready("digits-slow")
     states = {m["name"]: m["state"] for m in client.get_model_repository_index()}
     assert states["digits-slow"] == "UNAVAILABLE"
+    ready_only = httpx.post(f"{server[0]}/v2/repository/index", json={"ready": True})
+    assert "digits-slow" not in {m["name"] for m in ready_only.json()}
+    assert {m["state"] for m in ready_only.json()} == {"READY"}
+    # Triton's load overrides (config, files) are refused, not silently ignored
+    with pytest.raises(InferenceServerException) as caught:
+        client.load_model("digits-slow", headers=AUTH, config='{"max_batch_size": 1}')
+    assert caught.value.status() == "400" and "['config'] are not supported" in str(caught.value)
+    assert not client.is_model_ready("digits-slow")
     client.load_model("digits-slow", headers=AUTH)
     assert client.is_model_ready("digits-slow")
     inp = httpclient.InferInput("input", [1, 1, 8, 8], "FP32")
     inp.set_data_from_numpy(tensor(1))
     assert client.infer("digits-slow", [inp]).get_response()["model_name"] == "digits-slow"
+
+
+def test_what_the_server_does_not_offer_is_a_clear_404(
+    client: object, server: tuple[str, str]
+) -> None:
+    for call in (
+        lambda: client.get_inference_statistics(),  # type: ignore[attr-defined]
+        lambda: client.get_inference_statistics("digits-logreg"),  # type: ignore[attr-defined]
+        lambda: client.get_model_config("digits-logreg"),  # type: ignore[attr-defined]
+    ):
+        with pytest.raises(InferenceServerException) as caught:
+            call()
+        assert caught.value.status() == "404" and "is not supported" in str(caught.value)
+    url = server[0]
+    # the registry's name:version is not a v2 model name; a path of two segments names no model
+    assert httpx.get(url + "/v2/models/digits-logreg:1").status_code == 404
+    body = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                        "data": [0.0] * 64}]}  # fmt: skip
+    r = httpx.post(url + "/v2/models/digits-logreg:1/infer", json=body)
+    assert r.status_code == 404 and "unknown model 'digits-logreg:1'" in r.json()["error"]
+    r = httpx.post(url + "/v2/models/a%2Fb/infer", json=body)
+    assert r.status_code == 404 and set(r.json()) == {"error"}
+    r = httpx.post(url + "/v2/repository/index", content=b"{not json")
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
 
 
 def test_repository_api_is_refused_without_a_configured_key(digits_repo: Path) -> None:
