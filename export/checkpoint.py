@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,15 +67,24 @@ def save_trained(path: str | Path, model: nn.Module, meta: TrainedMeta) -> Path:
     return path
 
 
+def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with weights only; a corrupt or foreign file is one ArtifactError line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about a foreign pickle before refusing it
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # torch raises many types, with pages of advice, for a corrupt file
+        raise ArtifactError(
+            f"{path}: not a readable torch file (corrupt, truncated, or not written by rocketserve)"
+        ) from None
+
+
 def load_trained(path: str | Path) -> tuple[nn.Module, TrainedMeta]:
     """Rebuild the network with build_model, load its weights (strictly) and put it in eval mode."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: trained artifact not found")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise ArtifactError(f"{path}: not a readable torch file ({exc})") from None
+    blob = read_torch_file(path)
     if not isinstance(blob, dict) or blob.get("format") != ARTIFACT_FORMAT:
         raise ArtifactError(f"{path}: not a rocketserve trained artifact ({ARTIFACT_FORMAT})")
     meta = TrainedMeta.from_dict(blob["meta"])

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from export.cli_errors import fail, guard
+from export.cli_errors import fail, guard, non_negative_int, positive_int
 
 
 def _profile_settings(args: argparse.Namespace) -> Any:
@@ -27,10 +27,13 @@ def _profile_settings(args: argparse.Namespace) -> Any:
 def _add_profile_args(
     parser: argparse.ArgumentParser, threads_help: str = "intra-op threads (0: all cores)"
 ) -> None:
-    parser.add_argument("--threads", type=int, default=0, help=threads_help)
+    parser.add_argument("--threads", type=non_negative_int, default=0, help=threads_help)
     parser.add_argument("--provider", default="auto", help="auto, CPUExecutionProvider, ...")
     parser.add_argument(
-        "--profile-runs", type=int, default=50, help="timed runs per batch size (default 50)"
+        "--profile-runs",
+        type=positive_int,
+        default=50,
+        help="timed runs per batch size (default 50)",
     )
 
 

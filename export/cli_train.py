@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from export.cli_errors import fail
+from export.cli_errors import fail, float_at_least, positive_int
 from export.distill import METHODS
 from export.models import ARCHITECTURES, is_architecture
 
@@ -183,10 +183,12 @@ def register(sub: Any) -> None:
         "--archs", nargs="*", type=_architecture, help="default: the CIFAR ones (any name of "
         "a family, e.g. wrn-28-2 or shallow-2-96)"
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per architecture")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument(
+        "--seconds", type=float_at_least(0), default=3.0, help="timed seconds per architecture"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     p.add_argument(
         "--precision",

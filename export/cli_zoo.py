@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from export.cli_errors import fail, guard
+from export.cli_errors import fail, float_at_least, guard, non_negative_int, positive_int
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
@@ -37,12 +37,14 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 def cmd_zoo_plan(args: argparse.Namespace) -> int:
     """Price every entry of a zoo config in CPU-hours from img/s measured here, before training."""
     from export.data import load_dataset
+    from export.zoo import check_entries
     from export.zoo_config import config_path, load_zoo_config
     from export.zoo_plan import architectures, format_plan, measure_rates, plan_record, plan_zoo
     from export.zoo_plan_record import write_plan_record
 
     path = args.config or config_path(args.dataset)
     config = load_zoo_config(path)
+    check_entries(config)
     data = load_dataset(config["dataset"], args.data_dir or config.get("data_dir"))
     defaults = config.get("defaults", {})
     archs = architectures(config)
@@ -69,10 +71,12 @@ def cmd_zoo_plan(args: argparse.Namespace) -> int:
 
 def cmd_zoo_status(args: argparse.Namespace) -> int:
     """Show where a zoo run stands: each entry's epochs, test top-1, img/s and time left."""
+    from export.zoo import check_entries
     from export.zoo_config import config_path, load_zoo_config
     from export.zoo_status import format_status, zoo_status
 
     config = load_zoo_config(args.config or config_path(args.dataset))
+    check_entries(config)
     work = _zoo_work(args)
     print(format_status(zoo_status(config, work), work))
     return 0
@@ -116,10 +120,16 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="model repository to write")
     p.add_argument("--data-dir", help="data set folder (cifar10)")
     p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
-    p.add_argument("--max-epochs", type=float, help="cap every entry's epochs (smoke runs)")
-    p.add_argument("--max-train-images", type=int, help="cap the training images")
-    p.add_argument("--profile-runs", type=int, help="timed runs per batch size (default: config)")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: config/all)")
+    p.add_argument(
+        "--max-epochs", type=float_at_least(1), help="cap every entry's epochs (smoke runs)"
+    )
+    p.add_argument("--max-train-images", type=positive_int, help="cap the training images")
+    p.add_argument(
+        "--profile-runs", type=positive_int, help="timed runs per batch size (default: config)"
+    )
+    p.add_argument(
+        "--threads", type=non_negative_int, default=0, help="intra-op threads (0: config/all)"
+    )
     p.add_argument("--provider", default=None, help="ONNX Runtime provider (default: config)")
     p.add_argument(
         "--only",
@@ -134,13 +144,15 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--lanes",
-        type=int,
+        type=positive_int,
         default=1,
         help="train the entries in this many parallel processes, each with its share of the "
         "cores and its own log in the work dir, each once its prerequisites are done (a "
         "distilled student waits for the teacher) (default 1: one after another)",
     )
-    p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: config)")
+    p.add_argument(
+        "--torch-threads", type=positive_int, help="torch intra-op threads (default: config)"
+    )
     p.add_argument("--no-report", action="store_true", help="do not write REPORT.md at the end")
     p.add_argument(
         "--adopt-from",
@@ -155,7 +167,9 @@ def register(sub: Any) -> None:
     p.add_argument("--dataset", required=True, choices=["digits", "cifar10"])
     p.add_argument("--data-dir", help="data set folder (cifar10)")
     p.add_argument("--config", type=Path, help="zoo YAML (default export/configs/zoo-<dataset>)")
-    p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per architecture")
+    p.add_argument(
+        "--seconds", type=float_at_least(0), default=8.0, help="timed seconds per architecture"
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -181,7 +195,7 @@ def register(sub: Any) -> None:
         if func is cmd_zoo_pause:
             p.add_argument(
                 "--wait",
-                type=float,
+                type=float_at_least(0),
                 default=60.0,
                 help="seconds to wait for each lane to pause itself before SIGSTOP (default 60)",
             )

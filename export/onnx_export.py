@@ -15,6 +15,8 @@ from service.contract.model_card import InputSpec
 from service.contract.preprocess import normalize_uint8
 
 DEFAULT_OPSET = 17
+# The newest opset the TorchScript exporter supports (newer ones it warns about or dumps its IR on).
+MAX_OPSET: int = getattr(torch.onnx._constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 OUTPUT_NAME = "logits"
 
 
@@ -63,6 +65,10 @@ def export_onnx(
     network (:func:`load_onnx_weights`)."""
     if opset < DEFAULT_OPSET:
         raise ExportError(f"opset {opset} is too old: use {DEFAULT_OPSET} or newer")
+    if opset > MAX_OPSET:
+        raise ExportError(
+            f"opset {opset} is too new for torch's exporter: use {MAX_OPSET} or older"
+        )
     model = model.eval().float()
     dummy = torch.zeros((2, *spec.shape), dtype=torch.float32)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -98,6 +98,10 @@ def pick(
     The zoo config (``config_file``, else the one ``zoo`` recorded) goes beside the served models,
     so that the report, now and when rewritten, says what the zoo has not trained yet.
     """
+    if config_file is not None and not config_file.is_file():
+        raise ModelRepositoryError(f"{config_file}: no such zoo config")
+    if into.exists() and not into.is_dir():
+        raise ModelRepositoryError(f"{into}: is a file, not a folder for the served models")
     cards = load_cards(zoo)
     if not cards:
         raise ModelRepositoryError(f"{zoo}: no models to pick from")

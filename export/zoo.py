@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -104,6 +105,45 @@ def _training_config(
     return cfg
 
 
+def check_options(opts: ZooOptions) -> None:
+    """Refuse options no zoo can run with (passed programmatically, past the command's checks)."""
+    counts = {
+        "lanes": opts.lanes,
+        "profile_runs": opts.profile_runs,
+        "torch_threads": opts.torch_threads,
+        "max_train_images": opts.max_train_images,
+    }
+    for key, value in counts.items():
+        if value is not None and value < 1:
+            raise ZooError(f"{key} must be at least 1, not {value}")
+    if opts.threads is not None and opts.threads < 0:
+        raise ZooError(f"threads must be at least 0 (0: the config's), not {opts.threads}")
+    if opts.max_epochs is not None and not (
+        math.isfinite(opts.max_epochs) and opts.max_epochs >= 1
+    ):
+        raise ZooError(f"max_epochs must be a finite number >= 1, not {opts.max_epochs}")
+    if opts.adopt_from is not None and not opts.resume:
+        raise ZooError("--adopt-from continues a zoo: use it with --resume")
+
+
+def check_entries(config: dict[str, Any], opts: ZooOptions | None = None) -> None:
+    """Resolve every entry's training config as its run will, so that a bad key fails now, not
+    when the entry's turn comes hours later; and check that ``--only`` names entries."""
+    from export.training import resolve_config
+
+    opts = opts or ZooOptions()
+    entries = [config["teacher"], *config["students"]]
+    unknown = set(opts.only) - {str(e["name"]) for e in entries}
+    if unknown:
+        raise ZooError(f"--only names no zoo entry: {', '.join(sorted(unknown))}")
+    for entry in entries:
+        try:
+            cfg = _training_config(entry, config, opts, Path(".work") / str(entry["name"]))
+            resolve_config(cfg)  # the zoo's teacher stands as "zoo": a teacher all the same
+        except (TypeError, ValueError) as exc:  # a ConfigError, or a cap of a non-number
+            raise ZooError(f"zoo entry {entry['name']}: {exc}") from None
+
+
 class Zoo:
     """Runs one zoo config end to end into a model repository."""
 
@@ -117,16 +157,16 @@ class Zoo:
         from export.data import load_dataset
 
         self.config, self.repo, self.opts, self.log = config, repo, opts, log
-        if opts.lanes < 1:
-            raise ZooError(f"lanes must be at least 1, not {opts.lanes}")
-        if opts.adopt_from is not None and not opts.resume:
-            raise ZooError("--adopt-from continues a zoo: use it with --resume")
+        check_options(opts)
+        check_entries(config, opts)
         self.dataset = str(config["dataset"])
         data_dir = opts.data_dir if opts.data_dir is not None else config.get("data_dir")
         self.splits = load_dataset(self.dataset, data_dir)
         self.work = opts.work_dir or repo / ".work"
         profile = config.get("profile", {})
         runs = opts.profile_runs or int(profile.get("min_runs", 50))
+        if runs < 1:
+            raise ZooError(f"profile min_runs must be at least 1, not {runs}")
         self.settings = ProfileSettings(
             provider=pick_provider(opts.provider or profile.get("provider", "auto")),
             threads=opts.threads or int(profile.get("threads") or default_threads()),
@@ -367,9 +407,6 @@ class Zoo:
         teacher = self.config["teacher"]
         entries = [teacher, *self.config["students"]]
         selected = set(self.opts.only)
-        unknown = selected - {str(e["name"]) for e in entries}
-        if unknown:
-            raise ZooError(f"--only names no zoo entry: {', '.join(sorted(unknown))}")
         students = [e for e in entries[1:] if not selected or e["name"] in selected]
         # The teacher trains (or, resumed, is only loaded) when it is asked for or is a selected
         # student's prerequisite: one distils from it, or `teacher_first` puts it before them all.
@@ -412,9 +449,12 @@ def run_zoo(
     config = load_zoo_config(config_file or config_path(dataset))
     if config["dataset"] != dataset:
         raise ZooError(f"config is for dataset {config['dataset']!r}, not {dataset!r}")
-    repo.mkdir(parents=True, exist_ok=True)
-    record_config(config_file or config_path(dataset), repo)  # the report's "not trained yet"
+    if repo.exists() and not repo.is_dir():
+        raise ZooError(f"{repo}: is a file, not a folder for the model repository")
     opts = opts or ZooOptions()
     if config_file is not None and opts.config_file is None:
         opts = replace(opts, config_file=config_file)
-    return Zoo(config, repo, opts, log).run()
+    zoo = Zoo(config, repo, opts, log)  # refuses bad options and entries before writing anything
+    repo.mkdir(parents=True, exist_ok=True)
+    record_config(config_file or config_path(dataset), repo)  # the report's "not trained yet"
+    return zoo.run()

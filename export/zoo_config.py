@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from export.noise import gap, group_runs
+from export.training.config import yaml_problem
 from service.contract.model_card import ModelCard
 
 # Keys of a zoo entry that belong to the zoo, not to the training config.
@@ -34,8 +35,10 @@ def load_zoo_config(path: Path) -> dict[str, Any]:
     """Read and sanity-check a zoo YAML config."""
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except OSError as exc:
         raise ZooError(f"{path}: cannot read zoo config ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise ZooError(f"{path}: cannot read zoo config: {yaml_problem(exc)}") from None
     if not isinstance(config, dict):
         raise ZooError(f"{path}: a zoo config is a mapping")
     for key in ("dataset", "teacher", "students"):

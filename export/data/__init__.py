@@ -132,6 +132,8 @@ def load_dataset(
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir(name)
     if root is None:
         raise DatasetError(f"dataset {name!r} needs a data directory: {_where(name)}")
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"data directory {root} is a file, not a folder: {_where(name)}")
     if not root.is_dir():
         raise DatasetError(f"data directory {root} does not exist: {_where(name)}")
     if name == "cifar10":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,9 @@ _OPTIONAL_INT = (
 )
 _OPTIONAL_NUMBER = ("teacher_epochs", "hint_epochs", "checkpoint_minutes")
 _OPTIONAL_BOOL = ("augment", "channels_last")
+_OPTIONAL_STR = ("data_dir", "cache_dir", "teacher", "booster", "out_dir", "recipe")
+# Weights and rates that may be 0 (the term or the feature off) but never negative.
+_NON_NEGATIVE = ("momentum", "weight_decay", "kd_weight", "hint_weight", "ce_weight")
 _CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("onecycle", "cosine", "constant"),
@@ -130,12 +134,23 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+        raise ConfigError(f"{path}: {yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys to values")
     return data
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and on which line (1-based), without the excerpt."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None or not exc.problem:
+        lines = str(exc).strip().splitlines()
+        return f"invalid YAML: {lines[0] if lines else type(exc).__name__}"
+    text = f"invalid YAML on line {exc.problem_mark.line + 1}: {exc.problem}"
+    if exc.context and exc.context_mark is not None:
+        text += f" ({exc.context} from line {exc.context_mark.line + 1})"
+    return text
 
 
 def _is_type(value: Any, types: tuple[type, ...]) -> bool:
@@ -163,6 +178,9 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
     for key in _OPTIONAL_BOOL:
         if cfg[key] is not None and not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+    for key in _OPTIONAL_STR:
+        if cfg[key] is not None and not isinstance(cfg[key], str):
+            raise ConfigError(f"{key} must be a string, got {cfg[key]!r}")
     for key, choices in _CHOICES.items():
         if cfg[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {cfg[key]!r}")
@@ -189,6 +207,9 @@ def _hint_epochs(cfg: dict[str, Any]) -> int | float:
 
 
 def _check_ranges(cfg: dict[str, Any]) -> None:
+    for key in (*_TYPES, *_OPTIONAL_NUMBER):
+        if isinstance(cfg[key], float) and not math.isfinite(cfg[key]):
+            raise ConfigError(f"{key} must be a finite number, got {cfg[key]!r}")
     checks = [
         ("epochs", cfg["epochs"] > 0, "must be positive"),
         ("batch_size", cfg["batch_size"] >= 2, "must be at least 2"),
@@ -208,6 +229,9 @@ def _check_ranges(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"{key} must be >= 1, got {cfg[key]!r}")
     if cfg["teacher_epochs"] is not None and cfg["teacher_epochs"] <= 0:
         raise ConfigError(f"teacher_epochs must be positive, got {cfg['teacher_epochs']!r}")
+    for key in (*_NON_NEGATIVE, "checkpoint_minutes"):
+        if cfg[key] is not None and cfg[key] < 0:
+            raise ConfigError(f"{key} must be >= 0, got {cfg[key]!r}")
 
 
 def _check_method(cfg: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from export.checkpoint import read_torch_file
 from export.data import DatasetSplits
 from export.data.augment import Normalizer, random_crop_flip
 from export.distill import DistillMethod
@@ -218,7 +219,7 @@ class Trainer:
         """Restore from the checkpoint if there is one; False when starting fresh."""
         if not self.checkpoint_path.is_file():
             return False
-        blob = torch.load(self.checkpoint_path, map_location=self.source.device, weights_only=True)
+        blob = read_torch_file(self.checkpoint_path, self.source.device)
         changed = fingerprint_changes(fingerprint, blob["fingerprint"])
         if changed:
             raise ResumeError(

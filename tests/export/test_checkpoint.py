@@ -64,6 +64,24 @@ def test_missing_and_foreign_files(tmp_path: Path) -> None:
         load_trained(tmp_path / "other.pt")
 
 
+def test_a_file_of_python_objects_is_refused_in_one_line_naming_it(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    """Not torch's page of advice to load it with weights_only=False: that would run its code."""
+    import argparse
+    import pickle
+
+    torch.save({"args": argparse.Namespace()}, tmp_path / "objects.pt")
+    (tmp_path / "pickled.pt").write_bytes(pickle.dumps({"args": argparse.Namespace()}, protocol=4))
+    for name in ("objects.pt", "pickled.pt"):
+        with pytest.raises(ArtifactError) as exc:
+            load_trained(tmp_path / name)
+        message = str(exc.value)
+        assert message.startswith(f"{tmp_path / name}: not a readable torch file")
+        assert "\n" not in message and "weights_only" not in message
+    assert not recwarn.list
+
+
 def test_meta_with_unknown_fields_is_refused() -> None:
     data = _meta().to_dict() | {"surprise": 1}
     with pytest.raises(ArtifactError, match="surprise"):

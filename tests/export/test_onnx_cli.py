@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from export.__main__ import main
+from export.onnx_export import MAX_OPSET
 from export.repository import verify_repository
 from service.contract.model_card import read_manifest
 from tests.support.trained_digits import trained_digits
@@ -61,3 +62,41 @@ def test_onnx_command_fails_on_parity_with_the_figures(
     assert err.startswith(f"error: {out}: parity FAILED: max |logit diff| ")
     assert "(limit 1e-12)" in err and "of 360 images" in err and "\n" not in err
     assert not out.exists()
+
+
+def test_an_opset_too_new_for_the_exporter_is_refused_before_exporting(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    d = trained_digits()
+    out = tmp_path / "m.onnx"
+    assert main(["onnx", str(d.artifact), "--out", str(out), "--opset", "999"]) == 1
+    captured = capfd.readouterr()  # no Torch IR dumped on either stream first
+    too_new = f"error: opset 999 is too new for torch's exporter: use {MAX_OPSET} or older\n"
+    assert captured.err == too_new
+    assert captured.out == "" and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "message"),
+    [
+        ("onnx", ["--profile-runs", "0"], "argument --profile-runs: must be at least 1, got 0"),
+        ("onnx", ["--profile-runs", "-5"], "argument --profile-runs: must be at least 1, got -5"),
+        ("onnx", ["--threads", "-3"], "argument --threads: must be at least 0, got -3"),
+        ("evaluate", ["--profile-runs", "0"], "argument --profile-runs: must be at least 1"),
+        ("zoo", ["--profile-runs", "-5"], "argument --profile-runs: must be at least 1, got -5"),
+        ("zoo", ["--threads", "-1"], "argument --threads: must be at least 0, got -1"),
+    ],
+)
+def test_profile_counts_are_refused_before_anything_runs(
+    command: str,
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target = {"onnx": ["x.pt", "--repo", str(tmp_path / "r")], "evaluate": [str(tmp_path)]}
+    head = target.get(command, ["--dataset", "digits", "--out", str(tmp_path / "zoo")])
+    with pytest.raises(SystemExit) as exc:
+        main([command, *head, *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "zoo").exists()

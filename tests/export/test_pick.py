@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from export.__main__ import main
 from export.lanes import STATE_FILE, is_stopped
 from export.pick import ZOO_CARDS_FILENAME, choose, pick, read_zoo_cards, report_cards
 from export.repository import verify_repository
@@ -106,6 +107,22 @@ def test_pick_copies_verifiable_models_and_reports_the_whole_zoo(zoo: Path, tmp_
     table = [r for r in report.split("\n## ")[0].splitlines() if r.startswith("| ")]
     rows = {r.split("|")[1].strip(): r.rstrip() for r in table}
     assert rows["rocket-kd"].endswith("| ✓ |") and rows["kd"].endswith("|  |")
+
+
+def test_pick_refuses_a_missing_config_and_a_file_for_into(
+    zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    into, missing = tmp_path / "models", tmp_path / "nonexistent.yaml"
+    assert main(["pick", str(zoo), "--into", str(into), "--config", str(missing)]) == 1
+    assert capsys.readouterr().err == f"error: {missing}: no such zoo config\n"
+    assert not into.exists()
+    afile = tmp_path / "afile"
+    afile.write_text("", encoding="utf-8")
+    assert main(["pick", str(zoo), "--into", str(afile)]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"error: {afile}: is a file, not a folder for the served models\n"
+    )
 
 
 def test_evaluate_keeps_the_unserved_zoo_in_the_report(zoo: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +323,17 @@ def test_max_train_images_limits_the_budget(tmp_path: Path) -> None:
         ({"method": "rocket", "booster": "wrn-16-2"}, "cannot share"),
         ({"student": "vgg16"}, "student 'vgg16' is not an architecture"),
         ({"method": "rocket", "booster": "resnet21"}, "booster 'resnet21' is not an architecture"),
+        ({"epochs": math.inf}, "epochs must be a finite number"),
+        ({"method": "kd", "teacher": "wrn-10-1", "teacher_epochs": math.nan}, "teacher_epochs"),
+        ({"momentum": -0.5}, "momentum must be >= 0"),
+        ({"momentum": math.nan}, "momentum must be a finite number"),
+        ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
+        ({"kd_weight": -1.0}, "kd_weight must be >= 0"),
+        ({"hint_weight": math.nan}, "hint_weight must be a finite number"),
+        ({"ce_weight": -1.0}, "ce_weight must be >= 0"),
+        ({"checkpoint_minutes": -1}, "checkpoint_minutes must be >= 0"),
+        ({"checkpoint_minutes": math.nan}, "checkpoint_minutes must be a finite number"),
+        ({"lr": math.inf}, "lr must be a finite number"),
     ],
 )
 def test_bad_configs_get_clear_errors(bad: dict[str, Any], message: str, tmp_path: Path) -> None:

@@ -87,6 +87,11 @@ def test_train_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "error: data directory"),
         (["--config", "/nonexistent.yaml"], "error: /nonexistent.yaml: cannot read config"),
         (["--teacher", "/tmp/none.pt", "--method", "kd"], "error: teacher"),
+        (["--epochs", "inf"], "error: epochs must be a finite number, got inf"),
+        (
+            ["--method", "kd", "--teacher", "wrn-10-1", "--teacher-epochs", "inf"],
+            "error: teacher_epochs must be a finite number",
+        ),
     ],
 )
 def test_user_errors_are_one_line(
@@ -95,6 +100,67 @@ def test_user_errors_are_one_line(
     assert main(["train", *argv, "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("out_dir: 5", "error: out_dir must be a string, got 5"),
+        ("data_dir: [a, b]", "error: data_dir must be a string, got ['a', 'b']"),
+        ("cache_dir: 5", "error: cache_dir must be a string, got 5"),
+        ("method: kd\nteacher: 5", "error: teacher must be a string, got 5"),
+        ("method: rocket\nbooster: 5", "error: booster must be a string, got 5"),
+        ("recipe: [sgd]", "error: recipe must be a string"),
+        ("epochs: [1", "invalid YAML on line 2: expected ',' or ']', but got '<stream end>'"),
+    ],
+)
+def test_bad_yaml_configs_are_one_line_errors(
+    text: str,
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a config wrongly accepted would train into ./runs
+    path = tmp_path / "c.yaml"
+    path.write_text(text + "\n", encoding="utf-8")
+    assert main(["train", "--config", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_foreign_teacher_file_and_a_data_dir_file_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("epochs: 3\n", encoding="utf-8")
+    argv = ["train", "--method", "kd", "--teacher", str(afile), "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: teacher: {afile}: not a readable torch file")
+    assert err.count("\n") == 1 and "weights_only" not in err
+    argv = ["train", "--dataset", "cifar10", "--data-dir", str(afile), "--out", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: data directory {afile} is a file, not a folder")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+        (["--batch-size", "-4"], "argument --batch-size: must be at least 1, got -4"),
+        (["--threads", "-1"], "argument --threads: must be at least 1, got -1"),
+        (["--seconds", "nan"], "argument --seconds: must be a finite number >= 0, got nan"),
+    ],
+)
+def test_bench_refuses_counts_below_one_before_measuring(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--archs", "resnet8", "--seconds", "0", *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_bad_flag_value_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from math import nan
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ from PIL import Image
 
 from export.__main__ import main
 from export.training import resolve_config
-from export.zoo import ZooOptions, _training_config
-from export.zoo_config import ZOO_TEACHER, config_path, load_zoo_config
+from export.zoo import ZooOptions, _training_config, run_zoo
+from export.zoo_config import ZOO_TEACHER, ZooError, config_path, load_zoo_config
 from service.contract.model_card import model_dirs, read_manifest
 from tests.support.cli import run_module
 from tests.support.onnx_repo import digits_uint8_split
@@ -122,7 +123,9 @@ def test_verify_and_evaluate_commands_on_the_zoo(
 
     manifest = zoo_repo / "digits-kd-resnet8" / "manifest.json"
     before = json.loads(manifest.read_text())
-    tampered = {**before, "metrics": {**before["metrics"], "top1": 0.0}, "macs": 1}
+    # a stale card (its hits go with it: a card's hits must add up to its top-1)
+    stale = {**before["metrics"], "top1": 0.0, "correct": None}
+    tampered = {**before, "metrics": stale, "macs": 1}
     manifest.write_text(json.dumps(tampered))
     agreement = {
         name: read_manifest(zoo_repo / name).metrics.teacher_agreement
@@ -138,6 +141,7 @@ def test_verify_and_evaluate_commands_on_the_zoo(
     assert read_manifest(zoo_repo / "digits-teacher-resnet20").metrics.teacher_agreement is None
     after = json.loads(manifest.read_text())
     assert after["metrics"]["top1"] == before["metrics"]["top1"] and after["macs"] == before["macs"]
+    assert after["metrics"]["correct"] == before["metrics"]["correct"]  # measured again
     assert after["created_at"] == before["created_at"]
     assert after["profile"]["threads"] == before["profile"]["threads"] == 1
     assert "digits-kd-resnet8: top-1 0.00% ->" in proc.stdout
@@ -194,6 +198,49 @@ def test_zoo_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data directory") and len(err.splitlines()) == 1
+
+
+def test_a_bad_key_in_one_entry_fails_every_zoo_command_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not when the entry's turn comes, hours into the zoo."""
+    config = load_zoo_config(config_path("digits"))
+    last = config["students"][-1]
+    last["learning_rate"] = 0.1
+    path, out = tmp_path / "zoo.yaml", tmp_path / "out"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    expected = f"error: zoo entry {last['name']}: unknown config key(s): learning_rate\n"
+    for command in ("zoo", "zoo-status", "zoo-plan"):
+        argv = [command, "--dataset", "digits", "--config", str(path), "--out", str(out)]
+        assert main(argv) == 1, command
+        assert capsys.readouterr().err == expected, command
+    assert not out.exists()
+
+
+def test_zoo_options_are_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["zoo", "--dataset", "digits", "--out", str(out), "--only", "nosuch"]) == 1
+    assert capsys.readouterr().err == "error: --only names no zoo entry: nosuch\n"
+    assert not out.exists()  # neither the folder nor its zoo-config.yaml
+    afile = tmp_path / "afile"
+    afile.write_text("", encoding="utf-8")
+    assert main(["zoo", "--dataset", "digits", "--out", str(afile)]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {afile}: is a file, not a folder")
+    for argv in (["zoo", "--max-epochs", "nan"], ["zoo", "--max-epochs", "0.5"],
+                 ["zoo-plan", "--seconds", "-1"], ["zoo-plan", "--seconds", "nan"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            main([argv[0], "--dataset", "digits", "--out", str(out), *argv[1:]])
+        assert exc.value.code == 2 and f"argument {argv[1]}: must be a finite number" in (
+            capsys.readouterr().err
+        )
+    bad = [ZooOptions(profile_runs=-5), ZooOptions(profile_runs=0), ZooOptions(max_epochs=nan),
+           ZooOptions(lanes=0), ZooOptions(max_train_images=0)]  # fmt: skip
+    for opts in bad:
+        with pytest.raises(ZooError, match="must be"):
+            run_zoo("digits", out, opts)
+    assert not out.exists()
 
 
 def test_lanes_train_the_students_in_parallel_processes(

@@ -83,6 +83,9 @@ def test_a_broken_config_is_a_zoo_error(tmp_path: Path) -> None:
     path.write_text("dataset: [unclosed\n")
     with pytest.raises(ZooError, match="cannot read zoo config"):
         load_zoo_config(path)
+    with pytest.raises(ZooError, match="invalid YAML on line 2: expected ',' or ']'") as exc:
+        load_zoo_config(path)
+    assert "\n" not in str(exc.value)
 
 
 def test_prerequisites_of_zoo_entries() -> None:
