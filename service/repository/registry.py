@@ -314,7 +314,7 @@ class ModelRegistry:
         if counter is None:  # labels() costs a lookup under a lock: resolve each child once
             counter = self._routed[key] = self.metrics.routed.labels(*key)
         counter.inc()
-        return served, routing_note(chosen, met, objective, len(found))
+        return served, routing_note(chosen, met, objective, len(found), self.headroom)
 
     def index(self) -> list[dict[str, Any]]:
         """The v2 repository index: every model of the folder, its versions and their state."""

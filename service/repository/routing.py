@@ -64,10 +64,12 @@ class LatencyWindow:
         return np.fromiter((s for _, s in self._samples), dtype=np.float64)
 
     def p99_ms(self, now: float) -> float | None:
-        """The live p99 in ms, or None without enough recent requests."""
+        """The live p99 in ms, or None without enough recent requests (``MIN_SAMPLES``, or the
+        whole window when it is smaller)."""
         if self._samples and self._samples[0][0] < now - self.MAX_AGE_S:
             self._expire(now)
-        if len(self._samples) < self.MIN_SAMPLES:
+        enough = min(self.MIN_SAMPLES, self._samples.maxlen or self.MIN_SAMPLES)
+        if len(self._samples) < enough:
             return None
         if (
             self._p99_ms is None
@@ -179,22 +181,45 @@ def _text(value: Any, name: str) -> str | None:
 
 @dataclass(slots=True)
 class Candidate:
-    """One model version the router weighs: its accuracy and predicted p99."""
+    """One model version the router weighs: its accuracy (None: no card measured this version)
+    and predicted p99."""
 
     served: Any  # ServedModel (typed loosely: the registry module imports this one)
-    accuracy: float
+    accuracy: float | None
     predicted_p99_ms: float
     live: bool
 
+    @property
+    def rank(self) -> float:
+        """The accuracy to rank by: an unmeasured version ranks last."""
+        return -1.0 if self.accuracy is None else self.accuracy
+
 
 def candidates(models: list[Any], family: str | None, now: float) -> list[Candidate]:
-    """The newest loaded version of each model (of ``family``), with its figures."""
+    """The newest loaded version of each model (of ``family``), with its figures.
+
+    Top-1 accuracies of different data sets do not compare: without ``family``, the models must
+    all be of one data set (else the objective must say which, a 422 naming them); a family no
+    model is of is a 422 naming those there are."""
+    datasets = sorted({m.card.training.dataset for m in models})
+    if family is None and len(datasets) > 1:
+        raise Unprocessable(
+            f"this server serves models of several data sets ({', '.join(datasets)}), whose "
+            "accuracies do not compare: give 'family' to route among one of them",
+            code="invalid_objective",
+        )
+    if family is not None and models and family not in datasets:
+        raise Unprocessable(
+            f"no model of family {family!r} is served; the families served: {', '.join(datasets)}",
+            code="invalid_objective",
+        )
     found = []
     for served in models:
         card = served.card
         if family is not None and card.training.dataset != family:
             continue
-        accuracy = card.metrics.top1 if card.version == served.version else 0.0
+        # A version vouched for by another version's card has no accuracy of its own.
+        accuracy = card.metrics.top1 if card.version == served.version else None
         live = served.window.p99_ms(now)
         if live is not None:
             found.append(Candidate(served, accuracy, live, True))
@@ -219,17 +244,12 @@ def choose(
         raise Unprocessable(
             f"no model{where} is loaded to route to", code="no_model_meets_objective"
         )
-    budget, floor = objective.latency_budget_ms, objective.min_accuracy
-    meeting = [
-        c
-        for c in found
-        if (budget is None or c.predicted_p99_ms <= budget * headroom)
-        and (floor is None or c.accuracy >= floor)
-    ]
+    budget = objective.latency_budget_ms
+    meeting = [c for c in found if meets(c, objective, headroom) == (True, True)]
     if meeting:
-        return max(meeting, key=lambda c: (c.accuracy, -c.predicted_p99_ms)), True
-    fastest = min(found, key=lambda c: (c.predicted_p99_ms, -c.accuracy))
-    best = max(found, key=lambda c: (c.accuracy, -c.predicted_p99_ms))
+        return max(meeting, key=lambda c: (c.rank, -c.predicted_p99_ms)), True
+    fastest = min(found, key=lambda c: (c.predicted_p99_ms, -c.rank))
+    best = max(found, key=lambda c: (c.rank, -c.predicted_p99_ms))
     if objective.fallback == "cheapest":
         return fastest, False
     if objective.fallback == "most_accurate":
@@ -238,9 +258,9 @@ def choose(
         "no model meets the objective "
         + ", ".join(f"{k}={v}" for k, v in objective.describe().items())
         + f"; the fastest is {fastest.served.name} (predicted p99 "
-        f"{fastest.predicted_p99_ms:.2f} ms, top-1 {fastest.accuracy:.2%}), the most accurate "
-        f"{best.served.name} (predicted p99 {best.predicted_p99_ms:.2f} ms, top-1 "
-        f"{best.accuracy:.2%})"
+        f"{fastest.predicted_p99_ms:.2f} ms, top-1 {_percent(fastest.accuracy)}), the most "
+        f"accurate {best.served.name} (predicted p99 {best.predicted_p99_ms:.2f} ms, top-1 "
+        f"{_percent(best.accuracy)})"
         + (
             f"; a model meets the budget at a predicted p99 of {budget * headroom:.2f} ms "
             f"or less (routing_headroom {headroom:g})"
@@ -252,10 +272,30 @@ def choose(
     )
 
 
+def meets(candidate: Candidate, objective: Objective, headroom: float = 1.0) -> tuple[bool, bool]:
+    """Whether ``candidate`` meets the objective's latency budget (within ``headroom`` of it)
+    and its accuracy floor; True where the objective sets none. An unmeasured accuracy meets
+    no floor."""
+    budget, floor = objective.latency_budget_ms, objective.min_accuracy
+    return (
+        budget is None or candidate.predicted_p99_ms <= budget * headroom,
+        floor is None or (candidate.accuracy is not None and candidate.accuracy >= floor),
+    )
+
+
+def _percent(accuracy: float | None) -> str:
+    return "unmeasured" if accuracy is None else f"{accuracy:.2%}"
+
+
 def routing_note(
-    chosen: Candidate, met: bool, objective: Objective, considered: int
+    chosen: Candidate,
+    met: bool,
+    objective: Objective,
+    considered: int,
+    headroom: float = 1.0,
 ) -> dict[str, Any]:
-    """What the answer says about the choice."""
+    """What the answer says about the choice; after a fallback, which part of the objective
+    the model served meets (``meets``: latency_budget_ms, min_accuracy)."""
     note: dict[str, Any] = {
         "objective": objective.describe(),
         "chosen": f"{chosen.served.name}:{chosen.served.version}",
@@ -266,6 +306,15 @@ def routing_note(
     }
     if not met:
         note["fallback"] = objective.fallback
+        latency, accuracy = meets(chosen, objective, headroom)
+        note["meets"] = {
+            k: v
+            for k, v, asked in (
+                ("latency_budget_ms", latency, objective.latency_budget_ms),
+                ("min_accuracy", accuracy, objective.min_accuracy),
+            )
+            if asked is not None
+        }
     return note
 
 
