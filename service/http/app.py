@@ -22,7 +22,7 @@ from service.http.uvicorn_hooks import requests_in_progress
 from service.http.v2_routes import router as v2_router
 from service.inputs.pipeline import warm_up_decoders
 from service.observability.metrics import ServiceMetrics
-from service.repository.polling import RepositoryPoller
+from service.repository.polling import RepositoryPoller, snapshot
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
 
@@ -94,9 +94,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        folder = None  # the repository as loaded, for the poller
         if registry is not None:
             state.registry = registry
         else:
+            if settings.model_control_mode == "poll":
+                # Looked at before loading: a change made while the models load is applied after.
+                folder = await asyncio.to_thread(snapshot, settings.model_repository)
             state.registry = await asyncio.to_thread(
                 ModelRegistry.load, settings, state.metrics, requests_in_progress
             )
@@ -107,7 +111,7 @@ def create_app(
         poller = None
         if settings.model_control_mode == "poll":
             watcher = RepositoryPoller(
-                state.registry, settings.model_repository, settings.repository_poll_s
+                state.registry, settings.model_repository, settings.repository_poll_s, folder
             )
             poller = asyncio.create_task(watcher.run(), name="repository-poller")
         log.info("ready: %d model version(s)", len(state.registry.all()))

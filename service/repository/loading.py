@@ -135,7 +135,15 @@ class ModelLoader:
             else:
                 servable[version] = checked
         policy = self.settings.policy_for(card.name)
-        for version in select_versions(policy, list(servable)):
+        wanted = select_versions(policy, list(servable))
+        # 'latest:N' serves the newest N that load: a new version ONNX Runtime refuses does not
+        # push an older, working one out of the N.
+        spare = (
+            sorted(set(servable) - set(wanted), reverse=True) if policy.startswith("latest") else []
+        )
+        for version in [*sorted(wanted, reverse=True), *spare]:
+            if len(versions) >= len(wanted):
+                break
             vcard, path = servable[version]
             try:
                 versions[version] = _serve(

@@ -4,8 +4,11 @@ Every ``repository_poll_s`` the folder is looked at (each model folder's files w
 and modification time). A model whose files differ from what was last applied, and look the same
 on two looks in a row (nothing is being copied any more), is reloaded; a new model folder is
 loaded; a removed one is unloaded. A reload that fails leaves the serving versions untouched (the
-failure is logged and counted), and a version whose file does not match its card's sha256 (a
-half-copied file) is never loaded.
+failure is logged and counted) and is tried again, ``repository_poll_s`` later and then twice as
+long each time (at most ``MAX_RETRY_S``), since a failure may pass (memory, a file still being
+written); a version whose file does not match its card's sha256 (a half-copied file) is never
+loaded. The folder is first looked at before the service loads it, so a change made while it
+loads is applied, not taken for what was loaded.
 """
 
 from __future__ import annotations
@@ -49,12 +52,24 @@ def snapshot(repo: Path) -> Snapshot | None:
     return found
 
 
+MAX_RETRY_S = 300.0  # the longest wait before a failed model is tried again
+
+
 class RepositoryPoller:
     """The task that keeps a registry in step with its repository folder."""
 
-    def __init__(self, registry: ModelRegistry, repo: Path, interval_s: float) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        repo: Path,
+        interval_s: float,
+        applied: Snapshot | None = None,
+    ) -> None:
+        """``applied``: the folder as it was when the registry loaded it (taken before loading);
+        by default, as it is now."""
         self.registry, self.repo, self.interval_s = registry, repo, interval_s
-        self.applied: Snapshot = snapshot(repo) or {}
+        self.applied: Snapshot = applied if applied is not None else (snapshot(repo) or {})
+        self.retry: dict[str, tuple[float, float]] = {}  # model: (try again at, then wait)
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -70,20 +85,38 @@ class RepositoryPoller:
             last = now
 
     async def apply(self, now: Snapshot) -> None:
-        """Load, reload and unload what differs between the applied state and ``now``."""
-        before = self.applied
+        """Load, reload and unload what differs between the applied state and ``now``; a model
+        that fails stays unapplied, to be tried again after its back-off."""
+        before, applied = self.applied, dict(now)
+        clock = asyncio.get_running_loop().time()
         for name in sorted(set(before) | set(now)):
             if before.get(name) == now.get(name):
+                continue
+            at, wait = self.retry.get(name, (0.0, self.interval_s))
+            if clock < at:  # failed lately: not yet
+                _keep(applied, before, name)
                 continue
             try:
                 if name in now:
                     await self.registry.load_model(name)
                 elif name in self.registry.models:
                     await self.registry.unload_model(name)
+                self.retry.pop(name, None)
+                continue
             except ServiceError as exc:
                 log.error("poll: model %s: %s (the serving versions are kept)", name, exc.message)
             except Exception:  # the poller must outlive any one model's fault
                 log.exception(
                     "poll: model %s could not be applied (the serving versions are kept)", name
                 )
-        self.applied = now
+            self.retry[name] = (clock + wait, min(2 * wait, MAX_RETRY_S))
+            _keep(applied, before, name)
+        self.applied = applied
+
+
+def _keep(applied: Snapshot, before: Snapshot, name: str) -> None:
+    """Leave model ``name`` as it was last applied, so that the next look tries it again."""
+    if name in before:
+        applied[name] = before[name]
+    else:
+        applied.pop(name, None)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -224,6 +226,22 @@ class ModelRegistry:
         for name in set(before) | set(models) | {f.model for f in self.failures}:
             self._count_versions(name)  # an unloaded model's count too: 0 ready
 
+    def _mark_served(self, name: str) -> None:
+        """The ready gauge of every version served of ``name``, after a load that failed set
+        those of its version numbers to 0."""
+        for version, served in self.models.get(name, {}).items():
+            self.metrics.model_ready.labels(name, str(version)).set(1 if served.ready else 0)
+
+    @staticmethod
+    def _folder_models(repo: Path) -> set[str]:
+        """The models of the repository folder; 503 while it cannot be listed (unmounted)."""
+        try:
+            return {d.name for d in model_dirs(repo)}
+        except (ModelRepositoryError, OSError) as exc:
+            raise Unavailable(
+                f"the model repository cannot be listed: {exc}", code="not_ready"
+            ) from None
+
     def _count_versions(self, name: str) -> None:
         ready = len(self.models.get(name, {}))
         failed = sum(1 for f in self.failures if f.model == name)
@@ -245,7 +263,7 @@ class ModelRegistry:
         if loader is None:
             raise Unavailable("this registry was not loaded from a repository", code="not_ready")
         folder = loader.settings.model_repository / name
-        if name not in {d.name for d in model_dirs(loader.settings.model_repository)}:
+        if name not in self._folder_models(loader.settings.model_repository):
             raise NotFound(f"no model {name!r} in the repository folder", code="unknown_model")
         try:
             versions, failures = await asyncio.to_thread(loader.load_model, folder)
@@ -256,13 +274,22 @@ class ModelRegistry:
             ) from None
         self.failures = [f for f in self.failures if f.model != name] + failures
         self._count_versions(name)
-        if not versions:
+        old = self.models.get(name, {})
+        # A version being served that no longer verifies or loads is being rewritten (or broke):
+        # switching now would serve another version in its place, so the serving ones stay.
+        lost = [f for f in failures if f.version in old and f.version not in versions]
+        if not versions or lost:
             self.metrics.model_loads.labels(name, "failed").inc()
-            reason = failures[0].reason if failures else "no version to serve"
-            raise BadRequest(f"model {name!r} could not be loaded: {reason}", code="load_failed")
+            await self._retire(list(versions.values()))  # loaded beside, never served
+            self._mark_served(name)
+            first = lost[0] if lost else (failures[0] if failures else None)
+            reason = first.reason if first else "no version to serve"
+            kept = f"; versions {sorted(old)} are still served" if old else ""
+            raise BadRequest(
+                f"model {name!r} could not be loaded: {reason}{kept}", code="load_failed"
+            )
         for served in versions.values():
             served.batcher.start()
-        old = self.models.get(name, {})
         self._switch({**self.models, name: versions})
         self.metrics.model_loads.labels(name, "loaded").inc()
         log.info("model %s: serving versions %s", name, sorted(versions))
@@ -321,7 +348,9 @@ class ModelRegistry:
         entries: list[dict[str, Any]] = []
         names = set(self.models)
         if self.loader is not None:
-            names |= {d.name for d in model_dirs(self.loader.settings.model_repository)}
+            # unlisted (unmounted): what is served is still served, and listed
+            with contextlib.suppress(ModelRepositoryError, OSError):
+                names |= {d.name for d in model_dirs(self.loader.settings.model_repository)}
         for name in sorted(names):
             versions = self.models.get(name)
             if versions:
