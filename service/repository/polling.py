@@ -80,6 +80,11 @@ class RepositoryPoller:
             if now is None:
                 log.warning("poll: %s cannot be listed; serving what is loaded", self.repo)
                 continue
+            if not now and self.registry.models:
+                # Every model gone at once is an unmounted or emptied mount far more often than
+                # a wish to serve nothing: not applied (unload models one by one, or restart).
+                log.warning("poll: %s lists no model; serving what is loaded", self.repo)
+                continue
             if now == last and now != self.applied:
                 await self.apply(now)
             last = now

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Longest a retired version waits for the requests it accepted before it is stopped anyway.
-RETIRE_TIMEOUT_S = 60.0
+RETIRE_TIMEOUT_S = 60.0  # at least: a request may wait as long as its timeout
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,9 @@ class ModelRegistry:
         self.metrics = metrics
         self.arrivals = arrivals or Arrivals()
         self.default_model = default_model
+        # Set when the default was chosen by budget (no default_model setting): it is chosen
+        # again from what is served whenever that changes, so unloading it leaves a default.
+        self.default_budget_ms: float | None = None
         self.models: dict[str, dict[int, ServedModel]] = {}
         self.default: ServedModel | None = None
         self.failures: list[LoadFailure] = []  # versions skipped at load, with the reason
@@ -201,6 +204,8 @@ class ModelRegistry:
             raise ModelRepositoryError(f"default_model {default!r}: {exc.message}") from None
         registry.failures = failures
         registry.loader = loader
+        if not settings.default_model:
+            registry.default_budget_ms = settings.default_latency_budget_ms
         registry.headroom = settings.routing_headroom
         registry.sampler = AgreementSampler(
             metrics, settings.agreement_sample_rate, settings.agreement_reference
@@ -212,6 +217,10 @@ class ModelRegistry:
     def _switch(self, models: dict[str, dict[int, ServedModel]]) -> None:
         """Serve ``models`` from now on: one assignment, so a request sees the old set or the
         new one, never a mix."""
+        if self.default_budget_ms is not None and any(models.values()):
+            self.default_model = default_by_budget(
+                {n: v for n, v in models.items() if v}, self.default_budget_ms
+            )
         versions = models.get(self.default_model.partition(":")[0])
         default = None
         if versions:
@@ -302,6 +311,7 @@ class ModelRegistry:
 
     async def _unload_model(self, name: str) -> None:
         old = self.models.get(name, {})
+        self.failures = [f for f in self.failures if f.model != name]  # nothing of it is tried
         self._switch({k: v for k, v in self.models.items() if k != name})
         self.metrics.model_unloads.labels(name).inc()
         log.info("model %s: unloaded", name)
@@ -311,7 +321,10 @@ class ModelRegistry:
         """Let retired versions finish what they accepted, then stop and release them."""
         for served in retired:
             served.ready = False
-        deadline = time.monotonic() + RETIRE_TIMEOUT_S
+        timeout_s = RETIRE_TIMEOUT_S
+        if self.loader is not None:  # accepted requests may wait their whole deadline
+            timeout_s = max(timeout_s, self.loader.settings.request_timeout_ms / 1000.0 + 1.0)
+        deadline = time.monotonic() + timeout_s
         while any(s.active for s in retired) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         for served in retired:

@@ -269,11 +269,38 @@ async def test_the_poller_keeps_serving_while_the_repository_cannot_be_listed(
         applied.append(now)
 
     monkeypatch.setattr(poller, "apply", apply)
-    monkeypatch.setattr(polling, "snapshot", lambda repo: None)  # a remount: cannot be listed
-    task = asyncio.create_task(poller.run())
-    await asyncio.sleep(0.2)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert applied == []  # not read as every model removed
-    assert sorted(registry.models) == ["digits-logreg", "digits-slow"]
+    # a remount: cannot be listed, or lists an empty folder for a while
+    for listing in (None, {}):
+        monkeypatch.setattr(polling, "snapshot", lambda repo, listing=listing: listing)
+        task = asyncio.create_task(poller.run())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert applied == []  # not read as every model removed
+        assert sorted(registry.models) == ["digits-logreg", "digits-slow"]
+
+
+async def test_unloading_the_default_chooses_it_again_and_forgets_the_failures(
+    repo_copy: Path,
+) -> None:
+    """The default chosen by budget (no default_model setting) follows what is served: a request
+    that names no model still has one after the default is unloaded."""
+    registry = load(repo_copy, model_control_mode="explicit")
+    registry.start()
+    first = registry.resolve(None).name
+    await registry.unload_model(first)
+    assert registry.resolve(None).name != first and registry.resolve(None).name in registry.models
+    await registry.close()
+    # A model's skipped versions are forgotten when it is unloaded (nothing of it is tried).
+    (repo_copy / "digits-logreg" / "1" / "model.onnx").write_bytes(b"tampered")
+    registry = load(repo_copy, model_control_mode="explicit", version_policy="all")
+    registry.start()
+    assert [(f.model, f.version) for f in registry.failures] == [("digits-logreg", 1)]
+    await registry.unload_model("digits-logreg")
+    assert registry.failures == []
+    failed = samples(registry.metrics.exposition().decode())[
+        ("rocketserve_model_versions", (("model", "digits-logreg"), ("state", "failed")))
+    ]
+    assert failed == 0
+    await registry.close()
