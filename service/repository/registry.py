@@ -287,6 +287,17 @@ class ModelRegistry:
         # A version being served that no longer verifies or loads is being rewritten (or broke):
         # switching now would serve another version in its place, so the serving ones stay.
         lost = [f for f in failures if f.version in old and f.version not in versions]
+        # A version number served before and now with other labels or preprocessing (one
+        # without a card of its own takes the model's card, which a new version rewrote) would
+        # change its answers under clients pinned to it: kept as it is served instead.
+        lost += [
+            LoadFailure(name, v, f"{name}:{v} would change its labels or input (it has no card "
+                        f"of its own, and the model's card changed): publish it with its own card")
+            for v, served in versions.items()
+            if v in old
+            and served.card.version != v  # vouched for by another version's card
+            and (served.card.labels, served.card.input) != (old[v].card.labels, old[v].card.input)
+        ]  # fmt: skip
         if not versions or lost:
             self.metrics.model_loads.labels(name, "failed").inc()
             await self._retire(list(versions.values()))  # loaded beside, never served

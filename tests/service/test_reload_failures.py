@@ -159,3 +159,28 @@ async def test_an_unlisted_repository_is_a_503_and_the_index_still_lists_what_is
         await registry.load_model(NAME)
     assert caught.value.status == 503
     await registry.close()
+
+
+async def test_a_version_without_its_own_card_keeps_the_labels_it_was_served_with(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    """v1 is vouched for by the model's card (no 1/manifest.json). A new top-level card with
+    other labels would relabel v1's answers under clients pinned to it: the reload is refused
+    and v1 keeps its labels; a version with its own card is not held back."""
+    repo = _repo(digits_repo, tmp_path)
+    for own in repo.glob(f"{NAME}/*/manifest.json"):
+        own.unlink()  # only the model's card, recording both versions
+    registry = _load(repo, version_policy="all")
+    registry.start()
+    v1 = registry.models[NAME][1]
+    labels = list(v1.card.labels)
+    card_path = repo / NAME / "manifest.json"
+    card = json.loads(card_path.read_text())
+    card["labels"] = [f"digit {i}" for i in range(10)]
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(BadRequest, match=f"{NAME}:1 would change its labels or input"):
+        await registry.load_model(NAME)
+    assert (
+        registry.models[NAME][1] is v1 and list(registry.resolve(f"{NAME}:1").card.labels) == labels
+    )
+    await registry.close()
