@@ -75,11 +75,12 @@ def check_repository(settings: Settings) -> tuple[list[LoadFailure], list[ModelC
     """What would keep model versions from being served, found before uvicorn starts, and the
     cards that could be read (the choice of worker processes needs them).
 
-    Every card is read and every version file checked against it (size, sha256), and each
-    model's version policy applied; with ``strict_models`` every version is also opened in ONNX
-    Runtime (a corrupt file or a signature that does not match its card is found here). No
-    servable model at all, or a ``default_model`` / ``agreement_reference`` naming none that is
-    served, is an error either way; otherwise the service itself skips what it cannot load.
+    Every card is read and every version file checked against it (its size: the workers hash
+    the files as they load them), and each model's version policy applied; with
+    ``strict_models`` every version is also opened in ONNX Runtime (a corrupt file or a
+    signature that does not match its card is found here). No servable model at all, or a
+    ``default_model`` / ``agreement_reference`` naming none that is served, is an error either
+    way; otherwise the service itself skips what it cannot load.
     """
     failures = verify_repository(settings) if settings.strict_models else []
     broken = {(f.model, f.version) for f in failures}
@@ -87,7 +88,8 @@ def check_repository(settings: Settings) -> tuple[list[LoadFailure], list[ModelC
     for model_dir in model_dirs(settings.model_repository):
         try:
             card = read_manifest(model_dir)
-            versions = verified_versions(model_dir, card)
+            # sizes only: every worker hashes the files as it loads them; this is a quick look
+            versions = verified_versions(model_dir, card, sha256=False)
         except (ModelRepositoryError, OSError) as exc:
             if not settings.strict_models:  # verify_repository reported it already
                 failures.append(LoadFailure(model_dir.name, None, str(exc)))

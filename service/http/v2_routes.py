@@ -18,9 +18,11 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from service.errors import BadRequest, NotFound, ServiceError
+from service.http.asgi_io import read_body
 from service.http.responses import json_reply
 from service.http.state import registry_of, state_of
 from service.http.v2_infer import model_spec
+from service.inputs.body import check_json_size
 from service.inputs.v2_request import datatype_of
 from service.repository.registry import ModelRegistry, ServedModel
 
@@ -134,10 +136,16 @@ async def model_version_ready(request: Request, name: str, version: str) -> Resp
 
 
 async def _json_object(request: Request, what: str) -> dict[str, Any]:
-    """The request's JSON object body ({} for an empty one); 400 for anything else."""
-    body = await request.body()
+    """The request's JSON object body ({} for an empty one); 400 for anything else. Read and
+    checked as an infer body is: within the body limit, and refused before parsing when it
+    would cost far more memory than its bytes (the index needs no key)."""
+    settings = state_of(request).settings
+    body = await read_body(
+        request.receive, settings.max_body_bytes, request.headers.get("content-length")
+    )
     if not body.strip():
         return {}
+    check_json_size(body)
     try:
         value = json.loads(body)
     except (ValueError, RecursionError):

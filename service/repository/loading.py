@@ -188,9 +188,11 @@ def verify_repository(settings: Settings) -> list[LoadFailure]:
     return failures
 
 
-def verified_versions(model_dir: Path, card: ModelCard) -> dict[int, tuple[ModelCard, Path] | str]:
-    """Each version's card and file, the file checked against the card (size, sha256), or why
-    the version cannot be served.
+def verified_versions(
+    model_dir: Path, card: ModelCard, *, sha256: bool = True
+) -> dict[int, tuple[ModelCard, Path] | str]:
+    """Each version's card and file, the file checked against the card (size, and ``sha256``
+    unless a caller only needs a quick look), or why the version cannot be served.
 
     A version's card is its own ``<v>/manifest.json`` when it has one, else the model's card when
     that records the version; a version no card vouches for is never served with another
@@ -219,7 +221,9 @@ def verified_versions(model_dir: Path, card: ModelCard) -> dict[int, tuple[Model
             )
         elif not path.is_file():
             verified[version] = f"{path}: model file is missing"
-        elif path.stat().st_size != record.size_bytes or sha256_file(path) != record.sha256:
+        elif path.stat().st_size != record.size_bytes or (
+            sha256 and sha256_file(path) != record.sha256
+        ):
             where = f"{version}/manifest.json" if own is not None else "manifest.json"
             verified[version] = f"{path}: size or sha256 differs from {where}"
         else:
