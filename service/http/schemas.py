@@ -119,11 +119,18 @@ class Routing(BaseModel):
 
     objective: dict[str, float | str]
     chosen: str = Field(description="name:version")
-    predicted_p99_ms: float = Field(ge=0)
+    predicted_p99_ms: float = Field(
+        ge=0, description="The chosen model's predicted p99 for this request's inputs."
+    )
     prediction: Literal["live", "measured at load"]
-    accuracy: float = Field(ge=0, le=1)
+    accuracy: float | None = Field(
+        ge=0, le=1, description="The card's top-1; null for a version no card measured."
+    )
     candidates_considered: int = Field(ge=0)
     fallback: Literal["cheapest", "most_accurate"] | None = None
+    meets: dict[str, bool] | None = Field(
+        None, description="After a fallback: which parts of the objective the model meets."
+    )
 
 
 class PredictResponse(BaseModel):

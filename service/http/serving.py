@@ -51,9 +51,10 @@ class Resolver:
         """Whether a model of that name is served."""
         return name in self._registry.models
 
-    def route(self, objective: Objective) -> tuple[ServedModel, dict[str, Any]]:
-        """The model version an objective chooses (see ModelRegistry.route)."""
-        served, note = self._registry.route(objective)
+    def route(self, objective: Objective, inputs: int = 1) -> tuple[ServedModel, dict[str, Any]]:
+        """The model version an objective chooses for ``inputs`` inputs (see
+        ModelRegistry.route)."""
+        served, note = self._registry.route(objective, inputs)
         served.active += 1
         self.served = served
         return served, note
@@ -136,7 +137,7 @@ async def serve(
         # After the answer is built; a sample runs as its own task, off this request's path.
         registry.sampler.offer(served, prepared.batch, result.outputs, registry.newest)
     served.request_metrics.count(200, total)
-    served.window.add(total, time.monotonic())
+    served.window.add(total, time.monotonic(), len(prepared.batch))
     return reply
 
 

@@ -80,7 +80,9 @@ async def infer(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
                     f"model {ROUTED_NAME!r} routes by objective: give parameters."
                     "latency_budget_ms and/or min_accuracy"
                 )
-            served, note = models.route(objective)
+            # too many inputs is the 413 of decoding, not a budget no model meets
+            inputs = min(routed_inputs(request), settings.max_inputs_per_request)
+            served, note = models.route(objective, inputs)
             spec = served.card.input
         else:
             served = models.resolve(model_spec(name, version))
@@ -117,6 +119,17 @@ async def infer(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
         return Prepared(served, batch, lambda result, _: answer(served, request, result, note))
 
     return await serve(scope, receive, state, prepare, dialect="v2")
+
+
+def routed_inputs(request: InferRequest) -> int:
+    """How many inputs a routed request carries, before any is decoded: the first axis of its
+    BYTES images or of its [N,C,H,W] tensor (a [C,H,W] one is one input)."""
+    if len(request.inputs) != 1:
+        return 1  # refused once a model is chosen
+    shape = request.inputs[0].shape
+    if request.inputs[0].datatype == BYTES or len(shape) == 4:
+        return max(1, shape[0]) if shape else 1
+    return 1
 
 
 def answer(

@@ -121,7 +121,12 @@ class OnnxModel:
     def batch1_seconds(self, runs: int = 10, pause_s: float = 0.0) -> float:
         """Median wall time of a batch-1 call, measured here (decides inline inference and the
         thread layout); with ``pause_s``, each call follows that long idle, as a lone request."""
-        x = np.zeros((1, *self.item_shape), dtype=self.dtype)
+        return self.batch_seconds(1, runs, pause_s)
+
+    def batch_seconds(self, batch_size: int, runs: int = 10, pause_s: float = 0.0) -> float:
+        """Median wall time of a call on ``batch_size`` inputs, measured here; with ``pause_s``,
+        each call follows that long idle."""
+        x = np.zeros((batch_size, *self.item_shape), dtype=self.dtype)
         times = []
         for _ in range(runs):
             if pause_s:

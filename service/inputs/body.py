@@ -41,6 +41,17 @@ class PredictRequest:
     tensor: Any = None
     objective: dict[str, Any] = field(default_factory=dict)  # routing fields given in the body
 
+    def input_count(self) -> int:
+        """How many inputs the request carries, before any is decoded (what the router weighs):
+        its images, or the first axis of an [N,C,H,W] tensor (a [C,H,W] one is one input)."""
+        if self.images:
+            return len(self.images)
+        depth, item = 0, self.tensor
+        while isinstance(item, list) and depth < 4:
+            depth += 1
+            item = item[0] if item else None
+        return len(self.tensor) if depth == 4 else 1
+
 
 def parse_body(content_type: str | None, body: bytes) -> PredictRequest:
     """Split a body into model, top_k and images or tensor according to its content type."""

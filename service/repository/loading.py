@@ -34,6 +34,9 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# The batch size a version's time per image is measured at, for the router (one the warm-up ran).
+ROUTING_BATCH = 8
+
 
 class _MetricsObserver(BatchObserver):
     """Feeds one model version's batcher events into the app's Prometheus metrics."""
@@ -287,6 +290,10 @@ def _serve(
     batch1_ms = runtime.batch1_seconds() * 1000.0  # the session that serves, warm
     batcher.inline = batch1_ms <= settings.inline_inference_max_ms
     served.batch1_ms = batch1_ms
+    # What each more input costs the router's prediction: a batch's time per image, batched as
+    # queued inputs are (the warm-up ran this batch size: no first-call cost in it).
+    routing_batch = min(ROUTING_BATCH, settings.max_batch_size)
+    served.per_image_ms = runtime.batch_seconds(routing_batch, runs=5) * 1000.0 / routing_batch
     served.ready = True
     labels = (card.name, label_version)
     metrics.model_info.labels(

@@ -62,6 +62,7 @@ class ServedModel:
     ready: bool = False
     active: int = 0  # requests that resolved this version and are not answered yet
     batch1_ms: float = 0.0  # a batch-1 call measured at load: the router's figure before traffic
+    per_image_ms: float = 0.0  # time per image of a batch measured at load (ROUTING_BATCH)
     window: LatencyWindow = field(default_factory=LatencyWindow)  # recent end-to-end latencies
     layout: Layout | None = None  # threads and inference workers chosen at load, and why
 
@@ -79,12 +80,14 @@ class ServedModel:
         return {"requests": len(recent), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3)}
 
     def routing_figures(self) -> dict[str, Any]:
-        """What the router weighs this version by now: its predicted p99 and where it comes from."""
+        """What the router weighs this version by now for a one-input request: its predicted p99
+        and where it comes from."""
         [candidate] = candidates([self], None, time.monotonic())
         return {
             "predicted_p99_ms": round(candidate.predicted_p99_ms, 3),
             "prediction": "live" if candidate.live else "measured at load",
             "accuracy": candidate.accuracy,
+            "per_image_ms": round(self.per_image_ms, 3),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -354,10 +357,11 @@ class ModelRegistry:
                 ).set(0)
                 self.metrics.queue_capacity.labels(*labels).set(0)
 
-    def route(self, objective: Objective) -> tuple[ServedModel, dict[str, Any]]:
-        """The model version an objective chooses, and what the answer says about it."""
+    def route(self, objective: Objective, inputs: int = 1) -> tuple[ServedModel, dict[str, Any]]:
+        """The model version an objective chooses for a request of ``inputs`` inputs, and what
+        the answer says about it."""
         newest = [versions[max(versions)] for versions in self.models.values() if versions]
-        found = candidates(newest, objective.family, time.monotonic())
+        found = candidates(newest, objective.family, time.monotonic(), max(1, inputs))
         chosen, met = choose(found, objective, self.headroom)
         served: ServedModel = chosen.served
         key = (objective.kind, served.name)

@@ -5,8 +5,10 @@ it can accept), ``min_accuracy`` (a top-1 floor, from the cards), or both, optio
 ``family`` (the data set its labels come from). Each candidate is the newest loaded version of a
 model; its accuracy is its card's top-1 and its predicted p99 is the live p99 of its recent
 requests (queue wait, inference and service overhead, as the clients saw them) while it has
-recent traffic, else its batch-1 time measured at load plus the work queued ahead of it. The
-choice costs a few microseconds: the live p99 is recomputed at most every
+recent traffic, else its batch-1 time measured at load plus the work queued ahead of it. Either
+figure grows with the request's own inputs: each input beyond those of a typical recent request
+(the window's median; one before traffic) adds the model's time per image measured at load. The
+choice costs a few microseconds: the live p99 and the median are recomputed at most every
 ``LatencyWindow.REFRESH`` requests or ``REFRESH_S`` seconds, not per request.
 """
 
@@ -29,7 +31,8 @@ OVERHEAD_MS = 1.0
 
 class LatencyWindow:
     """Recent end-to-end latencies of one model version (the live p50/p99 of /models and the
-    router's prediction), and their p99 (``robust_p99``), cached.
+    router's prediction) with each request's input count, and their p99 (``robust_p99``) and
+    median input count, cached.
 
     Recent means both: at most ``size`` requests and none older than ``MAX_AGE_S``. The age
     limit is what lets a model the router stopped choosing come back: its congested figures
@@ -42,14 +45,16 @@ class LatencyWindow:
     REFRESH_S = 0.25  # ... or this long after the last computation
 
     def __init__(self, size: int = 1024) -> None:
-        self._samples: deque[tuple[float, float]] = deque(maxlen=size)  # (answered at, seconds)
+        # (answered at, seconds, inputs)
+        self._samples: deque[tuple[float, float, int]] = deque(maxlen=size)
         self._new = 0
         self._p99_ms: float | None = None
+        self._typical_inputs = 1
         self._computed_at = 0.0
 
-    def add(self, seconds: float, now: float) -> None:
-        """One answered request's end-to-end latency."""
-        self._samples.append((now, seconds))
+    def add(self, seconds: float, now: float, inputs: int = 1) -> None:
+        """One answered request's end-to-end latency and how many inputs it had."""
+        self._samples.append((now, seconds, inputs))
         self._new += 1
 
     def _expire(self, now: float) -> None:
@@ -61,7 +66,7 @@ class LatencyWindow:
     def samples(self, now: float | None = None) -> np.ndarray:
         """The latencies in the window, in seconds."""
         self._expire(time.monotonic() if now is None else now)
-        return np.fromiter((s for _, s in self._samples), dtype=np.float64)
+        return np.fromiter((s for _, s, _ in self._samples), dtype=np.float64)
 
     def p99_ms(self, now: float) -> float | None:
         """The live p99 in ms, or None without enough recent requests (``MIN_SAMPLES``, or the
@@ -77,8 +82,15 @@ class LatencyWindow:
             or now - self._computed_at > self.REFRESH_S
         ):
             self._p99_ms = robust_p99(self.samples(now)) * 1000.0
+            inputs = np.fromiter((n for _, _, n in self._samples), dtype=np.int64)
+            self._typical_inputs = int(np.median(inputs))
             self._new, self._computed_at = 0, now
         return self._p99_ms
+
+    def typical_inputs(self) -> int:
+        """The median input count of the requests the last live p99 was computed over (1 before
+        there was one)."""
+        return self._typical_inputs
 
 
 def robust_p99(samples: np.ndarray) -> float:
@@ -195,8 +207,11 @@ class Candidate:
         return -1.0 if self.accuracy is None else self.accuracy
 
 
-def candidates(models: list[Any], family: str | None, now: float) -> list[Candidate]:
-    """The newest loaded version of each model (of ``family``), with its figures.
+def candidates(
+    models: list[Any], family: str | None, now: float, inputs: int = 1
+) -> list[Candidate]:
+    """The newest loaded version of each model (of ``family``), with its figures for a request
+    of ``inputs`` inputs.
 
     Top-1 accuracies of different data sets do not compare: without ``family``, the models must
     all be of one data set (else the objective must say which, a 422 naming them); a family no
@@ -220,13 +235,14 @@ def candidates(models: list[Any], family: str | None, now: float) -> list[Candid
             continue
         # A version vouched for by another version's card has no accuracy of its own.
         accuracy = card.metrics.top1 if card.version == served.version else None
-        live = served.window.p99_ms(now)
+        window, per_image_ms = served.window, served.per_image_ms
+        live = window.p99_ms(now)
         if live is not None:
-            found.append(Candidate(served, accuracy, live, True))
+            extra = max(0, inputs - window.typical_inputs()) * per_image_ms
+            found.append(Candidate(served, accuracy, live + extra, True))
             continue
-        per_image_ms = served.batch1_ms
         queued = served.batcher.queue_depth
-        predicted = served.batch1_ms + OVERHEAD_MS + queued * per_image_ms
+        predicted = served.batch1_ms + OVERHEAD_MS + (queued + inputs - 1) * per_image_ms
         found.append(Candidate(served, accuracy, predicted, False))
     return found
 

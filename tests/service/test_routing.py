@@ -61,6 +61,54 @@ def test_tight_budget_routes_to_the_fast_model(served: tuple[httpx.Client, dict]
     assert routing["candidates_considered"] == 2
 
 
+def test_a_request_of_many_images_goes_where_one_image_would_not(
+    served: tuple[httpx.Client, dict],
+) -> None:
+    """One budget: the teacher answers one image within it, but not eight, which it predicts at
+    seven of its per-image times more; the student, cheaper per image, gets the eight."""
+    client, models = served
+    n = 8
+
+    def figure(name: str, key: str) -> float:
+        return float(models[name]["versions"][-1]["routing"][key])
+
+    def for_n(name: str) -> float:
+        return predicted(models, name) + (n - 1) * figure(name, "per_image_ms")
+
+    assert figure(SLOW, "per_image_ms") > figure(FAST, "per_image_ms") > 0
+    assert for_n(FAST) < for_n(SLOW)
+    # within the default headroom (0.8) of this budget: one image on the teacher, n on the student
+    budget = (max(predicted(models, SLOW), for_n(FAST)) + for_n(SLOW)) / 2 / 0.8
+    one = post(client, f"latency_budget_ms={budget:.3f}")
+    assert one.status_code == 200 and one.json()["model"] == SLOW, one.text
+    image = base64.b64encode(JPEG).decode()
+    many = client.post("/predict", json={"images": [image] * n, "latency_budget_ms": budget})
+    assert many.status_code == 200, many.text
+    body = many.json()
+    assert body["model"] == FAST and len(body["predictions"]) == n
+    # the figures are rounded to 3 decimals: n of them can be off by n half-thousandths
+    assert body["routing"]["predicted_p99_ms"] == pytest.approx(for_n(FAST), abs=n * 5e-4)
+    element = len(JPEG).to_bytes(4, "little") + JPEG
+    header = {
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "BYTES",
+                "shape": [n],
+                "parameters": {"binary_data_size": n * len(element)},
+            }
+        ],
+        "parameters": {"latency_budget_ms": budget},
+    }
+    head = json.dumps(header).encode()
+    r = client.post(
+        "/v2/models/auto/infer",
+        content=head + element * n,
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
+    assert r.status_code == 200 and r.json()["model_name"] == FAST, r.text
+
+
 def test_loose_budget_and_high_floor_route_to_the_accurate_model(
     served: tuple[httpx.Client, dict],
 ) -> None:

@@ -7,7 +7,11 @@ from types import SimpleNamespace
 import pytest
 
 from service.errors import Unprocessable
+from service.http.v2_infer import routed_inputs
+from service.inputs.body import PredictRequest
+from service.inputs.v2_request import InferInput, InferRequest
 from service.repository.routing import (
+    OVERHEAD_MS,
     Candidate,
     LatencyWindow,
     Objective,
@@ -61,6 +65,7 @@ def _served(name: str, dataset: str, top1: float = 0.9) -> SimpleNamespace:
         card=card,
         window=window,
         batch1_ms=1.0,
+        per_image_ms=1.0,
         batcher=SimpleNamespace(queue_depth=0),
     )
 
@@ -109,3 +114,67 @@ def test_a_window_smaller_than_the_minimum_still_gives_a_live_figure() -> None:
     for i in range(16):
         window.add(0.010, float(i) * 0.01)
     assert window.p99_ms(0.2) == pytest.approx(10.0)
+
+
+def _timed(name: str, top1: float, batch1_ms: float, per_image_ms: float) -> SimpleNamespace:
+    """A served version without live figures, with its load-time batch-1 and per-image times."""
+    served = _served(name, "cifar10", top1)
+    served.batch1_ms, served.per_image_ms = batch1_ms, per_image_ms
+    return served
+
+
+def test_each_input_of_the_request_adds_the_models_time_per_image() -> None:
+    """Before traffic: batch-1 time, overhead, then one time per image for each input queued
+    ahead and each of the request's own inputs beyond the first."""
+    teacher = _timed("teacher", 0.93, batch1_ms=3.0, per_image_ms=1.5)
+    student = _timed("student", 0.90, batch1_ms=1.0, per_image_ms=0.1)
+    one = {c.served.name: c.predicted_p99_ms for c in candidates([teacher, student], None, 0.0)}
+    assert one == {"teacher": 3.0 + OVERHEAD_MS, "student": 1.0 + OVERHEAD_MS}
+    many = candidates([teacher, student], None, 0.0, inputs=33)
+    assert [c.predicted_p99_ms for c in many] == pytest.approx(
+        [3.0 + OVERHEAD_MS + 32 * 1.5, 1.0 + OVERHEAD_MS + 32 * 0.1]
+    )
+    teacher.batcher.queue_depth = 4  # four inputs queued ahead of this request
+    [queued, _] = candidates([teacher, student], None, 0.0, inputs=2)
+    assert queued.predicted_p99_ms == pytest.approx(3.0 + OVERHEAD_MS + 5 * 1.5)
+    # The same budget serves one image from the teacher and 33 from the student.
+    budget = Objective(latency_budget_ms=10.0)
+    assert choose(candidates([teacher, student], None, 0.0), budget)[0].served is teacher
+    assert choose(many, budget)[0].served is student
+
+
+def test_live_figures_grow_with_inputs_beyond_the_typical_request() -> None:
+    """The live p99 is of the requests the model has been answering: a request of more inputs
+    than their median adds the time per image of each one more; one of fewer, nothing."""
+    served = _timed("student", 0.9, batch1_ms=1.0, per_image_ms=0.25)
+    served.window = LatencyWindow(size=64)
+    for i in range(40):
+        served.window.add(0.004, now=i * 0.01, inputs=8)
+    [typical] = candidates([served], None, 0.5, inputs=8)
+    assert typical.live and typical.predicted_p99_ms == pytest.approx(4.0)
+    [fewer] = candidates([served], None, 0.5, inputs=1)
+    assert fewer.predicted_p99_ms == pytest.approx(4.0)
+    [more] = candidates([served], None, 0.5, inputs=24)
+    assert more.predicted_p99_ms == pytest.approx(4.0 + 16 * 0.25)
+
+
+def test_the_router_counts_a_requests_inputs_before_decoding_them() -> None:
+    """/predict: its images, or the first axis of an [N,C,H,W] tensor; v2: the first axis of
+    its BYTES images or [N,C,H,W] tensor. A [C,H,W] tensor is one input."""
+    item = [[[0.0] * 4] * 4] * 3
+    assert PredictRequest(images=[b"a", b"b", b"c"]).input_count() == 3
+    assert PredictRequest(tensor=item).input_count() == 1
+    assert PredictRequest(tensor=[item] * 5).input_count() == 5
+    assert PredictRequest(tensor=[]).input_count() == 1  # refused when decoded
+    assert PredictRequest(tensor=[[[[]]]]).input_count() == 1
+    assert PredictRequest(tensor=[[[[0.0]]]] * 2).input_count() == 2
+
+    def v2(datatype: str, shape: tuple[int, ...]) -> InferRequest:
+        return InferRequest(inputs=[InferInput("input", datatype, shape)])
+
+    assert routed_inputs(v2("BYTES", (6,))) == 6
+    assert routed_inputs(v2("BYTES", (6, 1))) == 6
+    assert routed_inputs(v2("FP32", (7, 3, 32, 32))) == 7
+    assert routed_inputs(v2("FP32", (3, 32, 32))) == 1
+    assert routed_inputs(v2("FP32", (0, 3, 32, 32))) == 1
+    assert routed_inputs(InferRequest()) == 1

@@ -59,3 +59,16 @@ def test_robust_p99_is_the_percentile_from_a_hundred_and_one_samples_on() -> Non
     x = np.arange(1.0, 51.0)  # 50 samples: never above the second largest
     assert robust_p99(x) == 49.0
     assert robust_p99(np.array([3.0])) == 3.0 and robust_p99(np.array([])) == 0.0
+
+
+def test_the_typical_input_count_is_the_median_of_the_window() -> None:
+    window = LatencyWindow(size=100)
+    assert window.typical_inputs() == 1  # before any live figure
+    for i in range(30):
+        window.add(0.002, now=i * 0.01, inputs=1 if i % 3 else 16)  # 10 of 16, 20 of 1
+    window.p99_ms(now=0.3)
+    assert window.typical_inputs() == 1
+    for i in range(LatencyWindow.REFRESH):
+        window.add(0.002, now=0.3 + i * 0.001, inputs=16)  # now most carry 16
+    window.p99_ms(now=0.4)
+    assert window.typical_inputs() == 16
