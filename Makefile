@@ -71,8 +71,10 @@ cifar-zoo-continue: venv
 
 # models/ from the zoo: the teacher, each architecture's most accurate network, the Pareto front
 # and the config's `serve` list (with their int8 variants); REPORT.md keeps every network trained.
+# docs/offline.md's zoo tables follow (scripts/zoo_tables.py; `make lint` checks them).
 cifar-zoo-pick: venv
 	$(BIN)/python -m export pick $(ZOO_DIR) --into models
+	$(BIN)/python scripts/zoo_tables.py
 
 # A finished zoo into models/: its lanes measured each network's latency beside the other lane's
 # training, so every network is measured again on the quiet machine first, then picked. Latency
@@ -81,6 +83,7 @@ cifar-zoo-pick: venv
 cifar-zoo-publish: venv
 	$(BIN)/python -m export evaluate $(ZOO_DIR) --data-dir $(CIFAR10) --rounds 5
 	$(BIN)/python -m export pick $(ZOO_DIR) --into models
+	$(BIN)/python scripts/zoo_tables.py
 
 # The serving figures the README and docs/performance.md quote, measured again on models/ in one
 # window (~35 min on 2 cores; a running zoo is paused meanwhile); raw outputs in loadtest/results/.
@@ -92,6 +95,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/python scripts/settings_table.py --check
+	$(BIN)/python scripts/zoo_tables.py --check
 
 typecheck: venv
 	$(BIN)/mypy

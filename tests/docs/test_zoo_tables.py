@@ -1,0 +1,58 @@
+"""docs/offline.md's zoo tables are regenerated from models/, and a stale one is caught."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.support.cli import ROOT
+from tests.support.zoo import teacher, zoo_cards
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("zoo_tables", ROOT / "scripts/zoo_tables.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("zoo_tables", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+zoo_tables = _script()
+DOC = (ROOT / "docs/offline.md").read_text(encoding="utf-8")
+
+
+def test_the_committed_tables_are_those_of_models() -> None:
+    assert zoo_tables.render(DOC, ROOT / "models") == DOC
+
+
+def test_a_figure_edited_by_hand_is_put_back() -> None:
+    big = teacher()
+    row = next(line for line in DOC.splitlines() if line.startswith(f"| {big.name} |"))
+    figure = f"{big.metrics.top1 * 100:.2f}"
+    assert f"| {figure} |" in row
+    stale = DOC.replace(row, row.replace(f"| {figure} |", "| 12.34 |"))
+    assert stale != DOC and zoo_tables.render(stale, ROOT / "models") == DOC
+
+
+def test_a_smaller_repository_gives_a_smaller_table(tmp_path: Path) -> None:
+    """The models table is the repository's: a model removed from it leaves the table (the
+    methods table is of every network trained, served or not)."""
+    kept = [c.name for c in zoo_cards()][:3]
+    for name in kept:
+        shutil.copytree(ROOT / "models" / name, tmp_path / name)
+    shutil.copy(ROOT / "models" / zoo_tables.ZOO_CARDS, tmp_path)
+    rendered = zoo_tables.render(DOC, tmp_path)
+    block = rendered.split("<!-- zoo-models:start -->")[1].split("<!-- zoo-models:end -->")[0]
+    rows = [line.split("|")[1].strip() for line in block.splitlines() if line.startswith("| cifar")]
+    assert sorted(rows) == sorted(kept)
+
+
+def test_a_doc_without_its_markers_is_refused() -> None:
+    with pytest.raises(SystemExit, match="zoo-methods:start"):
+        zoo_tables.render(DOC.replace("<!-- zoo-methods:start -->", ""), ROOT / "models")
