@@ -184,6 +184,42 @@ def find_teacher(cards: Sequence[ModelCard]) -> ModelCard | None:
     return next(c for c in cards if c.name == top)
 
 
+def smallest_student(cards: Sequence[ModelCard], precision: str = "int8") -> ModelCard | None:
+    """The student with the fewest MACs in ``precision``, neither the teacher nor a variant of
+    it; of students of equal MACs (one architecture trained by several methods), the most
+    accurate, the one a user would serve (then the name)."""
+    big = find_teacher(cards)
+    students = [
+        c
+        for c in cards
+        if c.precision == precision and (big is None or big.name not in (c.name, c.derived_from))
+    ]
+    return min(students, key=lambda c: (c.macs, -c.metrics.top1, c.name), default=None)
+
+
+def variant_of(cards: Sequence[ModelCard], card: ModelCard, precision: str) -> ModelCard | None:
+    """``card``'s variant in ``precision`` (its int8 file, say), if the cards have it."""
+    return next(
+        (c for c in cards if c.derived_from == card.name and c.precision == precision), None
+    )
+
+
+def serving_roles(cards: Sequence[ModelCard]) -> dict[str, str]:
+    """The models scripts/serving-figures.sh measures, by role: the teacher (the largest), its
+    int8 variant and the smallest int8 student; a role the cards do not fill is left out."""
+    roles: dict[str, str] = {}
+    big = find_teacher(cards)
+    if big is not None:
+        roles["LARGEST"] = big.name
+        heavy = variant_of(cards, big, "int8")
+        if heavy is not None:
+            roles["HEAVY_INT8"] = heavy.name
+    small = smallest_student(cards)
+    if small is not None:
+        roles["SMALLEST"] = small.name
+    return roles
+
+
 def _b32(card: ModelCard) -> float | None:
     row = _row(card, 32)
     return row.images_per_s if row else None

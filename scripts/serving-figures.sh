@@ -30,11 +30,26 @@ REPO=${REPO:-models}
 RESULTS=${RESULTS:-loadtest/results}
 ZOO_DIR=${ZOO_DIR:-$HOME/.cache/rocketserve/cifar10-zoo}
 TAG=${TAG:-cifar10}
-AGAINST_RAW=${AGAINST_RAW:-cifar10-teacher-wrn-40-2 cifar10-teacher-wrn-40-2-int8 cifar10-rocket-kd-wrn-16-1-int8}
-SWEEP=${SWEEP:-cifar10-teacher-wrn-40-2,cifar10-rocket-kd-wrn-16-1-int8}
-LARGEST=${LARGEST:-cifar10-teacher-wrn-40-2}
-SMALLEST=${SMALLEST:-cifar10-rocket-kd-wrn-16-1-int8}
-HEAVY_INT8=${HEAVY_INT8:-cifar10-teacher-wrn-40-2-int8}
+# The models by role, unless given: read from REPO's cards (export/report.py, serving_roles): the
+# teacher, its int8 variant and the smallest int8 student (of equal MACs, the most accurate).
+roles=$("$PY" - "$REPO" <<'EOF'
+import sys
+from pathlib import Path
+
+from export.report import serving_roles
+from service.contract.model_card import model_dirs, read_manifest
+
+cards = [read_manifest(d) for d in model_dirs(Path(sys.argv[1]))]
+for role, name in serving_roles(cards).items():
+    print(f"role_{role}={name}")
+EOF
+)
+eval "$roles"
+LARGEST=${LARGEST:-${role_LARGEST:?"$REPO has no teacher: set LARGEST"}}
+HEAVY_INT8=${HEAVY_INT8:-${role_HEAVY_INT8:?"$REPO has no int8 teacher: set HEAVY_INT8"}}
+SMALLEST=${SMALLEST:-${role_SMALLEST:?"$REPO has no int8 student: set SMALLEST"}}
+AGAINST_RAW=${AGAINST_RAW:-$LARGEST $HEAVY_INT8 $SMALLEST}
+SWEEP=${SWEEP:-$LARGEST,$SMALLEST}
 STEPS=${STEPS:-vs-raw ramp sweep overload routing lone inline workers profile threads locust}
 QUICK=${QUICK:-0}
 

@@ -7,7 +7,13 @@ from pathlib import Path
 from PIL import Image
 
 from export.pareto import class_latency_ms, pareto_front
-from export.report import elapsed_training_s, render_report, write_report
+from export.report import (
+    elapsed_training_s,
+    render_report,
+    serving_roles,
+    smallest_student,
+    write_report,
+)
 from service.contract.model_card import EpochRecord, ModelCard, ProfileRow, read_manifest
 
 
@@ -208,3 +214,33 @@ def test_elapsed_training_time_counts_networks_side_by_side_once(digits_repo: Pa
         [*cards, older], "zoo"
     )
     assert "Elapsed training time" not in render_report([older], "zoo")
+
+
+def test_the_serving_roles_are_the_teacher_its_int8_and_the_smallest_int8_student(
+    digits_repo: Path,
+) -> None:
+    """serving-figures.sh measures these by default: of int8 students of equal MACs the most
+    accurate (not the one that happened to measure fastest), never the teacher's own int8."""
+    zoo = _zoo(digits_repo)
+    teacher = zoo[0]
+
+    def int8(card: ModelCard, top1: float, p50: float, macs: int | None = None) -> ModelCard:
+        c = _variant(card, f"{card.name}-int8", top1, p50, card.training.architecture)
+        update = {"precision": "int8", "derived_from": card.name, "macs": macs or card.macs}
+        return c.model_copy(update=update)
+
+    variants = [
+        int8(teacher, 0.929, 5.0, macs=1),  # the fewest MACs, but the teacher's
+        int8(zoo[1], 0.879, 0.2),  # alone: fastest
+        int8(zoo[3], 0.899, 0.9),  # rocket: the most accurate
+        int8(zoo[2], 0.880, 0.5, macs=2_000_000),  # kd, more MACs (say another architecture)
+    ]
+    cards = [*zoo, *variants]
+    assert serving_roles(cards) == {
+        "LARGEST": "c-teacher",
+        "HEAVY_INT8": "c-teacher-int8",
+        "SMALLEST": "c-rocket-int8",
+    }
+    fp32 = smallest_student(cards, "fp32")  # four WRN-16-1 of 1M MACs: the most accurate
+    assert fp32 is not None and fp32.name == "c-rocket-kd"
+    assert serving_roles(zoo) == {"LARGEST": "c-teacher"}  # no int8: no such roles
