@@ -2,7 +2,8 @@
 
 ``GET /v2/health/live|ready``, ``GET /v2`` (server metadata and its extensions), ``GET
 /v2/models/{name}[/versions/{v}]`` (inputs and outputs with datatype and shape, ``-1`` for the
-batch axis), ``.../ready``, and the model repository extension: ``POST /v2/repository/index``
+batch axis), ``.../ready``, ``.../config`` (Triton's model configuration,
+``service.http.v2_config``), and the model repository extension: ``POST /v2/repository/index``
 (open) and ``POST /v2/repository/models/{name}/load|unload`` (they change what is served, so they
 need ``Authorization: Bearer <ROCKETSERVE_API_KEY>`` and ``model_control_mode: explicit``).
 Errors are ``{"error": "message"}`` (``service.http.responses``, dialect "v2").
@@ -21,6 +22,7 @@ from service.errors import BadRequest, NotFound, ServiceError
 from service.http.asgi_io import read_body
 from service.http.responses import json_reply
 from service.http.state import registry_of, state_of
+from service.http.v2_config import model_config
 from service.http.v2_infer import model_spec
 from service.inputs.body import check_json_size
 from service.inputs.v2_request import datatype_of
@@ -30,7 +32,7 @@ router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
 SERVER_NAME = "rocketserve"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "model_repository")
 PLATFORM = "onnx_onnxv1"
 
 
@@ -92,16 +94,19 @@ async def statistics(request: Request) -> Response:
     )
 
 
-@router.get("/models/{name}/config", summary="Model configuration (not supported)")
-@router.get(
-    "/models/{name}/versions/{version}/config", summary="Model configuration (not supported)"
-)
-async def model_config(request: Request) -> Response:
-    """Triton's model configuration is not offered: 404 with where the same facts are."""
-    raise _unsupported(
-        "the model configuration endpoint",
-        "GET /v2/models/{name} has the inputs and outputs, GET /models/{name} the model card",
+@router.get("/models/{name}/config", summary="Model configuration (Triton)")
+async def get_model_config(request: Request, name: str) -> dict[str, Any]:
+    """Triton's model configuration of the model's default (newest loaded) version."""
+    return model_config(
+        registry_of(request).resolve(model_spec(name, None)), state_of(request).settings
     )
+
+
+@router.get("/models/{name}/versions/{version}/config", summary="Model version configuration")
+async def get_model_version_config(request: Request, name: str, version: str) -> dict[str, Any]:
+    """Triton's model configuration of one version."""
+    served = registry_of(request).resolve(model_spec(name, version))
+    return model_config(served, state_of(request).settings)
 
 
 @router.get("/models/{name}", summary="Model metadata (v2)")

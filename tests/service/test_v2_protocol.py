@@ -14,6 +14,8 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from service.contract.model_card import model_file, read_manifest
+from service.http.v2_config import version_policy
+from service.settings import Settings
 from tests.service.conftest import png_bytes
 from tests.support.server import running_service
 
@@ -68,6 +70,53 @@ def test_health_and_metadata(client: object) -> None:
     assert client.get_model_metadata("digits-logreg", "1")["name"] == "digits-logreg"
     assert client.is_model_ready("digits-logreg") and client.is_model_ready("digits-logreg", "1")
     assert not client.is_model_ready("nope")
+
+
+def test_the_model_configuration_is_what_tritons_image_client_reads(client: object) -> None:
+    """Triton's image_client example takes the batch axis from the configuration's
+    max_batch_size and the pixel layout from its input format, beside the metadata: the checks
+    it makes hold, and max_batch_size is the most inputs a request may carry."""
+    meta = client.get_model_metadata("digits-logreg")
+    config = client.get_model_config("digits-logreg")
+    assert client.get_model_config("digits-logreg", "1") == config  # one card for both versions
+    assert "model_configuration" in client.get_server_metadata()["extensions"]
+    # image_client's parse_model: one input and output, FP32 logits, a vector per input,
+    # [batch, C, H, W] in the metadata when max_batch_size > 0, an NCHW or NHWC input format
+    assert len(meta["inputs"]) == len(meta["outputs"]) == len(config["input"]) == 1
+    assert meta["outputs"][0]["datatype"] == "FP32"
+    limit = config["max_batch_size"]
+    assert limit == Settings.model_fields["max_inputs_per_request"].default
+    assert len(meta["inputs"][0]["shape"]) == 1 + len(config["input"][0]["dims"]) == 4
+    assert config["input"][0] == {
+        "name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [1, 8, 8]
+    }  # fmt: skip
+    assert config["output"][0]["dims"] == [10] and config["output"][0]["data_type"] == "TYPE_FP32"
+    assert config["name"] == "digits-logreg" and config["platform"] == "onnxruntime_onnx"
+    assert config["version_policy"] == {"all": {}}  # ROCKETSERVE_VERSION_POLICY=all
+    batching = config["dynamic_batching"]
+    delay_ms = Settings.model_fields["max_queue_delay_ms"].default
+    assert batching["max_queue_delay_microseconds"] == round(delay_ms * 1000)
+    assert config["instance_group"][0]["kind"] == "KIND_CPU"
+    assert config["instance_group"][0]["count"] >= 1
+    # max_batch_size is what it says: that many inputs are answered, one more is refused
+    for n, status in ((limit, None), (limit + 1, "413")):
+        inp = httpclient.InferInput("input", [n, 1, 8, 8], "FP32")
+        inp.set_data_from_numpy(tensor(n))
+        if status is None:
+            assert client.infer("digits-logreg", [inp]).as_numpy("logits").shape == (n, 10)
+            continue
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("digits-logreg", [inp])
+        assert caught.value.status() == status and f"at most {limit} inputs" in str(caught.value)
+    with pytest.raises(InferenceServerException) as unknown:
+        client.get_model_config("nope")
+    assert unknown.value.status() == "404"
+
+
+def test_version_policies_read_as_tritons() -> None:
+    assert version_policy("all") == {"all": {}}
+    assert version_policy("latest:2") == {"latest": {"num_versions": 2}}
+    assert version_policy("specific:3,1") == {"specific": {"versions": [1, 3]}}
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
@@ -195,7 +244,6 @@ def test_what_the_server_does_not_offer_is_a_clear_404(
     for call in (
         lambda: client.get_inference_statistics(),  # type: ignore[attr-defined]
         lambda: client.get_inference_statistics("digits-logreg"),  # type: ignore[attr-defined]
-        lambda: client.get_model_config("digits-logreg"),  # type: ignore[attr-defined]
     ):
         with pytest.raises(InferenceServerException) as caught:
             call()
