@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import os
 import sys
 
@@ -19,10 +20,13 @@ from service.contract.model_card import (
 )
 from service.http.uvicorn_hooks import arrival_protocol
 from service.inference.processes import choose_processes
+from service.observability.logs import configure_service_logging, uvicorn_log_config
 from service.observability.multiprocess import share_metrics_across_workers
 from service.repository.loading import select_versions, verified_versions, verify_repository
 from service.repository.registry import LoadFailure
 from service.settings import ENV_PREFIX, Settings
+
+log = logging.getLogger("service")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -163,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if failures and settings.strict_models:
         print(f"error: {failures[0].line()}", file=sys.stderr)
         return 2
-    if settings.log_level in ("info", "debug"):
-        print(f"INFO:     {workers} worker process(es): {why}", file=sys.stderr)
+    configure_service_logging(settings.log_format, settings.log_level)
+    log.info("%d worker process(es): %s", workers, why)
     # Every worker reads the number chosen here (it divides the cores among them).
     os.environ[f"{ENV_PREFIX}WORKERS"] = str(workers)
     # Before the workers start: with several, /metrics merges all their metric files.
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         loop=settings.event_loop,
         http=arrival_protocol(),  # deadlines count from the first parsed byte, not the route
         log_level=settings.log_level,
+        log_config=uvicorn_log_config(settings.log_format),
         access_log=settings.access_log,
         timeout_keep_alive=settings.keep_alive_s,
         # SIGTERM: stop accepting, let accepted requests finish, but exit within the grace.

@@ -308,6 +308,12 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the service and uvicorn."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Logs as text, or 'json': one JSON object per line (time, level, logger, "
+        "message; an access record's client, method, path, status; an exception's traceback) "
+        "for a log pipeline, uvicorn's records included.",
+    )
     access_log: bool = Field(
         False, description="uvicorn access log (off: keeps the hot path lean)."
     )

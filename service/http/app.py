@@ -21,6 +21,7 @@ from service.http.state import ServiceState
 from service.http.uvicorn_hooks import requests_in_progress
 from service.http.v2_routes import router as v2_router
 from service.inputs.pipeline import warm_up_decoders
+from service.observability.logs import configure_service_logging
 from service.observability.metrics import ServiceMetrics
 from service.repository.polling import RepositoryPoller, snapshot
 from service.repository.registry import ModelRegistry
@@ -138,7 +139,5 @@ def create_app(
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory``: settings come from ROCKETSERVE_* variables."""
     settings = Settings()  # type: ignore[call-arg]  # model_repository comes from the env
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_service_logging(settings.log_format, settings.log_level)
     return create_app(settings)
