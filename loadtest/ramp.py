@@ -73,7 +73,8 @@ def router_view(client: httpx.Client, family: str | None) -> list[Candidate]:
 
 
 def predicted_p99(client: httpx.Client) -> dict[str, Any]:
-    """Each version's predicted p99 and its source (live or measured at load), from /models."""
+    """Each version's predicted p99 and its source (live, queued work or measured at load), from
+    /models."""
     out: dict[str, Any] = {}
     for entry in client.get("/models").json().get("models", []):
         for version in entry.get("versions") or []:

@@ -122,7 +122,7 @@ class Routing(BaseModel):
     predicted_p99_ms: float = Field(
         ge=0, description="The chosen model's predicted p99 for this request's inputs."
     )
-    prediction: Literal["live", "measured at load"]
+    prediction: Literal["live", "queued work", "measured at load"]
     accuracy: float | None = Field(
         ge=0, le=1, description="The card's top-1; null for a version no card measured."
     )

@@ -85,7 +85,7 @@ class ServedModel:
         [candidate] = candidates([self], None, time.monotonic())
         return {
             "predicted_p99_ms": round(candidate.predicted_p99_ms, 3),
-            "prediction": "live" if candidate.live else "measured at load",
+            "prediction": candidate.source,
             "accuracy": candidate.accuracy,
             "per_image_ms": round(self.per_image_ms, 3),
         }

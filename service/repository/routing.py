@@ -5,9 +5,11 @@ it can accept), ``min_accuracy`` (a top-1 floor, from the cards), or both, optio
 ``family`` (the data set its labels come from). Each candidate is the newest loaded version of a
 model; its accuracy is its card's top-1 and its predicted p99 is the live p99 of its recent
 requests (queue wait, inference and service overhead, as the clients saw them) while it has
-recent traffic, else its batch-1 time measured at load plus the work queued ahead of it. Either
-figure grows with the request's own inputs: each input beyond those of a typical recent request
-(the window's median; one before traffic) adds the model's time per image measured at load. The
+recent traffic, else its batch-1 time measured at load plus the work queued ahead of it. The live
+figure lags a sudden queue by up to a refresh, so it is never taken below the inference time the
+work queued right now implies; that reacts to a burst at once. Either figure grows with
+the request's own inputs: each input beyond those of a typical recent request (the window's
+median; one before traffic) adds the model's time per image measured at load. The
 choice costs a few microseconds: the live p99 and the median are recomputed at most every
 ``LatencyWindow.REFRESH`` requests or ``REFRESH_S`` seconds, not per request.
 """
@@ -194,12 +196,20 @@ def _text(value: Any, name: str) -> str | None:
 @dataclass(slots=True)
 class Candidate:
     """One model version the router weighs: its accuracy (None: no card measured this version)
-    and predicted p99."""
+    and predicted p99, and where the prediction came from (``source``)."""
 
     served: Any  # ServedModel (typed loosely: the registry module imports this one)
     accuracy: float | None
     predicted_p99_ms: float
     live: bool
+    queued: bool = False  # the live figure was below what the work queued now implies
+
+    @property
+    def source(self) -> str:
+        """Where the prediction came from, as answers and /models say it."""
+        if not self.live:
+            return "measured at load"
+        return "queued work" if self.queued else "live"
 
     @property
     def rank(self) -> float:
@@ -236,14 +246,18 @@ def candidates(
         # A version vouched for by another version's card has no accuracy of its own.
         accuracy = card.metrics.top1 if card.version == served.version else None
         window, per_image_ms = served.window, served.per_image_ms
+        # the inputs queued now, drained by the version's inference workers side by side
+        layout = getattr(served, "layout", None)
+        workers = layout.inference_workers if layout is not None else 1
+        queued = served.batcher.queue_depth / workers
+        # the inference this request waits for and needs: no answer comes sooner
+        work = served.batch1_ms + (queued + inputs - 1) * per_image_ms
         live = window.p99_ms(now)
-        if live is not None:
-            extra = max(0, inputs - window.typical_inputs()) * per_image_ms
-            found.append(Candidate(served, accuracy, live + extra, True))
+        if live is None:
+            found.append(Candidate(served, accuracy, work + OVERHEAD_MS, False))
             continue
-        queued = served.batcher.queue_depth
-        predicted = served.batch1_ms + OVERHEAD_MS + (queued + inputs - 1) * per_image_ms
-        found.append(Candidate(served, accuracy, predicted, False))
+        predicted = live + max(0, inputs - window.typical_inputs()) * per_image_ms
+        found.append(Candidate(served, accuracy, max(predicted, work), True, work > predicted))
     return found
 
 
@@ -316,7 +330,7 @@ def routing_note(
         "objective": objective.describe(),
         "chosen": f"{chosen.served.name}:{chosen.served.version}",
         "predicted_p99_ms": round(chosen.predicted_p99_ms, 3),
-        "prediction": "live" if chosen.live else "measured at load",
+        "prediction": chosen.source,
         "accuracy": chosen.accuracy,
         "candidates_considered": considered,
     }

@@ -153,7 +153,8 @@ def test_loose_budget_sends_every_request_to_the_accurate_teacher(
     assert [c["model"] for c in report["candidates"]] == [SLOW_KEY, FAST_KEY]  # by top-1
     assert report["load_average_start"] and report["load_average_end"]
     assert [s["concurrency"] for s in report["steps"]] == [1, 2]
-    assert all(s["router_after_step"][SLOW_KEY]["prediction"] == "live" for s in report["steps"])
+    after = [s["router_after_step"][SLOW_KEY]["prediction"] for s in report["steps"]]
+    assert "measured at load" not in after  # live figures (or the queued work above them)
     with Image.open(tmp_path / "ramp.png") as png:
         assert png.format == "PNG" and png.size[0] >= 600
 

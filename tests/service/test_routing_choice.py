@@ -178,3 +178,26 @@ def test_the_router_counts_a_requests_inputs_before_decoding_them() -> None:
     assert routed_inputs(v2("FP32", (3, 32, 32))) == 1
     assert routed_inputs(v2("FP32", (0, 3, 32, 32))) == 1
     assert routed_inputs(InferRequest()) == 1
+
+
+def test_a_sudden_queue_raises_the_live_figure_at_once() -> None:
+    """The live p99 lags a burst by up to a refresh; the inference the queued inputs need (per
+    image, over the version's inference workers) is a floor it is never taken below."""
+    teacher = _timed("teacher", 0.93, batch1_ms=3.0, per_image_ms=1.0)
+    teacher.window = LatencyWindow(size=64)
+    for i in range(40):
+        teacher.window.add(0.006, now=i * 0.01)  # calm: 6 ms
+    [calm] = candidates([teacher], None, 0.5)
+    assert calm.source == "live" and calm.predicted_p99_ms == pytest.approx(6.0)
+    teacher.batcher.queue_depth = 40  # a burst: 40 inputs queued, the window not refreshed yet
+    [burst] = candidates([teacher], None, 0.5)
+    assert burst.source == "queued work"
+    assert burst.predicted_p99_ms == pytest.approx(3.0 + 40 * 1.0)
+    teacher.layout = SimpleNamespace(inference_workers=2)  # two workers drain it side by side
+    [halved] = candidates([teacher], None, 0.5)
+    assert halved.predicted_p99_ms == pytest.approx(3.0 + 20 * 1.0)
+    student = _timed("student", 0.90, batch1_ms=1.0, per_image_ms=0.1)
+    found = candidates([teacher, student], None, 0.5)
+    assert choose(found, Objective(latency_budget_ms=10.0))[0].served is student
+    note = routing_note(found[0], True, Objective(latency_budget_ms=10.0), 2)
+    assert note["prediction"] == "queued work"
