@@ -18,9 +18,9 @@ from service.contract.model_card import (
     model_dirs,
     read_manifest,
 )
-from service.http.uvicorn_hooks import arrival_protocol
+from service.http.uvicorn_hooks import arrival_protocol, uvicorn_log_config
 from service.inference.processes import choose_processes
-from service.observability.logs import configure_service_logging, uvicorn_log_config
+from service.observability.logs import JsonFormatter, configure_service_logging
 from service.observability.multiprocess import share_metrics_across_workers
 from service.repository.loading import select_versions, verified_versions, verify_repository
 from service.repository.registry import LoadFailure
@@ -142,6 +142,17 @@ def mistyped_settings(environ: dict[str, str]) -> list[str]:
     return warnings
 
 
+def _text_say(level: int, message: str) -> None:
+    """A start-up warning or error as the one plain line a person reads at a terminal."""
+    print(f"{logging.getLevelName(level).lower()}: {message}", file=sys.stderr)
+
+
+def _json_say(level: int, message: str) -> None:
+    """The same as a JSON log record (ROCKETSERVE_LOG_FORMAT=json)."""
+    record = log.makeRecord(log.name, level, __file__, 0, "%s", (message,), None)
+    print(JsonFormatter().format(record), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Validate settings and repository, then run uvicorn with the app factory."""
     args = parse_args(argv)
@@ -149,23 +160,26 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             # The factory (in every worker process) reads its settings from the environment.
             os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
+    # Before the settings are read, so that what is wrong with them is a log line too.
+    json_logs = os.environ.get(f"{ENV_PREFIX}LOG_FORMAT", "").strip().lower() == "json"
+    say = _json_say if json_logs else _text_say
     for warning in mistyped_settings(dict(os.environ)):
-        print(f"warning: {warning}", file=sys.stderr)
+        say(logging.WARNING, warning)
     try:
         settings = Settings()  # type: ignore[call-arg]  # model_repository comes from the env
         failures, cards = check_repository(settings)
         workers, why = choose_processes(settings, cards)
     except ValidationError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        say(logging.ERROR, _one_line(exc))
         return 2
     except SettingsError as exc:  # a variable pydantic-settings cannot parse (JSON of a dict)
-        print(f"error: invalid setting: {exc}", file=sys.stderr)
+        say(logging.ERROR, f"invalid setting: {exc}")
         return 2
     except ModelRepositoryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(logging.ERROR, str(exc))
         return 2
     if failures and settings.strict_models:
-        print(f"error: {failures[0].line()}", file=sys.stderr)
+        say(logging.ERROR, failures[0].line())
         return 2
     configure_service_logging(settings.log_format, settings.log_level)
     log.info("%d worker process(es): %s", workers, why)
@@ -182,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         loop=settings.event_loop,
         http=arrival_protocol(),  # deadlines count from the first parsed byte, not the route
         log_level=settings.log_level,
-        log_config=uvicorn_log_config(settings.log_format),
+        log_config=uvicorn_log_config(settings.log_format, settings.log_level),
         access_log=settings.access_log,
         timeout_keep_alive=settings.keep_alive_s,
         # SIGTERM: stop accepting, let accepted requests finish, but exit within the grace.

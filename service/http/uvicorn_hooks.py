@@ -1,4 +1,4 @@
-"""Arrival stamps, uvicorn's running-request count, and the protocol to run uvicorn with."""
+"""Arrival stamps, uvicorn's running-request count, the protocol and log config to run it with."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from typing import Any
 
 import uvicorn
 from starlette.types import Scope
+from uvicorn.config import LOGGING_CONFIG
+
+from service.observability.logs import ACCESS_LOGGER, JsonFormatter
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +98,28 @@ def arrival_protocol() -> str:
         )  # fmt: skip
         return "auto"
     return PROTOCOL_PATH
+
+
+def uvicorn_log_config(log_format: str, level: str) -> dict[str, Any]:
+    """The ``log_config`` to run uvicorn with: uvicorn's own for text; for JSON
+    (``service.observability.logs``), every logger, uvicorn's and the root that the service's
+    loggers reach, through ``JsonFormatter`` at ``level``."""
+    if log_format != "json":
+        return LOGGING_CONFIG
+    formatter = f"{JsonFormatter.__module__}.{JsonFormatter.__qualname__}"
+    stream = {"class": "logging.StreamHandler", "formatter": "json"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": formatter}},
+        "handlers": {
+            "stderr": {**stream, "stream": "ext://sys.stderr"},
+            "stdout": {**stream, "stream": "ext://sys.stdout"},
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            ACCESS_LOGGER: {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+        },
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+    }

@@ -4,9 +4,10 @@
 record of the service, of uvicorn and of its access log is one line holding a JSON object with
 ``time`` (UTC, ISO 8601), ``level``, ``logger`` and ``message``, an access record also with
 ``client``, ``method``, ``path``, ``http_version`` and ``status``, and a record with an exception
-also with ``exception`` (the traceback). ``text`` (the default) is uvicorn's own format, with the
-service's records as ``LEVEL logger: message``. Access records go to stdout and the rest to
-stderr, as uvicorn has it.
+also with ``exception`` (the traceback); ``pid`` tells worker processes apart. ``text`` (the
+default) is uvicorn's own format, with the service's records as ``LEVEL logger: message``.
+Access records go to stdout and the rest to stderr, as uvicorn has it (uvicorn's side of this is
+``service.http.uvicorn_hooks.uvicorn_log_config``); Python's warnings become records too.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
-
-from uvicorn.config import LOGGING_CONFIG
 
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 ACCESS_LOGGER = "uvicorn.access"
@@ -33,6 +32,7 @@ class JsonFormatter(logging.Formatter):
             .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,
             "message": record.getMessage(),
         }
         args = record.args
@@ -52,32 +52,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def uvicorn_log_config(log_format: str) -> dict[str, Any]:
-    """The ``log_config`` to run uvicorn with: uvicorn's own for text; for JSON, every logger
-    (uvicorn's and the root the service's loggers reach) through ``JsonFormatter``."""
-    if log_format != "json":
-        return LOGGING_CONFIG
-    stream = {"class": "logging.StreamHandler", "formatter": "json"}
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
-        "handlers": {
-            "stderr": {**stream, "stream": "ext://sys.stderr"},
-            "stdout": {**stream, "stream": "ext://sys.stdout"},
-        },
-        "loggers": {
-            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-            "uvicorn.error": {"level": "INFO"},
-            ACCESS_LOGGER: {"handlers": ["stdout"], "level": "INFO", "propagate": False},
-        },
-        "root": {"handlers": ["stderr"], "level": "INFO"},
-    }
-
-
 def configure_service_logging(log_format: str, level: str) -> None:
-    """Send the service's records to stderr in ``log_format`` at ``level``, unless the process
-    has root handlers already (uvicorn's ``log_config`` gave them)."""
+    """Send the service's records (and Python's warnings) to stderr in ``log_format`` at
+    ``level``, unless the process has root handlers already (uvicorn's ``log_config`` gave
+    them)."""
+    logging.captureWarnings(True)
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler()

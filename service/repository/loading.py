@@ -291,9 +291,10 @@ def _serve(
     batcher.inline = batch1_ms <= settings.inline_inference_max_ms
     served.batch1_ms = batch1_ms
     # What each more input costs the router's prediction: a batch's time per image, batched as
-    # queued inputs are (the warm-up ran this batch size: no first-call cost in it).
+    # queued inputs are (a median of 5 calls, so a first call's cost does not count).
     routing_batch = min(ROUTING_BATCH, settings.max_batch_size)
     served.per_image_ms = runtime.batch_seconds(routing_batch, runs=5) * 1000.0 / routing_batch
+    served.queued_input_ms = served.per_image_ms if settings.batching else batch1_ms
     served.ready = True
     labels = (card.name, label_version)
     metrics.model_info.labels(

@@ -7,10 +7,10 @@ model; its accuracy is its card's top-1 and its predicted p99 is the live p99 of
 requests (queue wait, inference and service overhead, as the clients saw them) while it has
 recent traffic, else its batch-1 time measured at load plus the work queued ahead of it. The live
 figure lags a sudden queue by up to a refresh, so it is never taken below the inference time the
-work queued right now implies; that reacts to a burst at once. Either figure grows with
-the request's own inputs: each input beyond those of a typical recent request (the window's
-median; one before traffic) adds the model's time per image measured at load. The
-choice costs a few microseconds: the live p99 and the median are recomputed at most every
+work queued right now implies; that reacts to a burst at once. Both are figures of a one-input
+request (the live p99 is of the recent latencies each brought to one input), and each of the
+request's own inputs beyond the first adds the model's time per image measured at load. The
+choice costs a few microseconds: the live p99 is recomputed at most every
 ``LatencyWindow.REFRESH`` requests or ``REFRESH_S`` seconds, not per request.
 """
 
@@ -33,8 +33,8 @@ OVERHEAD_MS = 1.0
 
 class LatencyWindow:
     """Recent end-to-end latencies of one model version (the live p50/p99 of /models and the
-    router's prediction) with each request's input count, and their p99 (``robust_p99``) and
-    median input count, cached.
+    router's prediction) with each request's input count, and the p99 (``robust_p99``) of those
+    latencies brought to one input, cached.
 
     Recent means both: at most ``size`` requests and none older than ``MAX_AGE_S``. The age
     limit is what lets a model the router stopped choosing come back: its congested figures
@@ -51,7 +51,7 @@ class LatencyWindow:
         self._samples: deque[tuple[float, float, int]] = deque(maxlen=size)
         self._new = 0
         self._p99_ms: float | None = None
-        self._typical_inputs = 1
+        self._per_image_ms = 0.0  # what the cached p99 took off per input beyond the first
         self._computed_at = 0.0
 
     def add(self, seconds: float, now: float, inputs: int = 1) -> None:
@@ -70,9 +70,12 @@ class LatencyWindow:
         self._expire(time.monotonic() if now is None else now)
         return np.fromiter((s for _, s, _ in self._samples), dtype=np.float64)
 
-    def p99_ms(self, now: float) -> float | None:
-        """The live p99 in ms, or None without enough recent requests (``MIN_SAMPLES``, or the
-        whole window when it is smaller)."""
+    def p99_ms(self, now: float, per_image_ms: float = 0.0) -> float | None:
+        """The live p99 in ms of a one-input request, or None without enough recent requests
+        (``MIN_SAMPLES``, or the whole window when it is smaller): each latency is brought to
+        one input first, ``per_image_ms`` taken off for each of its inputs beyond the first, so
+        that a window of mixed sizes says what one input takes (the slowest requests are the
+        largest; their p99 is not a small request's)."""
         if self._samples and self._samples[0][0] < now - self.MAX_AGE_S:
             self._expire(now)
         enough = min(self.MIN_SAMPLES, self._samples.maxlen or self.MIN_SAMPLES)
@@ -82,17 +85,15 @@ class LatencyWindow:
             self._p99_ms is None
             or self._new >= self.REFRESH
             or now - self._computed_at > self.REFRESH_S
+            or per_image_ms != self._per_image_ms
         ):
-            self._p99_ms = robust_p99(self.samples(now)) * 1000.0
-            inputs = np.fromiter((n for _, _, n in self._samples), dtype=np.int64)
-            self._typical_inputs = int(np.median(inputs))
-            self._new, self._computed_at = 0, now
+            ms = self.samples(now) * 1000.0
+            if per_image_ms:
+                extra = np.fromiter((n - 1 for _, _, n in self._samples), dtype=np.float64)
+                ms = np.maximum(ms - extra * per_image_ms, 0.0)
+            self._p99_ms = robust_p99(ms)
+            self._per_image_ms, self._new, self._computed_at = per_image_ms, 0, now
         return self._p99_ms
-
-    def typical_inputs(self) -> int:
-        """The median input count of the requests the last live p99 was computed over (1 before
-        there was one)."""
-        return self._typical_inputs
 
 
 def robust_p99(samples: np.ndarray) -> float:
@@ -249,14 +250,14 @@ def candidates(
         # the inputs queued now, drained by the version's inference workers side by side
         layout = getattr(served, "layout", None)
         workers = layout.inference_workers if layout is not None else 1
-        queued = served.batcher.queue_depth / workers
+        queued_ms = served.batcher.queue_depth * served.queued_input_ms / workers
         # the inference this request waits for and needs: no answer comes sooner
-        work = served.batch1_ms + (queued + inputs - 1) * per_image_ms
-        live = window.p99_ms(now)
+        work = served.batch1_ms + queued_ms + (inputs - 1) * per_image_ms
+        live = window.p99_ms(now, per_image_ms)
         if live is None:
             found.append(Candidate(served, accuracy, work + OVERHEAD_MS, False))
             continue
-        predicted = live + max(0, inputs - window.typical_inputs()) * per_image_ms
+        predicted = live + (inputs - 1) * per_image_ms
         found.append(Candidate(served, accuracy, max(predicted, work), True, work > predicted))
     return found
 

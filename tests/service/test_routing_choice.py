@@ -58,7 +58,7 @@ def _served(name: str, dataset: str, top1: float = 0.9) -> SimpleNamespace:
         training=SimpleNamespace(dataset=dataset),
         metrics=SimpleNamespace(top1=top1),
     )
-    window = SimpleNamespace(p99_ms=lambda now: None)
+    window = SimpleNamespace(p99_ms=lambda now, per_image_ms=0.0: None)
     return SimpleNamespace(
         name=name,
         version=1,
@@ -66,6 +66,7 @@ def _served(name: str, dataset: str, top1: float = 0.9) -> SimpleNamespace:
         window=window,
         batch1_ms=1.0,
         per_image_ms=1.0,
+        queued_input_ms=1.0,
         batcher=SimpleNamespace(queue_depth=0),
     )
 
@@ -120,6 +121,7 @@ def _timed(name: str, top1: float, batch1_ms: float, per_image_ms: float) -> Sim
     """A served version without live figures, with its load-time batch-1 and per-image times."""
     served = _served(name, "cifar10", top1)
     served.batch1_ms, served.per_image_ms = batch1_ms, per_image_ms
+    served.queued_input_ms = per_image_ms  # batching on: queued inputs are batched
     return served
 
 
@@ -143,19 +145,21 @@ def test_each_input_of_the_request_adds_the_models_time_per_image() -> None:
     assert choose(many, budget)[0].served is student
 
 
-def test_live_figures_grow_with_inputs_beyond_the_typical_request() -> None:
-    """The live p99 is of the requests the model has been answering: a request of more inputs
-    than their median adds the time per image of each one more; one of fewer, nothing."""
-    served = _timed("student", 0.9, batch1_ms=1.0, per_image_ms=0.25)
-    served.window = LatencyWindow(size=64)
-    for i in range(40):
-        served.window.add(0.004, now=i * 0.01, inputs=8)
-    [typical] = candidates([served], None, 0.5, inputs=8)
-    assert typical.live and typical.predicted_p99_ms == pytest.approx(4.0)
-    [fewer] = candidates([served], None, 0.5, inputs=1)
-    assert fewer.predicted_p99_ms == pytest.approx(4.0)
-    [more] = candidates([served], None, 0.5, inputs=24)
-    assert more.predicted_p99_ms == pytest.approx(4.0 + 16 * 0.25)
+def test_a_window_of_mixed_sizes_predicts_each_size_for_itself() -> None:
+    """Six of ten recent requests carried one image (2 ms), four carried 32 (2 ms and 0.5 ms
+    per more image: 17.5 ms). The slowest are the largest, so the raw p99 is theirs; brought to
+    one input, the window predicts 2 ms for one image and 17.5 ms for 32."""
+    served = _timed("student", 0.9, batch1_ms=1.0, per_image_ms=0.5)
+    served.window = LatencyWindow(size=128)
+    for i in range(100):
+        big = i % 5 < 2
+        served.window.add(0.0175 if big else 0.002, now=i * 0.001, inputs=32 if big else 1)
+    assert served.window.p99_ms(0.2) == pytest.approx(17.5)  # the raw figure: the 32s'
+    [one] = candidates([served], None, 0.2, inputs=1)
+    [many] = candidates([served], None, 0.2, inputs=32)
+    assert one.source == many.source == "live"
+    assert one.predicted_p99_ms == pytest.approx(2.0)
+    assert many.predicted_p99_ms == pytest.approx(17.5)
 
 
 def test_the_router_counts_a_requests_inputs_before_decoding_them() -> None:
@@ -196,6 +200,10 @@ def test_a_sudden_queue_raises_the_live_figure_at_once() -> None:
     teacher.layout = SimpleNamespace(inference_workers=2)  # two workers drain it side by side
     [halved] = candidates([teacher], None, 0.5)
     assert halved.predicted_p99_ms == pytest.approx(3.0 + 20 * 1.0)
+    teacher.queued_input_ms = 3.0  # batching off: each queued input is a batch-1 call
+    [alone] = candidates([teacher], None, 0.5)
+    assert alone.predicted_p99_ms == pytest.approx(3.0 + 20 * 3.0)
+    teacher.queued_input_ms = 1.0
     student = _timed("student", 0.90, batch1_ms=1.0, per_image_ms=0.1)
     found = candidates([teacher, student], None, 0.5)
     assert choose(found, Objective(latency_budget_ms=10.0))[0].served is student

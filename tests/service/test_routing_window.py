@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from service.repository.routing import LatencyWindow, robust_p99
 
@@ -61,14 +62,10 @@ def test_robust_p99_is_the_percentile_from_a_hundred_and_one_samples_on() -> Non
     assert robust_p99(np.array([3.0])) == 3.0 and robust_p99(np.array([])) == 0.0
 
 
-def test_the_typical_input_count_is_the_median_of_the_window() -> None:
+def test_latencies_are_brought_to_one_input_before_their_p99() -> None:
     window = LatencyWindow(size=100)
-    assert window.typical_inputs() == 1  # before any live figure
-    for i in range(30):
-        window.add(0.002, now=i * 0.01, inputs=1 if i % 3 else 16)  # 10 of 16, 20 of 1
-    window.p99_ms(now=0.3)
-    assert window.typical_inputs() == 1
-    for i in range(LatencyWindow.REFRESH):
-        window.add(0.002, now=0.3 + i * 0.001, inputs=16)  # now most carry 16
-    window.p99_ms(now=0.4)
-    assert window.typical_inputs() == 16
+    for i in range(30):  # 30 requests of 9 inputs: 10 ms, of which 8 x 1 ms for the 8 more
+        window.add(0.010, now=i * 0.01, inputs=9)
+    assert window.p99_ms(now=0.3) == pytest.approx(10.0)
+    assert window.p99_ms(now=0.3, per_image_ms=1.0) == pytest.approx(2.0)
+    assert window.p99_ms(now=0.3, per_image_ms=5.0) == 0.0  # never below nothing
