@@ -31,7 +31,8 @@ RESULTS=${RESULTS:-loadtest/results}
 ZOO_DIR=${ZOO_DIR:-$HOME/.cache/rocketserve/cifar10-zoo}
 TAG=${TAG:-cifar10}
 # The models by role, unless given: read from REPO's cards (export/report.py, serving_roles): the
-# teacher, its int8 variant and the smallest int8 student (of equal MACs, the most accurate).
+# teacher (the model the others name as theirs), its int8 variant and the smallest int8 student
+# (of equal MACs, the most accurate).
 roles=$("$PY" - "$REPO" <<'EOF'
 import sys
 from pathlib import Path
@@ -45,11 +46,28 @@ for role, name in serving_roles(cards).items():
 EOF
 )
 eval "$roles"
-LARGEST=${LARGEST:-${role_LARGEST:?"$REPO has no teacher: set LARGEST"}}
-HEAVY_INT8=${HEAVY_INT8:-${role_HEAVY_INT8:?"$REPO has no int8 teacher: set HEAVY_INT8"}}
-SMALLEST=${SMALLEST:-${role_SMALLEST:?"$REPO has no int8 student: set SMALLEST"}}
-AGAINST_RAW=${AGAINST_RAW:-$LARGEST $HEAVY_INT8 $SMALLEST}
-SWEEP=${SWEEP:-$LARGEST,$SMALLEST}
+LARGEST=${LARGEST:-${role_LARGEST:-}}
+HEAVY_INT8=${HEAVY_INT8:-${role_HEAVY_INT8:-}}
+SMALLEST=${SMALLEST:-${role_SMALLEST:-}}
+echo "models by role: LARGEST=${LARGEST:-none} HEAVY_INT8=${HEAVY_INT8:-none} SMALLEST=${SMALLEST:-none}"
+if [ -n "$LARGEST" ] && [ -n "$HEAVY_INT8" ] && [ -n "$SMALLEST" ]; then
+    AGAINST_RAW=${AGAINST_RAW:-$LARGEST $HEAVY_INT8 $SMALLEST}
+fi
+if [ -n "$LARGEST" ] && [ -n "$SMALLEST" ]; then
+    SWEEP=${SWEEP:-$LARGEST,$SMALLEST}
+fi
+AGAINST_RAW=${AGAINST_RAW:-}
+SWEEP=${SWEEP:-}
+# A step that measures a role stops the script when REPO's cards fill none and no variable does.
+need() {
+    local var
+    for var; do
+        if [ -z "${!var}" ]; then
+            echo "error: $REPO has no model for $var (see the roles above): set $var" >&2
+            exit 2
+        fi
+    done
+}
 STEPS=${STEPS:-vs-raw ramp sweep overload routing lone inline workers profile threads locust}
 QUICK=${QUICK:-0}
 
@@ -98,6 +116,7 @@ trap finish EXIT
 start=$(date +%s)
 
 if wants vs-raw; then
+need AGAINST_RAW
 echo "== served against raw: ${AGAINST_RAW} (${rounds} round(s), interleaved)"
 for round in $(seq "$rounds"); do
     for model in $AGAINST_RAW; do
@@ -120,6 +139,7 @@ done
 fi
 
 if wants sweep; then
+need SWEEP
 echo "== concurrency sweep: $SWEEP"
 "$PY" -m loadtest.bench --model-repository "$REPO" --models "$SWEEP" "${sweep[@]}" \
     --out "$scratch/bench"
@@ -158,6 +178,7 @@ only() {
 }
 
 if wants lone; then
+need LARGEST SMALLEST
 echo "== a lone request: $LARGEST, $SMALLEST ($runs run(s))"
 out="$RESULTS/lone-request-$TAG.txt"
 : > "$out"
@@ -169,6 +190,7 @@ done
 fi
 
 if wants inline; then
+need LARGEST
 inline_rounds=$(( runs == 1 ? 1 : 3 ))
 echo "== $LARGEST with lone calls inline up to 5 ms and 2 ms, the default ($inline_rounds round(s), interleaved)"
 out="$RESULTS/inline-$TAG.txt"
@@ -184,6 +206,7 @@ done
 fi
 
 if wants workers; then
+need SMALLEST HEAVY_INT8
 echo "== worker processes: $SMALLEST alone, auto against 1 (interleaved); against raw"
 out="$RESULTS/workers-$TAG.txt"
 : > "$out"
@@ -202,6 +225,7 @@ done
 fi
 
 if wants profile; then
+need SMALLEST
 echo "== where the service's time goes: $SMALLEST at concurrency 64 (py-spy)"
 # py-spy needs leave to read another process (ptrace); where it has none, say so and go on.
 "$PY" -m loadtest.bench --model-repository "$REPO" --models "$SMALLEST" --concurrency 64 \
@@ -210,6 +234,7 @@ echo "== where the service's time goes: $SMALLEST at concurrency 64 (py-spy)"
 fi
 
 if wants threads; then
+need HEAVY_INT8 SMALLEST
 echo "== ORT threads: ORT's default (0) with and without spinning against auto"
 out="$RESULTS/ort-threads-$TAG.txt"
 : > "$out"

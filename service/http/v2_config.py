@@ -6,9 +6,10 @@ built from the version's card, the settings and the layout chosen at load, in th
 Triton answers with (``ModelConfig``, field names as in ``config.pbtxt``), and describes what
 this server does: ``max_batch_size`` is the most inputs one request may carry
 (``ROCKETSERVE_MAX_INPUTS_PER_REQUEST``); ``dynamic_batching`` is there while batching is on, with
-the queue delay, queue size and deadline that apply (``parameters.max_inputs_per_batch``: the
-most inputs one merged batch holds); ``instance_group`` counts the inference workers. It is
-read-only: a load request's ``config`` override is refused.
+its queue delay; ``instance_group`` counts the inference workers of the worker process that
+answers. Limits whose meaning differs from Triton's fields of the same purpose are in
+``parameters`` under names of their own (the queue counts inputs, the deadline runs from arrival
+to answer). It is read-only: a load request's ``config`` override is refused.
 """
 
 from __future__ import annotations
@@ -74,6 +75,13 @@ def model_config(served: ServedModel, settings: Settings) -> dict[str, Any]:
         config["parameters"]["intra_op_thread_count"] = {
             "string_value": str(layout.intra_op_threads)
         }
+    # This server's limits that Triton's fields would misstate: its queue counts inputs, not
+    # requests, and its deadline runs from a request's arrival to its answer, not in the queue.
+    for key, value in (
+        ("max_queue_inputs", settings.max_queue_size),
+        ("request_timeout_ms", settings.request_timeout_ms),
+    ):
+        config["parameters"][key] = {"string_value": f"{value:.15g}"}
     if settings.batching:
         # the most inputs one merged batch holds (ROCKETSERVE_MAX_BATCH_SIZE)
         config["parameters"]["max_inputs_per_batch"] = {
@@ -82,11 +90,5 @@ def model_config(served: ServedModel, settings: Settings) -> dict[str, Any]:
         config["dynamic_batching"] = {
             "preferred_batch_size": [],
             "max_queue_delay_microseconds": round(settings.max_queue_delay_ms * 1000),
-            "default_queue_policy": {
-                "timeout_action": "REJECT",
-                "default_timeout_microseconds": round(settings.request_timeout_ms * 1000),
-                "allow_timeout_override": False,
-                "max_queue_size": settings.max_queue_size,
-            },
         }
     return config

@@ -22,7 +22,7 @@ from service.errors import BadRequest, NotFound, ServiceError
 from service.http.asgi_io import read_body
 from service.http.responses import json_reply
 from service.http.state import registry_of, state_of
-from service.http.v2_config import model_config
+from service.http.v2_config import PLATFORM, model_config
 from service.http.v2_infer import model_spec
 from service.inputs.body import check_json_size
 from service.inputs.v2_request import datatype_of
@@ -33,7 +33,6 @@ router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 SERVER_NAME = "rocketserve"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "model_repository")
-PLATFORM = "onnx_onnxv1"
 
 
 def _empty(status: int) -> Response:

@@ -46,7 +46,7 @@ def test_a_smaller_repository_gives_a_smaller_table(tmp_path: Path) -> None:
     kept = [c.name for c in zoo_cards()][:3]
     for name in kept:
         shutil.copytree(ROOT / "models" / name, tmp_path / name)
-    shutil.copy(ROOT / "models" / zoo_tables.ZOO_CARDS, tmp_path)
+    shutil.copy(ROOT / "models" / zoo_tables.ZOO_CARDS_FILENAME, tmp_path)
     rendered = zoo_tables.render(DOC, tmp_path)
     block = rendered.split("<!-- zoo-models:start -->")[1].split("<!-- zoo-models:end -->")[0]
     rows = [line.split("|")[1].strip() for line in block.splitlines() if line.startswith("| cifar")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from export.lanes import STATE_FILE, is_stopped
+from export.report import serving_roles
+from service.contract.model_card import model_dirs, read_manifest
+from tests.support.zoo import zoo_cards
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)
@@ -97,3 +101,41 @@ def test_the_script_measures_every_figure_and_gives_a_paused_zoo_its_cores_back(
     assert "INTRA_OP_SPINNING=true" in threads and "c=64 " in threads
     locust = (results / "locust-digits.txt").read_text(encoding="utf-8")
     assert "failures: 0" in locust and "machine:" in locust
+
+
+def _roles_run(tmp_path: Path, repo: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "serving-figures.sh")],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PY": sys.executable,
+            "REPO": str(repo),
+            "RESULTS": str(tmp_path / "results"),
+            "ZOO_DIR": str(tmp_path / "zoo"),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_models_it_measures_are_read_from_the_cards(tmp_path: Path) -> None:
+    """Unless named, the roles come from models/'s cards (export.report.serving_roles): a new
+    zoo is measured without editing the script; a step whose role no card fills stops it."""
+    repo = ROOT / "models"
+    roles = serving_roles([read_manifest(d) for d in model_dirs(repo)])
+    proc = _roles_run(tmp_path, repo, STEPS="none")
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        f"models by role: LARGEST={roles['LARGEST']} HEAVY_INT8={roles['HEAVY_INT8']} "
+        f"SMALLEST={roles['SMALLEST']}"
+    ) in proc.stdout
+    named = _roles_run(tmp_path, repo, STEPS="none", SMALLEST="cifar10-baseline-wrn-16-1")
+    assert "SMALLEST=cifar10-baseline-wrn-16-1" in named.stdout
+    lone = tmp_path / "lone"
+    student = next(c.name for c in zoo_cards() if c.precision == "int8" and c.training.teacher)
+    shutil.copytree(repo / student, lone / student)
+    refused = _roles_run(tmp_path, lone, STEPS="lone")
+    assert refused.returncode == 2 and "has no model for LARGEST" in refused.stderr

@@ -37,15 +37,18 @@ def test_an_access_record_carries_its_fields_and_an_error_its_traceback() -> Non
     failed = json.loads(JsonFormatter().format(_record("service", "failed: %s", ("x",), exc=True)))
     assert failed["message"] == "failed: x" and "ValueError: boom" in failed["exception"]
     assert "\n" not in JsonFormatter().format(_record("service", "two\nlines", ()))
+    assert failed["pid"] > 0
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_every_line_the_service_writes_is_a_json_record(digits_repo: Path) -> None:
+    """Two worker processes, so that uvicorn's spawned workers are configured too."""
     env = {
         "ROCKETSERVE_LOG_FORMAT": "json",
         "ROCKETSERVE_ACCESS_LOG": "true",
         "ROCKETSERVE_LOG_LEVEL": "info",
+        "ROCKETSERVE_WORKERS": "2",
     }
     with running_service(digits_repo, env) as (url, proc):
         assert httpx.get(url + "/healthz").status_code == 200
@@ -60,7 +63,8 @@ def test_every_line_the_service_writes_is_a_json_record(digits_repo: Path) -> No
     loggers = {e["logger"] for e in entries}
     assert "uvicorn.error" in loggers  # uvicorn's own records (started, shutting down)
     assert any("worker process(es)" in e["message"] for e in entries)  # the command's own
-    assert any(e["logger"].startswith("service.") and "loaded" in e["message"] for e in entries)
+    loads = [e for e in entries if e["logger"].startswith("service.") and "loaded" in e["message"]]
+    assert len({e["pid"] for e in loads}) == 2  # each worker loaded the models, and says which
     access = [e for e in entries if e["logger"] == "uvicorn.access"]
     assert {(e["method"], e["path"], e["status"]) for e in access} >= {
         ("GET", "/healthz", 200),

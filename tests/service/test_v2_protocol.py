@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import numpy as np
@@ -14,7 +16,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from service.contract.model_card import model_file, read_manifest
-from service.http.v2_config import version_policy
+from service.http.v2_config import model_config, version_policy
 from service.settings import Settings
 from tests.service.conftest import png_bytes
 from tests.support.server import running_service
@@ -64,7 +66,7 @@ def test_health_and_metadata(client: object) -> None:
     assert meta["name"] == "rocketserve"
     assert {"binary_tensor_data", "classification", "model_repository"} <= set(meta["extensions"])
     model = client.get_model_metadata("digits-logreg")
-    assert model["platform"] == "onnx_onnxv1" and model["versions"] == ["1", "2"]
+    assert model["platform"] == "onnxruntime_onnx" and model["versions"] == ["1", "2"]
     assert model["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
     assert model["outputs"][0]["datatype"] == "FP32" and model["outputs"][0]["shape"] == [-1, 10]
     assert client.get_model_metadata("digits-logreg", "1")["name"] == "digits-logreg"
@@ -78,7 +80,7 @@ def test_the_model_configuration_is_what_tritons_image_client_reads(client: obje
     it makes hold, and max_batch_size is the most inputs a request may carry."""
     meta = client.get_model_metadata("digits-logreg")
     config = client.get_model_config("digits-logreg")
-    assert client.get_model_config("digits-logreg", "1") == config  # one card for both versions
+    assert client.get_model_config("digits-logreg", "1")["name"] == "digits-logreg"
     assert "model_configuration" in client.get_server_metadata()["extensions"]
     # image_client's parse_model: one input and output, FP32 logits, a vector per input,
     # [batch, C, H, W] in the metadata when max_batch_size > 0, an NCHW or NHWC input format
@@ -96,6 +98,8 @@ def test_the_model_configuration_is_what_tritons_image_client_reads(client: obje
     batching = config["dynamic_batching"]
     delay_ms = Settings.model_fields["max_queue_delay_ms"].default
     assert batching["max_queue_delay_microseconds"] == round(delay_ms * 1000)
+    queue = Settings.model_fields["max_queue_size"].default
+    assert config["parameters"]["max_queue_inputs"] == {"string_value": str(queue)}
     assert config["instance_group"][0]["kind"] == "KIND_CPU"
     assert config["instance_group"][0]["count"] >= 1
     # max_batch_size is what it says: that many inputs are answered, one more is refused
@@ -108,9 +112,51 @@ def test_the_model_configuration_is_what_tritons_image_client_reads(client: obje
         with pytest.raises(InferenceServerException) as caught:
             client.infer("digits-logreg", [inp])
         assert caught.value.status() == status and f"at most {limit} inputs" in str(caught.value)
-    with pytest.raises(InferenceServerException) as unknown:
-        client.get_model_config("nope")
-    assert unknown.value.status() == "404"
+    for name, version in (("nope", ""), ("digits-logreg", "9")):
+        with pytest.raises(InferenceServerException) as unknown:
+            client.get_model_config(name, version)
+        assert unknown.value.status() == "404"
+
+
+def _config(settings: Settings, provider: str = "CPUExecutionProvider") -> dict[str, Any]:
+    """The configuration of a CIFAR-10-shaped version served with ``settings``."""
+    card = SimpleNamespace(
+        name="m",
+        input=SimpleNamespace(name="input", dtype="float16", shape=(3, 32, 32)),
+        output=SimpleNamespace(name="logits"),
+        labels=[str(i) for i in range(10)],
+    )
+    served = SimpleNamespace(
+        card=card,
+        layout=SimpleNamespace(inference_workers=3, intra_op_threads=2),
+        runtime=SimpleNamespace(provider=provider),
+    )
+    return model_config(served, settings)  # type: ignore[arg-type]
+
+
+def test_the_configuration_follows_the_settings(tmp_path: Path) -> None:
+    on = _config(Settings(model_repository=tmp_path, version_policy="latest:2"))
+    assert on["version_policy"] == {"latest": {"num_versions": 2}}
+    assert on["input"][0]["data_type"] == "TYPE_FP16" and on["input"][0]["dims"] == [3, 32, 32]
+    assert on["instance_group"] == [{"name": "m", "kind": "KIND_CPU", "count": 3, "gpus": []}]
+    assert on["parameters"]["intra_op_thread_count"] == {"string_value": "2"}
+    assert on["parameters"]["request_timeout_ms"] == {"string_value": "10000"}
+    assert "dynamic_batching" in on and "max_inputs_per_batch" in on["parameters"]
+    off = _config(
+        Settings(
+            model_repository=tmp_path,
+            batching=False,
+            max_inputs_per_request=64,
+            model_version_policies={"m": "specific:3,1"},
+        ),
+        provider="CUDAExecutionProvider",
+    )
+    assert "dynamic_batching" not in off and "max_inputs_per_batch" not in off["parameters"]
+    assert off["max_batch_size"] == 64
+    assert off["version_policy"] == {"specific": {"versions": [1, 3]}}
+    assert off["instance_group"][0]["kind"] == "KIND_GPU" and off["instance_group"][0]["gpus"] == [
+        0
+    ]
 
 
 def test_version_policies_read_as_tritons() -> None:
