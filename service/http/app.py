@@ -125,7 +125,11 @@ def create_app(
             await state.registry.close()
 
     app = RocketServeApp(
-        title="rocketserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
+        title="rocketserve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redirect_slashes=False,  # "/v2/" is no route: a 404 JSON error, not a 307 elsewhere
     )
     app.state.service = state
     app.gate = AdmissionGate(state)

@@ -41,16 +41,18 @@ def _empty(status: int) -> Response:
 
 @router.get("/health/live", summary="Liveness (v2)")
 async def live() -> Response:
-    """200 while the process answers."""
-    return _empty(200)
+    """200 ``{"live": true}`` while the process answers (the body KServe's clients read;
+    Triton's read the status alone)."""
+    return json_reply({"live": True}).as_response()
 
 
 @router.get("/health/ready", summary="Readiness (v2)")
 async def ready(request: Request) -> Response:
-    """200 when every model version is ready and the server is not draining, else 503."""
+    """200 ``{"ready": true}`` when every model version is ready and the server is not
+    draining, else 503 ``{"ready": false}``."""
     state = state_of(request)
     ok = state.registry is not None and state.registry.ready and not state.draining
-    return _empty(200 if ok else 503)
+    return json_reply({"ready": ok}, 200 if ok else 503).as_response()
 
 
 @router.get("", summary="Server metadata (v2)")
@@ -81,6 +83,33 @@ def model_metadata(registry: ModelRegistry, served: ServedModel) -> dict[str, An
 
 def _unsupported(what: str, instead: str) -> NotFound:
     return NotFound(f"{what} is not supported by this server; {instead}", code="not_found")
+
+
+# Triton's other extensions, not offered: each a clear 404 (not in the OpenAPI document).
+@router.api_route("/trace/setting", methods=["GET", "POST"], include_in_schema=False)
+@router.api_route("/models/{name}/trace/setting", methods=["GET", "POST"], include_in_schema=False)
+async def trace_settings(request: Request) -> Response:
+    """Triton's trace extension is not offered: 404 saying so."""
+    raise _unsupported("the trace extension", "GET /metrics has per-model latency histograms")
+
+
+@router.api_route("/logging", methods=["GET", "POST"], include_in_schema=False)
+async def log_settings(request: Request) -> Response:
+    """Triton's logging extension is not offered: 404 saying where logging is set instead."""
+    raise _unsupported(
+        "the logging extension", "set ROCKETSERVE_LOG_LEVEL and ROCKETSERVE_LOG_FORMAT at start"
+    )
+
+
+@router.api_route(
+    "/systemsharedmemory/{rest:path}", methods=["GET", "POST"], include_in_schema=False
+)
+@router.api_route("/cudasharedmemory/{rest:path}", methods=["GET", "POST"], include_in_schema=False)
+async def shared_memory(request: Request) -> Response:
+    """Triton's shared-memory extensions are not offered: 404 saying so."""
+    raise _unsupported(
+        "the shared-memory extension", "send tensors in the request body (binary or JSON)"
+    )
 
 
 @router.get("/models/stats", summary="Statistics extension (not supported)")
@@ -206,7 +235,8 @@ async def load_model(request: Request, name: str) -> Response:
     the new versions are loaded and warmed beside the old, switched to at once, and the old
     ones finish what they accepted before they are released."""
     _authorised(request)
-    parameters = (await _json_object(request, "load")).get("parameters") or {}
+    parameters = (await _json_object(request, "load")).get("parameters")
+    parameters = {} if parameters is None else parameters  # an empty list is not an object
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be an object")
     overrides = sorted(k for k in parameters if k == "config" or k.startswith("file:"))

@@ -70,11 +70,17 @@ def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
         )
 
 
-def _open_with_pillow(data: bytes, what: str) -> Image.Image:
+def _open_with_pillow(data: bytes, what: str, max_pixels: int) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"{what}: {exc}", code="image_too_large") from None
+    except Image.DecompressionBombError:
+        # Pillow refuses a declaration past twice its own limit before this service's check can
+        # name the size: the same refusal, in this service's words and with its limit.
+        raise PayloadTooLarge(
+            f"{what} declares over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, over the limit "
+            f"of {max_pixels} (refused before decoding)",
+            code="image_too_large",
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
         raise BadRequest(
             f"{what} is not a readable image (supported: {', '.join(IMAGE_FORMATS)})",
@@ -92,7 +98,7 @@ def open_image(data: bytes, max_pixels: int, what: str = "image") -> OpenedImage
         _check_pixels(width, height, max_pixels, what)
         progressive = fastjpeg.is_progressive(data)
         return OpenedImage(data, what, width, height, None, colorspace, progressive)
-    image = _open_with_pillow(data, what)
+    image = _open_with_pillow(data, what, max_pixels)
     width, height = image.size
     _check_pixels(width, height, max_pixels, what)
     progressive = bool(image.info.get("progressive"))
@@ -137,7 +143,7 @@ def decode_uint8(item: OpenedImage, spec: InputSpec) -> np.ndarray:
             return resize_uint8(pixels, spec)
     image, item.image = item.image, None
     if image is None:
-        image = _open_with_pillow(item.data, item.what)
+        image = _open_with_pillow(item.data, item.what, item.pixels)  # its size checked at open
     try:
         try:
             draft(image, spec)

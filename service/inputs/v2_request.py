@@ -36,6 +36,7 @@ NUMERIC_DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 BYTES = "BYTES"
+UNSUPPORTED_DATATYPES = frozenset({"BF16"})  # the protocol's, not numpy's
 MAX_ELEMENTS = 1 << 26  # no request tensor has more elements than this (64 Mi) before any check
 
 
@@ -120,6 +121,10 @@ def parse_infer_request(
         if not isinstance(raw_outputs, list):
             raise BadRequest("'outputs' must be a list")
         request.outputs = [_output(raw, i) for i, raw in enumerate(raw_outputs)]
+        names = [output.name for output in request.outputs]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise BadRequest(f"output {twice[0]!r} is asked for more than once")
     return request
 
 
@@ -162,11 +167,17 @@ def _input(raw: Any, index: int, binary: bytes, offset: int) -> tuple[InferInput
     if not isinstance(name, str) or not name:
         raise BadRequest(f"input {index} needs a 'name'")
     datatype = raw.get("datatype")
+    if isinstance(datatype, str) and datatype in UNSUPPORTED_DATATYPES:
+        raise BadRequest(
+            f"input {name!r}: datatype {datatype} is not supported by this server; send the "
+            "model's own (GET /v2/models/{name}) or BYTES images"
+        )
     if not isinstance(datatype, str) or (datatype != BYTES and datatype not in NUMERIC_DATATYPES):
         raise BadRequest(f"input {name!r}: unknown datatype {datatype!r}")
     shape = _shape(raw.get("shape"), name)
     count = math.prod(shape)
     parameters = _object(raw.get("parameters"), f"input {name!r} parameters")
+    _no_shared_memory(parameters, f"input {name!r}")
     size = parameters.get("binary_data_size")
     tensor = InferInput(name, datatype, shape)
     if size is not None:
@@ -304,6 +315,7 @@ def _output(raw: Any, index: int) -> RequestedOutput:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise BadRequest(f"output {index} must be an object with a 'name'")
     parameters = _object(raw.get("parameters"), f"output {raw['name']!r} parameters")
+    _no_shared_memory(parameters, f"output {raw['name']!r}")
     binary = parameters.get("binary_data")
     if binary is not None:
         binary = _flag(binary, f"output {raw['name']!r}: binary_data")
@@ -311,6 +323,16 @@ def _output(raw: Any, index: int) -> RequestedOutput:
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise BadRequest(f"output {raw['name']!r}: classification must be a count")
     return RequestedOutput(raw["name"], binary, k)
+
+
+def _no_shared_memory(parameters: dict[str, Any], what: str) -> None:
+    """Triton's shared-memory extensions are not offered: a tensor placed in a region is refused
+    rather than read as missing, or (an output) answered in the body instead of the region."""
+    if "shared_memory_region" in parameters:
+        raise BadRequest(
+            f"{what} names a shared_memory_region: this server does not offer the shared-memory "
+            "extensions; send the tensor in the request body and read the output from the answer"
+        )
 
 
 def _flag(value: Any, what: str) -> bool:
@@ -344,14 +366,20 @@ def model_batch(
 ) -> np.ndarray:
     """A numeric input as the model's batch [N, *item_shape] of ``dtype``.
 
-    Any numeric datatype is taken whose values convert to the model's dtype exactly (UINT8,
-    INT16, FP16 always; INT32, INT64 or FP64 when every value does); otherwise a 400 names the
-    datatype to send.
+    A floating-point datatype is taken whose values convert to the model's dtype exactly (FP16
+    always, FP64 when every value does); otherwise a 400 names the datatype to send. Integers
+    and BOOL are refused, as Triton refuses a datatype the model does not declare: integers are
+    most often raw 8-bit pixels, which the model would take for preprocessed values and answer
+    confidently wrong.
     """
     array = tensor.array
     assert array is not None
-    if tensor.datatype == "BOOL":
-        raise BadRequest(f"input {tensor.name!r}: BOOL is not a number the model takes")
+    if array.dtype.kind in "biu" and dtype.kind == "f":
+        raise BadRequest(
+            f"input {tensor.name!r}: datatype is {tensor.datatype}, but the model expects "
+            f"{datatype_of(dtype)} values preprocessed as its card says (GET /models/{{name}}: "
+            "scale, mean, std); send those, or the encoded images as BYTES"
+        )
     if len(tensor.shape) != len(item_shape) + 1 or tensor.shape[1:] != item_shape:
         raise BadRequest(
             f"input {tensor.name!r}: shape {list(tensor.shape)} does not match the model's "

@@ -411,10 +411,8 @@ class ModelRegistry:
         name, sep, version = spec.partition(":")
         versions = self.models.get(name)
         if versions is None:
-            raise NotFound(
-                f"unknown model {name!r}; served models: {', '.join(sorted(self.models))}",
-                code="unknown_model",
-            )
+            served = ", ".join(sorted(self.models)) or "none (no model is loaded)"
+            raise NotFound(f"unknown model {name!r}; served models: {served}", code="unknown_model")
         if not sep:
             return versions[max(versions)]
         # ASCII digits only ("²" and "٣" are digits to str.isdigit, not to int), and few enough

@@ -213,6 +213,19 @@ async def test_bad_input_gets_a_clear_4xx(
     assert ok.status_code == 200
 
 
+async def test_an_image_past_pillows_own_limit_is_refused_in_the_services_words(
+    shared: httpx.AsyncClient,
+) -> None:
+    """Pillow refuses a declaration over twice its own limit before the service's check can:
+    the 413 still names the service's limit, not Pillow's "decompression bomb"."""
+    r = await shared.post(
+        "/predict", content=png_declaring(20000, 20000), headers={"content-type": "image/png"}
+    )
+    assert r.status_code == 413, r.text
+    message = r.json()["error"]["message"]
+    assert "over the limit of 40000000" in message and "bomb" not in message
+
+
 async def test_v2_outputs_that_overflow_are_a_4xx(shared: httpx.AsyncClient) -> None:
     huge = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [3e38] * 64}
     r = await shared.post("/v2/models/digits-logreg/infer", json={"inputs": [huge]})
@@ -260,6 +273,13 @@ _V2_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("binary_data_output a string",
      {"inputs": [_V2_INPUT], "parameters": {"binary_data_output": "false"}},
      "binary_data_output must be true or false"),
+    # integers are most often raw 8-bit pixels: refused, as Triton refuses, not taken for
+    # preprocessed values the model would answer confidently wrong
+    ("raw 8-bit pixels", {"inputs": [{**_V2_INPUT, "datatype": "UINT8", "data": [128] * 64}]},
+     "datatype is UINT8, but the model expects FP32 values preprocessed as its card says"),
+    ("INT64", {"inputs": [{**_V2_INPUT, "datatype": "INT64", "data": [0] * 64}]},
+     "datatype is INT64"),
+    ("BF16", {"inputs": [{**_V2_INPUT, "datatype": "BF16"}]}, "BF16 is not supported"),
 ]  # fmt: skip
 
 
@@ -271,6 +291,16 @@ async def test_bad_v2_input_gets_a_clear_400(
     assert r.status_code == 400 and message in r.json()["error"], r.text
     ok = await shared.post("/v2/models/digits-logreg/infer", json={"inputs": [_V2_INPUT]})
     assert ok.status_code == 200, ok.text
+
+
+async def test_v2_floats_are_taken_when_they_convert_exactly(shared: httpx.AsyncClient) -> None:
+    infer = "/v2/models/digits-logreg/infer"
+    for datatype in ("FP16", "FP64"):
+        body = {"inputs": [{**_V2_INPUT, "datatype": datatype}]}
+        assert (await shared.post(infer, json=body)).status_code == 200
+    inexact = {"inputs": [{**_V2_INPUT, "datatype": "FP64", "data": [0.1] * 64}]}
+    r = await shared.post(infer, json=inexact)
+    assert r.status_code == 400 and "do not convert exactly" in r.json()["error"], r.text
 
 
 async def test_bad_v2_binary_and_bytes_input_gets_a_clear_400(shared: httpx.AsyncClient) -> None:
@@ -338,7 +368,13 @@ async def test_compressed_bodies_are_decoded_within_the_body_limit(
         "/predict", content=body, headers={"content-type": "application/json"}
     )
     assert plain.status_code == 200
-    for coding, packed in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
+    half = len(body) // 2  # two gzip members one after the other are one body, as gunzip reads
+    members = gzip.compress(body[:half]) + gzip.compress(body[half:])
+    for coding, packed in (
+        ("gzip", gzip.compress(body)),
+        ("gzip", members),
+        ("deflate", zlib.compress(body)),
+    ):
         headers = {"content-type": "application/json", "content-encoding": coding}
         r = await shared.post("/predict", content=packed, headers=headers)
         assert r.status_code == 200, r.text
@@ -347,7 +383,11 @@ async def test_compressed_bodies_are_decoded_within_the_body_limit(
         ("br", b"x", 415, "unsupported_encoding"),
         ("gzip", b"not gzip at all", 400, "invalid_encoding"),
         ("gzip", gzip.compress(body)[:-12], 400, "invalid_encoding"),  # cut short
-    ]
+        ("gzip", gzip.compress(body) + b"trailing", 400, "invalid_encoding"),
+        ("deflate", zlib.compress(body) + b"trailing", 400, "invalid_encoding"),
+        ("gzip", b"".join(gzip.compress(b" ") for _ in range(65)) + gzip.compress(body), 400,
+         "invalid_encoding"),  # more members than any client sends
+    ]  # fmt: skip
     for coding, content, status, code in refusals:
         headers = {"content-type": "application/json", "content-encoding": coding}
         r = await shared.post("/predict", content=content, headers=headers)

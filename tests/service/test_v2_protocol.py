@@ -290,11 +290,42 @@ def test_what_the_server_does_not_offer_is_a_clear_404(
     for call in (
         lambda: client.get_inference_statistics(),  # type: ignore[attr-defined]
         lambda: client.get_inference_statistics("digits-logreg"),  # type: ignore[attr-defined]
+        lambda: client.get_trace_settings(),  # type: ignore[attr-defined]
+        lambda: client.update_trace_settings("digits-logreg", {"trace_level": ["TIMESTAMPS"]}),  # type: ignore[attr-defined]
+        lambda: client.get_log_settings(),  # type: ignore[attr-defined]
+        lambda: client.update_log_settings({"log_verbose_level": 1}),  # type: ignore[attr-defined]
+        lambda: client.get_system_shared_memory_status(),  # type: ignore[attr-defined]
+        lambda: client.register_system_shared_memory("r", "/key", 64),  # type: ignore[attr-defined]
+        lambda: client.unregister_cuda_shared_memory(),  # type: ignore[attr-defined]
     ):
         with pytest.raises(InferenceServerException) as caught:
             call()
         assert caught.value.status() == "404" and "is not supported" in str(caught.value)
+    extensions = client.get_server_metadata()["extensions"]  # type: ignore[attr-defined]
+    assert not {"statistics", "trace", "logging", "system_shared_memory"} & set(extensions)
+    # a tensor in a shared-memory region is refused, not read as missing or answered inline
+    inp = httpclient.InferInput("input", [1, 1, 8, 8], "FP32")
+    inp.set_shared_memory("r", 256)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("digits-logreg", [inp])  # type: ignore[attr-defined]
+    assert caught.value.status() == "400" and "shared-memory" in str(caught.value)
+    data = httpclient.InferInput("input", [1, 1, 8, 8], "FP32")
+    data.set_data_from_numpy(tensor(1))
+    out = httpclient.InferRequestedOutput("logits")
+    out.set_shared_memory("r", 40)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("digits-logreg", [data], outputs=[out])  # type: ignore[attr-defined]
+    assert caught.value.status() == "400" and "shared_memory_region" in str(caught.value)
+    twice = [httpclient.InferRequestedOutput("logits"), httpclient.InferRequestedOutput("logits")]
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("digits-logreg", [data], outputs=twice)  # type: ignore[attr-defined]
+    assert caught.value.status() == "400" and "more than once" in str(caught.value)
     url = server[0]
+    # KServe's clients read the health bodies; Triton's the status; a trailing slash is no route
+    assert httpx.get(url + "/v2/health/live").json() == {"live": True}
+    assert httpx.get(url + "/v2/health/ready").json() == {"ready": True}
+    slash = httpx.get(url + "/v2/models/digits-logreg/")
+    assert slash.status_code == 404 and set(slash.json()) == {"error"}
     # the registry's name:version is not a v2 model name; a path of two segments names no model
     assert httpx.get(url + "/v2/models/digits-logreg:1").status_code == 404
     body = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
