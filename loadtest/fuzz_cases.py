@@ -394,7 +394,7 @@ def v2_requests(draw: st.DrawFn, served: Served) -> FuzzCase:
         values = rng.normal(0, 1, min(count, 200_000))
         data_text = json.dumps(values.tolist()) if draw(st.booleans()) else draw(json_text(10))
     if draw(st.integers(0, 9)) == 0:  # Triton's shared memory, which this server does not offer
-        region = draw(st.sampled_from(["r", "", [1], {}, None]))
+        region: Any = draw(st.sampled_from(["r", "", [1], {}, None]))
         entry.setdefault("parameters", {})["shared_memory_region"] = region
     header: dict[str, Any] = {"inputs": [entry]}
     if draw(st.integers(0, 5)) == 0:

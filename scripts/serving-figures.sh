@@ -100,6 +100,22 @@ else
 fi
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
+# Every requested step's models are known before the zoo is paused and anything runs.
+step_needs() {
+    case $1 in
+        vs-raw) echo AGAINST_RAW ;;
+        sweep) echo SWEEP ;;
+        lone) echo LARGEST SMALLEST ;;
+        inline) echo LARGEST ;;
+        workers | threads) echo SMALLEST HEAVY_INT8 ;;
+        profile) echo SMALLEST ;;
+    esac
+}
+for step in $STEPS; do
+    # shellcheck disable=SC2046  # one variable name per word
+    need $(step_needs "$step")
+done
+
 mkdir -p "$RESULTS"
 scratch=$(mktemp -d)
 paused=0
@@ -116,7 +132,6 @@ trap finish EXIT
 start=$(date +%s)
 
 if wants vs-raw; then
-need AGAINST_RAW
 echo "== served against raw: ${AGAINST_RAW} (${rounds} round(s), interleaved)"
 for round in $(seq "$rounds"); do
     for model in $AGAINST_RAW; do
@@ -139,7 +154,6 @@ done
 fi
 
 if wants sweep; then
-need SWEEP
 echo "== concurrency sweep: $SWEEP"
 "$PY" -m loadtest.bench --model-repository "$REPO" --models "$SWEEP" "${sweep[@]}" \
     --out "$scratch/bench"
@@ -178,7 +192,6 @@ only() {
 }
 
 if wants lone; then
-need LARGEST SMALLEST
 echo "== a lone request: $LARGEST, $SMALLEST ($runs run(s))"
 out="$RESULTS/lone-request-$TAG.txt"
 : > "$out"
@@ -190,7 +203,6 @@ done
 fi
 
 if wants inline; then
-need LARGEST
 inline_rounds=$(( runs == 1 ? 1 : 3 ))
 echo "== $LARGEST with lone calls inline up to 5 ms and 2 ms, the default ($inline_rounds round(s), interleaved)"
 out="$RESULTS/inline-$TAG.txt"
@@ -206,7 +218,6 @@ done
 fi
 
 if wants workers; then
-need SMALLEST HEAVY_INT8
 echo "== worker processes: $SMALLEST alone, auto against 1 (interleaved); against raw"
 out="$RESULTS/workers-$TAG.txt"
 : > "$out"
@@ -225,7 +236,6 @@ done
 fi
 
 if wants profile; then
-need SMALLEST
 echo "== where the service's time goes: $SMALLEST at concurrency 64 (py-spy)"
 # py-spy needs leave to read another process (ptrace); where it has none, say so and go on.
 "$PY" -m loadtest.bench --model-repository "$REPO" --models "$SMALLEST" --concurrency 64 \
@@ -234,7 +244,6 @@ echo "== where the service's time goes: $SMALLEST at concurrency 64 (py-spy)"
 fi
 
 if wants threads; then
-need HEAVY_INT8 SMALLEST
 echo "== ORT threads: ORT's default (0) with and without spinning against auto"
 out="$RESULTS/ort-threads-$TAG.txt"
 : > "$out"

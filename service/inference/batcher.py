@@ -153,6 +153,11 @@ class DynamicBatcher:
         return self._depth
 
     @property
+    def queued_requests(self) -> int:
+        """Requests waiting in the queue (each of one or more inputs)."""
+        return len(self._queue)
+
+    @property
     def capacity(self) -> int:
         """Most inputs the queue holds (max_queue_size)."""
         return self._max_queue_size

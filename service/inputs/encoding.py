@@ -47,7 +47,7 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
         if not inflater.eof:
             raise BadRequest(f"the {coding} body is truncated", code="invalid_encoding")
         rest = inflater.unused_data
-        if not rest:
+        if not rest.strip(b"\0"):  # gunzip, like Python's gzip, takes zero padding as the end
             return b"".join(parts)
         if wbits != _WBITS["gzip"]:
             raise BadRequest(

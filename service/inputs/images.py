@@ -22,6 +22,10 @@ from service.inputs import fastjpeg
 
 # Formats Pillow may decode: the common photo/scan formats, nothing exotic to attack.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+# Every declared size is checked here against ROCKETSERVE_MAX_IMAGE_PIXELS before any decoding:
+# Pillow's own, fixed guard would refuse first past 179 M pixels whatever that setting says,
+# in its own words ("decompression bomb"), so it is off in the service's processes.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass
@@ -70,17 +74,9 @@ def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
         )
 
 
-def _open_with_pillow(data: bytes, what: str, max_pixels: int) -> Image.Image:
+def _open_with_pillow(data: bytes, what: str) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except Image.DecompressionBombError:
-        # Pillow refuses a declaration past twice its own limit before this service's check can
-        # name the size: the same refusal, in this service's words and with its limit.
-        raise PayloadTooLarge(
-            f"{what} declares over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, over the limit "
-            f"of {max_pixels} (refused before decoding)",
-            code="image_too_large",
-        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
         raise BadRequest(
             f"{what} is not a readable image (supported: {', '.join(IMAGE_FORMATS)})",
@@ -98,7 +94,7 @@ def open_image(data: bytes, max_pixels: int, what: str = "image") -> OpenedImage
         _check_pixels(width, height, max_pixels, what)
         progressive = fastjpeg.is_progressive(data)
         return OpenedImage(data, what, width, height, None, colorspace, progressive)
-    image = _open_with_pillow(data, what, max_pixels)
+    image = _open_with_pillow(data, what)
     width, height = image.size
     _check_pixels(width, height, max_pixels, what)
     progressive = bool(image.info.get("progressive"))
@@ -143,7 +139,7 @@ def decode_uint8(item: OpenedImage, spec: InputSpec) -> np.ndarray:
             return resize_uint8(pixels, spec)
     image, item.image = item.image, None
     if image is None:
-        image = _open_with_pillow(item.data, item.what, item.pixels)  # its size checked at open
+        image = _open_with_pillow(item.data, item.what)
     try:
         try:
             draft(image, spec)

@@ -121,10 +121,11 @@ def parse_infer_request(
         if not isinstance(raw_outputs, list):
             raise BadRequest("'outputs' must be a list")
         request.outputs = [_output(raw, i) for i, raw in enumerate(raw_outputs)]
-        names = [output.name for output in request.outputs]
-        twice = sorted({name for name in names if names.count(name) > 1})
-        if twice:
-            raise BadRequest(f"output {twice[0]!r} is asked for more than once")
+        seen: set[str] = set()
+        for output in request.outputs:
+            if output.name in seen:
+                raise BadRequest(f"output {output.name!r} is asked for more than once")
+            seen.add(output.name)
     return request
 
 

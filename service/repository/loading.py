@@ -294,7 +294,7 @@ def _serve(
     # queued inputs are (a median of 5 calls, so a first call's cost does not count).
     routing_batch = min(ROUTING_BATCH, settings.max_batch_size)
     served.per_image_ms = runtime.batch_seconds(routing_batch, runs=5) * 1000.0 / routing_batch
-    served.queued_input_ms = served.per_image_ms if settings.batching else batch1_ms
+    served.batching = settings.batching
     served.ready = True
     labels = (card.name, label_version)
     metrics.model_info.labels(

@@ -63,8 +63,7 @@ class ServedModel:
     active: int = 0  # requests that resolved this version and are not answered yet
     batch1_ms: float = 0.0  # a batch-1 call measured at load: the router's figure before traffic
     per_image_ms: float = 0.0  # time per image of a batch measured at load (ROUTING_BATCH)
-    queued_input_ms: float = 0.0  # what one queued input costs: per_image_ms, or batch1_ms
-    # when batching is off (each request then runs alone)
+    batching: bool = True  # queued requests are merged into batches (else each runs alone)
     window: LatencyWindow = field(default_factory=LatencyWindow)  # recent end-to-end latencies
     layout: Layout | None = None  # threads and inference workers chosen at load, and why
 

@@ -250,7 +250,14 @@ def candidates(
         # the inputs queued now, drained by the version's inference workers side by side
         layout = getattr(served, "layout", None)
         workers = layout.inference_workers if layout is not None else 1
-        queued_ms = served.batcher.queue_depth * served.queued_input_ms / workers
+        batcher = served.batcher
+        queued_ms = batcher.queue_depth * per_image_ms  # batched: each input a batch's share
+        if not served.batching:  # each request alone: a batch-1 call and its other inputs
+            requests = batcher.queued_requests
+            queued_ms = (
+                requests * served.batch1_ms + (batcher.queue_depth - requests) * per_image_ms
+            )
+        queued_ms /= workers
         # the inference this request waits for and needs: no answer comes sooner
         work = served.batch1_ms + queued_ms + (inputs - 1) * per_image_ms
         live = window.p99_ms(now, per_image_ms)

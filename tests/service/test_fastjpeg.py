@@ -95,9 +95,9 @@ def test_colour_to_grey_and_cmyk_go_to_pillow(monkeypatch: pytest.MonkeyPatch) -
     used: list[str] = []
     real = images._open_with_pillow
 
-    def spy(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    def spy(data: bytes, what: str) -> Image.Image:
         used.append(what)
-        return real(data, what, max_pixels)
+        return real(data, what)
 
     monkeypatch.setattr(images, "_open_with_pillow", spy)
     colour = jpeg("RGB", (32, 32))

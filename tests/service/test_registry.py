@@ -210,7 +210,8 @@ async def test_run_time_faults_are_4xx_and_the_replica_without_models_is_not_rea
                 assert r.status_code == 200, r.text
             # nothing served: every request would be a 404, so the replica is not ready
             assert (await c.get("/readyz")).status_code == 503
-            assert (await c.get("/v2/health/ready")).status_code != 200
+            ready = await c.get("/v2/health/ready")
+            assert ready.status_code == 503 and ready.json() == {"ready": False}
 
 
 def test_a_repository_that_cannot_be_listed_is_no_news(tmp_path: Path) -> None:

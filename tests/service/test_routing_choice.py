@@ -66,8 +66,8 @@ def _served(name: str, dataset: str, top1: float = 0.9) -> SimpleNamespace:
         window=window,
         batch1_ms=1.0,
         per_image_ms=1.0,
-        queued_input_ms=1.0,
-        batcher=SimpleNamespace(queue_depth=0),
+        batching=True,
+        batcher=SimpleNamespace(queue_depth=0, queued_requests=0),
     )
 
 
@@ -121,7 +121,6 @@ def _timed(name: str, top1: float, batch1_ms: float, per_image_ms: float) -> Sim
     """A served version without live figures, with its load-time batch-1 and per-image times."""
     served = _served(name, "cifar10", top1)
     served.batch1_ms, served.per_image_ms = batch1_ms, per_image_ms
-    served.queued_input_ms = per_image_ms  # batching on: queued inputs are batched
     return served
 
 
@@ -194,16 +193,19 @@ def test_a_sudden_queue_raises_the_live_figure_at_once() -> None:
     [calm] = candidates([teacher], None, 0.5)
     assert calm.source == "live" and calm.predicted_p99_ms == pytest.approx(6.0)
     teacher.batcher.queue_depth = 40  # a burst: 40 inputs queued, the window not refreshed yet
+    teacher.batcher.queued_requests = 10
     [burst] = candidates([teacher], None, 0.5)
     assert burst.source == "queued work"
     assert burst.predicted_p99_ms == pytest.approx(3.0 + 40 * 1.0)
     teacher.layout = SimpleNamespace(inference_workers=2)  # two workers drain it side by side
     [halved] = candidates([teacher], None, 0.5)
     assert halved.predicted_p99_ms == pytest.approx(3.0 + 20 * 1.0)
-    teacher.queued_input_ms = 3.0  # batching off: each queued input is a batch-1 call
+    # batching off: each queued request runs alone, a batch-1 call and its other inputs; the
+    # 40 inputs are 10 requests of 4
+    teacher.batching, teacher.batcher.queued_requests = False, 10
     [alone] = candidates([teacher], None, 0.5)
-    assert alone.predicted_p99_ms == pytest.approx(3.0 + 20 * 3.0)
-    teacher.queued_input_ms = 1.0
+    assert alone.predicted_p99_ms == pytest.approx(3.0 + (10 * 3.0 + 30 * 1.0) / 2)
+    teacher.batching = True
     student = _timed("student", 0.90, batch1_ms=1.0, per_image_ms=0.1)
     found = candidates([teacher, student], None, 0.5)
     assert choose(found, Objective(latency_budget_ms=10.0))[0].served is student

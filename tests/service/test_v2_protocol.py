@@ -272,6 +272,14 @@ def test_repository_index_load_and_unload(client: object, server: tuple[str, str
     ready_only = httpx.post(f"{server[0]}/v2/repository/index", json={"ready": True})
     assert "digits-slow" not in {m["name"] for m in ready_only.json()}
     assert {m["state"] for m in ready_only.json()} == {"READY"}
+    # a load body's parameters are an object or nothing
+    for parameters in ([], False, "x"):
+        r = httpx.post(
+            server[0] + "/v2/repository/models/digits-slow/load",
+            json={"parameters": parameters},
+            headers=AUTH,
+        )
+        assert r.status_code == 400 and "'parameters' must be an object" in r.json()["error"]
     # Triton's load overrides (config, files) are refused, not silently ignored
     with pytest.raises(InferenceServerException) as caught:
         client.load_model("digits-slow", headers=AUTH, config='{"max_batch_size": 1}')
