@@ -17,6 +17,7 @@ from service.contract.model_card import (
     ModelCard,
     ModelRepositoryError,
     model_dirs,
+    version_dirs,
 )
 from service.errors import BadRequest, NotFound, Unavailable
 from service.inference.batcher import DynamicBatcher
@@ -375,12 +376,12 @@ class ModelRegistry:
     def index(self) -> list[dict[str, Any]]:
         """The v2 repository index: every model of the folder, its versions and their state."""
         entries: list[dict[str, Any]] = []
-        names = set(self.models)
+        folders: dict[str, Path] = {}
         if self.loader is not None:
             # unlisted (unmounted): what is served is still served, and listed
             with contextlib.suppress(ModelRepositoryError, OSError):
-                names |= {d.name for d in model_dirs(self.loader.settings.model_repository)}
-        for name in sorted(names):
+                folders = {d.name: d for d in model_dirs(self.loader.settings.model_repository)}
+        for name in sorted(set(self.models) | set(folders)):
             versions = self.models.get(name)
             if versions:
                 entries += [
@@ -389,9 +390,14 @@ class ModelRegistry:
                 ]
                 continue
             reasons = [f.line() for f in self.failures if f.model == name]
-            entries.append(
-                {"name": name, "state": "UNAVAILABLE", "reason": "; ".join(reasons) or "unloaded"}
-            )
+            unavailable = {"state": "UNAVAILABLE", "reason": "; ".join(reasons) or "unloaded"}
+            on_disk: list[int] = []
+            with contextlib.suppress(OSError):
+                on_disk = list(version_dirs(folders[name])) if name in folders else []
+            # each version in the folder, as Triton lists them; the model alone without any
+            entries += [{"name": name, "version": str(v), **unavailable} for v in on_disk] or [
+                {"name": name, **unavailable}
+            ]
         return entries
 
     def all(self) -> list[ServedModel]:
