@@ -246,27 +246,29 @@ def candidates(
             continue
         # A version vouched for by another version's card has no accuracy of its own.
         accuracy = card.metrics.top1 if card.version == served.version else None
-        window, per_image_ms = served.window, served.per_image_ms
-        # the inputs queued now, drained by the version's inference workers side by side
-        layout = getattr(served, "layout", None)
-        workers = layout.inference_workers if layout is not None else 1
-        batcher = served.batcher
-        queued_ms = batcher.queue_depth * per_image_ms  # batched: each input a batch's share
-        if not served.batching:  # each request alone: a batch-1 call and its other inputs
-            requests = batcher.queued_requests
-            queued_ms = (
-                requests * served.batch1_ms + (batcher.queue_depth - requests) * per_image_ms
-            )
-        queued_ms /= workers
+        per_image_ms = served.per_image_ms
         # the inference this request waits for and needs: no answer comes sooner
-        work = served.batch1_ms + queued_ms + (inputs - 1) * per_image_ms
-        live = window.p99_ms(now, per_image_ms)
+        work = served.batch1_ms + queued_work_ms(served) + (inputs - 1) * per_image_ms
+        live = served.window.p99_ms(now, per_image_ms)
         if live is None:
             found.append(Candidate(served, accuracy, work + OVERHEAD_MS, False))
             continue
         predicted = live + (inputs - 1) * per_image_ms
         found.append(Candidate(served, accuracy, max(predicted, work), True, work > predicted))
     return found
+
+
+def queued_work_ms(served: Any) -> float:
+    """The inference the inputs queued for ``served`` now need, drained by its inference workers
+    side by side: a batch's time per image each while batching is on; else each request runs
+    alone, a batch-1 call and a time per image for each of its other inputs."""
+    batcher, per_image_ms = served.batcher, served.per_image_ms
+    queued_ms = batcher.queue_depth * per_image_ms
+    if not served.batching:
+        requests = batcher.queued_requests
+        queued_ms = requests * served.batch1_ms + (batcher.queue_depth - requests) * per_image_ms
+    layout = served.layout
+    return queued_ms / (layout.inference_workers if layout is not None else 1)
 
 
 def choose(

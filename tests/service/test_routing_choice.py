@@ -67,6 +67,7 @@ def _served(name: str, dataset: str, top1: float = 0.9) -> SimpleNamespace:
         batch1_ms=1.0,
         per_image_ms=1.0,
         batching=True,
+        layout=None,
         batcher=SimpleNamespace(queue_depth=0, queued_requests=0),
     )
 
