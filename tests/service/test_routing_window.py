@@ -69,3 +69,23 @@ def test_latencies_are_brought_to_one_input_before_their_p99() -> None:
     assert window.p99_ms(now=0.3) == pytest.approx(10.0)
     assert window.p99_ms(now=0.3, per_image_ms=1.0) == pytest.approx(2.0)
     assert window.p99_ms(now=0.3, per_image_ms=5.0) == 0.0  # never below nothing
+
+
+def test_the_count_of_larger_requests_follows_them_out_of_the_window() -> None:
+    """Only a window holding requests of several inputs is brought to one input (single-input
+    traffic pays nothing for it); the count of those follows them out by size and by age."""
+    window = LatencyWindow(size=30)
+    for i in range(10):
+        window.add(0.010, now=i * 0.001, inputs=9)  # 10 ms, 8 ms of it for the 8 more inputs
+    for i in range(25):
+        window.add(0.002, now=0.1 + i * 0.001)  # 5 of the large ones pushed out by size
+    assert window.p99_ms(now=0.2) == pytest.approx(10.0)
+    assert window.p99_ms(now=0.2, per_image_ms=1.0) == pytest.approx(2.0)
+    for i in range(30):
+        window.add(0.002, now=0.3 + i * 0.001)  # the rest pushed out
+    assert window._multi == 0
+    late = LatencyWindow(size=100)
+    for i in range(30):
+        late.add(0.010, now=i * 0.001, inputs=5)
+    late.p99_ms(now=LatencyWindow.MAX_AGE_S + 1.0)  # every one aged out
+    assert late._multi == 0
