@@ -38,10 +38,9 @@ import sys
 from pathlib import Path
 
 from export.report import serving_roles
-from service.contract.model_card import model_dirs, read_manifest
+from export.repository import load_cards
 
-cards = [read_manifest(d) for d in model_dirs(Path(sys.argv[1]))]
-for role, name in serving_roles(cards).items():
+for role, name in serving_roles(load_cards(Path(sys.argv[1]))).items():
     print(f"role_{role}={name}")
 EOF
 )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import sys
 from pathlib import Path
 
@@ -27,9 +26,10 @@ if str(ROOT) not in sys.path:
 
 from export.comparisons import render_methods  # noqa: E402
 from export.pareto import latency_ms  # noqa: E402
-from export.pick import ZOO_CARDS_FILENAME  # noqa: E402
+from export.pick import report_cards  # noqa: E402
 from export.report import find_teacher  # noqa: E402
-from service.contract.model_card import ModelCard, model_dirs, read_manifest  # noqa: E402
+from export.repository import load_cards  # noqa: E402
+from service.contract.model_card import ModelCard  # noqa: E402
 
 DOC = ROOT / "docs" / "offline.md"
 MODELS = ROOT / "models"
@@ -73,24 +73,11 @@ def methods_table(trained: list[ModelCard]) -> list[str]:
     return [line for line in render_methods(trained, find_teacher(trained)) if line.startswith("|")]
 
 
-def served_cards(repo: Path) -> list[ModelCard]:
-    """Every card models/ serves."""
-    return [read_manifest(d) for d in model_dirs(repo)]
-
-
-def trained_cards(repo: Path) -> list[ModelCard]:
-    """The cards of every network the zoo trained (the report's), else those served."""
-    path = repo / ZOO_CARDS_FILENAME
-    if not path.is_file():
-        return served_cards(repo)
-    return [ModelCard.model_validate(c) for c in json.loads(path.read_text(encoding="utf-8"))]
-
-
 def render(doc: str, repo: Path) -> str:
     """``doc`` with both tables regenerated from ``repo``."""
     tables = {
-        "zoo-models": models_table(served_cards(repo)),
-        "zoo-methods": methods_table(trained_cards(repo)),
+        "zoo-models": models_table(load_cards(repo)),
+        "zoo-methods": methods_table(report_cards(repo)[0]),  # every network REPORT.md covers
     }
     for name, rows in tables.items():
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

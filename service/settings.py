@@ -20,6 +20,13 @@ VERSION_POLICY = re.compile(
 AUTO: Literal["auto"] = "auto"  # the value of a setting the service chooses itself
 
 
+def parse_version_policy(policy: str) -> tuple[str, tuple[int, ...]]:
+    """A version policy (``VERSION_POLICY``) as its kind and numbers: ('all', ()),
+    ('latest', (N,)) or ('specific', the versions, sorted)."""
+    kind, _, arg = policy.partition(":")
+    return kind, tuple(sorted({int(v) for v in arg.split(",")})) if arg else ()
+
+
 @dataclass(frozen=True)
 class AutoOrCount:
     """Parses a setting that is 'auto' or an integer from ``low`` to ``high``, with one message."""

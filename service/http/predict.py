@@ -43,9 +43,7 @@ async def predict(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
                 code="invalid_objective",
             )
         else:
-            # too many inputs is the 413 of decoding, not a budget no model meets
-            inputs = min(parsed.input_count(), settings.max_inputs_per_request)
-            served, note = models.route(objective, inputs)
+            served, note = models.route(objective, parsed.input_count())
         raw_k = parsed.top_k if parsed.top_k is not None else query.get("top_k")
         k = parse_top_k(raw_k, settings.default_top_k, len(served.card.labels))
         batch = await to_batch(parsed, served.card.input, settings)

@@ -43,8 +43,9 @@ class Resolver:
     """How a protocol names its model: ``resolve`` also tells the request's life which model
     version it is for, so that a request refused after that is counted under its model."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, max_inputs: int) -> None:
         self._registry = registry
+        self._max_inputs = max_inputs
         self.served: ServedModel | None = None
 
     def knows(self, name: str) -> bool:
@@ -53,8 +54,9 @@ class Resolver:
 
     def route(self, objective: Objective, inputs: int = 1) -> tuple[ServedModel, dict[str, Any]]:
         """The model version an objective chooses for ``inputs`` inputs (see
-        ModelRegistry.route)."""
-        served, note = self._registry.route(objective, inputs)
+        ModelRegistry.route); more than a request may carry are routed as that many, since they
+        are the 413 of decoding, not a budget no model meets."""
+        served, note = self._registry.route(objective, min(inputs, self._max_inputs))
         served.active += 1
         self.served = served
         return served, note
@@ -96,7 +98,7 @@ async def serve(
                 started + settings.body_read_timeout_s,
             )
             body = decode_body(body, header(scope, b"content-encoding"), settings.max_body_bytes)
-            resolver = Resolver(registry)
+            resolver = Resolver(registry, settings.max_inputs_per_request)
             prepared = await prepare(body, resolver)
             served = prepared.served
             in_flight = served.request_metrics.in_flight

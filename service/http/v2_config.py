@@ -18,7 +18,7 @@ from typing import Any
 
 from service.inference.session import CUDA
 from service.repository.registry import ServedModel
-from service.settings import Settings
+from service.settings import Settings, parse_version_policy
 
 PLATFORM = "onnxruntime_onnx"
 DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
@@ -26,12 +26,12 @@ DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 
 def version_policy(policy: str) -> dict[str, Any]:
     """A policy setting ('all', 'latest:N', 'specific:A,B') as Triton's version_policy."""
-    kind, _, arg = policy.partition(":")
+    kind, numbers = parse_version_policy(policy)
     if kind == "all":
         return {"all": {}}
     if kind == "latest":
-        return {"latest": {"num_versions": int(arg)}}
-    return {"specific": {"versions": sorted(int(v) for v in arg.split(","))}}
+        return {"latest": {"num_versions": numbers[0]}}
+    return {"specific": {"versions": list(numbers)}}
 
 
 def model_config(served: ServedModel, settings: Settings) -> dict[str, Any]:

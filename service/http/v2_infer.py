@@ -80,9 +80,7 @@ async def infer(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
                     f"model {ROUTED_NAME!r} routes by objective: give parameters."
                     "latency_budget_ms and/or min_accuracy"
                 )
-            # too many inputs is the 413 of decoding, not a budget no model meets
-            inputs = min(routed_inputs(request), settings.max_inputs_per_request)
-            served, note = models.route(objective, inputs)
+            served, note = models.route(objective, routed_inputs(request))
             spec = served.card.input
         else:
             served = models.resolve(model_spec(name, version))

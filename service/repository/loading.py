@@ -30,7 +30,7 @@ from service.inference.session import CUDA, OnnxModel, choose_provider
 from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
 from service.repository.registry import Arrivals, LoadFailure, ServedModel
 from service.repository.routing import LatencyWindow
-from service.settings import Settings
+from service.settings import Settings, parse_version_policy
 
 log = logging.getLogger(__name__)
 
@@ -236,13 +236,12 @@ def verified_versions(
 
 def select_versions(policy: str, candidates: list[int]) -> list[int]:
     """The versions a policy serves among those that can be: 'all', 'latest:N', 'specific:..'."""
-    kind, _, arg = policy.partition(":")
+    kind, numbers = parse_version_policy(policy)
     if kind == "all":
         return sorted(candidates)
     if kind == "latest":
-        return sorted(candidates)[-int(arg) :]
-    wanted = {int(v) for v in arg.split(",")}
-    return sorted(v for v in candidates if v in wanted)
+        return sorted(candidates)[-numbers[0] :]
+    return sorted(v for v in candidates if v in numbers)
 
 
 def _serve(

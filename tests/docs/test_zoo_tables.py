@@ -10,6 +10,7 @@ from types import ModuleType
 
 import pytest
 
+from export.pick import ZOO_CARDS_FILENAME
 from tests.support.cli import ROOT
 from tests.support.zoo import teacher, zoo_cards
 
@@ -46,7 +47,7 @@ def test_a_smaller_repository_gives_a_smaller_table(tmp_path: Path) -> None:
     kept = [c.name for c in zoo_cards()][:3]
     for name in kept:
         shutil.copytree(ROOT / "models" / name, tmp_path / name)
-    shutil.copy(ROOT / "models" / zoo_tables.ZOO_CARDS_FILENAME, tmp_path)
+    shutil.copy(ROOT / "models" / ZOO_CARDS_FILENAME, tmp_path)
     rendered = zoo_tables.render(DOC, tmp_path)
     block = rendered.split("<!-- zoo-models:start -->")[1].split("<!-- zoo-models:end -->")[0]
     rows = [line.split("|")[1].strip() for line in block.splitlines() if line.startswith("| cifar")]
