@@ -28,7 +28,7 @@ async def predict(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
     """Classify every input of one /predict request with one model; never raises a ServiceError."""
     settings = state.settings
 
-    async def prepare(body: bytes, models: Resolver) -> Prepared:
+    async def prepare(body: bytes, models: Resolver) -> Prepared[Reply]:
         parsed = parse_body(header(scope, b"content-type"), body)
         query = query_params(scope)
         name = parsed.model or query.get("model")

@@ -10,10 +10,11 @@ every outcome counted in the metrics.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from starlette.requests import ClientDisconnect
@@ -29,14 +30,16 @@ from service.inputs.encoding import decode_body
 from service.repository.registry import ModelRegistry, ServedModel
 from service.repository.routing import Objective
 
+A = TypeVar("A")  # a protocol's answer: an HTTP Reply, a gRPC response message
+
 
 @dataclass(frozen=True, slots=True)
-class Prepared:
+class Prepared(Generic[A]):
     """A request read and checked: its model version, its batch, and how to answer it."""
 
     served: ServedModel
     batch: np.ndarray
-    answer: Callable[[BatchResult, float], Reply]  # (result, total seconds) -> the 200 answer
+    answer: Callable[[BatchResult, float], A]  # (result, total seconds) -> the answer
 
 
 class Resolver:
@@ -70,15 +73,45 @@ class Resolver:
 
 
 # (body, resolver) -> Prepared; raises a ServiceError for anything wrong with the request.
-Prepare = Callable[[bytes, Resolver], Awaitable[Prepared]]
+Prepare = Callable[[bytes, "Resolver"], Awaitable[Prepared[Reply]]]
 
 
 async def serve(
     scope: Scope, receive: Receive, state: ServiceState, prepare: Prepare, dialect: str = "rest"
 ) -> Reply:
-    """Answer one prediction request; never raises a ServiceError (it becomes the answer)."""
+    """Answer one HTTP prediction request; never raises a ServiceError (it becomes the answer)."""
     settings = state.settings
     started = arrival(scope)
+
+    async def read_and_prepare(models: Resolver) -> Prepared[Reply]:
+        body = await read_body(
+            receive,
+            settings.max_body_bytes,
+            header(scope, b"content-length"),
+            started + settings.body_read_timeout_s,
+        )
+        body = decode_body(body, header(scope, b"content-encoding"), settings.max_body_bytes)
+        return await prepare(body, models)
+
+    try:
+        return await run_request(state, started, read_and_prepare, lambda: disconnected(receive))
+    except ServiceError as exc:
+        return error_reply(exc, dialect)
+    except ClientDisconnect:
+        return Reply(499, b"")
+
+
+async def run_request(
+    state: ServiceState,
+    started: float,
+    prepare: Callable[[Resolver], Awaitable[Prepared[A]]],
+    abandon: Callable[[], Awaitable[object]] | None = None,
+) -> A:
+    """The life of one prediction request from its arrival (``time.monotonic()``) on, whatever
+    its protocol: ``prepare`` reads it and names its model, then the batch, the checks of the
+    answer and the metrics. Raises the ServiceError that answers it, ClientDisconnect or
+    CancelledError when its client left, each counted; returns ``prepared.answer``'s."""
+    settings = state.settings
     deadline = started + settings.request_timeout_ms / 1000.0
     resolver: Resolver | None = None
     in_flight = None
@@ -91,21 +124,12 @@ async def serve(
                 headers={"Retry-After": str(settings.retry_after_s)},
             )
         with registry.arrivals:  # while read and decoded, this request may still join a batch
-            body = await read_body(
-                receive,
-                settings.max_body_bytes,
-                header(scope, b"content-length"),
-                started + settings.body_read_timeout_s,
-            )
-            body = decode_body(body, header(scope, b"content-encoding"), settings.max_body_bytes)
             resolver = Resolver(registry, settings.max_inputs_per_request)
-            prepared = await prepare(body, resolver)
+            prepared = await prepare(resolver)
             served = prepared.served
             in_flight = served.request_metrics.in_flight
             in_flight.inc()
-        result = await served.batcher.submit(
-            prepared.batch, deadline, lambda: disconnected(receive)
-        )
+        result = await served.batcher.submit(prepared.batch, deadline, abandon)
         if not np.isfinite(result.outputs).all():
             # Finite inputs far outside the training range (every value near float32's max)
             # overflow the logits: there is no answer to give, and it is the input's doing.
@@ -123,24 +147,23 @@ async def serve(
             )
     except ServiceError as exc:
         count(state, resolver.served if resolver else None, exc.status, started)
-        return error_reply(exc, dialect)
-    except ClientDisconnect:
+        raise
+    except (ClientDisconnect, asyncio.CancelledError):
         count(state, resolver.served if resolver else None, 499, started)
-        return Reply(499, b"")
+        raise
     finally:
         if in_flight is not None:
             in_flight.dec()
         if resolver is not None and resolver.served is not None:
             resolver.served.active -= 1
     total = time.monotonic() - started
-    reply = prepared.answer(result, total)
-    registry = state.registry
-    if registry is not None and registry.sampler is not None:
+    answer = prepared.answer(result, total)
+    if registry.sampler is not None:
         # After the answer is built; a sample runs as its own task, off this request's path.
         registry.sampler.offer(served, prepared.batch, result.outputs, registry.newest)
     served.request_metrics.count(200, total)
     served.window.add(total, time.monotonic(), len(prepared.batch))
-    return reply
+    return answer
 
 
 def count(state: ServiceState, served: ServedModel | None, status: int, started: float) -> None:

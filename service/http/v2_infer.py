@@ -13,7 +13,6 @@ and metrics as /predict.
 from __future__ import annotations
 
 import re
-import struct
 from typing import Any
 
 import numpy as np
@@ -33,10 +32,12 @@ from service.inputs.v2_request import (
     RequestedOutput,
     datatype_of,
     model_batch,
+    pack_bytes,
     parse_infer_request,
 )
 from service.repository.registry import ServedModel
 from service.repository.routing import parse_objective
+from service.settings import Settings
 
 # POST /v2/models/auto/infer with parameters.latency_budget_ms / min_accuracy routes by objective
 # (unless a model of that name is served).
@@ -63,60 +64,82 @@ async def infer(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
     settings = state.settings
     match = INFER_PATH.match(scope["path"])
 
-    async def prepare(body: bytes, models: Resolver) -> Prepared:
+    async def prepare(body: bytes, models: Resolver) -> Prepared[Reply]:
         if match is None:  # /v2/models/a/b/infer: no such model or route
             raise NotFound(f"{scope['path']} names no model", code="not_found")
         name, version = match.group(1), match.group(2)
         header_length = header(scope, b"inference-header-content-length")
         note = None
-        if name == ROUTED_NAME and not models.knows(name):
-            if version:
-                raise BadRequest(f"model {ROUTED_NAME!r} routes by objective: it has no versions")
+        if is_routed(name, version, models):
             request = parse_infer_request(body, header_length, None)
-            fields = {k: request.parameters[k] for k in OBJECTIVE_KEYS if k in request.parameters}
-            objective = parse_objective(fields)
-            if objective is None:
-                raise BadRequest(
-                    f"model {ROUTED_NAME!r} routes by objective: give parameters."
-                    "latency_budget_ms and/or min_accuracy"
-                )
-            served, note = models.route(objective, routed_inputs(request))
-            spec = served.card.input
+            served, note = route(request, models)
         else:
             served = models.resolve(model_spec(name, version))
             spec = served.card.input
             raw_input = (spec.name, datatype_of(np.dtype(spec.dtype)), tuple(spec.shape))
             request = parse_infer_request(body, header_length, raw_input)
-        item_shape = tuple(spec.shape)
-        if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
-            names = [i.name for i in request.inputs]
-            raise BadRequest(f"model {served.name!r} takes one input, {spec.name!r}; got {names}")
-        for output in request.outputs or []:
-            if output.name != served.card.output.name:
-                raise BadRequest(
-                    f"model {served.name!r} has one output, {served.card.output.name!r}; "
-                    f"not {output.name!r}"
-                )
-        tensor = request.inputs[0]
-        limit = settings.max_inputs_per_request
-        if tensor.datatype == BYTES:
-            assert tensor.elements is not None
-            if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
-                raise BadRequest(f"BYTES input {spec.name!r}: shape must be [N] or [N, 1] images")
-            batch = await batch_from_images(
-                tensor.elements,
-                spec,
-                limit,
-                settings.max_image_pixels,
-                settings.max_decoded_pixels,
-            )
-        else:
-            batch = model_batch(tensor, item_shape, np.dtype(spec.dtype))
-            if len(batch) > limit:
-                raise PayloadTooLarge(f"at most {limit} inputs per request", code="too_many_inputs")
+        batch = await request_batch(request, served, settings)
         return Prepared(served, batch, lambda result, _: answer(served, request, result, note))
 
     return await serve(scope, receive, state, prepare, dialect="v2")
+
+
+def is_routed(name: str, version: str | None, models: Resolver) -> bool:
+    """Whether an infer request for ``name`` is routed by its objective: model ``auto``, when
+    no model of that name is served (it has no versions to name)."""
+    if name != ROUTED_NAME or models.knows(name):
+        return False
+    if version:
+        raise BadRequest(f"model {ROUTED_NAME!r} routes by objective: it has no versions")
+    return True
+
+
+def route(request: InferRequest, models: Resolver) -> tuple[ServedModel, dict[str, Any]]:
+    """The model version a routed request's parameters (``latency_budget_ms``,
+    ``min_accuracy``) choose, and the note of how."""
+    fields = {k: request.parameters[k] for k in OBJECTIVE_KEYS if k in request.parameters}
+    objective = parse_objective(fields)
+    if objective is None:
+        raise BadRequest(
+            f"model {ROUTED_NAME!r} routes by objective: give parameters."
+            "latency_budget_ms and/or min_accuracy"
+        )
+    return models.route(objective, routed_inputs(request))
+
+
+async def request_batch(
+    request: InferRequest, served: ServedModel, settings: Settings
+) -> np.ndarray:
+    """The model's batch of an infer request: its one input checked against the model's (and
+    any output it asks for), BYTES images decoded and preprocessed as /predict does it, numbers
+    checked and converted; at most ``max_inputs_per_request`` inputs."""
+    spec = served.card.input
+    if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
+        names = [i.name for i in request.inputs]
+        raise BadRequest(f"model {served.name!r} takes one input, {spec.name!r}; got {names}")
+    for output in request.outputs or []:
+        if output.name != served.card.output.name:
+            raise BadRequest(
+                f"model {served.name!r} has one output, {served.card.output.name!r}; "
+                f"not {output.name!r}"
+            )
+    tensor = request.inputs[0]
+    limit = settings.max_inputs_per_request
+    if tensor.datatype == BYTES:
+        assert tensor.elements is not None
+        if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+            raise BadRequest(f"BYTES input {spec.name!r}: shape must be [N] or [N, 1] images")
+        return await batch_from_images(
+            tensor.elements,
+            spec,
+            limit,
+            settings.max_image_pixels,
+            settings.max_decoded_pixels,
+        )
+    batch = model_batch(tensor, tuple(spec.shape), np.dtype(spec.dtype))
+    if len(batch) > limit:
+        raise PayloadTooLarge(f"at most {limit} inputs per request", code="too_many_inputs")
+    return batch
 
 
 def routed_inputs(request: InferRequest) -> int:
@@ -181,18 +204,21 @@ def _tensor(name: str, values: np.ndarray, binary: bool) -> tuple[dict[str, Any]
     return entry, None
 
 
+def top_k_strings(values: np.ndarray, labels: tuple[str, ...], k: int) -> list[str]:
+    """The classification extension's answer: each row's top ``k`` as ``"value:index:label"``,
+    row after row, as Triton gives them."""
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    return [f"{values[r, i]:f}:{i}:{labels[i]}" for r in range(len(values)) for i in order[r]]
+
+
 def _classification(
     name: str, values: np.ndarray, labels: tuple[str, ...], k: int, binary: bool
 ) -> tuple[dict[str, Any], bytes | None]:
-    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
-    rows = [
-        [f"{values[r, i]:f}:{i}:{labels[i]}" for i in order[r].tolist()] for r in range(len(values))
-    ]
-    entry: dict[str, Any] = {"name": name, "datatype": BYTES, "shape": [len(rows), k]}
+    strings = top_k_strings(values, labels, k)
+    entry: dict[str, Any] = {"name": name, "datatype": BYTES, "shape": [len(values), k]}
     if binary:
-        encoded = [s.encode("utf-8") for row in rows for s in row]
-        blob = b"".join(struct.pack("<I", len(e)) + e for e in encoded)
+        blob = pack_bytes([s.encode("utf-8") for s in strings])
         entry["parameters"] = {"binary_data_size": len(blob)}
         return entry, blob
-    entry["data"] = [s for row in rows for s in row]
+    entry["data"] = strings
     return entry, None

@@ -27,6 +27,7 @@ from service.http.v2_infer import model_spec
 from service.inputs.body import check_json_size
 from service.inputs.v2_request import datatype_of
 from service.repository.registry import ModelRegistry, ServedModel
+from service.settings import Settings
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -203,7 +204,12 @@ async def repository_index(request: Request) -> Response:
 
 def _authorised(request: Request) -> None:
     """Only a caller with the API key may change what is served."""
-    settings = state_of(request).settings
+    authorise(state_of(request).settings, request.headers.get("authorization", ""))
+
+
+def authorise(settings: Settings, authorization: str) -> None:
+    """Raises unless the repository may be changed (``model_control_mode: explicit``, an API key
+    set) and ``authorization`` is ``Bearer <the key>``; for every protocol."""
     if settings.model_control_mode != "explicit":  # 'poll': the folder decides, not the API
         raise ServiceError(
             f"loading and unloading models is off (model_control_mode is "
@@ -218,14 +224,23 @@ def _authorised(request: Request) -> None:
             code="forbidden",
             status=403,
         )
-    given = request.headers.get("authorization", "")
-    scheme, _, token = given.partition(" ")
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
         raise ServiceError(
             "missing or wrong API key (Authorization: Bearer ...)",
             code="unauthorized",
             status=401,
             headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def refuse_overrides(parameters: dict[str, Any]) -> None:
+    """A load's ``config`` and ``file:`` parameters are refused: a model loads from its folder."""
+    overrides = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
+    if overrides:
+        raise BadRequest(
+            f"load parameters {overrides} are not supported: a model is loaded from its folder "
+            "in the repository as it is (its card and ONNX files); change them there"
         )
 
 
@@ -239,12 +254,7 @@ async def load_model(request: Request, name: str) -> Response:
     parameters = {} if parameters is None else parameters  # an empty list is not an object
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be an object")
-    overrides = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
-    if overrides:
-        raise BadRequest(
-            f"load parameters {overrides} are not supported: a model is loaded from its folder "
-            "in the repository as it is (its card and ONNX files); change them there"
-        )
+    refuse_overrides(parameters)
     await registry_of(request).load_model(name)
     return _empty(200)
 

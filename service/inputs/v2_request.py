@@ -167,18 +167,10 @@ def _input(raw: Any, index: int, binary: bytes, offset: int) -> tuple[InferInput
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise BadRequest(f"input {index} needs a 'name'")
-    datatype = raw.get("datatype")
-    if isinstance(datatype, str) and datatype in UNSUPPORTED_DATATYPES:
-        raise BadRequest(
-            f"input {name!r}: datatype {datatype} is not supported by this server; send the "
-            "model's own (GET /v2/models/{name}) or BYTES images"
-        )
-    if not isinstance(datatype, str) or (datatype != BYTES and datatype not in NUMERIC_DATATYPES):
-        raise BadRequest(f"input {name!r}: unknown datatype {datatype!r}")
-    shape = _shape(raw.get("shape"), name)
-    count = math.prod(shape)
+    datatype = check_datatype(raw.get("datatype"), name)
+    shape = check_shape(raw.get("shape"), name)
     parameters = _object(raw.get("parameters"), f"input {name!r} parameters")
-    _no_shared_memory(parameters, f"input {name!r}")
+    no_shared_memory(parameters, f"input {name!r}")
     size = parameters.get("binary_data_size")
     tensor = InferInput(name, datatype, shape)
     if size is not None:
@@ -191,18 +183,7 @@ def _input(raw: Any, index: int, binary: bytes, offset: int) -> tuple[InferInput
                 f"input {name!r} declares {size} bytes of binary data, only "
                 f"{len(binary) - offset} follow the JSON header"
             )
-        chunk = binary[offset : offset + size]
-        if datatype == BYTES:
-            tensor.elements = _bytes_elements(chunk, name)
-        else:
-            dtype = NUMERIC_DATATYPES[datatype]
-            if size != count * dtype.itemsize:
-                raise BadRequest(
-                    f"input {name!r}: shape {list(shape)} of {datatype} is "
-                    f"{count * dtype.itemsize} bytes, binary_data_size says {size}"
-                )
-            tensor.array = np.frombuffer(chunk, dtype=dtype).reshape(shape)
-        _check_count(tensor, count)
+        fill_from_bytes(tensor, binary[offset : offset + size])
         return tensor, size
     if "data" not in raw:
         raise BadRequest(f"input {name!r} has no 'data' and no binary_data_size")
@@ -210,11 +191,42 @@ def _input(raw: Any, index: int, binary: bytes, offset: int) -> tuple[InferInput
         tensor.elements = _json_bytes_elements(raw["data"], name)
     else:
         tensor.array = _json_numbers(raw["data"], NUMERIC_DATATYPES[datatype], shape, name)
-    _check_count(tensor, count)
+    check_count(tensor)
     return tensor, 0
 
 
-def _check_count(tensor: InferInput, count: int) -> None:
+def check_datatype(datatype: Any, name: str) -> str:
+    """An input's datatype, if the protocol has it and this server reads it."""
+    if isinstance(datatype, str) and datatype in UNSUPPORTED_DATATYPES:
+        raise BadRequest(
+            f"input {name!r}: datatype {datatype} is not supported by this server; send the "
+            "model's own (GET /v2/models/{name}) or BYTES images"
+        )
+    if not isinstance(datatype, str) or (datatype != BYTES and datatype not in NUMERIC_DATATYPES):
+        raise BadRequest(f"input {name!r}: unknown datatype {datatype!r}")
+    return datatype
+
+
+def fill_from_bytes(tensor: InferInput, chunk: bytes) -> None:
+    """Read a tensor's data from its raw bytes (the binary extension's, gRPC's raw contents):
+    little-endian numbers, or BYTES elements each after a 4-byte length."""
+    if tensor.datatype == BYTES:
+        tensor.elements = _bytes_elements(chunk, tensor.name)
+    else:
+        dtype = NUMERIC_DATATYPES[tensor.datatype]
+        expected = math.prod(tensor.shape) * dtype.itemsize
+        if len(chunk) != expected:
+            raise BadRequest(
+                f"input {tensor.name!r}: shape {list(tensor.shape)} of {tensor.datatype} is "
+                f"{expected} bytes, the data has {len(chunk)}"
+            )
+        tensor.array = np.frombuffer(chunk, dtype=dtype).reshape(tensor.shape)
+    check_count(tensor)
+
+
+def check_count(tensor: InferInput) -> None:
+    """Its data holds as many elements as its shape."""
+    count = math.prod(tensor.shape)
     got = len(tensor.elements) if tensor.elements is not None else int(tensor.array.size)  # type: ignore[union-attr]
     if got != count:
         raise BadRequest(
@@ -223,7 +235,8 @@ def _check_count(tensor: InferInput, count: int) -> None:
         )
 
 
-def _shape(value: Any, name: str) -> tuple[int, ...]:
+def check_shape(value: Any, name: str) -> tuple[int, ...]:
+    """A shape: at most 8 non-negative dimensions, holding at most MAX_ELEMENTS elements."""
     if (
         not isinstance(value, list)
         or not value
@@ -300,6 +313,11 @@ def _bytes_elements(chunk: bytes, name: str) -> list[bytes]:
     return elements
 
 
+def pack_bytes(elements: list[bytes]) -> bytes:
+    """BYTES elements as the binary extension (and gRPC's raw contents) carry them."""
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
 def _json_bytes_elements(data: Any, name: str) -> list[bytes]:
     flat = _flatten(data, name)
     if not all(isinstance(item, str) for item in flat):
@@ -316,7 +334,7 @@ def _output(raw: Any, index: int) -> RequestedOutput:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise BadRequest(f"output {index} must be an object with a 'name'")
     parameters = _object(raw.get("parameters"), f"output {raw['name']!r} parameters")
-    _no_shared_memory(parameters, f"output {raw['name']!r}")
+    no_shared_memory(parameters, f"output {raw['name']!r}")
     binary = parameters.get("binary_data")
     if binary is not None:
         binary = _flag(binary, f"output {raw['name']!r}: binary_data")
@@ -326,7 +344,7 @@ def _output(raw: Any, index: int) -> RequestedOutput:
     return RequestedOutput(raw["name"], binary, k)
 
 
-def _no_shared_memory(parameters: dict[str, Any], what: str) -> None:
+def no_shared_memory(parameters: dict[str, Any], what: str) -> None:
     """Triton's shared-memory extensions are not offered: a tensor placed in a region is refused
     rather than read as missing, or (an output) answered in the body instead of the region."""
     if "shared_memory_region" in parameters:
