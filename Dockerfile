@@ -42,13 +42,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ROCKETSERVE_MODEL_REPOSITORY=/app/models \
     ROCKETSERVE_HOST=0.0.0.0 \
     ROCKETSERVE_PORT=8000 \
+    ROCKETSERVE_GRPC_PORT=8001 \
     ROCKETSERVE_PROVIDER=cuda
 RUN groupadd --system --gid 10001 rocketserve \
     && useradd --system --uid 10001 --gid rocketserve --no-create-home rocketserve
 WORKDIR /app
 COPY models ./models
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
 CMD ["python", "-m", "service"]
@@ -72,14 +73,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ROCKETSERVE_MODEL_REPOSITORY=/app/models \
     ROCKETSERVE_HOST=0.0.0.0 \
-    ROCKETSERVE_PORT=8000
+    ROCKETSERVE_PORT=8000 \
+    ROCKETSERVE_GRPC_PORT=8001
 RUN groupadd --system --gid 10001 rocketserve \
     && useradd --system --uid 10001 --gid rocketserve --no-create-home rocketserve
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY models ./models
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
 CMD ["python", "-m", "service"]

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= export,dev,loadtest,docs
 
-.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-plan cifar-zoo-status cifar-zoo-pause cifar-zoo-continue cifar-zoo-pick cifar-zoo-publish serving-figures test lint typecheck unit docs settings-table gpu-check clean
+.PHONY: venv system-deps run zoo cifar-zoo cifar-zoo-plan cifar-zoo-status cifar-zoo-pause cifar-zoo-continue cifar-zoo-pick cifar-zoo-publish serving-figures test lint typecheck unit docs settings-table protos gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -96,6 +96,7 @@ lint: venv
 	$(BIN)/lint-imports
 	$(BIN)/python scripts/settings_table.py --check
 	$(BIN)/python scripts/zoo_tables.py --check
+	$(BIN)/python scripts/protos.py --check
 
 typecheck: venv
 	$(BIN)/mypy
@@ -108,6 +109,9 @@ docs: venv
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Rewrite docs/settings.md's table from the Settings field descriptions.
+protos: venv
+	$(BIN)/python scripts/protos.py
+
 settings-table: venv
 	$(BIN)/python scripts/settings_table.py
 

@@ -6,6 +6,7 @@ import argparse
 import difflib
 import logging
 import os
+import socket
 import sys
 
 import uvicorn
@@ -39,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-repository", help="model repository folder")
     parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default 8000)")
+    parser.add_argument(
+        "--grpc-port", type=int, help="TCP port of the gRPC endpoint (default: none; Triton's 8001)"
+    )
     parser.add_argument(
         "--workers",
         metavar="N|auto",
@@ -142,6 +146,20 @@ def mistyped_settings(environ: dict[str, str]) -> list[str]:
     return warnings
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, say), or None: checked before the
+    workers start, so that a taken gRPC port is one line, not a failed start-up in each."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def _text_say(level: int, message: str) -> None:
     """A start-up warning or error as the one plain line a person reads at a terminal."""
     print(f"{logging.getLevelName(level).lower()}: {message}", file=sys.stderr)
@@ -181,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     if failures and settings.strict_models:
         say(logging.ERROR, failures[0].line())
         return 2
+    if settings.grpc_port is not None:
+        taken = port_taken(settings.host, settings.grpc_port)
+        if taken:
+            say(logging.ERROR, f"cannot listen for gRPC on port {settings.grpc_port}: {taken}")
+            return 2
     configure_service_logging(settings.log_format, settings.log_level)
     log.info("%d worker process(es): %s", workers, why)
     # Every worker reads the number chosen here (it divides the cores among them).
@@ -188,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before the workers start: with several, /metrics merges all their metric files.
     share_metrics_across_workers(workers)
     uvicorn.run(
-        "service.http.app:app_from_env",
+        "service.server:app_from_env",
         factory=True,
         host=settings.host,
         port=settings.port,

@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on.")
+    grpc_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="TCP port of the gRPC endpoint (the Open Inference Protocol's "
+        "GRPCInferenceService, as Triton's and KServe's gRPC clients call it), on the same "
+        "interface; unset, none. Triton's is 8001. Every worker process listens on it "
+        "(SO_REUSEPORT).",
+    )
     workers: WorkerProcesses = Field(
         AUTO,
         description="uvicorn worker processes, each with its own event loop and a share of the "

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import FrameType
 
 from fastapi import FastAPI
@@ -21,7 +21,6 @@ from service.http.state import ServiceState
 from service.http.uvicorn_hooks import requests_in_progress
 from service.http.v2_routes import router as v2_router
 from service.inputs.pipeline import warm_up_decoders
-from service.observability.logs import configure_service_logging
 from service.observability.metrics import ServiceMetrics
 from service.repository.polling import RepositoryPoller, snapshot
 from service.repository.registry import ModelRegistry
@@ -83,12 +82,18 @@ def drain_on_sigterm(state: ServiceState) -> Callable[[], None]:
     return restore
 
 
+# An endpoint of another protocol served for the app's life, from its state (service.grpc).
+Beside = Callable[[ServiceState], AbstractAsyncContextManager[None]]
+
+
 def create_app(
     settings: Settings,
     registry: ModelRegistry | None = None,
     metrics: ServiceMetrics | None = None,
+    beside: Sequence[Beside] = (),
 ) -> FastAPI:
-    """A new app; models load in its lifespan unless a loaded ``registry`` is given."""
+    """A new app; models load in its lifespan unless a loaded ``registry`` is given. Each of
+    ``beside`` is entered once the models are loaded and left before they are closed."""
     if registry is not None:
         metrics = registry.metrics
     state = ServiceState(settings, metrics or ServiceMetrics())
@@ -115,9 +120,12 @@ def create_app(
                 state.registry, settings.model_repository, settings.repository_poll_s, folder
             )
             poller = asyncio.create_task(watcher.run(), name="repository-poller")
-        log.info("ready: %d model version(s)", len(state.registry.all()))
         try:
-            yield
+            async with AsyncExitStack() as endpoints:
+                for endpoint in beside:
+                    await endpoints.enter_async_context(endpoint(state))
+                log.info("ready: %d model version(s)", len(state.registry.all()))
+                yield
         finally:
             restore_sigterm()
             if poller is not None:
@@ -138,10 +146,3 @@ def create_app(
     app.include_router(router)
     app.include_router(v2_router)
     return app
-
-
-def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory``: settings come from ROCKETSERVE_* variables."""
-    settings = Settings()  # type: ignore[call-arg]  # model_repository comes from the env
-    configure_service_logging(settings.log_format, settings.log_level)
-    return create_app(settings)

@@ -79,7 +79,8 @@ def test_base_services_and_profiles() -> None:
     assert services["loadtest"]["profiles"] == ["loadtest"]
     for name in ("api", "prometheus", "grafana"):
         assert "profiles" not in services[name], f"{name} must start with a plain `up`"
-    assert published(services["api"]) == {"8000": "${API_PORT:-8000}"}
+    assert published(services["api"]) == {"8000": "${API_PORT:-8000}", "8001": "${GRPC_PORT:-8001}"}
+    assert services["api"]["environment"]["ROCKETSERVE_GRPC_PORT"] == "8001"
     assert published(services["prometheus"]) == {"9090": "${PROMETHEUS_PORT:-9090}"}
     assert published(services["grafana"]) == {"3000": "${GRAFANA_PORT:-3000}"}
 

@@ -88,7 +88,8 @@ def test_runtime_is_the_default_slim_non_root_target() -> None:
     words = dict(runtime)
     assert words["USER"].split(":")[0] not in ("0", "root")
     assert "/readyz" in words["HEALTHCHECK"]
-    assert "8000" in words["EXPOSE"]
+    assert words["EXPOSE"].split() == ["8000", "8001"]  # REST, and gRPC at Triton's port
+    assert "ROCKETSERVE_GRPC_PORT=8001" in " ".join(rest for word, rest in runtime if word == "ENV")
     assert ("COPY", "models ./models") in runtime
     assert "ROCKETSERVE_MODEL_REPOSITORY=/app/models" in " ".join(
         rest for word, rest in runtime if word == "ENV"

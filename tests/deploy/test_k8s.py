@@ -76,6 +76,7 @@ def test_deployment_probes_resources_and_scraping() -> None:
     assert int(annotations["prometheus.io/port"]) == ports["http"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert int(env["ROCKETSERVE_PORT"]) == ports["http"]
+    assert int(env["ROCKETSERVE_GRPC_PORT"]) == ports["grpc"]
     fields = {f.upper() for f in Settings.model_fields}
     assert all(name[len(ENV_PREFIX) :] in fields for name in env), "unknown setting"
     runtime_user = dict(stages()["runtime"])["USER"].split(":")[0]

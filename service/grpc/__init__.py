@@ -1,0 +1,1 @@
+"""The Open Inference Protocol over gRPC: Triton's and KServe's GRPCInferenceService."""

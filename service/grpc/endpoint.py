@@ -1,0 +1,140 @@
+"""The gRPC endpoint: a grpc.aio server beside uvicorn's, in the same event loop, for its life.
+
+It serves the Open Inference Protocol's ``inference.GRPCInferenceService``
+(``service.grpc.servicer``) on ``ROCKETSERVE_GRPC_PORT``, in every worker process (the kernel
+spreads the connections: SO_REUSEPORT; one process alone owns the port), so its requests share
+the batchers, the deadlines and the metrics of the HTTP ones. A ServiceError becomes the gRPC
+status of its HTTP one (a 400 is INVALID_ARGUMENT, a 404 NOT_FOUND, a 503 UNAVAILABLE with
+``retry-after``) and its message; anything else is INTERNAL, logged with its traceback, and the
+server goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+
+from service.errors import ServiceError
+from service.grpc import messages as pb
+from service.grpc.servicer import METHODS, UNSUPPORTED, Servicer
+from service.http.state import ServiceState
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+SERVICE_NAME = "inference.GRPCInferenceService"  # KServe's and Triton's, on the wire
+STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.UNAVAILABLE,
+    499: grpc.StatusCode.CANCELLED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def status_code(exc: ServiceError) -> grpc.StatusCode:
+    """The gRPC status of a ServiceError's HTTP status (other 4xx: INVALID_ARGUMENT)."""
+    if exc.status in STATUS_CODES:
+        return STATUS_CODES[exc.status]
+    return grpc.StatusCode.INVALID_ARGUMENT if exc.status < 500 else grpc.StatusCode.INTERNAL
+
+
+def guarded(method: str, handler: Handler) -> Handler:
+    """``handler``, its errors answered as gRPC statuses."""
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(request, context)
+        except ServiceError as exc:
+            retry = exc.headers.get("Retry-After")
+            trailers = (("retry-after", retry),) if retry else ()
+            await context.abort(status_code(exc), exc.message, trailers)
+        except Exception:
+            log.exception("unhandled error in gRPC %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+
+    return call
+
+
+def generic_handler(state: ServiceState) -> grpc.GenericRpcHandler:
+    """Every method of the service, bound to ``state``."""
+    servicer = Servicer(state)
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for name, (request_type, response_type) in METHODS.items():
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            guarded(name, getattr(servicer, name)),
+            request_deserializer=request_type.FromString,
+            response_serializer=response_type.SerializeToString,
+        )
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer,  # each request's error is an answer in the stream
+        request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+    )
+    for name, (streaming, instead) in UNSUPPORTED.items():
+        handlers[name] = _unsupported(name, streaming, instead)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def _unsupported(name: str, streaming: bool, instead: str) -> grpc.RpcMethodHandler:
+    message = f"{name} is not supported by this server; {instead}"
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    if streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def worker_processes(settings: Settings) -> int:
+    """The worker processes that serve (``python -m service`` sets the number it chose)."""
+    return int(settings.workers) if str(settings.workers).isdecimal() else 1
+
+
+def listen_address(host: str, port: int) -> str:
+    """``host:port`` as gRPC reads it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+@asynccontextmanager
+async def grpc_endpoint(state: ServiceState) -> AsyncIterator[None]:
+    """Serve gRPC on ``settings.grpc_port`` while the context is open; on leaving, stop taking
+    calls and let those accepted finish within ``shutdown_grace_s``."""
+    settings = state.settings
+    assert settings.grpc_port is not None
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            # several worker processes share the port; one alone owns it (a second server
+            # started on the same port fails, rather than silently sharing its calls)
+            ("grpc.so_reuseport", 1 if worker_processes(settings) > 1 else 0),
+        ]
+    )
+    server.add_generic_rpc_handlers((generic_handler(state),))
+    address = listen_address(settings.host, settings.grpc_port)
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot listen for gRPC on {address}: {exc}") from None
+    await server.start()
+    log.info("gRPC endpoint on %s", address)
+    try:
+        yield
+    finally:
+        await server.stop(settings.shutdown_grace_s)

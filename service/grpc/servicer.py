@@ -1,0 +1,258 @@
+"""The methods of the Open Inference Protocol's GRPCInferenceService, as this server answers them.
+
+Each is the gRPC twin of a REST endpoint and shares its code: ``ModelInfer`` is the REST infer's
+request life (``service.http.serving.run_request``: admission, batches, deadline, metrics), with
+model ``auto`` routed by its ``latency_budget_ms`` / ``min_accuracy`` parameters; the metadata,
+readiness, Triton's model configuration and the repository extension answer what their REST
+endpoints do. Loading and unloading need ``authorization: Bearer <ROCKETSERVE_API_KEY>`` in the
+call's metadata, as the REST ones need the header. ``ModelStreamInfer`` answers each request of
+a stream as ``ModelInfer`` does. Methods this server does not offer answer UNIMPLEMENTED with
+what to do instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from service.errors import BadRequest, NotFound, ServiceError, Unavailable
+from service.grpc import messages as pb
+from service.grpc.infer_messages import infer_response, parameters_dict, read_infer_request
+from service.http.serving import Prepared, Resolver, run_request
+from service.http.state import ServiceState
+from service.http.v2_config import model_config
+from service.http.v2_infer import is_routed, model_spec, request_batch, route
+from service.http.v2_routes import (
+    EXTENSIONS,
+    SERVER_NAME,
+    SERVER_VERSION,
+    authorise,
+    model_metadata,
+    refuse_overrides,
+)
+from service.repository.registry import ModelRegistry, ServedModel
+
+log = logging.getLogger("service")
+
+# method -> (request message, response message)
+METHODS: dict[str, tuple[Any, Any]] = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+    "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
+    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+    "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
+    "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse),
+}
+_SHARED_MEMORY = (False, "send tensors in the request (raw_input_contents or contents)")
+# method -> (streaming, what to do instead)
+UNSUPPORTED: dict[str, tuple[bool, str]] = {
+    "ModelStatistics": (False, "GET /metrics has per-model counts and latency histograms"),
+    "SystemSharedMemoryStatus": _SHARED_MEMORY,
+    "SystemSharedMemoryRegister": _SHARED_MEMORY,
+    "SystemSharedMemoryUnregister": _SHARED_MEMORY,
+    "CudaSharedMemoryStatus": _SHARED_MEMORY,
+    "CudaSharedMemoryRegister": _SHARED_MEMORY,
+    "CudaSharedMemoryUnregister": _SHARED_MEMORY,
+    "TraceSetting": (False, "GET /metrics has per-model latency histograms"),
+    "LogSettings": (False, "set ROCKETSERVE_LOG_LEVEL and ROCKETSERVE_LOG_FORMAT at start"),
+}
+
+
+# ModelStreamInfer: the requests of one stream answered at once or waiting to be read; the
+# stream is read no further until one is (HTTP/2 flow control then holds the client back).
+STREAM_WINDOW = 64
+FINAL_RESPONSE = "triton_enable_empty_final_response"
+
+
+def _version(value: str) -> str | None:
+    return value or None
+
+
+class Servicer:
+    """The service's methods over one app's ServiceState."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    def _registry(self) -> ModelRegistry:
+        registry = self.state.registry
+        if registry is None:
+            raise Unavailable("models are not loaded yet", code="not_ready")
+        return registry
+
+    def _resolve(self, name: str, version: str) -> ServedModel:
+        if not name:
+            raise BadRequest("a model name is required")
+        return self._registry().resolve(model_spec(name, _version(version)))
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Live while the process answers."""
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Ready when every model version is and the server is not draining (as /v2/health)."""
+        state = self.state
+        ok = state.registry is not None and state.registry.ready and not state.draining
+        return pb.ServerReadyResponse(ready=ok)
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Whether the version takes requests; an unknown one is not ready."""
+        try:
+            served = self._resolve(request.name, request.version)
+        except NotFound:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=served.ready and served.batcher.running)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Name, version and the protocol extensions, as GET /v2."""
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=SERVER_VERSION, extensions=list(EXTENSIONS)
+        )
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Inputs and outputs of a version, as GET /v2/models/{name}."""
+        served = self._resolve(request.name, request.version)
+        metadata = model_metadata(self._registry(), served)
+        return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
+
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Triton's model configuration of a version, as GET /v2/models/{name}/config."""
+        served = self._resolve(request.name, request.version)
+        config = json_format.ParseDict(model_config(served, self.state.settings), pb.ModelConfig())
+        return pb.ModelConfigResponse(config=config)
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """One inference: the REST infer's life, from this call's arrival."""
+        started = time.monotonic()
+        state = self.state
+        limit = state.settings.in_flight_limit
+        if limit and state.predicting >= limit:
+            raise Unavailable(
+                f"{limit} requests are in flight; retry later",
+                code="overloaded",
+                headers={"Retry-After": str(state.settings.retry_after_s)},
+            )
+        settings = state.settings
+
+        async def prepare(models: Resolver) -> Prepared[Any]:
+            name, version = request.model_name, _version(request.model_version)
+            if not name:
+                raise BadRequest("a model name is required (model_name)")
+            note = None
+            if is_routed(name, version, models):
+                infer = read_infer_request(request)
+                served, note = route(infer, models)
+            else:
+                served = models.resolve(model_spec(name, version))
+                infer = read_infer_request(request)
+            batch = await request_batch(infer, served, settings)
+            return Prepared(
+                served, batch, lambda result, _: infer_response(served, infer, result, note)
+            )
+
+        state.predicting += 1
+        try:
+            return await run_request(state, started, prepare)
+        finally:
+            state.predicting -= 1
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """Requests of one bidirectional stream, each answered as ModelInfer answers it, in
+        the order they finish (clients match them by ``id``); a request's error is its
+        ``error_message`` and the stream goes on, as Triton's does."""
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(request: Any) -> None:
+            try:
+                response = await self.ModelInfer(request, context)
+                final = request.parameters.get(FINAL_RESPONSE)
+                if final is not None and final.bool_param:  # this answer is the request's last
+                    response.parameters["triton_final_response"].bool_param = True
+                answer = pb.ModelStreamInferResponse(infer_response=response)
+            except ServiceError as exc:
+                answer = _stream_error(request, exc.message)
+            except Exception:
+                log.exception("unhandled error in gRPC ModelStreamInfer")
+                answer = _stream_error(request, "internal server error")
+            answers.put_nowait(answer)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await window.acquire()
+                    task = asyncio.create_task(one(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.gather(*running)
+            finally:  # the end of the answers, also when the stream broke
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                window.release()
+                yield answer
+            await reader  # its error, if the stream broke
+        finally:
+            for task in (reader, *running):
+                task.cancel()
+
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Every model of the repository and its versions' states, as POST /v2/repository/index."""
+        entries = self._registry().index()
+        if request.ready:
+            entries = [e for e in entries if e["state"] == "READY"]
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in entries]
+        )
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Load or reload a model from its folder (explicit model control, the API key)."""
+        authorise(self.state.settings, _authorization(context))
+        refuse_overrides(parameters_dict(request.parameters))
+        if not request.model_name:
+            raise BadRequest("a model name is required (model_name)")
+        await self._registry().load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Stop serving a model; the requests it accepted still get their answers."""
+        authorise(self.state.settings, _authorization(context))
+        registry = self._registry()
+        if request.model_name not in registry.models:
+            raise NotFound(f"model {request.model_name!r} is not loaded", code="unknown_model")
+        await registry.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _stream_error(request: Any, message: str) -> Any:
+    """A stream's answer to a failed request: the error, and the request's id to match it."""
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str:
+    """The call's ``authorization`` metadata ("" when absent)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return ""
