@@ -20,6 +20,7 @@ import grpc
 
 from service.errors import ServiceError
 from service.grpc import messages as pb
+from service.grpc.messages import read_message
 from service.grpc.servicer import METHODS, UNSUPPORTED, Servicer
 from service.http.state import ServiceState
 from service.settings import Settings
@@ -53,12 +54,14 @@ def status_code(exc: ServiceError) -> grpc.StatusCode:
     return grpc.StatusCode.INVALID_ARGUMENT if exc.status < 500 else grpc.StatusCode.INTERNAL
 
 
-def guarded(method: str, handler: Handler) -> Handler:
-    """``handler``, its errors answered as gRPC statuses."""
+def guarded(method: str, handler: Handler, request_type: Any) -> Handler:
+    """``handler`` on the call's message, read from its bytes here (a message that is not one
+    is the client's mistake: INVALID_ARGUMENT, where gRPC's own deserializer would answer
+    INTERNAL); its errors answered as gRPC statuses."""
 
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await handler(request, context)
+            return await handler(read_message(request_type, raw), context)
         except ServiceError as exc:
             retry = exc.headers.get("Retry-After")
             trailers = (("retry-after", retry),) if retry else ()
@@ -76,13 +79,11 @@ def generic_handler(state: ServiceState) -> grpc.GenericRpcHandler:
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for name, (request_type, response_type) in METHODS.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            guarded(name, getattr(servicer, name)),
-            request_deserializer=request_type.FromString,
+            guarded(name, getattr(servicer, name), request_type),
             response_serializer=response_type.SerializeToString,
         )
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        servicer.ModelStreamInfer,  # each request's error is an answer in the stream
-        request_deserializer=pb.ModelInferRequest.FromString,
+        servicer.ModelStreamInfer,  # each request read, and its error answered, in the stream
         response_serializer=pb.ModelStreamInferResponse.SerializeToString,
     )
     for name, (streaming, instead) in UNSUPPORTED.items():

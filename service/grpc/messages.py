@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
+from service.errors import BadRequest
 from service.grpc.inference_descriptor import SERIALIZED
 
 _POOL = descriptor_pool.DescriptorPool()
@@ -43,3 +45,13 @@ RepositoryModelLoadRequest = _message("RepositoryModelLoadRequest")
 RepositoryModelLoadResponse = _message("RepositoryModelLoadResponse")
 RepositoryModelUnloadRequest = _message("RepositoryModelUnloadRequest")
 RepositoryModelUnloadResponse = _message("RepositoryModelUnloadResponse")
+
+
+def read_message(message_type: Any, raw: bytes) -> Any:
+    """A message of ``message_type`` from its bytes; BadRequest if they are not one (gRPC's own
+    deserializer would answer INTERNAL for the client's mistake)."""
+    try:
+        return message_type.FromString(raw)
+    except DecodeError:
+        name = message_type.DESCRIPTOR.name
+        raise BadRequest(f"the request is not a valid {name} message") from None

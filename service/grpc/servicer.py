@@ -24,6 +24,7 @@ from google.protobuf import json_format
 from service.errors import BadRequest, NotFound, ServiceError, Unavailable
 from service.grpc import messages as pb
 from service.grpc.infer_messages import infer_response, parameters_dict, read_infer_request
+from service.grpc.messages import read_message
 from service.http.serving import Prepared, Resolver, run_request
 from service.http.state import ServiceState
 from service.http.v2_config import model_config
@@ -167,7 +168,7 @@ class Servicer:
             state.predicting -= 1
 
     async def ModelStreamInfer(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         """Requests of one bidirectional stream, each answered as ModelInfer answers it, in
         the order they finish (clients match them by ``id``); a request's error is its
@@ -176,8 +177,10 @@ class Servicer:
         window = asyncio.Semaphore(STREAM_WINDOW)
         running: set[asyncio.Task[None]] = set()
 
-        async def one(request: Any) -> None:
+        async def one(raw: bytes) -> None:
+            request = pb.ModelInferRequest()
             try:
+                request = read_message(pb.ModelInferRequest, raw)
                 response = await self.ModelInfer(request, context)
                 final = request.parameters.get(FINAL_RESPONSE)
                 if final is not None and final.bool_param:  # this answer is the request's last

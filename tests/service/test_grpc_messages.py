@@ -154,10 +154,17 @@ def test_errors_become_statuses_and_a_fault_is_internal_and_logged(
 
     context = FakeContext()
     with pytest.raises(Aborted):
-        asyncio.run(guarded("M", refuse)(None, context))
+        asyncio.run(guarded("M", refuse, pb.ServerLiveRequest)(b"", context))
     assert context.aborted == (grpc.StatusCode.UNAVAILABLE, "queue full", (("retry-after", "2"),))
     with pytest.raises(Aborted):
-        asyncio.run(guarded("M", crash)(None, context))
+        asyncio.run(guarded("M", crash, pb.ServerLiveRequest)(b"", context))
     assert context.aborted == (grpc.StatusCode.INTERNAL, "internal server error", ())
     assert "unhandled error in gRPC M" in caplog.text and "boom" in caplog.text
-    assert asyncio.run(guarded("M", answer)(None, FakeContext())) == "fine"
+    assert asyncio.run(guarded("M", answer, pb.ServerLiveRequest)(b"", FakeContext())) == "fine"
+    # bytes that are no message are the client's mistake, not gRPC's INTERNAL
+    with pytest.raises(Aborted):
+        asyncio.run(guarded("M", answer, pb.ModelInferRequest)(b"\xff\xff\xff", context))
+    assert context.aborted[:2] == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the request is not a valid ModelInferRequest message",
+    )
