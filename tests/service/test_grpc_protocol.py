@@ -335,3 +335,18 @@ def test_a_taken_grpc_port_is_one_clear_line(digits_repo: Path) -> None:
         holder.stop(0)
     assert done.returncode == 2
     assert f"cannot listen for gRPC on port {port}" in done.stderr, done.stderr
+
+
+def test_every_worker_process_serves_grpc_on_the_one_port(digits_repo: Path) -> None:
+    """With several worker processes each listens on the gRPC port (SO_REUSEPORT): the kernel
+    spreads new connections over them, and every call is answered."""
+    port = free_port()
+    env = {"ROCKETSERVE_WORKERS": "2", "ROCKETSERVE_GRPC_PORT": str(port)}
+    with running_service(digits_repo, env) as (_, process):
+        for _ in range(8):  # a new connection each: both processes take some
+            with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as fresh:
+                result = fresh.infer(MODEL, [fp32_input(tensor(1))])
+                assert result.as_numpy("logits").shape == (1, 10)
+    assert process.stdout is not None
+    log = process.stdout.read().decode()
+    assert log.count(f"gRPC endpoint on 127.0.0.1:{port}") == 2, log
