@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if settings.grpc_port is not None:
         taken = port_taken(settings.host, settings.grpc_port)
+        if settings.grpc_port == settings.port:
+            taken = "it is the HTTP port too (--port); give gRPC a port of its own"
         if taken:
             say(logging.ERROR, f"cannot listen for gRPC on port {settings.grpc_port}: {taken}")
             return 2

@@ -44,6 +44,10 @@ STATUS_CODES = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
+MAX_STATUS_MESSAGE = 4096  # characters of a status message
+MAX_MESSAGE_BYTES = 2**31 - 1  # the most gRPC's message size options take
+CONTROL_CALLS = 16  # calls beyond the in-flight limit left for health, metadata and the rest
+
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
@@ -54,18 +58,37 @@ def status_code(exc: ServiceError) -> grpc.StatusCode:
     return grpc.StatusCode.INVALID_ARGUMENT if exc.status < 500 else grpc.StatusCode.INTERNAL
 
 
-def guarded(method: str, handler: Handler, request_type: Any) -> Handler:
+def status_message(message: str) -> str:
+    """A status message short enough for any client: it travels in a header, and gRPC clients
+    refuse headers over 8 to 16 KiB (a message may quote what the client sent)."""
+    if len(message) <= MAX_STATUS_MESSAGE:
+        return message
+    return message[: MAX_STATUS_MESSAGE - 20] + " ... (message cut)"
+
+
+def guarded(
+    method: str,
+    handler: Handler,
+    request_type: Any,
+    unread: Callable[[ServiceError], None] | None = None,
+) -> Handler:
     """``handler`` on the call's message, read from its bytes here (a message that is not one
     is the client's mistake: INVALID_ARGUMENT, where gRPC's own deserializer would answer
-    INTERNAL); its errors answered as gRPC statuses."""
+    INTERNAL; ``unread`` counts it); its errors answered as gRPC statuses."""
 
     async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await handler(read_message(request_type, raw), context)
+            try:
+                request = read_message(request_type, raw)
+            except ServiceError as exc:
+                if unread is not None:
+                    unread(exc)
+                raise
+            return await handler(request, context)
         except ServiceError as exc:
             retry = exc.headers.get("Retry-After")
             trailers = (("retry-after", retry),) if retry else ()
-            await context.abort(status_code(exc), exc.message, trailers)
+            await context.abort(status_code(exc), status_message(exc.message), trailers)
         except Exception:
             log.exception("unhandled error in gRPC %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
@@ -78,8 +101,9 @@ def generic_handler(state: ServiceState) -> grpc.GenericRpcHandler:
     servicer = Servicer(state)
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for name, (request_type, response_type) in METHODS.items():
+        unread = servicer.refused if name == "ModelInfer" else None
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            guarded(name, getattr(servicer, name), request_type),
+            guarded(name, getattr(servicer, name), request_type, unread),
             response_serializer=response_type.SerializeToString,
         )
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
@@ -118,14 +142,18 @@ async def grpc_endpoint(state: ServiceState) -> AsyncIterator[None]:
     calls and let those accepted finish within ``shutdown_grace_s``."""
     settings = state.settings
     assert settings.grpc_port is not None
+    limit = settings.in_flight_limit
     server = grpc.aio.server(
+        # gRPC holds each call's whole message before the handler runs: bounding the calls
+        # bounds that memory, as the admission gate bounds the REST requests being read.
+        maximum_concurrent_rpcs=limit + CONTROL_CALLS if limit else None,
         options=[
-            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_receive_message_length", min(settings.max_body_bytes, MAX_MESSAGE_BYTES)),
             ("grpc.max_send_message_length", -1),
             # several worker processes share the port; one alone owns it (a second server
             # started on the same port fails, rather than silently sharing its calls)
             ("grpc.so_reuseport", 1 if worker_processes(settings) > 1 else 0),
-        ]
+        ],
     )
     server.add_generic_rpc_handlers((generic_handler(state),))
     address = listen_address(settings.host, settings.grpc_port)

@@ -69,10 +69,10 @@ UNSUPPORTED: dict[str, tuple[bool, str]] = {
 }
 
 
-# ModelStreamInfer: the requests of one stream answered at once or waiting to be read; the
+# ModelStreamInfer: the requests of one stream being answered or waiting to be read; the
 # stream is read no further until one is (HTTP/2 flow control then holds the client back).
 STREAM_WINDOW = 64
-FINAL_RESPONSE = "triton_enable_empty_final_response"
+FINAL_RESPONSE = "triton_final_response"
 
 
 def _version(value: str) -> str | None:
@@ -84,6 +84,10 @@ class Servicer:
 
     def __init__(self, state: ServiceState) -> None:
         self.state = state
+
+    def refused(self, exc: ServiceError) -> None:
+        """Count an infer call refused before its model is known, as the REST gate does."""
+        self.state.metrics.requests.labels("unknown", "", str(exc.status)).inc()
 
     def _registry(self) -> ModelRegistry:
         registry = self.state.registry
@@ -138,11 +142,13 @@ class Servicer:
         state = self.state
         limit = state.settings.in_flight_limit
         if limit and state.predicting >= limit:
-            raise Unavailable(
+            refusal = Unavailable(
                 f"{limit} requests are in flight; retry later",
                 code="overloaded",
                 headers={"Retry-After": str(state.settings.retry_after_s)},
             )
+            self.refused(refusal)
+            raise refusal
         settings = state.settings
 
         async def prepare(models: Resolver) -> Prepared[Any]:
@@ -170,50 +176,54 @@ class Servicer:
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        """Requests of one bidirectional stream, each answered as ModelInfer answers it, in
-        the order they finish (clients match them by ``id``); a request's error is its
+        """Requests of one bidirectional stream, each answered as ModelInfer answers it and in
+        the order they came (up to STREAM_WINDOW run at once); a request's error is its answer's
         ``error_message`` and the stream goes on, as Triton's does."""
-        answers: asyncio.Queue[Any] = asyncio.Queue()
+        answers: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
-        running: set[asyncio.Task[None]] = set()
 
-        async def one(raw: bytes) -> None:
+        async def one(raw: bytes) -> Any:
             request = pb.ModelInferRequest()
             try:
                 request = read_message(pb.ModelInferRequest, raw)
-                response = await self.ModelInfer(request, context)
-                final = request.parameters.get(FINAL_RESPONSE)
-                if final is not None and final.bool_param:  # this answer is the request's last
-                    response.parameters["triton_final_response"].bool_param = True
-                answer = pb.ModelStreamInferResponse(infer_response=response)
+                answer = pb.ModelStreamInferResponse(
+                    infer_response=await self.ModelInfer(request, context)
+                )
             except ServiceError as exc:
                 answer = _stream_error(request, exc.message)
             except Exception:
                 log.exception("unhandled error in gRPC ModelStreamInfer")
                 answer = _stream_error(request, "internal server error")
-            answers.put_nowait(answer)
+            # a request has one answer, so each is its request's last, as Triton marks them
+            answer.infer_response.parameters[FINAL_RESPONSE].bool_param = True
+            return answer
 
         async def read() -> None:
             try:
                 async for request in requests:
                     await window.acquire()
-                    task = asyncio.create_task(one(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                while running:
-                    await asyncio.gather(*running)
+                    answers.put_nowait(asyncio.create_task(one(request)))
             finally:  # the end of the answers, also when the stream broke
                 answers.put_nowait(None)
 
         reader = asyncio.create_task(read())
+        pending: list[asyncio.Task[Any]] = []
         try:
-            while (answer := await answers.get()) is not None:
+            while (task := await answers.get()) is not None:
+                pending.append(task)
+                answer = await task
+                pending.remove(task)
                 window.release()
                 yield answer
             await reader  # its error, if the stream broke
         finally:
-            for task in (reader, *running):
+            reader.cancel()
+            for task in pending:
                 task.cancel()
+            while not answers.empty():
+                queued = answers.get_nowait()
+                if queued is not None:
+                    queued.cancel()
 
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Every model of the repository and its versions' states, as POST /v2/repository/index."""

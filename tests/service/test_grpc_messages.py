@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,8 +14,12 @@ import pytest
 
 from service.errors import BadRequest, NotFound, ServiceError, Unavailable
 from service.grpc import messages as pb
-from service.grpc.endpoint import guarded, listen_address, status_code
+from service.grpc.endpoint import guarded, listen_address, status_code, status_message
 from service.grpc.infer_messages import read_infer_request
+from service.grpc.servicer import Servicer
+from service.http.state import ServiceState
+from service.observability.metrics import ServiceMetrics
+from service.settings import Settings
 
 
 def request_with(datatype: str, shape: list[int]) -> tuple[pb.ModelInferRequest, Any]:
@@ -168,3 +173,22 @@ def test_errors_become_statuses_and_a_fault_is_internal_and_logged(
         grpc.StatusCode.INVALID_ARGUMENT,
         "the request is not a valid ModelInferRequest message",
     )
+
+
+def test_infer_calls_refused_at_the_in_flight_limit_are_counted(tmp_path: Path) -> None:
+    """As the REST gate counts its refusals: under model "unknown", status 503."""
+    state = ServiceState(Settings(model_repository=tmp_path, max_in_flight=2), ServiceMetrics())
+    state.predicting = 2
+    servicer = Servicer(state)
+    with pytest.raises(Unavailable, match="2 requests are in flight"):
+        asyncio.run(servicer.ModelInfer(pb.ModelInferRequest(model_name="m"), None))
+    servicer.refused(BadRequest("not a message"))
+    requests = state.metrics.requests
+    assert requests.labels("unknown", "", "503")._value.get() == 1
+    assert requests.labels("unknown", "", "400")._value.get() == 1
+
+
+def test_long_status_messages_are_cut() -> None:
+    assert status_message("short") == "short"
+    cut = status_message("x" * 100_000)
+    assert len(cut) <= 4096 and cut.endswith("(message cut)")

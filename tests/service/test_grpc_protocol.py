@@ -138,8 +138,8 @@ def test_typed_contents_are_read_like_raw_bytes(
 def test_a_stream_answers_every_request_and_names_each_error(
     server: tuple[str, str], digits_repo: Path
 ) -> None:
-    """ModelStreamInfer, as tritonclient's streaming API drives it: each request answered by
-    id, a bad one an error in the stream that goes on."""
+    """ModelStreamInfer, as tritonclient's streaming API drives it: each request answered in
+    the order sent (as Triton answers), a bad one an error in the stream that goes on."""
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
     inputs = {f"s{i}": tensor(1 + i % 2, seed=200 + i) for i in range(12)}
     with grpcclient.InferenceServerClient(server[1]) as streaming:
@@ -152,6 +152,8 @@ def test_a_stream_answers_every_request_and_names_each_error(
         )
         got = [answers.get(timeout=30) for _ in range(len(inputs) + 2)]
         streaming.stop_stream()
+    order = [r.get_response().id if r is not None else "bad" for r, _ in got]
+    assert order == [*inputs, "bad", "last"]
     errors = [error for _, error in got if error is not None]
     assert len(errors) == 1 and "unknown model 'nope'" in errors[0].message()
     results = {r.get_response().id: r for r, error in got if error is None}
@@ -160,9 +162,8 @@ def test_a_stream_answers_every_request_and_names_each_error(
         np.testing.assert_allclose(
             results[rid].as_numpy("logits"), reference(digits_repo, MODEL, 2, x), atol=1e-5
         )
-    last = results["last"].get_response()
-    assert last.parameters["triton_final_response"].bool_param
-    assert "triton_final_response" not in results["s0"].get_response().parameters
+    for result in results.values():  # one answer a request: each is its last
+        assert result.get_response().parameters["triton_final_response"].bool_param
 
 
 def test_classification_and_images_as_bytes_like_predict(
@@ -213,6 +214,9 @@ def test_client_mistakes_are_named_and_the_server_serves_on(
     assert code == "StatusCode.NOT_FOUND" and "has no version '9'" in message
     code, message = status_of(lambda: client.get_model_metadata("nope"))
     assert code == "StatusCode.NOT_FOUND"
+    # a message quoting a long name is cut, so that it stays within what clients accept
+    code, message = status_of(lambda: client.infer("m" * 20_000, [fp32_input(tensor(1))]))
+    assert code == "StatusCode.NOT_FOUND" and message.endswith("(message cut)")
     pixels = grpcclient.InferInput("input", [1, 1, 8, 8], "UINT8")
     pixels.set_data_from_numpy(np.zeros((1, 1, 8, 8), dtype=np.uint8))
     code, message = status_of(lambda: client.infer(MODEL, [pixels]))
@@ -335,6 +339,12 @@ def test_a_taken_grpc_port_is_one_clear_line(digits_repo: Path) -> None:
         holder.stop(0)
     assert done.returncode == 2
     assert f"cannot listen for gRPC on port {port}" in done.stderr, done.stderr
+    same = subprocess.run(
+        [sys.executable, "-m", "service", "--model-repository", str(digits_repo),
+         "--port", str(port), "--grpc-port", str(port)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert same.returncode == 2 and "it is the HTTP port too" in same.stderr, same.stderr
 
 
 def test_every_worker_process_serves_grpc_on_the_one_port(digits_repo: Path) -> None:
