@@ -28,6 +28,7 @@ from service.settings import Settings
 log = logging.getLogger("service")
 
 SERVICE_NAME = "inference.GRPCInferenceService"  # KServe's and Triton's, on the wire
+HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -115,6 +116,20 @@ def generic_handler(state: ServiceState) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
+def health_handler(state: ServiceState) -> grpc.GenericRpcHandler:
+    """gRPC's standard health service: Check, as Kubernetes' gRPC probes call it."""
+    servicer = Servicer(state)
+    check = grpc.unary_unary_rpc_method_handler(
+        guarded("Health/Check", servicer.HealthCheck, pb.HealthCheckRequest),
+        response_serializer=pb.HealthCheckResponse.SerializeToString,
+    )
+    watch = _unsupported("Health/Watch", False, "call Check")
+    watch = grpc.unary_stream_rpc_method_handler(watch.unary_unary)
+    return grpc.method_handlers_generic_handler(
+        HEALTH_SERVICE_NAME, {"Check": check, "Watch": watch}
+    )
+
+
 def _unsupported(name: str, streaming: bool, instead: str) -> grpc.RpcMethodHandler:
     message = f"{name} is not supported by this server; {instead}"
 
@@ -155,7 +170,7 @@ async def grpc_endpoint(state: ServiceState) -> AsyncIterator[None]:
             ("grpc.so_reuseport", 1 if worker_processes(settings) > 1 else 0),
         ],
     )
-    server.add_generic_rpc_handlers((generic_handler(state),))
+    server.add_generic_rpc_handlers((generic_handler(state), health_handler(state)))
     address = listen_address(settings.host, settings.grpc_port)
     try:
         server.add_insecure_port(address)

@@ -45,6 +45,8 @@ RepositoryModelLoadRequest = _message("RepositoryModelLoadRequest")
 RepositoryModelLoadResponse = _message("RepositoryModelLoadResponse")
 RepositoryModelUnloadRequest = _message("RepositoryModelUnloadRequest")
 RepositoryModelUnloadResponse = _message("RepositoryModelUnloadResponse")
+HealthCheckRequest = _message("HealthCheckRequest")
+HealthCheckResponse = _message("HealthCheckResponse")
 
 
 def read_message(message_type: Any, raw: bytes) -> Any:

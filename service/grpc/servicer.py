@@ -41,6 +41,8 @@ from service.repository.registry import ModelRegistry, ServedModel
 
 log = logging.getLogger("service")
 
+HEALTH_SERVICE = "inference.GRPCInferenceService"  # the service, as health checks name it
+
 # method -> (request message, response message)
 METHODS: dict[str, tuple[Any, Any]] = {
     "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
@@ -117,6 +119,17 @@ class Servicer:
         except NotFound:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=served.ready and served.batcher.running)
+
+    async def HealthCheck(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """gRPC's health check (grpc.health.v1.Health/Check): the server (``service`` empty) or
+        this service is SERVING when ready, as ServerReady says; another service is unknown."""
+        if request.service not in ("", HEALTH_SERVICE):
+            raise NotFound(
+                f"unknown service {request.service!r}; this server serves {HEALTH_SERVICE!r}"
+            )
+        ready = (await self.ServerReady(request, context)).ready
+        status = pb.HealthCheckResponse.SERVING if ready else pb.HealthCheckResponse.NOT_SERVING
+        return pb.HealthCheckResponse(status=status)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Name, version and the protocol extensions, as GET /v2."""

@@ -28,6 +28,7 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from service.grpc import messages
 from tests.service.conftest import png_bytes
 from tests.service.test_v2_protocol import AUTH, KEY, reference, tensor
 from tests.support.cli import ROOT
@@ -360,3 +361,28 @@ def test_every_worker_process_serves_grpc_on_the_one_port(digits_repo: Path) -> 
     assert process.stdout is not None
     log = process.stdout.read().decode()
     assert log.count(f"gRPC endpoint on 127.0.0.1:{port}") == 2, log
+
+
+def test_grpc_health_checking_as_kubernetes_probes_call_it(server: tuple[str, str]) -> None:
+    """grpc.health.v1.Health/Check: SERVING for the server and its service, NOT_FOUND for
+    another; Watch is refused with what to call instead."""
+    with grpc.insecure_channel(server[1]) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=messages.HealthCheckRequest.SerializeToString,
+            response_deserializer=messages.HealthCheckResponse.FromString,
+        )
+        for service in ("", "inference.GRPCInferenceService"):
+            answer = check(messages.HealthCheckRequest(service=service), timeout=10)
+            assert answer.status == messages.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as caught:
+            check(messages.HealthCheckRequest(service="other"), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+        watch = channel.unary_stream(
+            "/grpc.health.v1.Health/Watch",
+            request_serializer=messages.HealthCheckRequest.SerializeToString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            list(watch(messages.HealthCheckRequest(), timeout=10))
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+        assert "call Check" in caught.value.details()  # type: ignore[attr-defined]
