@@ -200,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         say(logging.ERROR, failures[0].line())
         return 2
     if settings.grpc_port is not None:
-        taken = port_taken(settings.host, settings.grpc_port)
-        if settings.grpc_port == settings.port:
-            taken = "it is the HTTP port too (--port); give gRPC a port of its own"
+        taken = (
+            "it is the HTTP port too (--port); give gRPC a port of its own"
+            if settings.grpc_port == settings.port
+            else port_taken(settings.host, settings.grpc_port)
+        )
         if taken:
             say(logging.ERROR, f"cannot listen for gRPC on port {settings.grpc_port}: {taken}")
             return 2
