@@ -36,6 +36,7 @@ from service.http.v2_routes import (
     authorise,
     model_metadata,
     refuse_overrides,
+    served_statistics,
 )
 from service.repository.registry import ModelRegistry, ServedModel
 
@@ -52,6 +53,7 @@ METHODS: dict[str, tuple[Any, Any]] = {
     "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
     "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
     "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
+    "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
     "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
     "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
     "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse),
@@ -59,7 +61,6 @@ METHODS: dict[str, tuple[Any, Any]] = {
 _SHARED_MEMORY = (False, "send tensors in the request (raw_input_contents or contents)")
 # method -> (streaming, what to do instead)
 UNSUPPORTED: dict[str, tuple[bool, str]] = {
-    "ModelStatistics": (False, "GET /metrics has per-model counts and latency histograms"),
     "SystemSharedMemoryStatus": _SHARED_MEMORY,
     "SystemSharedMemoryRegister": _SHARED_MEMORY,
     "SystemSharedMemoryUnregister": _SHARED_MEMORY,
@@ -148,6 +149,19 @@ class Servicer:
         served = self._resolve(request.name, request.version)
         config = json_format.ParseDict(model_config(served, self.state.settings), pb.ModelConfig())
         return pb.ModelConfigResponse(config=config)
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Triton's statistics of every served version (no name), of a model's versions (no
+        version) or of one version, as GET /v2/models[/{name}[/versions/{v}]]/stats."""
+        registry = self._registry()
+        if not request.name:
+            versions = registry.all()
+        elif not request.version:
+            versions = registry.versions(request.name)
+        else:
+            versions = [self._resolve(request.name, request.version)]
+        answer = served_statistics(self.state, versions)
+        return json_format.ParseDict(answer, pb.ModelStatisticsResponse())
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """One inference: the REST infer's life, from this call's arrival."""

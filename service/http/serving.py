@@ -126,6 +126,7 @@ async def run_request(
         with registry.arrivals:  # while read and decoded, this request may still join a batch
             resolver = Resolver(registry, settings.max_inputs_per_request)
             prepared = await prepare(resolver)
+            decode_s = time.monotonic() - started
             served = prepared.served
             in_flight = served.request_metrics.in_flight
             in_flight.inc()
@@ -158,10 +159,12 @@ async def run_request(
             resolver.served.active -= 1
     total = time.monotonic() - started
     answer = prepared.answer(result, total)
+    answered = time.monotonic() - started
     if registry.sampler is not None:
         # After the answer is built; a sample runs as its own task, off this request's path.
         registry.sampler.offer(served, prepared.batch, result.outputs, registry.newest)
-    served.request_metrics.count(200, total)
+    served.request_metrics.count(200, answered)
+    served.request_metrics.phases(decode_s, answered - total)
     served.window.add(total, time.monotonic(), len(prepared.batch))
     return answer
 

@@ -1,11 +1,13 @@
-"""The Open Inference Protocol's REST endpoints other than infer: health, metadata, repository.
+"""The Open Inference Protocol's REST endpoints but infer: health, metadata, stats, repository.
 
 ``GET /v2/health/live|ready``, ``GET /v2`` (server metadata and its extensions), ``GET
 /v2/models/{name}[/versions/{v}]`` (inputs and outputs with datatype and shape, ``-1`` for the
 batch axis), ``.../ready``, ``.../config`` (Triton's model configuration,
-``service.http.v2_config``), and the model repository extension: ``POST /v2/repository/index``
-(open) and ``POST /v2/repository/models/{name}/load|unload`` (they change what is served, so they
-need ``Authorization: Bearer <ROCKETSERVE_API_KEY>`` and ``model_control_mode: explicit``).
+``service.http.v2_config``), ``GET /v2/models[/{name}[/versions/{v}]]/stats`` (Triton's
+statistics extension, ``service.observability.statistics``), and the model repository
+extension: ``POST /v2/repository/index`` (open) and ``POST
+/v2/repository/models/{name}/load|unload`` (they change what is served, so they need
+``Authorization: Bearer <ROCKETSERVE_API_KEY>`` and ``model_control_mode: explicit``).
 Errors are ``{"error": "message"}`` (``service.http.responses``, dialect "v2").
 """
 
@@ -21,11 +23,12 @@ from fastapi import APIRouter, Request, Response
 from service.errors import BadRequest, NotFound, ServiceError
 from service.http.asgi_io import read_body
 from service.http.responses import json_reply
-from service.http.state import registry_of, state_of
+from service.http.state import ServiceState, registry_of, state_of
 from service.http.v2_config import PLATFORM, model_config
 from service.http.v2_infer import model_spec
 from service.inputs.body import check_json_size
 from service.inputs.v2_request import datatype_of
+from service.observability.statistics import model_statistics
 from service.repository.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 
@@ -33,7 +36,13 @@ router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
 SERVER_NAME = "rocketserve"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "model_repository")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+)
 
 
 def _empty(status: int) -> Response:
@@ -113,14 +122,30 @@ async def shared_memory(request: Request) -> Response:
     )
 
 
-@router.get("/models/stats", summary="Statistics extension (not supported)")
-@router.get("/models/{name}/stats", summary="Statistics extension (not supported)")
-@router.get("/models/{name}/versions/{version}/stats", summary="Statistics (not supported)")
-async def statistics(request: Request) -> Response:
-    """The statistics extension is not offered: 404 with where the figures are instead."""
-    raise _unsupported(
-        "the statistics extension", "GET /metrics has per-model counts and latency histograms"
-    )
+def served_statistics(state: ServiceState, versions: list[ServedModel]) -> dict[str, Any]:
+    """The statistics extension's answer (Triton's JSON) for ``versions``."""
+    keys = [(served.name, str(served.version)) for served in versions]
+    return {"model_stats": model_statistics(state.metrics, keys)}
+
+
+# Declared before /models/{name}, which would otherwise take "stats" for a model's name.
+@router.get("/models/stats", summary="Statistics of every model (Triton's extension)")
+async def all_statistics(request: Request) -> dict[str, Any]:
+    """Every served version's cumulative request, queue and compute counts and times."""
+    return served_statistics(state_of(request), registry_of(request).all())
+
+
+@router.get("/models/{name}/stats", summary="Statistics of a model's versions")
+async def model_statistics_of(request: Request, name: str) -> dict[str, Any]:
+    """The statistics of every served version of the model; 404 if it is not served."""
+    return served_statistics(state_of(request), registry_of(request).versions(name))
+
+
+@router.get("/models/{name}/versions/{version}/stats", summary="Statistics of a model version")
+async def version_statistics(request: Request, name: str, version: str) -> dict[str, Any]:
+    """The statistics of one version; 404 if it is not served."""
+    served = registry_of(request).resolve(model_spec(name, version))
+    return served_statistics(state_of(request), [served])
 
 
 @router.get("/models/{name}/config", summary="Model configuration (Triton)")

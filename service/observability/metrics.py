@@ -17,9 +17,11 @@ and only live workers count ('live...'; a dead worker's gauges are dropped):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from service.observability.multiprocess import (
     WorkersCollector,
@@ -93,6 +95,61 @@ class ServiceMetrics:
             "Number of inputs in each batch sent to ONNX Runtime.",
             MODEL_LABELS,
             buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        # The figures Triton's statistics extension reports (service.observability.statistics),
+        # as counters so that several workers' sum; one increment per request or batch.
+        self.request_failure_time = Counter(
+            f"{PREFIX}_request_failure_seconds",
+            "Summed time of prediction requests that named the version and failed (any status "
+            "but 2xx).",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.request_decode_time = Counter(
+            f"{PREFIX}_request_decode_seconds",
+            "Summed time successful prediction requests took from arrival to tensors ready for "
+            "the queue (reading and decoding the body).",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.request_answer_time = Counter(
+            f"{PREFIX}_request_answer_seconds",
+            "Summed time building the answers of successful prediction requests from their "
+            "batch's rows.",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.batched_requests = Counter(
+            f"{PREFIX}_batched_requests",
+            "Requests whose batch ran in ONNX Runtime.",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.batched_request_inference = Counter(
+            f"{PREFIX}_batched_request_inference_seconds",
+            "ONNX Runtime time of the batch each request ran in, summed over requests (a batch "
+            "of three requests counts three times).",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.batches_by_size = Counter(
+            f"{PREFIX}_batches",
+            "Batches run in ONNX Runtime, by their number of inputs (at most max_batch_size).",
+            [*MODEL_LABELS, "batch_size"],
+            registry=r,
+        )
+        self.batch_inference_by_size = Counter(
+            f"{PREFIX}_batch_inference_seconds",
+            "Summed ONNX Runtime time of batches, by their number of inputs.",
+            [*MODEL_LABELS, "batch_size"],
+            registry=r,
+        )
+        self.last_inference = Gauge(
+            f"{PREFIX}_last_inference_timestamp_seconds",
+            "When the version's last batch ran (Unix time; 0 before its first).",
+            MODEL_LABELS,
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.queue_depth = Gauge(
@@ -257,6 +314,10 @@ class ServiceMetrics:
         """Whether a scrape merges the metric files of several worker processes."""
         return self._scraped is not self.registry
 
+    def collect(self) -> Iterable[Metric]:
+        """The metric families a scrape sees: this registry's, or every worker's merged."""
+        return self._scraped.collect()
+
     def exposition(self) -> bytes:
         """Prometheus text of the service: this registry, or every worker's files merged."""
         return generate_latest(self._scraped)
@@ -278,14 +339,24 @@ class ModelRequestMetrics:
         }
         self.latency = metrics.request_latency.labels(name, version)
         self.in_flight = metrics.in_flight.labels(name, version)
+        self._failure_time = metrics.request_failure_time.labels(name, version)
+        self._decode_time = metrics.request_decode_time.labels(name, version)
+        self._answer_time = metrics.request_answer_time.labels(name, version)
 
     def count(self, status: int, seconds: float) -> None:
         """One finished request: its status counted and, when it succeeded, its end-to-end
         latency observed (a flood of cheap 4xx must not pull the latency SLO's p99 down, nor
-        timeouts push it up: the error ratio watches those)."""
+        timeouts push it up: the error ratio watches those); a failure's time is summed apart."""
         child = self._by_status.get(status)
         if child is None:
             child = self._by_status[status] = self._requests.labels(*self._labels, str(status))
         child.inc()
         if status < 300:
             self.latency.observe(seconds)
+        else:
+            self._failure_time.inc(seconds)
+
+    def phases(self, decode_s: float, answer_s: float) -> None:
+        """A successful request's time decoding its body and building its answer."""
+        self._decode_time.inc(decode_s)
+        self._answer_time.inc(answer_s)

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from service.contract.model_card import (
     ModelCard,
@@ -48,6 +49,11 @@ class _MetricsObserver(BatchObserver):
         self._batch_size = metrics.batch_size.labels(name, version)
         self._abandoned = metrics.abandoned
         self._restarts = metrics.inference_restarts.labels(name, version)
+        self._batched = metrics.batched_requests.labels(name, version)
+        self._batched_inference = metrics.batched_request_inference.labels(name, version)
+        self._last = metrics.last_inference.labels(name, version)
+        self._metrics = metrics
+        self._by_size: dict[int, tuple[Any, Any]] = {}  # batch size -> (batches, seconds)
         self._labels = (name, version)
 
     def queue_depth(self, depth: int) -> None:
@@ -57,9 +63,21 @@ class _MetricsObserver(BatchObserver):
         for wait in queue_waits:
             self._wait.observe(wait)
 
-    def batch_done(self, batch_size: int, inference_s: float) -> None:
+    def batch_done(self, batch_size: int, requests: int, inference_s: float) -> None:
         self._batch_size.observe(batch_size)
         self._inference.observe(inference_s)
+        self._batched.inc(requests)
+        self._batched_inference.inc(inference_s * requests)
+        self._last.set(time.time())
+        by_size = self._by_size.get(batch_size)
+        if by_size is None:
+            labels = (*self._labels, str(batch_size))
+            by_size = self._by_size[batch_size] = (
+                self._metrics.batches_by_size.labels(*labels),
+                self._metrics.batch_inference_by_size.labels(*labels),
+            )
+        by_size[0].inc()
+        by_size[1].inc(inference_s)
 
     def abandoned(self, stage: str) -> None:
         self._abandoned.labels(*self._labels, stage).inc()

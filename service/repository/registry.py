@@ -414,10 +414,7 @@ class ModelRegistry:
                 )
             return self.default
         name, sep, version = spec.partition(":")
-        versions = self.models.get(name)
-        if versions is None:
-            served = ", ".join(sorted(self.models)) or "none (no model is loaded)"
-            raise NotFound(f"unknown model {name!r}; served models: {served}", code="unknown_model")
+        versions = self._versions(name)
         if not sep:
             return versions[max(versions)]
         # ASCII digits only ("²" and "٣" are digits to str.isdigit, not to int), and few enough
@@ -430,6 +427,17 @@ class ModelRegistry:
                 code="unknown_version",
             )
         return versions[int(version)]
+
+    def _versions(self, name: str) -> dict[int, ServedModel]:
+        versions = self.models.get(name)
+        if versions is None:
+            served = ", ".join(sorted(self.models)) or "none (no model is loaded)"
+            raise NotFound(f"unknown model {name!r}; served models: {served}", code="unknown_model")
+        return versions
+
+    def versions(self, name: str) -> list[ServedModel]:
+        """Every served version of the model ``name``, oldest first; 404 if it is not served."""
+        return [served for _, served in sorted(self._versions(name).items())]
 
     @property
     def ready(self) -> bool:

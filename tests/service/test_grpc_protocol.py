@@ -258,7 +258,6 @@ def test_what_the_server_does_not_offer_is_unimplemented_with_what_to_do(
     client: grpcclient.InferenceServerClient,
 ) -> None:
     for call, hint in (
-        (lambda: client.get_inference_statistics(), "GET /metrics"),
         (lambda: client.get_system_shared_memory_status(), "raw_input_contents"),
         (lambda: client.get_trace_settings(), "GET /metrics"),
         (lambda: client.get_log_settings(), "ROCKETSERVE_LOG_LEVEL"),

@@ -281,10 +281,15 @@ def test_two_workers_are_scraped_as_one_service(digits_repo: Path) -> None:
             assert m[("rocketserve_model_ready", key)] == 1  # livemin: ready in both
             assert m[("rocketserve_in_flight_requests", key)] == 0  # livesum
             assert m[("rocketserve_model_parameters", key)] == params  # livemax: not doubled
-        # Every worker answers a scrape with the same service-wide figures.
+        # Every worker answers a scrape, and Triton's statistics, with the service-wide figures.
         for _ in range(6):
             again = scraped(url)
             assert again[("rocketserve_batch_size_sum", ready)] == sent
+            stats = httpx.get(url + "/v2/models/digits-logreg/versions/2/stats").json()
+            [entry] = stats["model_stats"]
+            assert entry["inference_stats"]["success"]["count"] == sent
+            assert entry["inference_stats"]["compute_infer"]["count"] == sent
+            assert entry["inference_count"] == sent and entry["last_inference"] > 0
 
         # A worker dies; uvicorn's supervisor starts another, which loads the models.
         victim = next(pid for pid, v in per_worker.items() if v)

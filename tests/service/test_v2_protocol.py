@@ -298,8 +298,6 @@ def test_what_the_server_does_not_offer_is_a_clear_404(
     client: object, server: tuple[str, str]
 ) -> None:
     for call in (
-        lambda: client.get_inference_statistics(),  # type: ignore[attr-defined]
-        lambda: client.get_inference_statistics("digits-logreg"),  # type: ignore[attr-defined]
         lambda: client.get_trace_settings(),  # type: ignore[attr-defined]
         lambda: client.update_trace_settings("digits-logreg", {"trace_level": ["TIMESTAMPS"]}),  # type: ignore[attr-defined]
         lambda: client.get_log_settings(),  # type: ignore[attr-defined]
@@ -312,7 +310,7 @@ def test_what_the_server_does_not_offer_is_a_clear_404(
             call()
         assert caught.value.status() == "404" and "is not supported" in str(caught.value)
     extensions = client.get_server_metadata()["extensions"]  # type: ignore[attr-defined]
-    assert not {"statistics", "trace", "logging", "system_shared_memory"} & set(extensions)
+    assert not {"trace", "logging", "system_shared_memory"} & set(extensions)
     # a tensor in a shared-memory region is refused, not read as missing or answered inline
     inp = httpclient.InferInput("input", [1, 1, 8, 8], "FP32")
     inp.set_shared_memory("r", 256)
