@@ -11,6 +11,7 @@ server goes on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ log = logging.getLogger("service")
 
 SERVICE_NAME = "inference.GRPCInferenceService"  # KServe's and Triton's, on the wire
 HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
+DRAIN_POLL_S = 0.1  # how soon after SIGTERM the gRPC server stops taking calls
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -153,8 +155,9 @@ def listen_address(host: str, port: int) -> str:
 
 @asynccontextmanager
 async def grpc_endpoint(state: ServiceState) -> AsyncIterator[None]:
-    """Serve gRPC on ``settings.grpc_port`` while the context is open; on leaving, stop taking
-    calls and let those accepted finish within ``shutdown_grace_s``."""
+    """Serve gRPC on ``settings.grpc_port`` while the context is open; from SIGTERM (or on
+    leaving, whichever comes first), stop taking calls and let those accepted finish within
+    ``shutdown_grace_s``."""
     settings = state.settings
     assert settings.grpc_port is not None
     limit = settings.in_flight_limit
@@ -178,7 +181,21 @@ async def grpc_endpoint(state: ServiceState) -> AsyncIterator[None]:
         raise RuntimeError(f"cannot listen for gRPC on {address}: {exc}") from None
     await server.start()
     log.info("gRPC endpoint on %s", address)
+    drain = asyncio.create_task(_stop_on_drain(state, server), name="grpc-drain")
     try:
         yield
     finally:
-        await server.stop(settings.shutdown_grace_s)
+        if state.draining:
+            await drain  # begun at the signal, beside uvicorn's own drain: let it finish
+        else:  # the app stops for another reason (SIGINT, a test)
+            drain.cancel()
+            await server.stop(settings.shutdown_grace_s)
+
+
+async def _stop_on_drain(state: ServiceState, server: grpc.aio.Server) -> None:
+    """From SIGTERM on (``state.draining``), take no new calls and let those accepted finish
+    within ``shutdown_grace_s``: while uvicorn drains its requests, not after it has."""
+    while not state.draining:
+        await asyncio.sleep(DRAIN_POLL_S)
+    log.info("SIGTERM: gRPC takes no new calls; accepted calls finish")
+    await server.stop(state.settings.shutdown_grace_s)

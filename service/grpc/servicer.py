@@ -205,7 +205,8 @@ class Servicer:
     ) -> AsyncIterator[Any]:
         """Requests of one bidirectional stream, each answered as ModelInfer answers it and in
         the order they came (up to STREAM_WINDOW run at once); a request's error is its answer's
-        ``error_message`` and the stream goes on, as Triton's does."""
+        ``error_message`` and the stream goes on, as Triton's does. From SIGTERM on, a request
+        read is answered that the server is shutting down; those read before are answered."""
         answers: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
 
@@ -213,6 +214,11 @@ class Servicer:
             request = pb.ModelInferRequest()
             try:
                 request = read_message(pb.ModelInferRequest, raw)
+                if self.state.draining:  # as a REST connection takes no new request then
+                    raise Unavailable(
+                        "the server is shutting down: send the request again (to another replica)",
+                        code="shutting_down",
+                    )
                 answer = pb.ModelStreamInferResponse(
                     infer_response=await self.ModelInfer(request, context)
                 )
