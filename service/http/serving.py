@@ -40,6 +40,7 @@ class Prepared(Generic[A]):
     served: ServedModel
     batch: np.ndarray
     answer: Callable[[BatchResult, float], A]  # (result, total seconds) -> the answer
+    timeout_s: float | None = None  # the client's own, from arrival, when it gave one
 
 
 class Resolver:
@@ -127,6 +128,8 @@ async def run_request(
             resolver = Resolver(registry, settings.max_inputs_per_request)
             prepared = await prepare(resolver)
             decode_s = time.monotonic() - started
+            if prepared.timeout_s is not None:  # a client's shorter deadline is the one kept
+                deadline = min(deadline, started + prepared.timeout_s)
             served = prepared.served
             in_flight = served.request_metrics.in_flight
             in_flight.inc()

@@ -30,6 +30,7 @@ from service.inputs.v2_request import (
     BYTES,
     InferRequest,
     RequestedOutput,
+    client_timeout_s,
     datatype_of,
     model_batch,
     pack_bytes,
@@ -78,8 +79,11 @@ async def infer(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
             spec = served.card.input
             raw_input = (spec.name, datatype_of(np.dtype(spec.dtype)), tuple(spec.shape))
             request = parse_infer_request(body, header_length, raw_input)
+        timeout_s = client_timeout_s(request.parameters)
         batch = await request_batch(request, served, settings)
-        return Prepared(served, batch, lambda result, _: answer(served, request, result, note))
+        return Prepared(
+            served, batch, lambda result, _: answer(served, request, result, note), timeout_s
+        )
 
     return await serve(scope, receive, state, prepare, dialect="v2")
 

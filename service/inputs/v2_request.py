@@ -344,6 +344,21 @@ def _output(raw: Any, index: int) -> RequestedOutput:
     return RequestedOutput(raw["name"], binary, k)
 
 
+def client_timeout_s(parameters: dict[str, Any]) -> float | None:
+    """The request's ``parameters.timeout`` in seconds: Triton's, in microseconds, what
+    ``tritonclient``'s ``infer(timeout=...)`` sends; absent or 0, None (the server's own
+    deadline alone). A shorter one than the server's is the request's deadline."""
+    value = parameters.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        shown = type(value).__name__ if not isinstance(value, int) else "a negative number"
+        raise BadRequest(
+            f"parameters.timeout must be a whole number of microseconds (0 for none), not {shown}"
+        )
+    return value / 1e6 if value else None
+
+
 def no_shared_memory(parameters: dict[str, Any], what: str) -> None:
     """Triton's shared-memory extensions are not offered: a tensor placed in a region is refused
     rather than read as missing, or (an output) answered in the body instead of the region."""

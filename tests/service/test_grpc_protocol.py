@@ -183,6 +183,16 @@ def test_classification_and_images_as_bytes_like_predict(
     assert labels == [p["label"] for p in answer["predictions"][0][:3]]
 
 
+def test_the_clients_timeout_is_the_requests_deadline(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    """``infer(timeout=...)`` (the ``timeout`` parameter, microseconds), as over REST."""
+    x = fp32_input(tensor(1))
+    assert client.infer(MODEL, [x], timeout=10_000_000).as_numpy("logits").shape == (1, 10)
+    code, message = status_of(lambda: client.infer(MODEL, [x], timeout=1))
+    assert code == "StatusCode.DEADLINE_EXCEEDED" and "deadline" in message, message
+
+
 def test_routing_by_objective(client: grpcclient.InferenceServerClient) -> None:
     result = client.infer(
         "auto", [fp32_input(tensor(1))], parameters={"latency_budget_ms": 10000.0}

@@ -203,6 +203,27 @@ def test_compressed_requests_as_tritonclient_sends_them(
     )
 
 
+def test_the_clients_timeout_is_the_requests_deadline(
+    client: object, server: tuple[str, str]
+) -> None:
+    """``infer(timeout=...)`` (Triton's ``parameters.timeout``, microseconds): a request not
+    answered within it is a 504, as one past the server's own deadline is; a far one changes
+    nothing; a timeout that is no whole number of microseconds is named in a 400."""
+    inp = httpclient.InferInput("input", [1, 1, 8, 8], "FP32")
+    inp.set_data_from_numpy(tensor(1))
+    far = client.infer("digits-logreg", [inp], timeout=10_000_000)  # type: ignore[attr-defined]
+    assert far.as_numpy("logits").shape == (1, 10)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("digits-logreg", [inp], timeout=1)  # type: ignore[attr-defined]
+    assert caught.value.status() == "504" and "deadline" in str(caught.value)
+    data = tensor(1).ravel().tolist()
+    for bad in (-5, "soon", 1.5, True):
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
+                            "data": data}], "parameters": {"timeout": bad}}  # fmt: skip
+        reply = httpx.post(f"{server[0]}/v2/models/digits-logreg/infer", json=body)
+        assert reply.status_code == 400 and "parameters.timeout" in reply.json()["error"], bad
+
+
 def test_classification_extension(client: object, digits_repo: Path) -> None:
     x = tensor(2, seed=1)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
