@@ -10,7 +10,8 @@
 #   ramp      routing under load at a 20 ms budget (loadtest.ramp)
 #   sweep     the concurrency sweep of the largest and smallest (loadtest.bench)
 #   overload  the overload scenario, also with a 5 s keep-alive and with max_in_flight 128
-#   routing   the routing cost (loadtest.router_cost)
+#   routing   the routing cost (loadtest.router_cost) and a request's metric updates
+#             (loadtest.metrics_cost)
 #   lone      where a lone request's time goes, the largest and the smallest (two runs)
 #   inline    the largest model alone with lone calls inline up to 5 ms and 2 ms (the default),
 #             three interleaved rounds at concurrency 1, 2 and 4
@@ -77,6 +78,7 @@ if [ "$QUICK" = 1 ]; then
     sweep=(--quick)
     overload=(--quick)
     routing=(--requests 200)
+    metrics=(--requests 200 --rounds 1)
     point=(--duration 0.3 --warmup 0.1 --raw-time 0.05)
     vs_raw_workers=(--concurrency 1 4 --seconds 0.3 --raw-seconds 0.05)
     runs=1
@@ -90,6 +92,7 @@ else
     sweep=(--duration 3 --warmup 1)
     overload=()
     routing=()
+    metrics=()
     point=(--duration 5 --warmup 1 --raw-time 0.5)
     vs_raw_workers=(--concurrency 1 64)
     runs=2
@@ -180,6 +183,8 @@ if wants routing; then
 echo "== routing cost"
 "$PY" -m loadtest.router_cost --model-repository "$REPO" "${routing[@]}" \
     | tee "$RESULTS/router-cost-$TAG.txt"
+echo "== metric updates per request"
+"$PY" -m loadtest.metrics_cost "${metrics[@]}" | tee "$RESULTS/metrics-cost.txt"
 fi
 
 # A repository of one model: links to its folder in REPO.

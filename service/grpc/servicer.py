@@ -161,7 +161,7 @@ class Servicer:
             versions = registry.versions(request.name)
         else:
             versions = [self._resolve(request.name, request.version)]
-        answer = served_statistics(self.state, versions)
+        answer = await served_statistics(self.state, versions)
         return json_format.ParseDict(answer, pb.ModelStatisticsResponse())
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

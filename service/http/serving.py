@@ -166,8 +166,11 @@ async def run_request(
     if registry.sampler is not None:
         # After the answer is built; a sample runs as its own task, off this request's path.
         registry.sampler.offer(served, prepared.batch, result.outputs, registry.newest)
-    served.request_metrics.count(200, answered)
-    served.request_metrics.phases(decode_s, answered - total)
+    served.request_metrics.succeeded(
+        len(prepared.batch),
+        answered,
+        (decode_s, result.queue_s, result.inference_s, answered - total),
+    )
     served.window.add(total, time.monotonic(), len(prepared.batch))
     return answer
 

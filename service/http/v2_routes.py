@@ -13,6 +13,7 @@ Errors are ``{"error": "message"}`` (``service.http.responses``, dialect "v2").
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from typing import Any
@@ -122,30 +123,31 @@ async def shared_memory(request: Request) -> Response:
     )
 
 
-def served_statistics(state: ServiceState, versions: list[ServedModel]) -> dict[str, Any]:
-    """The statistics extension's answer (Triton's JSON) for ``versions``."""
+async def served_statistics(state: ServiceState, versions: list[ServedModel]) -> dict[str, Any]:
+    """The statistics extension's answer (Triton's JSON) for ``versions``; read in a thread,
+    since with several workers it reads every worker's metric files, as a scrape does."""
     keys = [(served.name, str(served.version)) for served in versions]
-    return {"model_stats": model_statistics(state.metrics, keys)}
+    return {"model_stats": await asyncio.to_thread(model_statistics, state.metrics, keys)}
 
 
 # Declared before /models/{name}, which would otherwise take "stats" for a model's name.
 @router.get("/models/stats", summary="Statistics of every model (Triton's extension)")
 async def all_statistics(request: Request) -> dict[str, Any]:
     """Every served version's cumulative request, queue and compute counts and times."""
-    return served_statistics(state_of(request), registry_of(request).all())
+    return await served_statistics(state_of(request), registry_of(request).all())
 
 
 @router.get("/models/{name}/stats", summary="Statistics of a model's versions")
 async def model_statistics_of(request: Request, name: str) -> dict[str, Any]:
     """The statistics of every served version of the model; 404 if it is not served."""
-    return served_statistics(state_of(request), registry_of(request).versions(name))
+    return await served_statistics(state_of(request), registry_of(request).versions(name))
 
 
 @router.get("/models/{name}/versions/{version}/stats", summary="Statistics of a model version")
 async def version_statistics(request: Request, name: str, version: str) -> dict[str, Any]:
     """The statistics of one version; 404 if it is not served."""
     served = registry_of(request).resolve(model_spec(name, version))
-    return served_statistics(state_of(request), [served])
+    return await served_statistics(state_of(request), [served])
 
 
 @router.get("/models/{name}/config", summary="Model configuration (Triton)")

@@ -60,9 +60,8 @@ class BatchObserver:
     def batch_started(self, queue_waits: list[float]) -> None:
         """A batch ran (told on the loop with its answers); each request's queue wait, seconds."""
 
-    def batch_done(self, batch_size: int, requests: int, inference_s: float) -> None:
-        """A batch of ``batch_size`` inputs from ``requests`` requests ran in ``inference_s``
-        seconds."""
+    def batch_done(self, batch_size: int, inference_s: float) -> None:
+        """A batch of ``batch_size`` inputs ran in ``inference_s`` seconds."""
 
     def abandoned(self, stage: str) -> None:
         """A caller left while its request was 'queued' (dropped) or 'running' (answer dropped)."""
@@ -266,7 +265,7 @@ class DynamicBatcher:
                 f"model {self._name!r} returned {len(out)} rows for a batch of {len(inputs)} inputs"
             )
         self._observer.batch_started([0.0])
-        self._observer.batch_done(len(inputs), 1, inference_s)
+        self._observer.batch_done(len(inputs), inference_s)
         return BatchResult(out, 0.0, inference_s, len(inputs))
 
     def _abandon(self, pending: _Pending, watcher: asyncio.Future[object]) -> None:
@@ -464,7 +463,7 @@ class DynamicBatcher:
         """On the loop: every live caller of the batch gets its own rows."""
         self._observer.batch_started([started - p.enqueued for p in batch])
         total = sum(p.rows for p in batch)
-        self._observer.batch_done(total, len(batch), inference_s)
+        self._observer.batch_done(total, inference_s)
         offset = 0
         for p in batch:
             if not p.future.done():

@@ -13,6 +13,7 @@ and only live workers count ('live...'; a dead worker's gauges are dropped):
   has not (failed, unloaded, shutting down);
 - ``livemax``: model info, top-1, parameters, MACs: the same constant in every worker (read from
   the same card), which a sum would multiply by the number of workers.
+- ``max``: the last inference's time, the latest of any worker, a dead one's included.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 
 from service.observability.multiprocess import (
@@ -98,7 +100,8 @@ class ServiceMetrics:
             registry=r,
         )
         # The figures Triton's statistics extension reports (service.observability.statistics),
-        # as counters so that several workers' sum; one increment per request or batch.
+        # as counters so that several workers' sum. A successful request's are counted together
+        # when it is answered, so that every phase has the count of successes.
         self.request_failure_time = Counter(
             f"{PREFIX}_request_failure_seconds",
             "Summed time of prediction requests that named the version and failed (any status "
@@ -109,7 +112,20 @@ class ServiceMetrics:
         self.request_decode_time = Counter(
             f"{PREFIX}_request_decode_seconds",
             "Summed time successful prediction requests took from arrival to tensors ready for "
-            "the queue (reading and decoding the body).",
+            "the queue (reading and decoding the body, and waiting for the event loop).",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.request_queue_time = Counter(
+            f"{PREFIX}_request_queue_seconds",
+            "Summed time successful prediction requests waited in the batcher queue.",
+            MODEL_LABELS,
+            registry=r,
+        )
+        self.request_inference_time = Counter(
+            f"{PREFIX}_request_inference_seconds",
+            "ONNX Runtime time of the batch each successful request ran in, summed over requests "
+            "(a batch of three requests counts three times).",
             MODEL_LABELS,
             registry=r,
         )
@@ -120,22 +136,16 @@ class ServiceMetrics:
             MODEL_LABELS,
             registry=r,
         )
-        self.batched_requests = Counter(
-            f"{PREFIX}_batched_requests",
-            "Requests whose batch ran in ONNX Runtime.",
-            MODEL_LABELS,
-            registry=r,
-        )
-        self.batched_request_inference = Counter(
-            f"{PREFIX}_batched_request_inference_seconds",
-            "ONNX Runtime time of the batch each request ran in, summed over requests (a batch "
-            "of three requests counts three times).",
+        self.request_inputs = Counter(
+            f"{PREFIX}_request_inputs",
+            "Inputs (images or tensors) of successful prediction requests.",
             MODEL_LABELS,
             registry=r,
         )
         self.batches_by_size = Counter(
             f"{PREFIX}_batches",
-            "Batches run in ONNX Runtime, by their number of inputs (at most max_batch_size).",
+            "Batches run in ONNX Runtime (agreement samples' included), by their number of "
+            "inputs (at most max_batch_size).",
             [*MODEL_LABELS, "batch_size"],
             registry=r,
         )
@@ -149,7 +159,7 @@ class ServiceMetrics:
             f"{PREFIX}_last_inference_timestamp_seconds",
             "When the version's last batch ran (Unix time; 0 before its first).",
             MODEL_LABELS,
-            multiprocess_mode="livemax",
+            multiprocess_mode="max",  # a dead worker's last batch still happened
             registry=r,
         )
         self.queue_depth = Gauge(
@@ -314,9 +324,17 @@ class ServiceMetrics:
         """Whether a scrape merges the metric files of several worker processes."""
         return self._scraped is not self.registry
 
-    def collect(self) -> Iterable[Metric]:
-        """The metric families a scrape sees: this registry's, or every worker's merged."""
-        return self._scraped.collect()
+    def families(self, *metrics: MetricWrapperBase) -> Iterable[Metric]:
+        """The values of ``metrics`` as a scrape sees them: this process's, or every worker's
+        merged (their files are all read: a scrape's cost)."""
+        if not self.multiprocess:
+            for metric in metrics:
+                yield from metric.collect()
+            return
+        names = {metric._name for metric in metrics}
+        for family in self._scraped.collect():
+            if family.name in names:
+                yield family
 
     def exposition(self) -> bytes:
         """Prometheus text of the service: this registry, or every worker's files merged."""
@@ -340,8 +358,16 @@ class ModelRequestMetrics:
         self.latency = metrics.request_latency.labels(name, version)
         self.in_flight = metrics.in_flight.labels(name, version)
         self._failure_time = metrics.request_failure_time.labels(name, version)
-        self._decode_time = metrics.request_decode_time.labels(name, version)
-        self._answer_time = metrics.request_answer_time.labels(name, version)
+        self._phases = tuple(
+            counter.labels(name, version)
+            for counter in (
+                metrics.request_decode_time,
+                metrics.request_queue_time,
+                metrics.request_inference_time,
+                metrics.request_answer_time,
+            )
+        )
+        self._inputs = metrics.request_inputs.labels(name, version)
 
     def count(self, status: int, seconds: float) -> None:
         """One finished request: its status counted and, when it succeeded, its end-to-end
@@ -356,7 +382,12 @@ class ModelRequestMetrics:
         else:
             self._failure_time.inc(seconds)
 
-    def phases(self, decode_s: float, answer_s: float) -> None:
-        """A successful request's time decoding its body and building its answer."""
-        self._decode_time.inc(decode_s)
-        self._answer_time.inc(answer_s)
+    def succeeded(
+        self, inputs: int, seconds: float, phases: tuple[float, float, float, float]
+    ) -> None:
+        """One successful request of ``inputs`` inputs, ``seconds`` end to end, and its phases:
+        decoding, queue wait, its batch's inference and building its answer (seconds)."""
+        self.count(200, seconds)
+        self._inputs.inc(inputs)
+        for counter, phase in zip(self._phases, phases, strict=True):
+            counter.inc(phase)

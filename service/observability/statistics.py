@@ -5,21 +5,22 @@ what ``perf_analyzer`` reads to split a request's server time into queue and com
 ``tritonclient``'s ``get_inference_statistics`` returns. The figures are the service's Prometheus
 counters and histograms, read as a scrape reads them, so that with several worker processes they
 are the whole service's (every worker's files merged), not the share of whichever worker answers;
-they are cumulative from the process's start, as Triton's are. Per model version:
+they are cumulative from the process's start (a version reloaded keeps counting). Per version:
 
 - ``success``: 2xx requests and their end-to-end time (``request_latency_seconds``);
+- ``queue``, ``compute_input``, ``compute_infer``, ``compute_output``: the same 2xx requests
+  (one count for all, as Triton's: perf_analyzer refuses a report whose compute counts differ),
+  and their summed wait in the batcher's queue; time from arrival to tensors ready for the queue
+  (reading and decoding the body, and waiting for the event loop); their batch's ONNX Runtime
+  time (a batch of three requests counts three times, as Triton charges them); and building the
+  answer from the batch's rows;
 - ``fail``: requests that named the version and got any other status, and their time;
-- ``queue``: requests that reached a batch, and their wait in the batcher's queue;
-- ``compute_input``: 2xx requests, and their time from arrival to tensors ready for the queue
-  (reading and decoding the body: here that is the work before the model, done per request);
-- ``compute_infer``: requests whose batch ran, each charged its batch's ONNX Runtime time (a
-  batch of three requests counts three times), as Triton charges them;
-- ``compute_output``: 2xx requests, and the time building their answer from the batch's rows;
-- ``inference_count`` / ``execution_count``: inputs inferred / batches run; ``last_inference``:
-  milliseconds since the epoch of the last batch (0 before any);
+- ``inference_count``: the 2xx requests' inputs; ``execution_count``: batches run;
+  ``last_inference``: milliseconds since the epoch of the last batch (0 before any);
 - ``batch_stats``: per batch size, the batches run and their ONNX Runtime time
-  (``compute_infer``; the input and output work is per request here, in the figures above);
-- ``cache_hit`` / ``cache_miss``: 0 (there is no response cache).
+  (``compute_infer``); batches and their sizes include the agreement samples a reference runs;
+- ``cache_hit`` / ``cache_miss``: 0 (there is no response cache); ``response_stats``: none (no
+  model is decoupled).
 """
 
 from __future__ import annotations
@@ -28,19 +29,23 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from prometheus_client.metrics_core import Metric
+
 from service.observability.metrics import PREFIX, ServiceMetrics
 
-# The sample names read (a counter's value is its ``_total`` sample; a histogram's are
-# ``_count`` and ``_sum``; a gauge's its own name).
+# The metrics read, and their sample names (a counter's value is its ``_total`` sample; a
+# histogram's are ``_count`` and ``_sum``; a gauge's its own name).
 _LATENCY = f"{PREFIX}_request_latency_seconds"
-_QUEUE = f"{PREFIX}_queue_wait_seconds"
 _BATCH = f"{PREFIX}_batch_size"
 _REQUESTS = f"{PREFIX}_requests_total"
 _FAILURE = f"{PREFIX}_request_failure_seconds_total"
-_DECODE = f"{PREFIX}_request_decode_seconds_total"
-_ANSWER = f"{PREFIX}_request_answer_seconds_total"
-_BATCHED = f"{PREFIX}_batched_requests_total"
-_BATCHED_INFERENCE = f"{PREFIX}_batched_request_inference_seconds_total"
+_PHASES = {
+    "queue": f"{PREFIX}_request_queue_seconds_total",
+    "compute_input": f"{PREFIX}_request_decode_seconds_total",
+    "compute_infer": f"{PREFIX}_request_inference_seconds_total",
+    "compute_output": f"{PREFIX}_request_answer_seconds_total",
+}
+_INPUTS = f"{PREFIX}_request_inputs_total"
 _BATCHES = f"{PREFIX}_batches_total"
 _BATCH_INFERENCE = f"{PREFIX}_batch_inference_seconds_total"
 _LAST = f"{PREFIX}_last_inference_timestamp_seconds"
@@ -48,15 +53,10 @@ _LAST = f"{PREFIX}_last_inference_timestamp_seconds"
 _PER_VERSION = {
     f"{_LATENCY}_count",
     f"{_LATENCY}_sum",
-    f"{_QUEUE}_count",
-    f"{_QUEUE}_sum",
     f"{_BATCH}_count",
-    f"{_BATCH}_sum",
     _FAILURE,
-    _DECODE,
-    _ANSWER,
-    _BATCHED,
-    _BATCHED_INFERENCE,
+    *_PHASES.values(),
+    _INPUTS,
     _LAST,
 }
 _PER_SIZE = {_BATCHES, _BATCH_INFERENCE}
@@ -69,6 +69,24 @@ def duration(count: float, seconds: float) -> dict[str, int]:
     return {"count": int(count), "ns": max(0, round(seconds * 1e9))}
 
 
+def _read(metrics: ServiceMetrics) -> Iterable[Metric]:
+    m = metrics
+    return m.families(
+        m.requests,
+        m.request_latency,
+        m.batch_size,
+        m.request_failure_time,
+        m.request_decode_time,
+        m.request_queue_time,
+        m.request_inference_time,
+        m.request_answer_time,
+        m.request_inputs,
+        m.batches_by_size,
+        m.batch_inference_by_size,
+        m.last_inference,
+    )
+
+
 class _Figures:
     """The samples the statistics need, for the versions asked about, from one collection."""
 
@@ -76,7 +94,7 @@ class _Figures:
         self.values: dict[tuple[str, Version], float] = defaultdict(float)
         self.failed: dict[Version, float] = defaultdict(float)
         self.sizes: dict[Version, dict[int, list[float]]] = defaultdict(dict)
-        for family in metrics.collect():
+        for family in _read(metrics):
             for sample in family.samples:
                 key = (sample.labels.get("model", ""), sample.labels.get("version", ""))
                 if key not in versions:
@@ -97,35 +115,36 @@ class _Figures:
 
 
 def model_statistics(metrics: ServiceMetrics, versions: Iterable[Version]) -> list[dict[str, Any]]:
-    """Triton's ``model_stats`` entries (its JSON shape) of ``versions``, in that order."""
+    """Triton's ``model_stats`` entries (its JSON shape) of ``versions``, in that order. Reads
+    the metrics as a scrape does: with several workers, every worker's files (call it off the
+    event loop)."""
     wanted = list(versions)
     figures = _Figures(metrics, set(wanted))
     entries = []
     for key in wanted:
         of = figures.of
         successes = of(f"{_LATENCY}_count", key)
+        inference_stats = {
+            "success": duration(successes, of(f"{_LATENCY}_sum", key)),
+            "fail": duration(figures.failed.get(key, 0.0), of(_FAILURE, key)),
+            **{phase: duration(successes, of(name, key)) for phase, name in _PHASES.items()},
+            "cache_hit": duration(0, 0.0),
+            "cache_miss": duration(0, 0.0),
+        }
         entries.append(
             {
                 "name": key[0],
                 "version": key[1],
                 "last_inference": round(of(_LAST, key) * 1000),
-                "inference_count": int(of(f"{_BATCH}_sum", key)),
+                "inference_count": int(of(_INPUTS, key)),
                 "execution_count": int(of(f"{_BATCH}_count", key)),
-                "inference_stats": {
-                    "success": duration(successes, of(f"{_LATENCY}_sum", key)),
-                    "fail": duration(figures.failed.get(key, 0.0), of(_FAILURE, key)),
-                    "queue": duration(of(f"{_QUEUE}_count", key), of(f"{_QUEUE}_sum", key)),
-                    "compute_input": duration(successes, of(_DECODE, key)),
-                    "compute_infer": duration(of(_BATCHED, key), of(_BATCHED_INFERENCE, key)),
-                    "compute_output": duration(successes, of(_ANSWER, key)),
-                    "cache_hit": duration(0, 0.0),
-                    "cache_miss": duration(0, 0.0),
-                },
+                "inference_stats": inference_stats,
                 "batch_stats": [
                     {"batch_size": size, "compute_infer": duration(batches, seconds)}
                     for size, (batches, seconds) in sorted(figures.sizes[key].items())
                 ],
                 "memory_usage": [],
+                "response_stats": {},
             }
         )
     return entries

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 ROUTING_BATCH = 8
 
 
-class _MetricsObserver(BatchObserver):
+class MetricsObserver(BatchObserver):
     """Feeds one model version's batcher events into the app's Prometheus metrics."""
 
     def __init__(self, metrics: ServiceMetrics, name: str, version: str) -> None:
@@ -49,8 +49,6 @@ class _MetricsObserver(BatchObserver):
         self._batch_size = metrics.batch_size.labels(name, version)
         self._abandoned = metrics.abandoned
         self._restarts = metrics.inference_restarts.labels(name, version)
-        self._batched = metrics.batched_requests.labels(name, version)
-        self._batched_inference = metrics.batched_request_inference.labels(name, version)
         self._last = metrics.last_inference.labels(name, version)
         self._metrics = metrics
         self._by_size: dict[int, tuple[Any, Any]] = {}  # batch size -> (batches, seconds)
@@ -63,11 +61,9 @@ class _MetricsObserver(BatchObserver):
         for wait in queue_waits:
             self._wait.observe(wait)
 
-    def batch_done(self, batch_size: int, requests: int, inference_s: float) -> None:
+    def batch_done(self, batch_size: int, inference_s: float) -> None:
         self._batch_size.observe(batch_size)
         self._inference.observe(inference_s)
-        self._batched.inc(requests)
-        self._batched_inference.inc(inference_s * requests)
         self._last.set(time.time())
         by_size = self._by_size.get(batch_size)
         if by_size is None:
@@ -291,7 +287,7 @@ def _serve(
         narrow=narrow,
         retry_after_s=settings.retry_after_s,
         name=f"{card.name}:{version}",
-        observer=_MetricsObserver(metrics, card.name, label_version),
+        observer=MetricsObserver(metrics, card.name, label_version),
         arrivals=arrivals,
         in_progress=in_progress,
     )

@@ -89,7 +89,14 @@ def test_agreement_is_measured_against_the_teacher(repo: Path) -> None:
             if done == [N, N]:
                 break
             time.sleep(0.05)
+        # the samples ran on the reference, but no request was made to it: Triton's statistics
+        # count its batches, not the samples as its requests
+        [stats] = c.get("/v2/models/digits-logreg/versions/2/stats").json()["model_stats"]
     assert done == [N, N]
+    requests = stats["inference_stats"]
+    assert all(requests[k]["count"] == 0 for k in ("success", "queue", "compute_infer"))
+    assert stats["inference_count"] == 0 < stats["execution_count"]
+    assert sum(b["batch_size"] * b["compute_infer"]["count"] for b in stats["batch_stats"]) == 2 * N
 
     def value(metric: str, model: str, **extra: str) -> float:
         labels = tuple(sorted({"model": model, "reference": "digits-logreg", **extra}.items()))
