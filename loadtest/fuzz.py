@@ -18,9 +18,8 @@ connection, so that the service is never overloaded:
 It prints the requests sent, the answers by status class and every 5xx with the request that
 caused it. A 500 is always a bug; a 503 or 504 is the documented server condition only with its
 code (``overloaded``, ``queue_full``, ``deadline_exceeded``, ...) and ``Retry-After``. A 4xx of
-the service without its JSON error body, and a request without any answer, are bugs too (uvicorn's
-own plain-text 400 for a request its HTTP parser refuses is counted apart). Exit status 1 when a
-bug was found, else 0.
+the service without its JSON error body (requests its HTTP parser refuses included), and a
+request without any answer, are bugs too. Exit status 1 when a bug was found, else 0.
 """
 
 from __future__ import annotations
@@ -66,7 +65,6 @@ WEIGHTS = {
     "http": 0.1,
     "v2": 0.08,
 }
-UVICORN_PARSER_ERROR = b"Invalid HTTP request received."
 DOCUMENTED_5XX = {
     503: {"overloaded", "queue_full", "shutting_down", "not_ready"},
     504: {"deadline_exceeded"},
@@ -190,7 +188,6 @@ class Tally:
     by_class: Counter[tuple[str, str]] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
     documented_5xx: Counter[str] = field(default_factory=Counter)
-    parser_4xx: int = 0
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -214,10 +211,8 @@ class Tally:
         self.by_class[(case.source, f"{answer.status // 100}xx")] += 1
         is_error, code = answer.error()
         if 400 <= answer.status < 500 and not is_error and case.method != b"HEAD":
-            if answer.body.startswith(UVICORN_PARSER_ERROR):
-                self.parser_4xx += 1
-            else:  # the service's own answers to a client's mistake are JSON errors
-                self.findings.append(Finding(answer.status, "no JSON error body", case))
+            # every answer to a client's mistake is a JSON error, the HTTP parser's too
+            self.findings.append(Finding(answer.status, "no JSON error body", case))
         if answer.status >= 500:
             documented = code in DOCUMENTED_5XX.get(answer.status, set())
             if documented and "retry-after" in answer.headers:
@@ -316,7 +311,6 @@ def summary(tally: Tally, url: str, seed_value: int, seconds: float) -> str:
     lines.append("statuses: " + ", ".join(f"{s}: {n}" for s, n in sorted(tally.statuses.items())))
     documented = ", ".join(f"{k}: {n}" for k, n in sorted(tally.documented_5xx.items()))
     lines.append(f"5xx: {tally.five_xx} (documented 503/504 with Retry-After: {documented or 0})")
-    lines.append(f"4xx from uvicorn's HTTP parser (plain text, before the app): {tally.parser_4xx}")
     lines.append(
         f"bugs (500, other 5xx, 4xx without a JSON error, no answer): {len(tally.findings)}"
     )

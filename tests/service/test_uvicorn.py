@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import signal
@@ -126,6 +127,68 @@ async def test_bad_input_does_not_hurt_the_process(
     )
     assert r.status_code == 200
     assert server[1].poll() is None
+
+
+async def test_bytes_that_are_no_http_get_the_json_error_and_the_process_serves_on(
+    http: httpx.AsyncClient, server: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    """What uvicorn's HTTP parser refuses, before the app sees it, is answered 400 with the
+    service's JSON error (not uvicorn's plain text), and the connection closed."""
+    port = int(server[0].rsplit(":", 1)[1])
+    for raw in (
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: x\r\nbad header\r\n\r\n",
+        b"POST /predict HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), (raw[:40], answer[:200])
+        assert b"content-type: application/json" in head.lower()
+        error = json.loads(body)["error"]
+        assert error["code"] == "invalid_http" and "not valid HTTP" in error["message"]
+    assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_request_head_is_bounded(
+    http: httpx.AsyncClient, server: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    """httptools would keep a header of any size in memory: past 64 KiB of request line and
+    headers, the answer is a 431 JSON error and the connection closes, however the bytes come
+    (one header, many, or a URL); a request with a large body and a small head is served."""
+    port = int(server[0].rsplit(":", 1)[1])
+    before = peak_rss_bytes(server[1].pid)
+    heads = (
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 50_000_000,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\n" + b"x-many: 1234567890\r\n" * 4_000,
+        b"GET /healthz?" + b"q" * 70_000,
+    )
+    for head in heads:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head)
+        with contextlib.suppress(ConnectionError):  # closed while it still wrote
+            await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        status, _, body = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert json.loads(body)["error"]["code"] == "headers_too_large"
+    assert peak_rss_bytes(server[1].pid) - before < 20_000_000  # not the 50 MB header
+    fine = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-token: " + b"t" * 16_000 + b"\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(fine)
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 200")
+    writer.close()
+    big_body = await http.post(
+        "/predict", content=b"\x00" * 300_000, headers={"content-type": "image/png"}
+    )
+    # a body's bytes are not the head's: refused for what the body is, not as a head
+    assert big_body.status_code in (400, 413)
+    assert big_body.json()["error"]["code"] != "headers_too_large"
 
 
 async def test_client_leaving_mid_body_is_counted_and_harmless(
