@@ -38,11 +38,15 @@ class LeanResponse:
         return self.content.decode("utf-8", errors="replace")
 
 
-def build_request(url: str, path: str, body: bytes, content_type: str) -> bytes:
-    """The bytes of one ``POST path`` with ``body``, keeping the connection alive."""
+def build_request(
+    url: str, path: str, body: bytes, content_type: str, headers: dict[str, str] | None = None
+) -> bytes:
+    """The bytes of one ``POST path`` with ``body`` (and ``headers``), keeping the connection
+    alive."""
     netloc = urlsplit(url).netloc
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\nContent-Type: {content_type}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\nContent-Type: {content_type}\r\n{extra}"
         f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
     )
     return head.encode("latin-1") + body

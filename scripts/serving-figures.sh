@@ -20,6 +20,8 @@
 #   profile   py-spy on the service serving the smallest at concurrency 64
 #   threads   ORT's default threads with and without spinning against `auto`, two models
 #   locust    locust's default scenarios (every model, 1-4 images, multipart and JSON), 32 users
+#   protocols the smallest over REST (/predict, v2 image, v2 tensor) and gRPC (image, tensor),
+#             interleaved rounds at concurrency 1, 8 and 64 (loadtest.protocols)
 # The raw outputs replace those in loadtest/results/ (RESULTS); each names the machine and its
 # load. A benchmark beside training measures the training, so a running zoo's lanes (ZOO_DIR) are
 # paused for it and continued after. QUICK=1 shortens every step to seconds (for tests; its
@@ -68,7 +70,7 @@ need() {
         fi
     done
 }
-STEPS=${STEPS:-vs-raw ramp sweep overload routing lone inline workers profile threads locust}
+STEPS=${STEPS:-vs-raw ramp sweep overload routing lone inline workers profile threads locust protocols}
 QUICK=${QUICK:-0}
 
 if [ "$QUICK" = 1 ]; then
@@ -79,6 +81,7 @@ if [ "$QUICK" = 1 ]; then
     overload=(--quick)
     routing=(--requests 200)
     metrics=(--requests 200 --rounds 1)
+    protocols=(--concurrency 1 4 --seconds 0.3 --warmup 0.1 --rounds 1)
     point=(--duration 0.3 --warmup 0.1 --raw-time 0.05)
     vs_raw_workers=(--concurrency 1 4 --seconds 0.3 --raw-seconds 0.05)
     runs=1
@@ -93,6 +96,7 @@ else
     overload=()
     routing=()
     metrics=()
+    protocols=(--concurrency 1 8 64 --seconds 5 --warmup 1 --rounds 3)
     point=(--duration 5 --warmup 1 --raw-time 0.5)
     vs_raw_workers=(--concurrency 1 64)
     runs=2
@@ -110,7 +114,7 @@ step_needs() {
         lone) echo LARGEST SMALLEST ;;
         inline) echo LARGEST ;;
         workers | threads) echo SMALLEST HEAVY_INT8 ;;
-        profile) echo SMALLEST ;;
+        profile | protocols) echo SMALLEST ;;
     esac
 }
 for step in $STEPS; do
@@ -269,6 +273,12 @@ echo "== locust: 32 users for ${locust_seconds} s against every model"
     --out "$scratch/locust" || echo "locust: some requests failed (see locust-$TAG.txt)"
 cp "$scratch/locust/locust_stats.csv" "$RESULTS/locust-$TAG.csv"
 cp "$scratch/locust/locust-summary.txt" "$RESULTS/locust-$TAG.txt"
+fi
+
+if wants protocols; then
+echo "== REST and gRPC: $SMALLEST"
+"$PY" -m loadtest.protocols --model-repository "$REPO" --model "$SMALLEST" "${protocols[@]}" \
+    | tee "$RESULTS/protocols-$TAG.txt" || echo "protocols: some requests failed"
 fi
 
 echo "serving figures measured in $(( ($(date +%s) - start) / 60 )) min into $RESULTS"

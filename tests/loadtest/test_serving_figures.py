@@ -84,6 +84,7 @@ def test_the_script_measures_every_figure_and_gives_a_paused_zoo_its_cores_back(
         "locust-digits.csv",
         "locust-digits.txt",
         "metrics-cost.txt",
+        "protocols-digits.txt",
     }
     against_raw = (results / "served-vs-raw-digits-slow.txt").read_text(encoding="utf-8")
     assert "model digits-slow" in against_raw and "raw best:" in against_raw
@@ -92,6 +93,8 @@ def test_the_script_measures_every_figure_and_gives_a_paused_zoo_its_cores_back(
     assert ramp["steps"], "the ramp recorded no step"
     routing = (results / "router-cost-digits.txt").read_text(encoding="utf-8")
     assert "us per route" in routing and "impossible+fallback" in routing
+    protocols = (results / "protocols-digits.txt").read_text(encoding="utf-8")
+    assert "grpc / rest v2 tensor, tensor, c=4" in protocols and "machine:" in protocols
     metrics = (results / "metrics-cost.txt").read_text(encoding="utf-8")
     assert "us per request" in metrics and "mmap files" in metrics and "machine:" in metrics
     lone = (results / "lone-request-digits.txt").read_text(encoding="utf-8")
