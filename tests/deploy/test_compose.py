@@ -201,9 +201,10 @@ def test_scale_override_puts_replicas_behind_a_balancer() -> None:
     services = load("scale")["services"]
     assert services["api"]["ports"] == {"!reset": []}, "replicas cannot share a host port"
     lb = services["lb"]
-    assert published(lb) == {"8000": "${API_PORT:-8000}"}
+    assert published(lb) == {"8000": "${API_PORT:-8000}", "8001": "${GRPC_PORT:-8001}"}
     conf = host_path(lb, "/etc/nginx/nginx.conf").read_text("utf-8")
     assert "listen 8000;" in conf and "http://api:8000" in conf and "resolver 127.0.0.11" in conf
+    assert "listen 8001 http2;" in conf and "grpc://api:8001" in conf  # gRPC, each call balanced
 
 
 def test_balancer_config_passes_nginx_check(tmp_path: Path) -> None:
