@@ -88,6 +88,8 @@ class Servicer:
 
     def __init__(self, state: ServiceState) -> None:
         self.state = state
+        # read once: it counts the usable cores, from the cgroup's files
+        self.in_flight_limit = state.settings.in_flight_limit
 
     def refused(self, exc: ServiceError) -> None:
         """Count an infer call refused before its model is known, as the REST gate does."""
@@ -168,7 +170,7 @@ class Servicer:
         """One inference: the REST infer's life, from this call's arrival."""
         started = time.monotonic()
         state = self.state
-        limit = state.settings.in_flight_limit
+        limit = self.in_flight_limit
         if limit and state.predicting >= limit:
             refusal = Unavailable(
                 f"{limit} requests are in flight; retry later",
