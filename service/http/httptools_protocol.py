@@ -48,15 +48,17 @@ class ArrivalHttpToolsProtocol(HttpToolsProtocol):
         publish_tasks(self.tasks)
         self._head_bytes = 0  # read of the current message's request line and headers
         self._in_head = False
+        self._ended_here = False  # a message ended in the chunk being read
         self._refused = False
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # answered, closing: what the client still sends is dropped unread
+        self._ended_here = False
         super().data_received(data)
-        if self._in_head and not self._refused:
-            # the whole chunk went to a head not yet complete (or to the end of the message
-            # before it: counted too, so the bound holds, a little early at worst)
+        # A chunk read while a head is incomplete went to that head, unless a message ended in
+        # it (a pipelined request after a body: its share is unknown, and the next chunk counts)
+        if self._in_head and not self._ended_here and not self._refused:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self.logger.warning("request head over %d bytes: refused", MAX_HEAD_BYTES)
@@ -65,6 +67,10 @@ class ArrivalHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._ended_here = True
+        super().on_message_complete()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         set_nodelay(transport)
