@@ -127,6 +127,7 @@ async def served_statistics(state: ServiceState, versions: list[ServedModel]) ->
     """The statistics extension's answer (Triton's JSON) for ``versions``; read in a thread,
     since with several workers it reads every worker's metric files, as a scrape does."""
     keys = [(served.name, str(served.version)) for served in versions]
+    state.metrics.flush()  # on the loop, where the sums are gathered
     return {"model_stats": await asyncio.to_thread(model_statistics, state.metrics, keys)}
 
 

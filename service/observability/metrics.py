@@ -18,8 +18,10 @@ and only live workers count ('live...'; a dead worker's gauges are dropped):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
+from weakref import WeakSet
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
@@ -46,6 +48,42 @@ BATCH_SIZE_BUCKETS = tuple(2**i for i in range(13))
 STARTING_STATUSES = (200, 503, 504)
 
 MODEL_LABELS = ("model", "version")
+# How long the statistics' sums (service.observability.statistics) may gather on the event loop
+# before they are written to their counters: one write per sum then, not one per request.
+FLUSH_S = 0.1
+
+
+class Deferred:
+    """Sums gathered on the event loop and written to their metrics at most FLUSH_S later.
+
+    A write to a prometheus-client value takes a lock (and, with several workers, a write to a
+    memory-mapped file): per request, for every figure of the statistics, it would double what a
+    request's metrics cost. ``ServiceMetrics.flush`` writes them all before a scrape or a read.
+    """
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._scheduled = False
+        metrics.deferred.add(self)
+
+    def _gathered(self) -> None:
+        """Something was added: have it written within FLUSH_S (at once with no running loop)."""
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_later(FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        """Write what was gathered to the metrics."""
+        self._scheduled = False
+        self._write()
+
+    def _write(self) -> None:
+        raise NotImplementedError
 
 
 class ServiceMetrics:
@@ -57,6 +95,7 @@ class ServiceMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.deferred: WeakSet[Deferred] = WeakSet()
         self._scraped = self.registry
         shared = multiprocess_dir()
         if shared is not None:
@@ -100,8 +139,9 @@ class ServiceMetrics:
             registry=r,
         )
         # The figures Triton's statistics extension reports (service.observability.statistics),
-        # as counters so that several workers' sum. A successful request's are counted together
-        # when it is answered, so that every phase has the count of successes.
+        # as counters so that several workers' sum. A successful request's phases are summed
+        # when it is answered (and written within FLUSH_S: Deferred); their count is the
+        # successes', so that every phase has one count.
         self.request_failure_time = Counter(
             f"{PREFIX}_request_failure_seconds",
             "Summed time of prediction requests that named the version and failed (any status "
@@ -336,19 +376,29 @@ class ServiceMetrics:
             if family.name in names:
                 yield family
 
+    def flush(self) -> None:
+        """Write this process's gathered sums (``Deferred``) to their metrics: on the event loop,
+        before they are read."""
+        for deferred in list(self.deferred):
+            deferred.flush()
+
     def exposition(self) -> bytes:
-        """Prometheus text of the service: this registry, or every worker's files merged."""
+        """Prometheus text of the service: this registry, or every worker's files merged (each
+        worker's gathered sums at most FLUSH_S old)."""
+        self.flush()
         return generate_latest(self._scraped)
 
 
-class ModelRequestMetrics:
+class ModelRequestMetrics(Deferred):
     """One model version's request metrics, their labelled children resolved once.
 
     ``labels()`` builds a key and looks it up under a lock on every call; the /predict hot path
-    would call it three or four times per request.
+    would call it three or four times per request. The statistics' sums of successful requests
+    (inputs, phases) are gathered and written at most FLUSH_S later (``Deferred``).
     """
 
     def __init__(self, metrics: ServiceMetrics, name: str, version: str) -> None:
+        super().__init__(metrics)
         self._requests = metrics.requests
         self._labels = (name, version)
         self._by_status: dict[int, Any] = {
@@ -368,6 +418,7 @@ class ModelRequestMetrics:
             )
         )
         self._inputs = metrics.request_inputs.labels(name, version)
+        self._sums = [0.0] * (1 + len(self._phases))  # inputs, then each phase's seconds
 
     def count(self, status: int, seconds: float) -> None:
         """One finished request: its status counted and, when it succeeded, its end-to-end
@@ -388,6 +439,17 @@ class ModelRequestMetrics:
         """One successful request of ``inputs`` inputs, ``seconds`` end to end, and its phases:
         decoding, queue wait, its batch's inference and building its answer (seconds)."""
         self.count(200, seconds)
-        self._inputs.inc(inputs)
-        for counter, phase in zip(self._phases, phases, strict=True):
-            counter.inc(phase)
+        sums = self._sums
+        sums[0] += inputs
+        sums[1] += phases[0]
+        sums[2] += phases[1]
+        sums[3] += phases[2]
+        sums[4] += phases[3]
+        self._gathered()
+
+    def _write(self) -> None:
+        sums, self._sums = self._sums, [0.0] * len(self._sums)
+        if sums[0]:
+            self._inputs.inc(sums[0])
+            for counter, seconds in zip(self._phases, sums[1:], strict=True):
+                counter.inc(seconds)

@@ -5,7 +5,9 @@ what ``perf_analyzer`` reads to split a request's server time into queue and com
 ``tritonclient``'s ``get_inference_statistics`` returns. The figures are the service's Prometheus
 counters and histograms, read as a scrape reads them, so that with several worker processes they
 are the whole service's (every worker's files merged), not the share of whichever worker answers;
-they are cumulative from the process's start (a version reloaded keeps counting). Per version:
+they are cumulative from the process's start (a version reloaded keeps counting); the times a
+worker sums per request reach its counters within ``FLUSH_S`` (this worker's, before a read, at
+once). Per version:
 
 - ``success``: 2xx requests and their end-to-end time (``request_latency_seconds``);
 - ``queue``, ``compute_input``, ``compute_infer``, ``compute_output``: the same 2xx requests

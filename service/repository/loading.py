@@ -28,7 +28,7 @@ from service.inference.batcher import BatchObserver, DynamicBatcher
 from service.inference.cores import CoreBudget
 from service.inference.layout import open_with_layout, process_cores
 from service.inference.session import CUDA, OnnxModel, choose_provider
-from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
+from service.observability.metrics import Deferred, ModelRequestMetrics, ServiceMetrics
 from service.repository.registry import Arrivals, LoadFailure, ServedModel
 from service.repository.routing import LatencyWindow
 from service.settings import Settings, parse_version_policy
@@ -39,10 +39,12 @@ log = logging.getLogger(__name__)
 ROUTING_BATCH = 8
 
 
-class MetricsObserver(BatchObserver):
-    """Feeds one model version's batcher events into the app's Prometheus metrics."""
+class MetricsObserver(BatchObserver, Deferred):
+    """Feeds one model version's batcher events into the app's Prometheus metrics (those of
+    the statistics, batches by size and the last batch's time, gathered: ``Deferred``)."""
 
     def __init__(self, metrics: ServiceMetrics, name: str, version: str) -> None:
+        Deferred.__init__(self, metrics)
         self._depth = metrics.queue_depth.labels(name, version)
         self._wait = metrics.queue_wait.labels(name, version)
         self._inference = metrics.inference.labels(name, version)
@@ -52,6 +54,8 @@ class MetricsObserver(BatchObserver):
         self._last = metrics.last_inference.labels(name, version)
         self._metrics = metrics
         self._by_size: dict[int, tuple[Any, Any]] = {}  # batch size -> (batches, seconds)
+        self._sizes: dict[int, list[float]] = {}  # gathered: batch size -> [batches, seconds]
+        self._last_batch = 0.0
         self._labels = (name, version)
 
     def queue_depth(self, depth: int) -> None:
@@ -64,16 +68,28 @@ class MetricsObserver(BatchObserver):
     def batch_done(self, batch_size: int, inference_s: float) -> None:
         self._batch_size.observe(batch_size)
         self._inference.observe(inference_s)
-        self._last.set(time.time())
-        by_size = self._by_size.get(batch_size)
-        if by_size is None:
-            labels = (*self._labels, str(batch_size))
-            by_size = self._by_size[batch_size] = (
-                self._metrics.batches_by_size.labels(*labels),
-                self._metrics.batch_inference_by_size.labels(*labels),
-            )
-        by_size[0].inc()
-        by_size[1].inc(inference_s)
+        self._last_batch = time.time()
+        gathered = self._sizes.get(batch_size)
+        if gathered is None:
+            gathered = self._sizes[batch_size] = [0.0, 0.0]
+        gathered[0] += 1
+        gathered[1] += inference_s
+        self._gathered()
+
+    def _write(self) -> None:
+        sizes, self._sizes = self._sizes, {}
+        for size, (batches, seconds) in sizes.items():
+            by_size = self._by_size.get(size)
+            if by_size is None:
+                labels = (*self._labels, str(size))
+                by_size = self._by_size[size] = (
+                    self._metrics.batches_by_size.labels(*labels),
+                    self._metrics.batch_inference_by_size.labels(*labels),
+                )
+            by_size[0].inc(batches)
+            by_size[1].inc(seconds)
+        if sizes:
+            self._last.set(self._last_batch)
 
     def abandoned(self, stage: str) -> None:
         self._abandoned.labels(*self._labels, stage).inc()

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.contract.model_card import read_manifest
-from service.observability.metrics import ServiceMetrics
+from service.observability.metrics import FLUSH_S, ServiceMetrics
 from service.observability.multiprocess import (
     ENV,
     TEMP_PREFIX,
@@ -127,7 +127,7 @@ def test_dead_workers_lose_their_live_gauges_but_keep_their_counts(tmp_path: Pat
 WRITER = textwrap.dedent(
     """
     import sys
-    from service.observability.metrics import ServiceMetrics
+    from service.observability.metrics import FLUSH_S, ServiceMetrics
     n, ready = int(sys.argv[1]), sys.argv[2]
     m = ServiceMetrics()
     assert m.multiprocess
@@ -281,7 +281,9 @@ def test_two_workers_are_scraped_as_one_service(digits_repo: Path) -> None:
             assert m[("rocketserve_model_ready", key)] == 1  # livemin: ready in both
             assert m[("rocketserve_in_flight_requests", key)] == 0  # livesum
             assert m[("rocketserve_model_parameters", key)] == params  # livemax: not doubled
-        # Every worker answers a scrape, and Triton's statistics, with the service-wide figures.
+        # Every worker answers a scrape, and Triton's statistics, with the service-wide figures
+        # (each worker's statistics sums are written at most FLUSH_S after its last request).
+        time.sleep(2 * FLUSH_S)
         for _ in range(6):
             again = scraped(url)
             assert again[("rocketserve_batch_size_sum", ready)] == sent
