@@ -28,6 +28,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.observability.metrics import ModelRequestMetrics, ServiceMetrics
 from service.observability.statistics import model_statistics
+from tests.service.test_grpc_protocol import fp32_input
 from tests.service.test_v2_protocol import tensor
 from tests.support.server import free_port, running_service
 
@@ -102,12 +103,6 @@ def grew(after: dict[str, Any], before: dict[str, Any], field: str) -> dict[str,
     return {"count": a["count"] - b["count"], "ns": a["ns"] - b["ns"]}
 
 
-def fp32(x: np.ndarray) -> grpcclient.InferInput:
-    inp = grpcclient.InferInput("input", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x)
-    return inp
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_requests_served_are_counted_and_timed_as_perf_analyzer_reads_them(
@@ -132,7 +127,7 @@ def test_the_requests_served_are_counted_and_timed_as_perf_analyzer_reads_them(
                             "data": [3e38] * 64}]}  # fmt: skip
         assert http.post(f"/v2/models/{MODEL}/versions/1/infer", json=huge).status_code == 422
     for i in range(5):
-        grpc_client.infer(MODEL, [fp32(tensor(2, seed=20 + i))], "1")
+        grpc_client.infer(MODEL, [fp32_input(tensor(2, seed=20 + i))], "1")
     pixels = grpcclient.InferInput("input", [1, 1, 8, 8], "UINT8")
     pixels.set_data_from_numpy(np.zeros((1, 1, 8, 8), dtype=np.uint8))
     with pytest.raises(InferenceServerException):
