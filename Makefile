@@ -86,7 +86,7 @@ cifar-zoo-publish: venv
 	$(BIN)/python scripts/zoo_tables.py
 
 # The serving figures the README and docs/performance.md quote, measured again on models/ in one
-# window (~35 min on 2 cores; a running zoo is paused meanwhile); raw outputs in loadtest/results/.
+# window (~40 min on 2 cores; a running zoo is paused meanwhile); raw outputs in loadtest/results/.
 serving-figures: venv
 	ZOO_DIR=$(ZOO_DIR) PY=$(BIN)/python scripts/serving-figures.sh
 

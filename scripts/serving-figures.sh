@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measure again, in one window, every serving figure the README and docs/performance.md quote.
 #
-#   scripts/serving-figures.sh                  # `make serving-figures`: ~35 min on 2 cores
+#   scripts/serving-figures.sh                  # `make serving-figures`: ~40 min on 2 cores
 #   STEPS="lone workers" scripts/serving-figures.sh   # some steps only
 #
 # On models/ (REPO), the steps (STEPS, all by default):
