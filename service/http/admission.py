@@ -12,8 +12,15 @@ import time
 from starlette.types import Receive, Scope, Send
 
 from service.errors import ServiceError, Unavailable
+from service.http.asgi_io import header
 from service.http.predict import predict
-from service.http.responses import INTERNAL_ERROR, Reply, error_reply
+from service.http.responses import (
+    INTERNAL_ERROR,
+    MIN_COMPRESSED_BYTES,
+    Reply,
+    compressed,
+    error_reply,
+)
 from service.http.state import ServiceState
 from service.http.uvicorn_hooks import ARRIVAL_KEY
 from service.http.v2_infer import infer, is_infer
@@ -81,6 +88,8 @@ class AdmissionGate:
                 log.exception("unhandled error in %s", scope["path"])
                 reply = canned["internal"]
                 state.metrics.requests.labels("unknown", "", "500").inc()
+            if len(reply.body) >= MIN_COMPRESSED_BYTES:  # the header is read only then
+                reply = compressed(reply, header(scope, b"accept-encoding"))
             await reply.send(send)
         finally:
             state.predicting -= 1

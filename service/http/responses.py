@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,50 @@ class Reply:
     def as_response(self) -> Response:
         """The same answer as a Starlette Response (for FastAPI routes and handlers)."""
         return Response(self.body, self.status, dict(self.headers), media_type=self.content_type)
+
+
+# Answers this long or longer are compressed when the client asks (Accept-Encoding); shorter ones
+# would gain less than compressing costs (an answer of one image's top-k is ~200 bytes).
+MIN_COMPRESSED_BYTES = 1024
+
+
+def accepted_coding(accept_encoding: str) -> str | None:
+    """The content coding to answer with, from an Accept-Encoding header: gzip or deflate,
+    whichever the client weighs higher (gzip on a tie, and for ``*``); None when it accepts
+    neither (absent, or ``q=0``)."""
+    best, best_q = None, 0.0
+    for item in accept_encoding.lower().split(","):
+        coding, _, params = item.partition(";")
+        coding = {"x-gzip": "gzip", "*": "gzip"}.get(coding.strip(), coding.strip())
+        if coding not in ("gzip", "deflate"):
+            continue
+        q = 1.0
+        name, _, value = params.partition("=")
+        if name.strip() == "q":
+            try:
+                q = float(value)
+            except ValueError:
+                continue
+        if q <= 0:  # "not acceptable"
+            continue
+        if q > best_q or (q == best_q and coding == "gzip"):
+            best, best_q = coding, q
+    return best
+
+
+def compressed(reply: Reply, accept_encoding: str | None) -> Reply:
+    """``reply`` compressed with the coding the client accepts (level 1: the answer is small, and
+    the time is the server's), when it is long enough to gain; else ``reply`` itself."""
+    if len(reply.body) < MIN_COMPRESSED_BYTES or not accept_encoding:
+        return reply
+    coding = accepted_coding(accept_encoding)
+    if coding is None:
+        return reply
+    wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
+    packer = zlib.compressobj(1, zlib.DEFLATED, wbits)
+    body = packer.compress(reply.body) + packer.flush()
+    headers = (*reply.headers, ("Content-Encoding", coding), ("Vary", "Accept-Encoding"))
+    return Reply(reply.status, body, headers, reply.content_type)
 
 
 def json_reply(content: Any, status: int = 200) -> Reply:

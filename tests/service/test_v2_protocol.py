@@ -224,6 +224,25 @@ def test_the_clients_timeout_is_the_requests_deadline(
         assert reply.status_code == 400 and "parameters.timeout" in reply.json()["error"], bad
 
 
+def test_compressed_requests_and_answers_as_tritonclient_asks(
+    client: object, digits_repo: Path
+) -> None:
+    """``request_compression_algorithm`` / ``response_compression_algorithm``: the binary answer
+    compressed (long enough to be), decompressed by the client, equals ONNX Runtime's."""
+    x = tensor(32, seed=5)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    want = reference(digits_repo, "digits-logreg", 2, x)
+    for coding in ("gzip", "deflate"):
+        result = client.infer(  # type: ignore[attr-defined]
+            "digits-logreg",
+            [inp],
+            request_compression_algorithm=coding,
+            response_compression_algorithm=coding,
+        )
+        np.testing.assert_allclose(result.as_numpy("logits"), want, rtol=1e-5, atol=1e-5)
+
+
 def test_classification_extension(client: object, digits_repo: Path) -> None:
     x = tensor(2, seed=1)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
