@@ -23,6 +23,7 @@ from service.http.uvicorn_hooks import arrival_protocol, uvicorn_log_config
 from service.inference.processes import choose_processes
 from service.observability.logs import JsonFormatter, configure_service_logging
 from service.observability.multiprocess import share_metrics_across_workers
+from service.repository.control import share_control_across_workers
 from service.repository.loading import select_versions, verified_versions, verify_repository
 from service.repository.registry import LoadFailure
 from service.settings import ENV_PREFIX, Settings
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[f"{ENV_PREFIX}WORKERS"] = str(workers)
     # Before the workers start: with several, /metrics merges all their metric files.
     share_metrics_across_workers(workers)
+    if settings.model_control_mode == "explicit":  # a load asked of one worker reaches all
+        share_control_across_workers(workers)
     uvicorn.run(
         "service.server:app_from_env",
         factory=True,

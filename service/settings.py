@@ -109,8 +109,8 @@ class Settings(BaseSettings):
         description="uvicorn worker processes, each with its own event loop and a share of the "
         "cores. 'auto': one per core (at most 8) when every model's card times a lone call at "
         "1 ms or less (the loop's work per request then outweighs inference), else 1; always 1 "
-        "on CUDA and with model_control_mode 'explicit' (which refuses a number over 1). The "
-        "choice is logged at start-up.",
+        "on CUDA. With model_control_mode 'explicit' a load or unload asked of one worker is "
+        "answered once every worker serves it. The choice is logged at start-up.",
     )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio",
@@ -373,11 +373,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_inputs_per_request ({self.max_inputs_per_request}) must not exceed "
                 f"max_batch_size ({self.max_batch_size}) when batching is on"
-            )
-        if self.model_control_mode == "explicit" and self.workers not in (AUTO, 1):
-            raise ValueError(
-                f"model_control_mode 'explicit' needs one worker process, not {self.workers}: a "
-                "load or unload would reach only the process that answered it"
             )
         if self.max_queue_size < self.max_inputs_per_request:
             raise ValueError(

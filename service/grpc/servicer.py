@@ -26,7 +26,7 @@ from service.grpc import messages as pb
 from service.grpc.infer_messages import infer_response, parameters_dict, read_infer_request
 from service.grpc.messages import read_message
 from service.http.serving import Prepared, Resolver, run_request
-from service.http.state import ServiceState
+from service.http.state import ServiceState, control_of
 from service.http.v2_config import model_config
 from service.http.v2_infer import is_routed, model_spec, request_batch, route
 from service.http.v2_routes import (
@@ -280,16 +280,13 @@ class Servicer:
         refuse_overrides(parameters_dict(request.parameters))
         if not request.model_name:
             raise BadRequest("a model name is required (model_name)")
-        await self._registry().load_model(request.model_name)
+        await control_of(self.state).load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Stop serving a model; the requests it accepted still get their answers."""
         authorise(self.state.settings, _authorization(context))
-        registry = self._registry()
-        if request.model_name not in registry.models:
-            raise NotFound(f"model {request.model_name!r} is not loaded", code="unknown_model")
-        await registry.unload_model(request.model_name)
+        await control_of(self.state).unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 

@@ -22,6 +22,7 @@ from service.http.uvicorn_hooks import requests_in_progress
 from service.http.v2_routes import router as v2_router
 from service.inputs.pipeline import warm_up_decoders
 from service.observability.metrics import ServiceMetrics
+from service.repository.control import ModelControl, control_folder
 from service.repository.polling import RepositoryPoller, snapshot
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
@@ -113,6 +114,11 @@ def create_app(
         for model in state.registry.all():
             warm_up_decoders(model.card.input)
         state.registry.start()
+        explicit = settings.model_control_mode == "explicit"
+        control = ModelControl(state.registry, control_folder() if explicit else None)
+        await control.join()  # what the other workers loaded or unloaded meanwhile
+        state.control = control
+        follower = asyncio.create_task(control.follow(), name="model-control")
         restore_sigterm = drain_on_sigterm(state)
         poller = None
         if settings.model_control_mode == "poll":
@@ -130,6 +136,8 @@ def create_app(
             restore_sigterm()
             if poller is not None:
                 poller.cancel()
+            follower.cancel()
+            control.leave()
             await state.registry.close()
 
     app = RocketServeApp(

@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from service.errors import Unavailable
 from service.observability.metrics import ServiceMetrics
+from service.repository.control import ModelControl
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
 
@@ -19,6 +20,7 @@ class ServiceState:
     settings: Settings
     metrics: ServiceMetrics
     registry: ModelRegistry | None = None
+    control: ModelControl | None = None  # loads and unloads, in step with the other workers
     predicting: int = 0  # /predict requests past the AdmissionGate right now
     draining: bool = False  # SIGTERM received: not ready, finishing what was accepted
 
@@ -35,3 +37,10 @@ def registry_of(request: Request) -> ModelRegistry:
     if registry is None:
         raise Unavailable("models are not loaded yet", code="not_ready")
     return registry
+
+
+def control_of(state: ServiceState) -> ModelControl:
+    """Where loads and unloads go (every protocol's); 503 before the models are loaded."""
+    if state.control is None:
+        raise Unavailable("models are not loaded yet", code="not_ready")
+    return state.control

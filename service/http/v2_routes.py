@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request, Response
 from service.errors import BadRequest, NotFound, ServiceError
 from service.http.asgi_io import read_body
 from service.http.responses import json_reply
-from service.http.state import ServiceState, registry_of, state_of
+from service.http.state import ServiceState, control_of, registry_of, state_of
 from service.http.v2_config import PLATFORM, model_config
 from service.http.v2_infer import model_spec
 from service.inputs.body import check_json_size
@@ -283,7 +283,7 @@ async def load_model(request: Request, name: str) -> Response:
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be an object")
     refuse_overrides(parameters)
-    await registry_of(request).load_model(name)
+    await control_of(state_of(request)).load(name)
     return _empty(200)
 
 
@@ -291,8 +291,5 @@ async def load_model(request: Request, name: str) -> Response:
 async def unload_model(request: Request, name: str) -> Response:
     """Stop serving the model: new requests get 404, accepted ones still get their answers."""
     _authorised(request)
-    registry = registry_of(request)
-    if name not in registry.models:
-        raise NotFound(f"model {name!r} is not loaded", code="unknown_model")
-    await registry.unload_model(name)
+    await control_of(state_of(request)).unload(name)
     return _empty(200)

@@ -8,8 +8,8 @@ uses the machine (on 2 cores, the smallest student served 1.4x the requests per 
 heavy model is the other way round: a lone request should get every core, which one process
 gives it (the thread layout of ``service.inference.layout``). So ``workers=auto`` runs one
 process per core (at most ``MAX_AUTO_PROCESSES``) when every model's lone call is light by its
-card, and one process otherwise, or when processes could disagree: explicit model control (a
-load or unload reaches one process) and a GPU (one set of device buffers). A number wins.
+card, and one process otherwise, or on a GPU (one set of device buffers). A number wins.
+(Explicit model control keeps the processes in step: ``service.repository.control``.)
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ def choose_processes(
     cores = usable_cores() if cores is None else cores
     if cores <= 1:
         return 1, "one core"
-    if settings.model_control_mode == "explicit":
-        return 1, "explicit model control: a load or unload would reach one process only"
     if choose_provider(settings.provider) == CUDA:
         return 1, "CUDA: one process, one set of device buffers"
     if not cards:

@@ -1,0 +1,197 @@
+"""Explicit model control across worker processes: a load or unload is answered once every
+worker serves it; a worker that fails or lags is named; late workers catch up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.errors import BadRequest, NotFound, Unavailable
+from service.observability.metrics import ServiceMetrics
+from service.repository.control import ENV, WORKERS, ModelControl, read_desired
+from service.repository.registry import ModelRegistry
+from service.settings import Settings
+from tests.support.cli import ROOT
+from tests.support.onnx_repo import build_digits_model
+from tests.support.server import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def registry(repo: Path) -> ModelRegistry:
+    settings = Settings(model_repository=repo, model_control_mode="explicit", warmup_runs=0)  # type: ignore[call-arg]
+    loaded = ModelRegistry.load(settings, ServiceMetrics())
+    loaded.start()
+    return loaded
+
+
+@contextlib.asynccontextmanager
+async def workers(
+    repos: list[Path], folder: Path, follow: bool = True, **kw: float
+) -> AsyncIterator[list[ModelControl]]:
+    """One registry and ModelControl per repository (the workers of one service, here in one
+    process, named ``<pid>.<n>``), sharing ``folder``; each follows the others unless not."""
+    controls = []
+    for n, repo in enumerate(repos):
+        control = ModelControl(registry(repo), folder, ident=f"{os.getpid()}.{n}", **kw)
+        await control.join()
+        controls.append(control)
+    tasks = [asyncio.create_task(c.follow()) for c in controls] if follow else []
+    try:
+        yield controls
+    finally:
+        for task in tasks:
+            task.cancel()
+        for control in controls:
+            control.leave()
+            await control.registry.close()
+
+
+def served(control: ModelControl) -> dict[str, list[int]]:
+    return {name: sorted(v) for name, v in control.registry.models.items()}
+
+
+async def test_a_change_asked_of_one_worker_is_served_by_all_when_answered(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    repo = Path(shutil.copytree(digits_repo, tmp_path / "repo"))
+    async with workers([repo, repo, repo], tmp_path / "control") as (a, b, c):
+        assert served(a) == served(b) == served(c) == {"digits-logreg": [2], "digits-slow": [1]}
+        await a.unload("digits-slow")  # answered: no worker serves it any more
+        assert served(b) == served(c) == served(a) == {"digits-logreg": [2]}
+        build_digits_model(repo, "digits-logreg", version=3)
+        await b.load("digits-logreg")  # a reload: same name, new version, in every worker
+        await c.load("digits-slow")
+        assert served(a) == served(b) == served(c) == {"digits-logreg": [3], "digits-slow": [1]}
+        desired = read_desired(tmp_path / "control")
+        assert desired is not None and desired.generation == 3
+        assert a.applied == b.applied == c.applied == 3
+        with pytest.raises(NotFound, match="'digits-gone' is not loaded"):
+            await c.unload("digits-gone")
+
+
+async def test_a_worker_that_cannot_load_is_named_and_keeps_what_it_served(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    """The asked worker loads the new model; another cannot (its folder lacks it): the answer
+    is a 400 naming that worker and why, and that worker still serves what it did."""
+    good = Path(shutil.copytree(digits_repo, tmp_path / "good"))
+    short = Path(shutil.copytree(digits_repo, tmp_path / "short"))
+    build_digits_model(good, "digits-new")
+    async with workers([good, short], tmp_path / "control") as (a, b):
+        with pytest.raises(BadRequest, match=r"load of model 'digits-new'.*could not: no model"):
+            await a.load("digits-new")
+        assert "digits-new" in a.registry.models and "digits-new" not in b.registry.models
+        assert b.failed["digits-new"][0] == a.applied  # not tried again until the next change
+        await a.unload("digits-slow")  # later changes still reach it
+        assert "digits-slow" not in b.registry.models
+
+
+async def test_a_worker_that_does_not_apply_in_time_is_named(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    async with workers(
+        [digits_repo, digits_repo], tmp_path / "control", follow=False, peer_timeout_s=0.5
+    ) as (a, b):
+        with pytest.raises(Unavailable, match=rf"process\(es\) {os.getpid()} have not applied"):
+            await a.unload("digits-slow")
+        assert "digits-slow" in b.registry.models
+        await b.follow_once()  # it catches up when it looks
+        assert "digits-slow" not in b.registry.models
+
+
+async def test_a_dead_worker_is_not_waited_for(digits_repo: Path, tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folder = tmp_path / "control"
+    async with workers([digits_repo], folder, peer_timeout_s=5) as (a,):
+        stale = folder / WORKERS / "dead.json"
+        stale.write_text(json.dumps({"pid": gone.pid, "generation": 0, "failed": {}}))
+        started = time.monotonic()
+        await a.unload("digits-slow")
+        assert time.monotonic() - started < 1 and not stale.exists()
+
+
+async def test_changes_asked_of_two_workers_at_once_end_the_same_everywhere(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    async with workers([digits_repo, digits_repo], tmp_path / "control") as (a, b):
+        for _ in range(3):
+            await asyncio.gather(a.unload("digits-slow"), b.load("digits-slow"))
+            desired = read_desired(tmp_path / "control")
+            assert desired is not None
+            assert set(served(a)) == set(served(b)) == set(desired.models)
+
+
+async def test_a_worker_that_starts_later_serves_what_the_others_do(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "control"
+    async with workers([digits_repo], folder) as (a,):
+        await a.unload("digits-slow")
+        late = ModelControl(registry(digits_repo), folder, ident="late")
+        await late.join()  # before it serves
+        try:
+            assert served(late) == served(a) == {"digits-logreg": [2]}
+            assert late.applied == a.applied == 1
+        finally:
+            late.leave()
+            await late.registry.close()
+
+
+def test_workers_of_one_service_load_and_unload_as_one(digits_repo: Path, tmp_path: Path) -> None:
+    """``python -m service`` with two worker processes: after each answer, requests on fresh
+    connections (the kernel hands them to either worker) all find the change."""
+    repo = Path(shutil.copytree(digits_repo, tmp_path / "repo"))
+    folder, port = tmp_path / "control", free_port()
+    key = "control-key"
+    env = {
+        **os.environ,
+        "ROCKETSERVE_WORKERS": "2",
+        "ROCKETSERVE_MODEL_CONTROL_MODE": "explicit",
+        "ROCKETSERVE_API_KEY": key,
+        "ROCKETSERVE_LOG_LEVEL": "warning",
+        ENV: str(folder),
+    }
+    argv = [sys.executable, "-m", "service", "--model-repository", str(repo), "--port", str(port)]
+    log = tmp_path / "service.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=out)
+    url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+
+    def everywhere(path: str) -> list[int]:
+        return [httpx.get(url + path, timeout=10).status_code for _ in range(24)]
+
+    try:
+        deadline = time.monotonic() + 90
+        while len(list((folder / WORKERS).glob("*.json"))) < 2:  # both workers joined
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert set(everywhere("/v2/models/digits-slow/ready")) == {200}
+        r = httpx.post(url + "/v2/repository/models/digits-slow/unload", headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        assert set(everywhere("/v2/models/digits-slow/ready")) == {404}
+        build_digits_model(repo, "digits-logreg", version=3)
+        for name in ("digits-slow", "digits-logreg"):
+            r = httpx.post(url + f"/v2/repository/models/{name}/load", headers=auth, timeout=60)
+            assert r.status_code == 200, r.text
+        assert set(everywhere("/v2/models/digits-slow/ready")) == {200}
+        assert set(everywhere("/v2/models/digits-logreg/versions/3/ready")) == {200}
+        reports = [json.loads(p.read_text()) for p in (folder / WORKERS).glob("*.json")]
+        assert sorted(r["generation"] for r in reports) == [3, 3]
+        assert len({r["pid"] for r in reports}) == 2
+    finally:
+        proc.terminate()
+        proc.wait(20)
