@@ -49,12 +49,18 @@ class Traffic:
         return self.answers
 
 
-async def test_reload_under_load_answers_every_request(digits_repo: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_reload_under_load_answers_every_request(
+    digits_repo: Path, tmp_path: Path, workers: str
+) -> None:
+    """With two worker processes the clients' connections are spread over both, and each
+    answer to the API holds for both (service/repository/control.py)."""
     repo = Path(shutil.copytree(digits_repo, tmp_path / "repo"))
     env = {
         "ROCKETSERVE_MODEL_CONTROL_MODE": "explicit",
         "ROCKETSERVE_API_KEY": KEY,
         "ROCKETSERVE_LOG_LEVEL": "warning",
+        "ROCKETSERVE_WORKERS": workers,
     }
     with running_service(repo, env) as (url, _):
         traffic = Traffic(url, seed=0)
@@ -65,9 +71,12 @@ async def test_reload_under_load_answers_every_request(digits_repo: Path, tmp_pa
                 await asyncio.to_thread(build_digits_model, repo, "digits-logreg", version)
                 r = await admin.post("/v2/repository/models/digits-logreg/load", headers=AUTH)
                 assert r.status_code == 200, r.text
-                # From the switch on, new requests are answered by the new version.
-                after = (await admin.post("/predict", json=body)).json()
-                assert after["version"] == version
+                # From the switch on, new requests are answered by the new version, on a
+                # connection to any worker (each request a new connection).
+                for _ in range(8):
+                    async with httpx.AsyncClient(base_url=url, timeout=60) as fresh:
+                        after = (await fresh.post("/predict", json=body)).json()
+                    assert after["version"] == version
                 await asyncio.sleep(0.5)
             # Reload with nothing new, and unload and load another model, all under load.
             r = await admin.post("/v2/repository/models/digits-logreg/load", headers=AUTH)
