@@ -3,14 +3,17 @@
     python scripts/zoo_tables.py           rewrite the tables in docs/offline.md
     python scripts/zoo_tables.py --check   exit 1 if the committed tables differ from models/
 
-Two tables sit between markers, everything around them is hand-written and left alone:
+Blocks between markers are generated, everything around them is hand-written and left alone:
 
 - ``zoo-models``: every model models/ serves, fastest at batch 1 first, from its card;
-- ``zoo-methods``: the report's *Every method on one student* table, from the cards of every
-  network the zoo trained (``models/zoo-cards.json``, which ``export pick`` writes).
+- ``zoo-methods``, ``zoo-ablation``, ``zoo-depth``, ``zoo-mobilenet``: the report's studies
+  (*Every method on one student*, *Rocket ablation*, *Deep vs shallow*, *Hard compression*),
+  their tables and their noise-aware readings, from the cards of every network the zoo trained
+  (``models/zoo-cards.json``, which ``export pick`` writes); a study the zoo has not trained
+  for yet says so.
 
 ``make cifar-zoo-publish`` runs it after ``export pick``, so a newly published zoo's figures reach
-the docs without copying by hand; the readings beside the tables stay the author's to write.
+the docs without copying by hand; the prose around the blocks stays the author's to write.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from export.comparisons import render_methods  # noqa: E402
+from export.comparisons import (  # noqa: E402
+    render_ablation,
+    render_depth,
+    render_methods,
+    render_mobilenet,
+)
 from export.pareto import latency_ms  # noqa: E402
 from export.pick import report_cards  # noqa: E402
 from export.report import find_teacher  # noqa: E402
@@ -68,25 +76,53 @@ def models_table(served: list[ModelCard]) -> list[str]:
     return lines
 
 
-def methods_table(trained: list[ModelCard]) -> list[str]:
-    """The report's table of every method on one student (its rows only, not its readings)."""
-    return [line for line in render_methods(trained, find_teacher(trained)) if line.startswith("|")]
+NOT_YET = (
+    "*Not in the committed zoo yet: `make cifar-zoo` trains it, and `models/REPORT.md` lists "
+    "what is still to train.*"
+)
+
+
+def study(section: list[str]) -> list[str]:
+    """A report section as the docs show it: its tables and readings, without its ``##``
+    heading and the paragraph under it (the docs introduce it in their own words); a section
+    of several headings (an ablation per budget) keeps each as a bold line."""
+    lines: list[str] = []
+    skipping = False
+    for line in section:
+        if line.startswith("## "):
+            if lines:  # a second heading: say which part follows
+                lines += [f"**{line[3:]}**", ""]
+            skipping = True
+            continue
+        if skipping:
+            if line.startswith("|"):
+                skipping = False
+            else:
+                continue
+        lines.append(line)
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines or [NOT_YET]
 
 
 def render(doc: str, repo: Path) -> str:
-    """``doc`` with both tables regenerated from ``repo``."""
-    tables = {
+    """``doc`` with every block regenerated from ``repo``."""
+    trained = report_cards(repo)[0]  # every network REPORT.md covers, served or not
+    blocks = {
         "zoo-models": models_table(load_cards(repo)),
-        "zoo-methods": methods_table(report_cards(repo)[0]),  # every network REPORT.md covers
+        "zoo-methods": study(render_methods(trained, find_teacher(trained))),
+        "zoo-ablation": study(render_ablation(trained)),
+        "zoo-depth": study(render_depth(trained)),
+        "zoo-mobilenet": study(render_mobilenet(trained)),
     }
-    for name, rows in tables.items():
+    if blocks["zoo-models"][2:] == [] or blocks["zoo-methods"] == [NOT_YET]:
+        raise SystemExit(f"{repo} gives no rows for the zoo's tables")
+    for name, rows in blocks.items():
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         before, found, rest = doc.partition(start)
         _, found_end, after = rest.partition(end)
         if not found or not found_end:
             raise SystemExit(f"{DOC.relative_to(ROOT)} lacks the markers {start} ... {end}")
-        if not rows[2:]:
-            raise SystemExit(f"{repo} gives no rows for the {name} table")
         doc = "\n".join([before + start, NOTE, "", *rows, "", end]) + after
     return doc
 

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from export.pick import ZOO_CARDS_FILENAME
+from export.pick import ZOO_CARDS_FILENAME, report_cards
 from tests.support.cli import ROOT
 from tests.support.zoo import teacher, zoo_cards
 
@@ -57,3 +57,25 @@ def test_a_smaller_repository_gives_a_smaller_table(tmp_path: Path) -> None:
 def test_a_doc_without_its_markers_is_refused() -> None:
     with pytest.raises(SystemExit, match="zoo-methods:start"):
         zoo_tables.render(DOC.replace("<!-- zoo-methods:start -->", ""), ROOT / "models")
+
+
+def test_a_study_is_its_tables_and_readings_or_says_it_is_not_trained_yet() -> None:
+    trained = report_cards(ROOT / "models")[0]
+    depth = zoo_tables.study(zoo_tables.render_depth(trained))
+    assert depth[0].startswith("| model |") and not any(line.startswith("## ") for line in depth)
+    readings = [line for line in depth if line.startswith("- ")]
+    assert readings and all("points (" in line for line in readings)
+    assert all(line in DOC for line in depth)  # the committed docs carry it
+    deep_only = [c for c in trained if not c.training.architecture.startswith("shallow")]
+    assert zoo_tables.study(zoo_tables.render_depth(deep_only)) == [zoo_tables.NOT_YET]
+    # A report section of several parts (an ablation per budget) keeps each part's name.
+    section = ["## A (15 epochs)", "", "intro", "", "| a |", "", "## A (30 epochs)", "", "more",
+               "", "| b |", "- a reading", ""]  # fmt: skip
+    assert zoo_tables.study(section) == [
+        "| a |",
+        "",
+        "**A (30 epochs)**",
+        "",
+        "| b |",
+        "- a reading",
+    ]
