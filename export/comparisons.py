@@ -1,4 +1,5 @@
-"""REPORT.md's studies: every method on one student, Rocket's ablations, deep vs shallow, MobileNet.
+"""REPORT.md's studies: every method on one student, Rocket's ablations, deep vs shallow, MobileNet,
+int8 against fp32.
 
 Each study reads the cards of a zoo (served or not) and renders a table plus a reading that says,
 for each comparison, whether the gap is beyond test-set noise (``export.noise``). A gap within
@@ -10,7 +11,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from export.noise import Runs, compare, group_runs
+from export.noise import Runs, compare, gap, group_runs
 from service.contract.model_card import ModelCard, ProfileRow
 
 # Zhou et al., "Rocket Launching: A Universal and Efficient Framework for Training
@@ -336,3 +337,44 @@ def render_mobilenet(cards: Sequence[ModelCard]) -> list[str]:
         "WRN student trained the same ways.",
     )
     return [*lines, ""] if mobile else []
+
+
+def render_int8(cards: Sequence[ModelCard]) -> list[str]:
+    """Each network's int8 file against its fp32 one: what quantisation costs in top-1 (read
+    against test-set noise, paired: the same images) and buys in speed and size."""
+    by_name = {c.name: c for c in cards}
+    pairs = sorted(
+        ((by_name[c.derived_from], c) for c in cards
+         if c.precision == "int8" and c.derived_from in by_name),
+        key=lambda pair: pair[0].name,
+    )  # fmt: skip
+    if not pairs:
+        return []
+    lines = [
+        "## int8 against fp32",
+        "",
+        "Each network's int8 file (static QDQ, calibrated on training images) beside the fp32 "
+        "file it was converted from, both measured above on this machine in the same rounds. "
+        "Change: int8's top-1 minus fp32's, beyond or within test-set noise (both files are "
+        "read on the same images). Speed-up: fp32's time over int8's (batch 1 p50) and int8's "
+        "images/s over fp32's (batch 32); above 1x int8 is faster.",
+        "",
+        "| network | top-1 % fp32 | top-1 % int8 | change (points) | p50 ms b1 fp32 | int8 "
+        "| speed-up b1 | img/s b32 fp32 | int8 | speed-up b32 | size fp32 / int8 |",
+        "|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for fp32, int8 in pairs:
+        g = gap(Runs((fp32,)), Runs((int8,)))
+        b1 = [_row(c, 1) for c in (fp32, int8)]
+        b32 = [_row(c, 32) for c in (fp32, int8)]
+        p50 = [f"{r.p50_ms:.3f}" if r else "n/a" for r in b1]
+        tput = [f"{r.images_per_s:,.0f}" if r else "n/a" for r in b32]
+        up1 = f"{b1[0].p50_ms / b1[1].p50_ms:.2f}x" if b1[0] and b1[1] else "n/a"
+        up32 = f"{b32[1].images_per_s / b32[0].images_per_s:.2f}x" if b32[0] and b32[1] else "n/a"
+        lines.append(
+            f"| {fp32.name} | {fp32.metrics.top1 * 100:.2f} | {int8.metrics.top1 * 100:.2f} "
+            f"| {g.points:+.2f} ({'beyond' if g.beyond_noise else 'within'} noise) "
+            f"| {p50[0]} | {p50[1]} | {up1} | {tput[0]} | {tput[1]} | {up32} "
+            f"| {fp32.size_bytes / int8.size_bytes:.1f}x |"
+        )
+    return [*lines, ""]

@@ -9,6 +9,7 @@ from export.comparisons import (
     points_below,
     render_ablation,
     render_depth,
+    render_int8,
     render_methods,
     render_mobilenet,
 )
@@ -110,6 +111,7 @@ def render_report(
     lines += render_ablation(cards)
     lines += render_depth(cards)
     lines += render_mobilenet(cards)
+    lines += render_int8(cards)
     return "\n".join(lines)
 
 

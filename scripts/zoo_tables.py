@@ -6,9 +6,10 @@
 Blocks between markers are generated, everything around them is hand-written and left alone:
 
 - ``zoo-models``: every model models/ serves, fastest at batch 1 first, from its card;
-- ``zoo-methods``, ``zoo-ablation``, ``zoo-depth``, ``zoo-mobilenet``: the report's studies
-  (*Every method on one student*, *Rocket ablation*, *Deep vs shallow*, *Hard compression*),
-  their tables and their noise-aware readings, from the cards of every network the zoo trained
+- ``zoo-targets``, ``zoo-int8``, ``zoo-methods``, ``zoo-ablation``, ``zoo-depth``,
+  ``zoo-mobilenet``: the report's sections (*Targets*, *int8 against fp32*, *Every method on
+  one student*, *Rocket ablation*, *Deep vs shallow*, *Hard compression*), their tables and
+  their noise-aware readings, from the cards of every network the zoo trained
   (``models/zoo-cards.json``, which ``export pick`` writes); a study the zoo has not trained
   for yet says so.
 
@@ -30,6 +31,7 @@ if str(ROOT) not in sys.path:
 from export.comparisons import (  # noqa: E402
     render_ablation,
     render_depth,
+    render_int8,
     render_methods,
     render_mobilenet,
 )
@@ -37,6 +39,7 @@ from export.pareto import latency_ms  # noqa: E402
 from export.pick import report_cards  # noqa: E402
 from export.report import find_teacher  # noqa: E402
 from export.repository import load_cards  # noqa: E402
+from export.targets import render_targets  # noqa: E402
 from service.contract.model_card import ModelCard  # noqa: E402
 
 DOC = ROOT / "docs" / "offline.md"
@@ -110,6 +113,8 @@ def render(doc: str, repo: Path) -> str:
     trained = report_cards(repo)[0]  # every network REPORT.md covers, served or not
     blocks = {
         "zoo-models": models_table(load_cards(repo)),
+        "zoo-targets": study(render_targets(trained, find_teacher(trained))),
+        "zoo-int8": study(render_int8(trained)),
         "zoo-methods": study(render_methods(trained, find_teacher(trained))),
         "zoo-ablation": study(render_ablation(trained)),
         "zoo-depth": study(render_depth(trained)),

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from export.comparisons import ablation_of, points_below
+from export.comparisons import ablation_of, points_below, render_int8
 from export.noise import compare, group_runs
 from export.report import render_report
 from service.contract.model_card import ModelCard, ProfileRow, read_manifest
@@ -171,3 +171,24 @@ def test_a_gap_reads_below_or_above_by_its_sign() -> None:
     assert points_below(2.5) == "2.50 points below"
     assert points_below(0.0) == "0.00 points below"
     assert points_below(-1.2) == "1.20 points above"  # a student ahead of its teacher
+
+
+def test_int8_against_fp32_reads_the_change_against_noise_and_the_speed_ups(
+    digits_repo: Path,
+) -> None:
+    base = read_manifest(digits_repo / "digits-logreg")
+    fp32 = _card(base, "net", 0.880, "baseline", p50=2.0)
+    same = _card(base, "net-int8", 0.878, "baseline", p50=1.0)
+    same = same.model_copy(update={"precision": "int8", "derived_from": "net", "size_bytes": 250})
+    fp32 = fp32.model_copy(update={"size_bytes": 1000})
+    lone = _card(base, "other", 0.85, "baseline")  # no int8 file: no row
+    lines = render_int8([fp32, same, lone])
+    rows = [line for line in lines if line.startswith("| net |")]
+    assert rows == [
+        "| net | 88.00 | 87.80 | -0.20 (within noise) | 2.000 | 1.000 | 2.00x | 500 | 1,000 "
+        "| 2.00x | 4.0x |"
+    ]
+    lost = same.model_copy(update={"metrics": same.metrics.model_copy(update={"top1": 0.85})})
+    assert "| -3.00 (beyond noise) |" in "\n".join(render_int8([fp32, lost]))
+    assert render_int8([fp32, lone]) == []  # no pair, no section
+    assert "## int8 against fp32" in render_report([fp32, same], "zoo")
