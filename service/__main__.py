@@ -16,7 +16,6 @@ from pydantic_settings import SettingsError
 from service.contract.model_card import (
     ModelCard,
     ModelRepositoryError,
-    model_dirs,
     read_manifest,
 )
 from service.http.uvicorn_hooks import arrival_protocol, uvicorn_log_config
@@ -24,7 +23,12 @@ from service.inference.processes import choose_processes
 from service.observability.logs import JsonFormatter, configure_service_logging
 from service.observability.multiprocess import share_metrics_across_workers
 from service.repository.control import share_control_across_workers
-from service.repository.loading import select_versions, verified_versions, verify_repository
+from service.repository.loading import (
+    select_versions,
+    startup_dirs,
+    verified_versions,
+    verify_repository,
+)
 from service.repository.registry import LoadFailure
 from service.settings import ENV_PREFIX, Settings
 
@@ -94,7 +98,7 @@ def check_repository(settings: Settings) -> tuple[list[LoadFailure], list[ModelC
     failures = verify_repository(settings) if settings.strict_models else []
     broken = {(f.model, f.version) for f in failures}
     cards, servable = [], set()
-    for model_dir in model_dirs(settings.model_repository):
+    for model_dir in startup_dirs(settings):
         try:
             card = read_manifest(model_dir)
             # sizes only: every worker hashes the files as it loads them; this is a quick look

@@ -236,6 +236,13 @@ class Settings(BaseSettings):
         "change is applied once two looks in a row see it the same (a half-copied file is "
         "never loaded: a version loads only when its file matches its card's sha256).",
     )
+    startup_models: str = Field(
+        "*",
+        description="With model_control_mode 'explicit': the models loaded at start-up, "
+        "comma-separated, or '*' for every model of the repository (Triton's --load-model). "
+        "The others are listed by POST /v2/repository/index as unloaded until a "
+        "POST /v2/repository/models/{name}/load. Other modes serve the whole folder: only '*'.",
+    )
     version_policy: str = Field(
         "latest:1",
         pattern=VERSION_POLICY.pattern,
@@ -343,6 +350,13 @@ class Settings(BaseSettings):
         "moment a client reuses it: that race loses the request with no answer at all.",
     )
 
+    @property
+    def startup_model_names(self) -> frozenset[str] | None:
+        """The models to load at start-up, or None for every model of the repository."""
+        if self.startup_models.strip() == "*":
+            return None
+        return frozenset(n.strip() for n in self.startup_models.split(",") if n.strip())
+
     def policy_for(self, model: str) -> str:
         """The version policy of one model."""
         return self.model_version_policies.get(model, self.version_policy)
@@ -363,6 +377,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        names = self.startup_model_names
+        if names is not None and self.model_control_mode != "explicit":
+            raise ValueError(
+                f"startup_models {self.startup_models!r} needs model_control_mode 'explicit' "
+                f"(with {self.model_control_mode!r} the whole repository folder is served)"
+            )
+        if names is not None and not names:
+            raise ValueError("startup_models names no model: give names, comma-separated, or '*'")
         for model, policy in self.model_version_policies.items():
             if not VERSION_POLICY.match(policy):
                 raise ValueError(

@@ -120,7 +120,7 @@ class ModelLoader:
         """Every version of the repository that can be served, and the failures of the others."""
         models: dict[str, dict[int, ServedModel]] = {}
         failures: list[LoadFailure] = []
-        for model_dir in model_dirs(self.settings.model_repository):
+        for model_dir in startup_dirs(self.settings):
             versions, failed = self.load_model(model_dir)
             failures += failed
             if versions:
@@ -197,12 +197,29 @@ class ModelLoader:
         return versions, failures
 
 
+def startup_dirs(settings: Settings) -> list[Path]:
+    """The model folders to load at start-up: every one, or those ``startup_models`` names
+    (explicit model control); a name the repository lacks is an error."""
+    dirs = model_dirs(settings.model_repository)
+    names = settings.startup_model_names
+    if names is None:
+        return dirs
+    missing = sorted(names - {d.name for d in dirs})
+    if missing:
+        raise ModelRepositoryError(
+            f"ROCKETSERVE_STARTUP_MODELS names {', '.join(map(repr, missing))}, which "
+            f"{settings.model_repository} lacks (it has: "
+            f"{', '.join(sorted(d.name for d in dirs)) or 'no model'})"
+        )
+    return [d for d in dirs if d.name in names]
+
+
 def verify_repository(settings: Settings) -> list[LoadFailure]:
     """Every failure loading would meet, found without warming or serving anything: cards,
     files and sha256, ONNX Runtime sessions and signatures (for ``--strict``)."""
     provider = choose_provider(settings.provider)
     failures: list[LoadFailure] = []
-    for model_dir in model_dirs(settings.model_repository):
+    for model_dir in startup_dirs(settings):
         try:
             card = read_manifest(model_dir)
             versions = verified_versions(model_dir, card)

@@ -305,3 +305,22 @@ async def test_unloading_the_default_chooses_it_again_and_forgets_the_failures(
     ]
     assert failed == 0
     await registry.close()
+
+
+async def test_explicit_mode_loads_the_startup_models_and_lists_the_rest(
+    digits_repo: Path,
+) -> None:
+    """``startup_models`` (Triton's --load-model): only those load at start; the others are in
+    the index as unloaded, and load when asked."""
+    registry = load(digits_repo, model_control_mode="explicit", startup_models="digits-slow")
+    registry.start()
+    try:
+        assert set(registry.models) == {"digits-slow"}
+        unloaded = [e for e in registry.index() if e["name"] == "digits-logreg"]
+        assert unloaded and all(
+            (e["state"], e["reason"]) == ("UNAVAILABLE", "unloaded") for e in unloaded
+        )
+        await registry.load_model("digits-logreg")
+        assert sorted(registry.models["digits-logreg"]) == [1, 2]  # version_policy all
+    finally:
+        await registry.close()

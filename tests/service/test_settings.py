@@ -169,3 +169,22 @@ def test_a_cgroup_cpu_quota_caps_the_usable_cores(tmp_path: Path) -> None:
     cpu_max.write_text("garbage\n")
     assert cgroup_cpu_limit(cpu_max) is None
     assert cgroup_cpu_limit(tmp_path / "absent") is None
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    ("mode", "startup", "message"),
+    [
+        ("explicit", "digits-slow,nosuch", "ROCKETSERVE_STARTUP_MODELS names 'nosuch', which"),
+        ("explicit", " , ", "startup_models names no model"),
+        ("poll", "digits-slow", "startup_models 'digits-slow' needs model_control_mode 'explicit'"),
+    ],
+)
+def test_startup_models_name_models_of_the_repository_in_explicit_mode(
+    capsys: pytest.CaptureFixture[str], digits_repo: Path, mode: str, startup: str, message: str
+) -> None:
+    os.environ[f"{ENV_PREFIX}MODEL_CONTROL_MODE"] = mode
+    os.environ[f"{ENV_PREFIX}STARTUP_MODELS"] = startup
+    assert main(["--model-repository", str(digits_repo)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
