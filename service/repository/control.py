@@ -43,7 +43,7 @@ TEMP_PREFIX = "rocketserve-control-"
 STATE = "models.json"
 LOCK = "models.lock"
 WORKERS = "workers"
-FOLLOW_S = 0.05  # how often a worker looks at models.json (a stat; read only when it changed)
+FOLLOW_S = 0.05  # how often a worker reads models.json
 PEER_TIMEOUT_S = 300.0  # the longest an asked worker waits for the others to apply a change
 
 
@@ -146,7 +146,6 @@ class ModelControl:
         self.applied = 0  # the generation of models.json this worker serves
         self.loaded_at: dict[str, int] = dict.fromkeys(registry.models, 0)
         self.failed: dict[str, tuple[int | None, str]] = {}
-        self._seen: tuple[int, int, int] | None = None  # models.json's inode, mtime, size
         self._changing = asyncio.Lock()  # one change at a time in this worker, asked or followed
 
     # -- asked: the repository API ----------------------------------------------------------
@@ -278,22 +277,10 @@ class ModelControl:
         async with self._changing:
             await self._follow()
 
-    def _changed(self) -> bool:
-        assert self.folder is not None
-        try:
-            st = os.stat(self.folder / STATE)
-        except FileNotFoundError:
-            return False
-        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if seen == self._seen:
-            return False
-        self._seen = seen
-        return True
-
     async def _follow(self) -> None:
-        """Bring the registry to models.json, if it changed; then report."""
-        if not self._changed():
-            return
+        """Bring the registry to models.json, if it changed; then report. The file is read
+        each time (a few hundred bytes): its inode, time and size could all look unchanged
+        after two quick rewrites, its generation cannot."""
         desired = await asyncio.to_thread(read_desired, self.folder)  # type: ignore[arg-type]
         if desired is None or desired.generation <= self.applied:
             return
