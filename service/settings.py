@@ -261,6 +261,13 @@ class Settings(BaseSettings):
         "send as 'Authorization: Bearer <key>'. Unset: those requests are refused (403), never "
         "open. Reads (inference, metadata, index) need no key.",
     )
+    triton_metric_names: bool = Field(
+        True,
+        description="/metrics also carries Triton's metric names (nv_inference_request_success, "
+        "nv_inference_queue_duration_us and the rest, per model and version), so that "
+        "dashboards and alerts written for Triton work unchanged; derived at each scrape from "
+        "the service's own metrics, as the statistics extension is.",
+    )
     agreement_sample_rate: float = Field(
         0.01,
         ge=0,

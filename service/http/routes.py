@@ -11,6 +11,7 @@ from service.errors import Unavailable
 from service.http.responses import error_reply, json_reply
 from service.http.schemas import PREDICT_ERRORS, ErrorResponse
 from service.http.state import registry_of, state_of
+from service.observability.triton_metrics import triton_families
 
 router = APIRouter()
 
@@ -61,5 +62,8 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition of the service (all its worker processes, when several)."""
-    return Response(state_of(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text exposition of the service (all its worker processes, when several),
+    with Triton's metric names unless turned off."""
+    state = state_of(request)
+    derived = triton_families if state.settings.triton_metric_names else None
+    return Response(state.metrics.exposition(derived), media_type=CONTENT_TYPE_LATEST)

@@ -19,7 +19,7 @@ and only live workers count ('live...'; a dead worker's gauges are dropped):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from weakref import WeakSet
 
@@ -382,11 +382,28 @@ class ServiceMetrics:
         for deferred in list(self.deferred):
             deferred.flush()
 
-    def exposition(self) -> bytes:
+    def exposition(
+        self, derived: Callable[[list[Metric]], Iterable[Metric]] | None = None
+    ) -> bytes:
         """Prometheus text of the service: this registry, or every worker's files merged (each
-        worker's gathered sums at most FLUSH_S old)."""
+        worker's gathered sums at most FLUSH_S old); then the families ``derived`` computes
+        from those (Triton's metric names), from the same read."""
         self.flush()
-        return generate_latest(self._scraped)
+        if derived is None:
+            return generate_latest(self._scraped)
+        families = list(self._scraped.collect())
+        return generate_latest(_Collected([*families, *derived(families)]))
+
+
+class _Collected:
+    """Families already collected, as ``generate_latest`` reads a registry."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        """The families, as collected."""
+        return self.families
 
 
 class ModelRequestMetrics(Deferred):

@@ -89,18 +89,22 @@ def _read(metrics: ServiceMetrics) -> Iterable[Metric]:
     )
 
 
-class _Figures:
-    """The samples the statistics need, for the versions asked about, from one collection."""
+class Figures:
+    """The samples the statistics need, for the versions asked about (None: every version the
+    samples name), from one collection of the metrics."""
 
-    def __init__(self, metrics: ServiceMetrics, versions: set[Version]) -> None:
+    def __init__(self, families: Iterable[Metric], versions: set[Version] | None) -> None:
         self.values: dict[tuple[str, Version], float] = defaultdict(float)
         self.failed: dict[Version, float] = defaultdict(float)
         self.sizes: dict[Version, dict[int, list[float]]] = defaultdict(dict)
-        for family in _read(metrics):
+        self.versions: set[Version] = set()  # the versions that have any of the samples
+        for family in families:
             for sample in family.samples:
                 key = (sample.labels.get("model", ""), sample.labels.get("version", ""))
-                if key not in versions:
+                if versions is not None and key not in versions:
                     continue
+                if sample.name in _PER_VERSION or sample.name == _REQUESTS:
+                    self.versions.add(key)
                 name = sample.name
                 if name in _PER_VERSION:
                     self.values[name, key] += sample.value
@@ -115,38 +119,37 @@ class _Figures:
     def of(self, name: str, version: Version) -> float:
         return self.values.get((name, version), 0.0)
 
+    def entry(self, key: Version) -> dict[str, Any]:
+        """Triton's ``model_stats`` entry (its JSON shape) of one version."""
+        of = self.of
+        successes = of(f"{_LATENCY}_count", key)
+        inference_stats = {
+            "success": duration(successes, of(f"{_LATENCY}_sum", key)),
+            "fail": duration(self.failed.get(key, 0.0), of(_FAILURE, key)),
+            **{phase: duration(successes, of(name, key)) for phase, name in _PHASES.items()},
+            "cache_hit": duration(0, 0.0),
+            "cache_miss": duration(0, 0.0),
+        }
+        return {
+            "name": key[0],
+            "version": key[1],
+            "last_inference": round(of(_LAST, key) * 1000),
+            "inference_count": int(of(_INPUTS, key)),
+            "execution_count": int(of(f"{_BATCH}_count", key)),
+            "inference_stats": inference_stats,
+            "batch_stats": [
+                {"batch_size": size, "compute_infer": duration(batches, seconds)}
+                for size, (batches, seconds) in sorted(self.sizes[key].items())
+            ],
+            "memory_usage": [],
+            "response_stats": {},
+        }
+
 
 def model_statistics(metrics: ServiceMetrics, versions: Iterable[Version]) -> list[dict[str, Any]]:
     """Triton's ``model_stats`` entries (its JSON shape) of ``versions``, in that order. Reads
     the metrics as a scrape does: with several workers, every worker's files (call it off the
     event loop)."""
     wanted = list(versions)
-    figures = _Figures(metrics, set(wanted))
-    entries = []
-    for key in wanted:
-        of = figures.of
-        successes = of(f"{_LATENCY}_count", key)
-        inference_stats = {
-            "success": duration(successes, of(f"{_LATENCY}_sum", key)),
-            "fail": duration(figures.failed.get(key, 0.0), of(_FAILURE, key)),
-            **{phase: duration(successes, of(name, key)) for phase, name in _PHASES.items()},
-            "cache_hit": duration(0, 0.0),
-            "cache_miss": duration(0, 0.0),
-        }
-        entries.append(
-            {
-                "name": key[0],
-                "version": key[1],
-                "last_inference": round(of(_LAST, key) * 1000),
-                "inference_count": int(of(_INPUTS, key)),
-                "execution_count": int(of(f"{_BATCH}_count", key)),
-                "inference_stats": inference_stats,
-                "batch_stats": [
-                    {"batch_size": size, "compute_infer": duration(batches, seconds)}
-                    for size, (batches, seconds) in sorted(figures.sizes[key].items())
-                ],
-                "memory_usage": [],
-                "response_stats": {},
-            }
-        )
-    return entries
+    figures = Figures(_read(metrics), set(wanted))
+    return [figures.entry(key) for key in wanted]

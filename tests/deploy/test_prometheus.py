@@ -316,3 +316,19 @@ def test_every_rule_parses_and_evaluates(prometheus_url: str, traffic: Traffic) 
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
     firing = [r["name"] for r in rules if r["state"] == "firing"]
     assert "RocketserveModelNotReady" not in firing and "RocketserveDown" not in firing
+
+
+def test_tritons_dashboard_queries_read_the_service(prometheus_url: str, traffic: Traffic) -> None:
+    """Queries of the kind a Triton dashboard makes, on Triton's metric names, as a real
+    Prometheus ingests them: request rate and mean queue time per request by model."""
+    for expr in (
+        "sum by (model) (rate(nv_inference_request_success[1m]))",
+        "sum by (model) (increase(nv_inference_queue_duration_us[1m]))"
+        " / clamp_min(sum by (model) (increase(nv_inference_request_success[1m])), 1)",
+        "sum by (model) (nv_inference_count) >= sum by (model) (nv_inference_exec_count)",
+    ):
+
+        def answered(expr: str = expr) -> list[float] | None:
+            return finite_values(query(prometheus_url, expr)) or None
+
+        assert wait_for(answered, expr), expr
