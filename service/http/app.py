@@ -22,7 +22,7 @@ from service.http.uvicorn_hooks import requests_in_progress
 from service.http.v2_routes import router as v2_router
 from service.inputs.pipeline import warm_up_decoders
 from service.observability.metrics import ServiceMetrics
-from service.repository.control import ModelControl, control_folder
+from service.repository.control import ModelControl, announce, control_folder, read_desired
 from service.repository.polling import RepositoryPoller, snapshot
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
@@ -102,20 +102,29 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         folder = None  # the repository as loaded, for the poller
+        explicit = settings.model_control_mode == "explicit"
+        shared = control_folder() if explicit else None  # with several worker processes
+        started_from = None  # what the other workers serve, when this one starts
         if registry is not None:
             state.registry = registry
         else:
             if settings.model_control_mode == "poll":
                 # Looked at before loading: a change made while the models load is applied after.
                 folder = await asyncio.to_thread(snapshot, settings.model_repository)
+            if shared is not None:
+                announce(shared)  # a change asked from now on waits for this worker
+                started_from = await asyncio.to_thread(read_desired, shared)
             state.registry = await asyncio.to_thread(
-                ModelRegistry.load, settings, state.metrics, requests_in_progress
+                ModelRegistry.load,
+                settings,
+                state.metrics,
+                requests_in_progress,
+                started_from.plan() if started_from is not None else None,
             )
         for model in state.registry.all():
             warm_up_decoders(model.card.input)
         state.registry.start()
-        explicit = settings.model_control_mode == "explicit"
-        control = ModelControl(state.registry, control_folder() if explicit else None)
+        control = ModelControl(state.registry, shared, started_from=started_from)
         await control.join()  # what the other workers loaded or unloaded meanwhile
         state.control = control
         follower = asyncio.create_task(control.follow(), name="model-control")

@@ -5,14 +5,17 @@ With several worker processes, a request to ``/v2/repository/models/{name}/load`
 ``RepositoryModelLoad``) reaches one of them. That worker applies it to its own registry first
 (new versions loaded and warmed beside the serving ones, then switched to: nothing is lost), and
 only if that succeeds records the change in a folder the workers share: ``models.json`` says
-which models every worker should serve and, for each, the generation that last loaded it (so a
-reload, which keeps the name, is still a change), under a generation number that each change
-bumps; a file lock orders the changes. Every worker looks at that file every ``FOLLOW_S``,
-brings its registry to it and writes ``workers/<pid>.json``: the generation it has applied and
-what failed. The asked worker answers once every other live worker has applied the change, or
-says which could not and why, so that from the answer on a request to any worker finds the
-change. A worker that starts later (uvicorn replaces one that died) applies the file before it
-serves.
+which models every worker should serve, the versions the asked worker loaded (so that every
+worker serves those, even once the folder holds newer ones), and the generation that last loaded
+each (so a reload is a change too), under a generation number that each change bumps; a file
+lock orders the changes. Every worker reads that file every ``FOLLOW_S``, brings its registry to
+it and writes ``workers/<pid>.json``: the generation it has applied and what failed. The asked
+worker answers once every other live worker has applied the change, or says which could not and
+why, so that from the answer on a request to any worker finds the change.
+
+A worker announces itself in ``workers/`` before it loads anything, so that a change asked
+meanwhile waits for it, and then loads what ``models.json`` says (not the start-up models: a
+worker uvicorn starts in place of one that died serves what the others serve).
 
 With one process there is no folder, and a change is applied to the one registry directly.
 """
@@ -28,12 +31,13 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import BadRequest, NotFound, ServiceError, Unavailable
+from service.errors import NotFound, ServiceError, Unavailable
 from service.repository.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -45,14 +49,37 @@ LOCK = "models.lock"
 WORKERS = "workers"
 FOLLOW_S = 0.05  # how often a worker reads models.json
 PEER_TIMEOUT_S = 300.0  # the longest an asked worker waits for the others to apply a change
+JOINING = -1  # a worker's generation while it loads its models at start
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One model as every worker should serve it."""
+
+    loaded_at: int  # the generation that last loaded it
+    versions: tuple[int, ...]  # the versions the asked worker loaded
 
 
 @dataclass(frozen=True)
 class Desired:
-    """What every worker should serve: model name -> the generation that last loaded it."""
+    """What every worker should serve."""
 
     generation: int
-    models: dict[str, int]
+    models: dict[str, Wanted]
+
+    def plan(self) -> dict[str, tuple[int, ...]]:
+        """Each model and its versions, as ``ModelRegistry.load`` takes them."""
+        return {name: wanted.versions for name, wanted in self.models.items()}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A change this worker could not apply: to which state of the model (the generation that
+    loaded it, None to unload), when (the generation of models.json), and why."""
+
+    wanted: int | None
+    at: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -62,21 +89,25 @@ class Peer:
     ident: str
     pid: int
     generation: int
-    failed: dict[str, tuple[int | None, str]]  # model -> (the generation it failed, why)
+    failed: dict[str, Failure]
 
 
 def share_control_across_workers(workers: int) -> Path | None:
     """Before uvicorn starts: a fresh folder for the workers' model control (one worker: None).
 
-    An operator's ``ROCKETSERVE_CONTROL_DIR`` is used as given, emptied first: a new run starts
-    from the repository folder, not from what an earlier run had loaded; otherwise a folder
-    under the temporary directory, removed when this process exits.
+    An operator's ``ROCKETSERVE_CONTROL_DIR`` is used as given (one folder per service), with
+    what an earlier run left in it removed (``models.json``, its lock and the workers' files,
+    nothing else): a new run starts from the repository folder, not from what an earlier run
+    had loaded; otherwise a folder under the temporary directory, removed when this process
+    exits.
     """
     given = os.environ.get(ENV)
     if given:
         path = Path(given)
-        shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True, exist_ok=True)
+        for name in (STATE, LOCK):
+            (path / name).unlink(missing_ok=True)
+        shutil.rmtree(path / WORKERS, ignore_errors=True)
         return path
     if workers <= 1:
         return None
@@ -98,12 +129,16 @@ def read_desired(folder: Path) -> Desired | None:
         raw = json.loads((folder / STATE).read_text())
     except FileNotFoundError:
         return None
-    return Desired(int(raw["generation"]), {str(k): int(v) for k, v in raw["models"].items()})
+    models = {
+        str(name): Wanted(int(m["loaded_at"]), tuple(int(v) for v in m["versions"]))
+        for name, m in raw["models"].items()
+    }
+    return Desired(int(raw["generation"]), models)
 
 
 def _write_json(path: Path, value: Any) -> None:
     """Replace ``path`` at once: a reader sees the old content or the new, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(value, sort_keys=True))
     os.replace(tmp, path)
 
@@ -129,6 +164,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def announce(folder: Path, ident: str | None = None) -> None:
+    """Before a worker loads its models: changes asked from now on wait for it."""
+    (folder / WORKERS).mkdir(parents=True, exist_ok=True)
+    _write_json(
+        folder / WORKERS / f"{ident or os.getpid()}.json",
+        {"pid": os.getpid(), "generation": JOINING, "failed": {}},
+    )
+
+
 class ModelControl:
     """Loads and unloads for one worker's registry, kept in step with the other workers'."""
 
@@ -138,15 +182,28 @@ class ModelControl:
         folder: Path | None,
         ident: str | None = None,
         peer_timeout_s: float = PEER_TIMEOUT_S,
+        started_from: Desired | None = None,
     ) -> None:
         """``ident``: this worker's name in the folder (its pid; a test running several
-        registries in one process names them ``<pid>.<n>``)."""
+        registries in one process names them ``<pid>.<n>``). ``started_from``: the
+        models.json the registry was loaded by (its models and versions)."""
         self.registry, self.folder, self.peer_timeout_s = registry, folder, peer_timeout_s
         self.ident = ident or str(os.getpid())
-        self.applied = 0  # the generation of models.json this worker serves
+        self.applied = JOINING if folder is not None else 0  # the generation this worker serves
         self.loaded_at: dict[str, int] = dict.fromkeys(registry.models, 0)
-        self.failed: dict[str, tuple[int | None, str]] = {}
+        self.failed: dict[str, Failure] = {}
+        if started_from is not None:
+            for name, wanted in started_from.models.items():
+                if sorted(registry.models.get(name, {})) == list(wanted.versions):
+                    self.loaded_at[name] = wanted.loaded_at
+                else:  # (not or partly loaded: the failure is in the registry's)
+                    self.loaded_at.pop(name, None)
+                    reason = "; ".join(f.line() for f in registry.failures if f.model == name)
+                    at = started_from.generation
+                    self.failed[name] = Failure(wanted.loaded_at, at, reason or "not loaded")
         self._changing = asyncio.Lock()  # one change at a time in this worker, asked or followed
+        self._files = threading.Lock()  # this worker's file: written, or removed at exit
+        self._left = False
 
     # -- asked: the repository API ----------------------------------------------------------
 
@@ -158,41 +215,68 @@ class ModelControl:
         async with self._changing:
             await self._follow()  # the latest first: what is recorded builds on it
             await self.registry.load_model(name)  # raises, with nothing recorded, if it fails
-            generation = await asyncio.to_thread(self._record, name, True)
+            versions = tuple(sorted(self.registry.models[name]))
+            generation = await self._record(name, versions)
             self.loaded_at[name] = generation
             self.failed.pop(name, None)
             await self._follow()
         await self._wait_for_peers(name, generation, "load")
 
     async def unload(self, name: str) -> None:
-        """Stop serving ``name`` here, then in every other worker; 404 if it is not served."""
+        """Stop serving ``name`` here, then in every other worker; 404 if no worker serves it."""
         async with self._changing:
+            desired = None
             if self.folder is not None:
                 await self._follow()
-            if name not in self.registry.models:
+                desired = await asyncio.to_thread(read_desired, self.folder)
+            # Served here, or by the others (it failed to load here): the others' copy counts.
+            elsewhere = desired is not None and name in desired.models
+            if name not in self.registry.models and not elsewhere:
                 raise NotFound(f"model {name!r} is not loaded", code="unknown_model")
-            await self.registry.unload_model(name)
+            if name in self.registry.models:
+                await self.registry.unload_model(name)
             if self.folder is None:
                 return
-            generation = await asyncio.to_thread(self._record, name, False)
+            generation = await self._record(name, None)
             self.loaded_at.pop(name, None)
             self.failed.pop(name, None)
             await self._follow()
         await self._wait_for_peers(name, generation, "unload")
 
-    def _record(self, name: str, loaded: bool) -> int:
-        """Write the change to models.json; its generation."""
+    async def _record(self, name: str, versions: tuple[int, ...] | None) -> int:
+        """Write the change (``versions`` loaded, or None: unloaded) to models.json; its
+        generation. 503 if the folder cannot be written (the change is made in this worker)."""
+        try:
+            return await asyncio.to_thread(self._write_change, name, versions)
+        except (OSError, ValueError, KeyError) as exc:
+            raise Unavailable(
+                f"model {name!r}: changed in the worker process that answers, but the workers' "
+                f"shared folder {self.folder} cannot be written ({type(exc).__name__}: {exc}); "
+                "the other workers do not know of it",
+                code="not_ready",
+            ) from None
+
+    def _write_change(self, name: str, versions: tuple[int, ...] | None) -> int:
         assert self.folder is not None
         with _locked(self.folder):
             desired = read_desired(self.folder)
-            # Before the first change every worker serves what it loaded at start: this one's.
-            models = dict(desired.models) if desired else dict(self.loaded_at)
+            if desired is not None:
+                models = dict(desired.models)
+            else:  # before the first change every worker serves what it loaded: this one's
+                models = {
+                    n: Wanted(0, tuple(sorted(self.registry.models.get(n, {}))))
+                    for n in self.loaded_at
+                }
             generation = (desired.generation if desired else 0) + 1
-            if loaded:
-                models[name] = generation
+            if versions is not None:
+                models[name] = Wanted(generation, versions)
             else:
                 models.pop(name, None)
-            _write_json(self.folder / STATE, {"generation": generation, "models": models})
+            raw = {
+                n: {"loaded_at": w.loaded_at, "versions": list(w.versions)}
+                for n, w in models.items()
+            }
+            _write_json(self.folder / STATE, {"generation": generation, "models": raw})
         return generation
 
     async def _wait_for_peers(self, name: str, generation: int, verb: str) -> None:
@@ -205,12 +289,15 @@ class ModelControl:
             behind = [p for p in peers if p.generation < generation]
             for peer in peers:
                 failed = peer.failed.get(name)
-                if peer.generation >= generation and failed and failed[0] == generation:
-                    raise BadRequest(
-                        f"{verb} of model {name!r}: done in the worker process that answers, "
-                        f"but worker process {peer.pid} could not: {failed[1]} (it serves what "
-                        "it served before; try again once the cause is fixed)",
-                        code="load_failed",
+                if peer.generation < generation or failed is None:
+                    continue
+                if (failed.wanted == generation) if verb == "load" else (failed.at >= generation):
+                    raise ServiceError(
+                        f"{verb} of model {name!r}: done in the worker process that answers and "
+                        f"the others, but worker process {peer.pid} could not: {failed.reason} "
+                        "(it serves what it served before; try again once the cause is fixed)",
+                        code="partially_applied",
+                        status=500,
                     )
             if not behind:
                 return
@@ -225,7 +312,8 @@ class ModelControl:
             await asyncio.sleep(FOLLOW_S)
 
     def peers(self) -> list[Peer]:
-        """The other live workers' files (a dead worker's is removed)."""
+        """The other live workers' files (a dead worker's is removed; one that cannot be read
+        is skipped: it is being replaced)."""
         assert self.folder is not None
         found = []
         for path in sorted((self.folder / WORKERS).glob("*.json")):
@@ -233,33 +321,29 @@ class ModelControl:
                 continue
             try:
                 raw = json.loads(path.read_text())
-            except (OSError, ValueError):  # being replaced, or removed: the next look reads it
+                pid, generation = int(raw["pid"]), int(raw["generation"])
+                failed = {
+                    str(k): Failure(None if v[0] is None else int(v[0]), int(v[1]), str(v[2]))
+                    for k, v in raw.get("failed", {}).items()
+                }
+            except (OSError, ValueError, KeyError, TypeError, IndexError):
                 continue
-            pid = int(raw["pid"])
             if not _alive(pid):
                 path.unlink(missing_ok=True)
                 continue
-            failed = {k: (v[0], str(v[1])) for k, v in raw.get("failed", {}).items()}
-            found.append(Peer(path.stem, pid, int(raw["generation"]), failed))
+            found.append(Peer(path.stem, pid, generation, failed))
         return found
 
     # -- followed: what the others asked -----------------------------------------------------
 
     async def join(self) -> None:
-        """At start, before serving: apply models.json if another worker changed anything, and
-        say so in this worker's file. A model loaded at start that the file says was loaded
-        since is taken as loaded then (this worker read the same folder, later)."""
+        """At start, before serving: apply what changed in models.json while this worker loaded
+        its models, and say so in its file."""
         if self.folder is None:
             return
         (self.folder / WORKERS).mkdir(parents=True, exist_ok=True)
-        desired = await asyncio.to_thread(read_desired, self.folder)
-        if desired is not None:
-            for name in self.loaded_at:
-                if name in desired.models:
-                    self.loaded_at[name] = desired.models[name]
         async with self._changing:
-            await self._follow()
-            await asyncio.to_thread(self._report)
+            await self._follow(force=True)
 
     async def follow(self) -> None:
         """Apply what the other workers change, until cancelled."""
@@ -277,48 +361,69 @@ class ModelControl:
         async with self._changing:
             await self._follow()
 
-    async def _follow(self) -> None:
-        """Bring the registry to models.json, if it changed; then report. The file is read
-        each time (a few hundred bytes): its inode, time and size could all look unchanged
-        after two quick rewrites, its generation cannot."""
+    async def _follow(self, force: bool = False) -> None:
+        """Bring the registry to models.json, if it changed; then report (``force``: report
+        even when nothing changed)."""
         desired = await asyncio.to_thread(read_desired, self.folder)  # type: ignore[arg-type]
-        if desired is None or desired.generation <= self.applied:
+        generation = desired.generation if desired is not None else 0
+        if generation <= self.applied and not force:
             return
-        for name in sorted(set(self.loaded_at) | set(desired.models)):
-            want, have = desired.models.get(name), self.loaded_at.get(name)
-            if want == have or (name in self.failed and self.failed[name][0] == want):
-                continue  # served as asked, or tried and failed here (the next change retries)
+        for name, want in self._differences(desired):
+            failed = self.failed.get(name)
+            if failed is not None and failed.wanted == want:
+                continue  # tried and failed here: the next change of this model tries again
             try:
                 if want is None:
                     if name in self.registry.models:
                         await self.registry.unload_model(name)
                     self.loaded_at.pop(name, None)
                 else:
-                    await self.registry.load_model(name)
+                    assert desired is not None
+                    wanted = desired.models[name]
+                    await self.registry.load_model(name, wanted.versions)
+                    served = tuple(sorted(self.registry.models.get(name, {})))
+                    if served != wanted.versions:
+                        raise ServiceError(
+                            f"serves versions {list(served)}, not {list(wanted.versions)}"
+                        )
                     self.loaded_at[name] = want
                 self.failed.pop(name, None)
             except ServiceError as exc:
-                self.failed[name] = (want, exc.message)
+                self.failed[name] = Failure(want, generation, exc.message)
                 log.error("model control: model %s: %s", name, exc.message)
             except Exception as exc:  # one model's fault must not stop the rest
-                self.failed[name] = (want, f"{type(exc).__name__}: {exc}")
+                self.failed[name] = Failure(want, generation, f"{type(exc).__name__}: {exc}")
                 log.exception("model control: model %s could not be applied", name)
-        self.applied = desired.generation
-        await asyncio.to_thread(self._report)
+        await asyncio.to_thread(self._report, generation)
+        self.applied = generation  # only once reported: a failed write is tried again
 
-    def _report(self) -> None:
+    def _differences(self, desired: Desired | None) -> list[tuple[str, int | None]]:
+        """(model, the generation that should have loaded it, None: unloaded) for each model
+        this worker does not serve as models.json says."""
+        if desired is None:
+            return []
+        wants = {name: w.loaded_at for name, w in desired.models.items()}
+        return [
+            (name, wants.get(name))
+            for name in sorted(set(self.loaded_at) | set(wants))
+            if wants.get(name) != self.loaded_at.get(name)
+        ]
+
+    def _report(self, generation: int) -> None:
         """This worker's file: the generation it serves and what failed here."""
         assert self.folder is not None
-        _write_json(
-            self.folder / WORKERS / f"{self.ident}.json",
-            {
-                "pid": os.getpid(),
-                "generation": self.applied,
-                "failed": {k: list(v) for k, v in self.failed.items()},
-            },
-        )
+        failed = {k: [f.wanted, f.at, f.reason] for k, f in self.failed.items()}
+        with self._files:
+            if self._left:
+                return
+            _write_json(
+                self.folder / WORKERS / f"{self.ident}.json",
+                {"pid": os.getpid(), "generation": generation, "failed": failed},
+            )
 
     def leave(self) -> None:
-        """At exit: this worker is waited for no more."""
+        """At exit: this worker is waited for no more (a report still under way is dropped)."""
         if self.folder is not None:
-            (self.folder / WORKERS / f"{self.ident}.json").unlink(missing_ok=True)
+            with self._files:
+                self._left = True
+                (self.folder / WORKERS / f"{self.ident}.json").unlink(missing_ok=True)

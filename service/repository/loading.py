@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,16 +116,31 @@ class ModelLoader:
         # One budget for every model this process serves (none on a GPU: it runs the batches).
         self.cores = None if self.provider == CUDA else CoreBudget(process_cores(settings.workers))
 
-    def load_all(self) -> tuple[dict[str, dict[int, ServedModel]], list[LoadFailure]]:
-        """Every version of the repository that can be served, and the failures of the others."""
+    def load_all(
+        self, plan: Mapping[str, Sequence[int]] | None = None
+    ) -> tuple[dict[str, dict[int, ServedModel]], list[LoadFailure]]:
+        """Every version of the repository that can be served, and the failures of the others.
+
+        ``plan``: instead, exactly these models and versions (what the other worker processes
+        serve, ``service.repository.control``); what cannot be loaded is a failure, and serving
+        nothing is no error (every model may have been unloaded)."""
         models: dict[str, dict[int, ServedModel]] = {}
         failures: list[LoadFailure] = []
-        for model_dir in startup_dirs(self.settings):
-            versions, failed = self.load_model(model_dir)
+        repo = self.settings.model_repository
+        dirs: list[tuple[Path, Sequence[int] | None]]
+        if plan is None:
+            dirs = [(d, None) for d in startup_dirs(self.settings)]
+        else:
+            dirs = [(repo / name, plan[name]) for name in sorted(plan)]
+        for model_dir, only in dirs:
+            if only is not None and not model_dir.is_dir():
+                failures.append(LoadFailure(model_dir.name, None, "not in the repository folder"))
+                continue
+            versions, failed = self.load_model(model_dir, only)
             failures += failed
             if versions:
                 models[model_dir.name] = versions
-        if not models:
+        if not models and plan is None:
             if failures:
                 raise ModelRepositoryError(
                     f"no model version could be served; {failures[0].line()}"
@@ -135,9 +150,12 @@ class ModelLoader:
             )
         return models, failures
 
-    def load_model(self, model_dir: Path) -> tuple[dict[int, ServedModel], list[LoadFailure]]:
+    def load_model(
+        self, model_dir: Path, only: Sequence[int] | None = None
+    ) -> tuple[dict[int, ServedModel], list[LoadFailure]]:
         """The servable versions of one model folder (loaded and warm, batchers not started),
-        and the failures of the others."""
+        and the failures of the others; ``only``: exactly these versions, not the model's
+        version policy (each one missing or failing is a failure)."""
         versions: dict[int, ServedModel] = {}
         failures: list[LoadFailure] = []
 
@@ -168,6 +186,10 @@ class ModelLoader:
             else:
                 servable[version] = checked
         policy = self.settings.policy_for(card.name)
+        if only is not None:
+            policy = "specific:" + ",".join(str(v) for v in sorted(only))
+            for version in sorted(set(only) - set(servable) - set(files)):
+                failed(card.name, version, "no such version in the repository folder any more")
         wanted = select_versions(policy, list(servable))
         # 'latest:N' serves the newest N that load: a new version ONNX Runtime refuses does not
         # push an older, working one out of the N.

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,8 +160,11 @@ class ModelRegistry:
         default_model: str,
         metrics: ServiceMetrics,
         arrivals: Arrivals | None = None,
+        allow_empty: bool = False,
     ) -> None:
-        if not models:
+        """``allow_empty``: serving no model is allowed (a worker that follows the others,
+        which unloaded everything), and so is a default that is not served."""
+        if not models and not allow_empty:
             raise ModelRepositoryError("the model repository holds no models")
         self.metrics = metrics
         self.arrivals = arrivals or Arrivals()
@@ -173,7 +176,7 @@ class ModelRegistry:
         self.default: ServedModel | None = None
         self.failures: list[LoadFailure] = []  # versions skipped at load, with the reason
         self._switch(models)
-        if self.default is None:
+        if self.default is None and not allow_empty:
             self.resolve(default_model)  # raises NotFound naming what is served
         self.loader: ModelLoader | None = None  # set by load(): what load_model needs
         self._routed: dict[tuple[str, str], Any] = {}  # routed-requests counter children
@@ -187,24 +190,27 @@ class ModelRegistry:
         settings: Settings,
         metrics: ServiceMetrics,
         in_progress: Callable[[], int] | None = None,
+        plan: Mapping[str, Sequence[int]] | None = None,
     ) -> ModelRegistry:
         """Read, verify, load and warm every model version of ``settings.model_repository``.
 
         A version that cannot be served is skipped with a one-line error (``failures``), unless
         ``settings.strict_models``; it is an error only when no version at all can be served.
         ``in_progress`` counts the requests the HTTP server holds (see DynamicBatcher); the HTTP
-        layer passes it in, so that nothing here knows which server runs the service.
+        layer passes it in, so that nothing here knows which server runs the service. ``plan``:
+        exactly these models and versions instead, as the other worker processes serve them
+        (``service.repository.control``; no model at all is then allowed).
         """
         from service.repository.loading import ModelLoader
 
         arrivals = Arrivals()
         loader = ModelLoader(settings, metrics, arrivals, in_progress)
-        models, failures = loader.load_all()
-        default = settings.default_model or default_by_budget(
-            models, settings.default_latency_budget_ms
+        models, failures = loader.load_all(plan)
+        default = settings.default_model or (
+            default_by_budget(models, settings.default_latency_budget_ms) if models else ""
         )
         try:
-            registry = cls(models, default, metrics, arrivals)
+            registry = cls(models, default, metrics, arrivals, allow_empty=plan is not None)
         except NotFound as exc:
             raise ModelRepositoryError(f"default_model {default!r}: {exc.message}") from None
         registry.failures = failures
@@ -262,17 +268,18 @@ class ModelRegistry:
         self.metrics.model_versions.labels(name, "ready").set(ready)
         self.metrics.model_versions.labels(name, "failed").set(failed)
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, only: Sequence[int] | None = None) -> None:
         """Load (or reload) one model from the repository folder without losing a request.
 
         The new versions are loaded and warmed beside the serving ones, switched to at once,
         then the old versions finish every request they accepted and are released. A model
-        that cannot be loaded leaves the serving versions untouched and says why.
+        that cannot be loaded leaves the serving versions untouched and says why. ``only``:
+        exactly these versions, not the model's version policy.
         """
         async with self._changing:  # one change at a time: each retires what it replaced
-            await self._load_model(name)
+            await self._load_model(name, only)
 
-    async def _load_model(self, name: str) -> None:
+    async def _load_model(self, name: str, only: Sequence[int] | None = None) -> None:
         loader = self.loader
         if loader is None:
             raise Unavailable("this registry was not loaded from a repository", code="not_ready")
@@ -280,7 +287,7 @@ class ModelRegistry:
         if name not in self._folder_models(loader.settings.model_repository):
             raise NotFound(f"no model {name!r} in the repository folder", code="unknown_model")
         try:
-            versions, failures = await asyncio.to_thread(loader.load_model, folder)
+            versions, failures = await asyncio.to_thread(loader.load_model, folder, only)
         except ModelRepositoryError as exc:  # strict_models: the first failure ends the load
             self.metrics.model_loads.labels(name, "failed").inc()
             raise BadRequest(

@@ -17,9 +17,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.errors import BadRequest, NotFound, Unavailable
+from service.errors import NotFound, ServiceError, Unavailable
 from service.observability.metrics import ServiceMetrics
-from service.repository.control import ENV, WORKERS, ModelControl, read_desired
+from service.repository.control import (
+    ENV,
+    WORKERS,
+    ModelControl,
+    announce,
+    read_desired,
+    share_control_across_workers,
+)
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
 from tests.support.cli import ROOT
@@ -29,11 +36,31 @@ from tests.support.server import free_port
 pytestmark = pytest.mark.timeout(120)
 
 
-def registry(repo: Path) -> ModelRegistry:
-    settings = Settings(model_repository=repo, model_control_mode="explicit", warmup_runs=0)  # type: ignore[call-arg]
-    loaded = ModelRegistry.load(settings, ServiceMetrics())
+def registry(
+    repo: Path, plan: dict[str, tuple[int, ...]] | None = None, **kw: object
+) -> ModelRegistry:
+    settings = Settings(model_repository=repo, model_control_mode="explicit", warmup_runs=0, **kw)  # type: ignore[arg-type]
+    loaded = ModelRegistry.load(settings, ServiceMetrics(), plan=plan)
     loaded.start()
     return loaded
+
+
+async def start_worker(repo: Path, folder: Path, ident: str, **kw: object) -> ModelControl:
+    """What a worker's lifespan does: announce itself, load what models.json says (or the
+    start-up models before any change), then join."""
+    announce(folder, ident)
+    desired = read_desired(folder)
+    settings = {k: v for k, v in kw.items() if k != "peer_timeout_s"}
+    loaded = registry(repo, desired.plan() if desired else None, **settings)
+    timeout = {"peer_timeout_s": kw["peer_timeout_s"]} if "peer_timeout_s" in kw else {}
+    control = ModelControl(loaded, folder, ident=ident, started_from=desired, **timeout)  # type: ignore[arg-type]
+    await control.join()
+    return control
+
+
+async def stop_worker(control: ModelControl) -> None:
+    control.leave()
+    await control.registry.close()
 
 
 @contextlib.asynccontextmanager
@@ -42,11 +69,9 @@ async def workers(
 ) -> AsyncIterator[list[ModelControl]]:
     """One registry and ModelControl per repository (the workers of one service, here in one
     process, named ``<pid>.<n>``), sharing ``folder``; each follows the others unless not."""
-    controls = []
-    for n, repo in enumerate(repos):
-        control = ModelControl(registry(repo), folder, ident=f"{os.getpid()}.{n}", **kw)
-        await control.join()
-        controls.append(control)
+    controls = [
+        await start_worker(repo, folder, f"{os.getpid()}.{n}", **kw) for n, repo in enumerate(repos)
+    ]
     tasks = [asyncio.create_task(c.follow()) for c in controls] if follow else []
     try:
         yield controls
@@ -54,8 +79,7 @@ async def workers(
         for task in tasks:
             task.cancel()
         for control in controls:
-            control.leave()
-            await control.registry.close()
+            await stop_worker(control)
 
 
 def served(control: ModelControl) -> dict[str, list[int]]:
@@ -85,17 +109,60 @@ async def test_a_worker_that_cannot_load_is_named_and_keeps_what_it_served(
     digits_repo: Path, tmp_path: Path
 ) -> None:
     """The asked worker loads the new model; another cannot (its folder lacks it): the answer
-    is a 400 naming that worker and why, and that worker still serves what it did."""
+    is a 500 naming that worker and why, and that worker still serves what it did; unloading
+    the model still works through it (the others serve it)."""
     good = Path(shutil.copytree(digits_repo, tmp_path / "good"))
     short = Path(shutil.copytree(digits_repo, tmp_path / "short"))
     build_digits_model(good, "digits-new")
     async with workers([good, short], tmp_path / "control") as (a, b):
-        with pytest.raises(BadRequest, match=r"load of model 'digits-new'.*could not: no model"):
+        with pytest.raises(
+            ServiceError, match=r"load of model 'digits-new'.*could not: no model"
+        ) as caught:
             await a.load("digits-new")
+        assert (caught.value.status, caught.value.code) == (500, "partially_applied")
         assert "digits-new" in a.registry.models and "digits-new" not in b.registry.models
-        assert b.failed["digits-new"][0] == a.applied  # not tried again until the next change
+        assert b.failed["digits-new"].wanted == a.applied  # not tried again until it changes
+        await b.unload("digits-new")  # asked of the worker that lacks it: the others unload
+        assert "digits-new" not in a.registry.models
         await a.unload("digits-slow")  # later changes still reach it
         assert "digits-slow" not in b.registry.models
+
+
+async def test_a_worker_that_cannot_unload_is_named(
+    digits_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with workers([digits_repo, digits_repo], tmp_path / "control") as (a, b):
+
+        async def broken(name: str) -> None:
+            raise ServiceError("the batcher would not stop")
+
+        monkeypatch.setattr(b.registry, "unload_model", broken)
+        with pytest.raises(ServiceError, match=r"unload of model 'digits-slow'.*would not stop"):
+            await a.unload("digits-slow")
+        assert "digits-slow" in b.registry.models and "digits-slow" not in a.registry.models
+
+
+async def test_a_report_that_could_not_be_written_is_written_at_the_next_look(
+    digits_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.repository import control as module
+
+    async with workers([digits_repo, digits_repo], tmp_path / "control", follow=False) as (a, b):
+        real, fails = module._write_json, [1]
+
+        def write(path: Path, value: object) -> None:
+            if path.parent.name == WORKERS and path.stem == b.ident and fails:
+                fails.pop()
+                raise OSError(28, "No space left on device")
+            real(path, value)
+
+        monkeypatch.setattr(module, "_write_json", write)
+        follower = asyncio.create_task(b.follow())
+        try:
+            await a.unload("digits-slow")  # answered once b's report is written, a look later
+        finally:
+            follower.cancel()
+        assert not fails and b.applied == 1 and "digits-slow" not in b.registry.models
 
 
 async def test_a_worker_that_does_not_apply_in_time_is_named(
@@ -137,17 +204,57 @@ async def test_changes_asked_of_two_workers_at_once_end_the_same_everywhere(
 async def test_a_worker_that_starts_later_serves_what_the_others_do(
     digits_repo: Path, tmp_path: Path
 ) -> None:
+    """A worker uvicorn starts in place of one that died loads what models.json says: not its
+    start-up models (one of them since removed from the folder), and the versions the others
+    serve, not a newer one published since without a load."""
+    repo = Path(shutil.copytree(digits_repo, tmp_path / "repo"))
     folder = tmp_path / "control"
-    async with workers([digits_repo], folder) as (a,):
+    async with workers([repo], folder, startup_models="digits-slow") as (a,):
+        await a.load("digits-logreg")
         await a.unload("digits-slow")
-        late = ModelControl(registry(digits_repo), folder, ident="late")
-        await late.join()  # before it serves
+        shutil.rmtree(repo / "digits-slow")
+        build_digits_model(repo, "digits-logreg", version=3)  # published, not loaded
+        late = await start_worker(repo, folder, "late", startup_models="digits-slow")
         try:
             assert served(late) == served(a) == {"digits-logreg": [2]}
-            assert late.applied == a.applied == 1
+            assert late.applied == a.applied == 2 and not late.failed
         finally:
-            late.leave()
-            await late.registry.close()
+            await stop_worker(late)
+
+
+async def test_a_change_asked_while_a_worker_starts_waits_for_it(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    """A worker announces itself before it loads: a load answered meanwhile is served by it
+    too once it serves, at the versions the asked worker loaded."""
+    repo = Path(shutil.copytree(digits_repo, tmp_path / "repo"))
+    folder = tmp_path / "control"
+    async with workers([repo], folder) as (a,):
+        announce(folder, "starting")  # it loads the folder as it is now: version 2
+        starting = registry(repo)
+        build_digits_model(repo, "digits-logreg", version=3)
+        asked = asyncio.create_task(a.load("digits-logreg"))
+        await asyncio.sleep(0.5)
+        assert not asked.done()  # waiting for the worker that is starting
+        late = ModelControl(starting, folder, ident="starting")
+        await late.join()
+        try:
+            await asyncio.wait_for(asked, 10)
+            assert served(late) == served(a) == {"digits-logreg": [3], "digits-slow": [1]}
+        finally:
+            await stop_worker(late)
+
+
+def test_an_operators_folder_keeps_what_is_not_the_services(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "shared"
+    (folder / WORKERS).mkdir(parents=True)
+    for name in ("models.json", "models.lock", f"{WORKERS}/1.json", "precious.txt"):
+        (folder / name).write_text("{}")
+    monkeypatch.setenv(ENV, str(folder))
+    assert share_control_across_workers(2) == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["precious.txt"]
 
 
 def test_workers_of_one_service_load_and_unload_as_one(digits_repo: Path, tmp_path: Path) -> None:
@@ -191,6 +298,10 @@ def test_workers_of_one_service_load_and_unload_as_one(digits_repo: Path, tmp_pa
         assert set(everywhere("/v2/models/digits-logreg/versions/3/ready")) == {200}
         reports = [json.loads(p.read_text()) for p in (folder / WORKERS).glob("*.json")]
         assert sorted(r["generation"] for r in reports) == [3, 3]
+        assert json.loads((folder / "models.json").read_text())["models"]["digits-logreg"] == {
+            "loaded_at": 3,
+            "versions": [3],
+        }
         assert len({r["pid"] for r in reports}) == 2
     finally:
         proc.terminate()
