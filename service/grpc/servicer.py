@@ -38,7 +38,7 @@ from service.http.v2_routes import (
     refuse_overrides,
     served_statistics,
 )
-from service.inputs.v2_request import client_timeout_s, stateless
+from service.inputs.v2_request import client_timeout_s
 from service.repository.registry import ModelRegistry, ServedModel
 
 log = logging.getLogger("service")
@@ -192,7 +192,6 @@ class Servicer:
             else:
                 served = models.resolve(model_spec(name, version))
                 infer = read_infer_request(request)
-            stateless(infer.parameters, served.name)
             timeout_s = client_timeout_s(infer.parameters)
             batch = await request_batch(infer, served, settings)
             return Prepared(

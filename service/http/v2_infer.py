@@ -35,7 +35,6 @@ from service.inputs.v2_request import (
     model_batch,
     pack_bytes,
     parse_infer_request,
-    stateless,
 )
 from service.repository.registry import ServedModel
 from service.repository.routing import parse_objective
@@ -80,7 +79,6 @@ async def infer(scope: Scope, receive: Receive, state: ServiceState) -> Reply:
             spec = served.card.input
             raw_input = (spec.name, datatype_of(np.dtype(spec.dtype)), tuple(spec.shape))
             request = parse_infer_request(body, header_length, raw_input)
-        stateless(request.parameters, served.name)
         timeout_s = client_timeout_s(request.parameters)
         batch = await request_batch(request, served, settings)
         return Prepared(

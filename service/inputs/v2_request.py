@@ -359,23 +359,6 @@ def client_timeout_s(parameters: dict[str, Any]) -> float | None:
     return value / 1e6 if value else None
 
 
-SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
-
-
-def stateless(parameters: dict[str, Any], model: str) -> None:
-    """A request of Triton's sequence batcher (a non-zero ``sequence_id``, or a sequence's start
-    or end) is refused, as Triton refuses it for a model without sequence batching: the models
-    served here keep no state between requests, so answering it would drop the sequence."""
-    given = {k: parameters[k] for k in SEQUENCE_PARAMETERS if k in parameters}
-    if any(v not in (0, "", False) for v in given.values()):
-        shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
-        raise BadRequest(
-            f"model {model!r} keeps no state between requests: a request of a sequence "
-            f"({shown}) cannot be served; send it without the sequence parameters",
-            code="sequence_not_supported",
-        )
-
-
 def no_shared_memory(parameters: dict[str, Any], what: str) -> None:
     """Triton's shared-memory extensions are not offered: a tensor placed in a region is refused
     rather than read as missing, or (an output) answered in the body instead of the region."""

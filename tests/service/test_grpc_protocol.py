@@ -279,11 +279,6 @@ def test_what_the_server_does_not_offer_is_unimplemented_with_what_to_do(
     inp.set_shared_memory("r", 256)
     code, message = status_of(lambda: client.infer(MODEL, [inp]))
     assert code == "StatusCode.INVALID_ARGUMENT" and "shared_memory_region" in message
-    # A request of a sequence (Triton's sequence batcher): the models keep no state.
-    x = fp32_input(tensor(1))
-    code, message = status_of(lambda: client.infer(MODEL, [x], sequence_id=7, sequence_start=True))
-    assert code == "StatusCode.INVALID_ARGUMENT" and "sequence_id=7" in message, message
-    assert client.infer(MODEL, [x], sequence_id=0).as_numpy("logits").shape == (1, 10)
 
 
 def test_repository_index_load_and_unload(client: grpcclient.InferenceServerClient) -> None:

@@ -224,21 +224,6 @@ def test_the_clients_timeout_is_the_requests_deadline(
         assert reply.status_code == 400 and "parameters.timeout" in reply.json()["error"], bad
 
 
-def test_a_request_of_a_sequence_is_refused_as_triton_refuses_it(client: object) -> None:
-    """``infer(sequence_id=...)``: the models keep no state between requests, so a request of
-    Triton's sequence batcher is a 400 naming it, not answered as if it were alone; the
-    parameters at their defaults change nothing."""
-    inp = httpclient.InferInput("input", [1, 1, 8, 8], "FP32")
-    inp.set_data_from_numpy(tensor(1))
-    for kw in ({"sequence_id": 7, "sequence_start": True}, {"sequence_id": "user-3"}):
-        with pytest.raises(InferenceServerException) as caught:
-            client.infer("digits-logreg", [inp], **kw)  # type: ignore[attr-defined]
-        assert caught.value.status() == "400" and "keeps no state" in str(caught.value), kw
-        assert f"sequence_id={kw['sequence_id']!r}" in str(caught.value)
-    plain = client.infer("digits-logreg", [inp], sequence_id=0)  # type: ignore[attr-defined]
-    assert plain.as_numpy("logits").shape == (1, 10)
-
-
 def test_compressed_requests_and_answers_as_tritonclient_asks(
     client: object, digits_repo: Path
 ) -> None:
