@@ -224,6 +224,23 @@ def test_the_clients_timeout_is_the_requests_deadline(
         assert reply.status_code == 400 and "parameters.timeout" in reply.json()["error"], bad
 
 
+def test_sequence_and_priority_parameters_are_answered_as_triton_answers_them(
+    client: object,
+) -> None:
+    """``infer(sequence_id=..., priority=...)`` to a model without sequence batching or
+    priority levels: Triton answers each request on its own, so the answer is the plain one."""
+    inp = httpclient.InferInput("input", [1, 1, 8, 8], "FP32")
+    inp.set_data_from_numpy(tensor(1))
+    plain = client.infer("digits-logreg", [inp]).as_numpy("logits")  # type: ignore[attr-defined]
+    for kw in (
+        {"sequence_id": 7, "sequence_start": True},
+        {"sequence_id": "user-3"},
+        {"priority": 2},
+    ):
+        got = client.infer("digits-logreg", [inp], **kw).as_numpy("logits")  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(got, plain)
+
+
 def test_compressed_requests_and_answers_as_tritonclient_asks(
     client: object, digits_repo: Path
 ) -> None:
