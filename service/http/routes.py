@@ -11,7 +11,7 @@ from service.errors import Unavailable
 from service.http.responses import error_reply, json_reply
 from service.http.schemas import PREDICT_ERRORS, ErrorResponse
 from service.http.state import registry_of, state_of
-from service.observability.triton_metrics import triton_families
+from service.observability.triton_metrics import triton_text
 
 router = APIRouter()
 
@@ -65,5 +65,5 @@ async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the service (all its worker processes, when several),
     with Triton's metric names unless turned off."""
     state = state_of(request)
-    derived = triton_families if state.settings.triton_metric_names else None
+    derived = triton_text if state.settings.triton_metric_names else None
     return Response(state.metrics.exposition(derived), media_type=CONTENT_TYPE_LATEST)

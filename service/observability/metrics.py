@@ -382,17 +382,15 @@ class ServiceMetrics:
         for deferred in list(self.deferred):
             deferred.flush()
 
-    def exposition(
-        self, derived: Callable[[list[Metric]], Iterable[Metric]] | None = None
-    ) -> bytes:
+    def exposition(self, derived: Callable[[list[Metric]], bytes] | None = None) -> bytes:
         """Prometheus text of the service: this registry, or every worker's files merged (each
-        worker's gathered sums at most FLUSH_S old); then the families ``derived`` computes
-        from those (Triton's metric names), from the same read."""
+        worker's gathered sums at most FLUSH_S old); then the text ``derived`` writes from
+        those families (Triton's metric names), from the same read."""
         self.flush()
         if derived is None:
             return generate_latest(self._scraped)
         families = list(self._scraped.collect())
-        return generate_latest(_Collected([*families, *derived(families)]))
+        return generate_latest(_Collected(families)) + derived(families)
 
 
 class _Collected:

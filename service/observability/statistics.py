@@ -96,6 +96,7 @@ class Figures:
     def __init__(self, families: Iterable[Metric], versions: set[Version] | None) -> None:
         self.values: dict[tuple[str, Version], float] = defaultdict(float)
         self.failed: dict[Version, float] = defaultdict(float)
+        self.failed_by_status: dict[Version, dict[str, float]] = defaultdict(dict)
         self.sizes: dict[Version, dict[int, list[float]]] = defaultdict(dict)
         self.versions: set[Version] = set()  # the versions that have any of the samples
         for family in families:
@@ -109,8 +110,11 @@ class Figures:
                 if name in _PER_VERSION:
                     self.values[name, key] += sample.value
                 elif name == _REQUESTS:
-                    if not sample.labels.get("status", "").startswith("2"):
+                    status = sample.labels.get("status", "")
+                    if not status.startswith("2"):
                         self.failed[key] += sample.value
+                        by_status = self.failed_by_status[key]
+                        by_status[status] = by_status.get(status, 0.0) + sample.value
                 elif name in _PER_SIZE:
                     size = int(sample.labels["batch_size"])
                     pair = self.sizes[key].setdefault(size, [0.0, 0.0])

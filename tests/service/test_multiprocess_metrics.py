@@ -293,8 +293,8 @@ def test_two_workers_are_scraped_as_one_service(digits_repo: Path) -> None:
             assert entry["inference_stats"]["compute_infer"]["count"] == sent
             assert entry["inference_count"] == sent and entry["last_inference"] > 0
             # Triton's metric names carry the same service-wide figures.
-            assert again[("nv_inference_request_success", ready)] == sent
-            assert again[("nv_inference_count", ready)] == sent
+            assert again[("nv_inference_request_success_total", ready)] == sent  # (parser's name)
+            assert again[("nv_inference_count_total", ready)] == sent
 
         # A worker dies; uvicorn's supervisor starts another, which loads the models.
         victim = next(pid for pid, v in per_worker.items() if v)
