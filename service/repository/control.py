@@ -123,17 +123,28 @@ def control_folder() -> Path | None:
     return Path(path) if path else None
 
 
+class ControlFileError(Unavailable):
+    """models.json cannot be read as this module writes it (edited by hand, or a disk fault)."""
+
+
 def read_desired(folder: Path) -> Desired | None:
-    """``models.json``, or None before the first change (every worker serves what it loaded)."""
+    """``models.json``, or None before the first worker has written it."""
+    path = folder / STATE
     try:
-        raw = json.loads((folder / STATE).read_text())
+        raw = json.loads(path.read_text())
+        models = {
+            str(name): Wanted(int(m["loaded_at"]), tuple(sorted(int(v) for v in m["versions"])))
+            for name, m in raw["models"].items()
+        }
+        return Desired(int(raw["generation"]), models)
     except FileNotFoundError:
         return None
-    models = {
-        str(name): Wanted(int(m["loaded_at"]), tuple(int(v) for v in m["versions"]))
-        for name, m in raw["models"].items()
-    }
-    return Desired(int(raw["generation"]), models)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ControlFileError(
+            f"the workers' {path} cannot be read ({type(exc).__name__}: {exc}); it is written "
+            "by the service only: restart the service to start afresh",
+            code="not_ready",
+        ) from None
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -248,7 +259,11 @@ class ModelControl:
         generation. 503 if the folder cannot be written (the change is made in this worker)."""
         try:
             return await asyncio.to_thread(self._write_change, name, versions)
-        except (OSError, ValueError, KeyError) as exc:
+        except ControlFileError:
+            self.applied = JOINING  # the next look brings this worker back to the file
+            raise
+        except OSError as exc:
+            self.applied = JOINING
             raise Unavailable(
                 f"model {name!r}: changed in the worker process that answers, but the workers' "
                 f"shared folder {self.folder} cannot be written ({type(exc).__name__}: {exc}); "
@@ -337,24 +352,40 @@ class ModelControl:
     # -- followed: what the others asked -----------------------------------------------------
 
     async def join(self) -> None:
-        """At start, before serving: apply what changed in models.json while this worker loaded
-        its models, and say so in its file."""
+        """At start, before serving: the first worker to get here writes what it serves as
+        models.json's generation 0 (every later one serves the same); then apply what changed
+        in models.json while this worker loaded its models, and say so in its file."""
         if self.folder is None:
             return
         (self.folder / WORKERS).mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._write_first)
         async with self._changing:
             await self._follow(force=True)
+
+    def _write_first(self) -> None:
+        assert self.folder is not None
+        with _locked(self.folder):
+            if read_desired(self.folder) is None:
+                models = {
+                    name: {"loaded_at": 0, "versions": sorted(versions)}
+                    for name, versions in self.registry.models.items()
+                }
+                _write_json(self.folder / STATE, {"generation": 0, "models": models})
 
     async def follow(self) -> None:
         """Apply what the other workers change, until cancelled."""
         if self.folder is None:
             return
+        said = None  # the last fault logged: one that repeats every look is logged once
         while True:
             await asyncio.sleep(FOLLOW_S)
             try:
                 await self.follow_once()
-            except Exception:  # the follower must outlive any one fault; the next look retries
-                log.exception("model control: models.json could not be applied")
+                said = None
+            except Exception as exc:  # the follower must outlive any fault; the next look retries
+                if repr(exc) != said:
+                    said = repr(exc)
+                    log.exception("model control: models.json could not be applied")
 
     async def follow_once(self) -> None:
         """Apply models.json now, if it changed since the last look."""
@@ -368,6 +399,9 @@ class ModelControl:
         generation = desired.generation if desired is not None else 0
         if generation <= self.applied and not force:
             return
+        for name in [n for n in self.failed if desired is None or n not in desired.models]:
+            if name not in self.registry.models:  # neither wanted nor served: nothing to say
+                del self.failed[name]
         for name, want in self._differences(desired):
             failed = self.failed.get(name)
             if failed is not None and failed.wanted == want:
@@ -399,15 +433,20 @@ class ModelControl:
 
     def _differences(self, desired: Desired | None) -> list[tuple[str, int | None]]:
         """(model, the generation that should have loaded it, None: unloaded) for each model
-        this worker does not serve as models.json says."""
+        this worker does not serve as models.json says: another load, other versions, or
+        served where none should be."""
         if desired is None:
             return []
-        wants = {name: w.loaded_at for name, w in desired.models.items()}
-        return [
-            (name, wants.get(name))
-            for name in sorted(set(self.loaded_at) | set(wants))
-            if wants.get(name) != self.loaded_at.get(name)
-        ]
+        found: list[tuple[str, int | None]] = []
+        for name in sorted(set(self.loaded_at) | set(desired.models) | set(self.registry.models)):
+            wanted = desired.models.get(name)
+            served = tuple(sorted(self.registry.models.get(name, {})))
+            if wanted is None:
+                if served or name in self.loaded_at:
+                    found.append((name, None))
+            elif self.loaded_at.get(name) != wanted.loaded_at or served != wanted.versions:
+                found.append((name, wanted.loaded_at))
+        return found
 
     def _report(self, generation: int) -> None:
         """This worker's file: the generation it serves and what failed here."""

@@ -134,7 +134,9 @@ class ModelLoader:
             dirs = [(repo / name, plan[name]) for name in sorted(plan)]
         for model_dir, only in dirs:
             if only is not None and not model_dir.is_dir():
-                failures.append(LoadFailure(model_dir.name, None, "not in the repository folder"))
+                failure = LoadFailure(model_dir.name, None, "not in the repository folder")
+                log.error("%s", failure.line())
+                failures.append(failure)
                 continue
             versions, failed = self.load_model(model_dir, only)
             failures += failed
@@ -161,7 +163,9 @@ class ModelLoader:
 
         def failed(model: str, version: int | None, reason: str) -> None:
             failure = LoadFailure(model, version, reason)
-            if self.settings.strict_models:
+            # strict_models ends a load at start-up; versions asked for by the other workers
+            # (``only``) are served as they can be, and what cannot is reported
+            if self.settings.strict_models and only is None:
                 raise ModelRepositoryError(failure.line())
             log.error("%s", failure.line())
             failures.append(failure)
@@ -216,6 +220,12 @@ class ModelLoader:
                 failed(card.name, version, str(exc))
             except Exception as exc:  # ORT refusing to run a graph it loaded, and the like
                 failed(card.name, version, f"{path}: {type(exc).__name__}: {exc}")
+        if only is not None and sorted(versions) != sorted(only):
+            # The versions the other workers serve, all of them or none: a part would answer
+            # with other versions than the rest of the service.
+            for version in sorted(versions):
+                failed(card.name, version, f"loaded, but versions {sorted(only)} are wanted")
+            return {}, failures
         return versions, failures
 
 

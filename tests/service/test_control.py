@@ -162,7 +162,8 @@ async def test_a_report_that_could_not_be_written_is_written_at_the_next_look(
             await a.unload("digits-slow")  # answered once b's report is written, a look later
         finally:
             follower.cancel()
-        assert not fails and b.applied == 1 and "digits-slow" not in b.registry.models
+        report = json.loads((tmp_path / "control" / WORKERS / f"{b.ident}.json").read_text())
+        assert not fails and report["generation"] == 1 and "digits-slow" not in b.registry.models
 
 
 async def test_a_worker_that_does_not_apply_in_time_is_named(
@@ -243,6 +244,57 @@ async def test_a_change_asked_while_a_worker_starts_waits_for_it(
             assert served(late) == served(a) == {"digits-logreg": [3], "digits-slow": [1]}
         finally:
             await stop_worker(late)
+
+
+async def test_versions_the_others_serve_are_served_all_or_none(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    """With every version served, a worker whose folder lacks one of them serves none of the
+    model (a part would answer with other versions than the rest of the service) and says so;
+    once the model is unloaded it serves nothing of it either."""
+    full = Path(shutil.copytree(digits_repo, tmp_path / "full"))
+    short = Path(shutil.copytree(digits_repo, tmp_path / "short"))
+    build_digits_model(full, "digits-logreg", version=3)
+    async with workers([full, short], tmp_path / "control", version_policy="all") as (a, b):
+        assert served(a)["digits-logreg"] == [1, 2, 3]  # the first to join wrote models.json
+        assert "digits-logreg" not in served(b)
+        assert "versions [1, 2, 3] are wanted" in b.failed["digits-logreg"].reason
+        with pytest.raises(ServiceError, match="could not") as caught:
+            await a.load("digits-logreg")  # a reload: b still cannot serve version 3
+        assert caught.value.code == "partially_applied" and "digits-logreg" not in served(b)
+        await a.unload("digits-logreg")
+        assert "digits-logreg" not in served(a) and "digits-logreg" not in served(b)
+
+
+async def test_a_worker_that_loaded_other_versions_at_start_serves_the_first_ones(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    """Before any change: a version published while the workers start (one loads it, one does
+    not) is served by none or by all, as the first worker to join wrote models.json."""
+    repo = Path(shutil.copytree(digits_repo, tmp_path / "repo"))
+    folder = tmp_path / "control"
+    async with workers([repo], folder) as (a,):
+        build_digits_model(repo, "digits-logreg", version=3)  # published, never loaded
+        announce(folder, "late")
+        late = ModelControl(registry(repo), folder, ident="late")  # it read the folder: v3
+        assert served(late)["digits-logreg"] == [3]
+        await late.join()
+        try:
+            assert served(late) == served(a) == {"digits-logreg": [2], "digits-slow": [1]}
+        finally:
+            await stop_worker(late)
+
+
+async def test_a_broken_models_json_is_a_503_and_the_followers_carry_on(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "control"
+    async with workers([digits_repo, digits_repo], folder) as (a, b):
+        (folder / "models.json").write_text('{"generation": 3, "models": []}')
+        with pytest.raises(Unavailable, match=r"models\.json cannot be read"):
+            await a.unload("digits-slow")
+        await asyncio.sleep(0.2)  # the followers meet it too, and keep serving
+        assert served(a) == served(b) == {"digits-logreg": [2], "digits-slow": [1]}
 
 
 def test_an_operators_folder_keeps_what_is_not_the_services(
