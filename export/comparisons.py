@@ -373,7 +373,8 @@ def render_int8(cards: Sequence[ModelCard]) -> list[str]:
         up32 = f"{b32[1].images_per_s / b32[0].images_per_s:.2f}x" if b32[0] and b32[1] else "n/a"
         lines.append(
             f"| {fp32.name} | {fp32.metrics.top1 * 100:.2f} | {int8.metrics.top1 * 100:.2f} "
-            f"| {g.points:+.2f} ({'beyond' if g.beyond_noise else 'within'} noise) "
+            f"| {g.points:+.2f} ({'beyond' if g.beyond_noise else 'within'} noise: 2 s.e. "
+            f"{g.two_se:.2f}, {'paired' if g.paired else 'unpaired'}) "
             f"| {p50[0]} | {p50[1]} | {up1} | {tput[0]} | {tput[1]} | {up32} "
             f"| {fp32.size_bytes / int8.size_bytes:.1f}x |"
         )
