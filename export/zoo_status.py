@@ -6,14 +6,15 @@ import contextlib
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from export.convergence import span_union_s
 from export.lanes import paused_entries, running_entries
+from export.repository import load_cards
 from export.training.result import ADOPTED_EVENT, HINT_STAGE_DIR, RESULT_FILENAME
-from export.zoo_config import model_name, prerequisites
+from export.zoo_config import model_name, prerequisites, second_seed_reason
 from export.zoo_plan_record import PlanRecord, hm, read_plan_record
 
 RECENT_EPOCHS = 3  # the time left is priced at the mean rate of the last few epochs
@@ -34,6 +35,7 @@ class EntryStatus:
     hours_left: float | None = None
     waits_for: tuple[str, ...] = ()
     lane: int | None = None  # the lane training it now
+    due: str = ""  # a second seed not started: whether it will train, and the gap that says so
 
 
 def _records(log: Path) -> list[dict[str, Any]]:
@@ -131,7 +133,19 @@ def zoo_status(config: dict[str, Any], work: Path) -> list[EntryStatus]:
             if f"[{model_name(config['dataset'], e['name'])}] skipped:" in text
         }
     lanes, paused = running_entries(work), paused_entries(work)
-    return [entry_status(e, config, work, done, skipped, lanes, paused) for e in entries]
+    statuses = [entry_status(e, config, work, done, skipped, lanes, paused) for e in entries]
+    seeds = [e for e in entries if e.get("second_seed_of")]
+    if seeds:
+        cards = [c for c in load_cards(work.parent) if c.derived_from is None]
+        by_name = {str(e["name"]): e for e in seeds}
+        for i, status in enumerate(statuses):
+            entry = by_name.get(status.name)
+            if entry is not None and status.state == "not started" and not status.waits_for:
+                due, why = second_seed_reason(
+                    entry, cards, lambda n: model_name(config["dataset"], n)
+                )
+                statuses[i] = replace(status, due=("due: " if due else "not due: ") + why)
+    return statuses
 
 
 def _completed(folder: Path) -> bool:
@@ -176,7 +190,8 @@ def zoo_time_left(
     statuses: list[EntryStatus], plan: PlanRecord, elapsed_hours: float
 ) -> ZooTimeLeft:
     """Price the rest of the zoo: each entry's planned CPU-hours per epoch times its epochs not
-    done yet (a skipped second seed costs nothing, one not started yet is counted apart), and
+    done yet (a skipped second seed costs nothing, nor does one that its comparison, readable
+    now, says is not due; one whose comparison cannot be read yet is counted apart), and
     the pace so far: the wall time the finished epochs took (``elapsed_hours``, entries side by
     side counted once) over their planned CPU-hours. The pace carries how well this machine's
     cores served the zoo so far (thread scaling, lanes, other work); the rest is assumed to
@@ -186,7 +201,7 @@ def zoo_time_left(
     unpriced = []
     for s in statuses:
         cost = plan.entries.get(s.name)
-        if s.state in ("skipped", "adopted"):
+        if s.state in ("skipped", "adopted") or s.due.startswith("not due"):
             continue  # costs nothing, and its epochs took no time here: the pace leaves it out
         if cost is None:
             unpriced.append(s.name)
@@ -195,8 +210,8 @@ def zoo_time_left(
         total = cost.per_epoch * epochs
         fraction = 1.0 if s.state == "done" else min(1.0, s.epochs_done / epochs) if epochs else 0
         done += total * fraction
-        if cost.conditional and s.state == "not started":
-            if_due += total * (1 - fraction)
+        if cost.conditional and s.state == "not started" and not s.due:
+            if_due += total * (1 - fraction)  # not readable yet: its comparison is not done
         else:
             left += total * (1 - fraction)
     pace = elapsed_hours / done if done > 0 and elapsed_hours > 0 else None
@@ -271,7 +286,7 @@ def format_status(statuses: list[EntryStatus], work: Path) -> str:
         top1 = f"{s.test_top1 * 100:.2f}" if s.test_top1 is not None else "-"
         rate = f"{s.img_per_s:,.0f}" if s.img_per_s else "-"
         left = hm(s.hours_left) if s.hours_left is not None else "-"
-        waits = ", ".join(s.waits_for)
+        waits = ", ".join(s.waits_for) or s.due
         state = f"{s.state} ({s.lane})" if s.lane is not None else s.state
         lines.append(f"{s.name:<42}{state:>14}{epoch:>9}{top1:>9}{rate:>8}{left:>7}  {waits}")
     counts = {state: sum(s.state == state for s in statuses) for state in

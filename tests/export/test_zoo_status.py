@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,13 @@ def test_the_whole_zoo_is_priced_by_the_plan_at_the_pace_so_far() -> None:
     # before any epoch is logged there is no pace, only the plan's CPU-hours
     fresh = zoo_time_left([EntryStatus("teacher", "not started")], PLAN, elapsed_hours=0.0)
     assert (fresh.cpu_left, fresh.cpu_done, fresh.pace) == (20.0, 0.0, None)
+    # a second seed whose comparison reads beyond noise now is not due: it costs nothing; one
+    # that reads within noise is certain
+    read = [*STATUSES[:3], replace(STATUSES[3], due="not due: +1.20 points, beyond noise")]
+    assert zoo_time_left(read, PLAN, 47.4).cpu_if_due == 0.0
+    read[3] = replace(STATUSES[3], due="due: +0.12 points, within noise")
+    assert zoo_time_left(read, PLAN, 47.4).cpu_left == pytest.approx(14.5 - 1.5 + 6.0)
+    assert "due: +0.12 points, within noise" in format_status(read, Path("/nonexistent"))
     # an adopted teacher (rebuilt from a served model) is not left, and took no time here
     adopted = [EntryStatus("teacher", "adopted", 40, 40.0), *STATUSES[1:]]
     est = zoo_time_left(adopted, PLAN, elapsed_hours=3.7)
