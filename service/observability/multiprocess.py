@@ -54,17 +54,18 @@ def share_metrics_across_workers(workers: int) -> Path | None:
         return path
     if workers <= 1:
         return None
-    _remove_abandoned_folders(Path(tempfile.gettempdir()))
+    remove_abandoned_folders(Path(tempfile.gettempdir()))
     path = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
     atexit.register(shutil.rmtree, path, True)
     os.environ[ENV] = str(path)  # inherited by the worker processes uvicorn spawns
     return path
 
 
-def _remove_abandoned_folders(tmp: Path) -> None:
-    """Folders of earlier runs whose process is gone (killed before it could remove them)."""
-    for folder in tmp.glob(f"{TEMP_PREFIX}*-*"):
-        pid = folder.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+def remove_abandoned_folders(tmp: Path, prefix: str = TEMP_PREFIX) -> None:
+    """Folders ``<prefix><pid>-*`` of earlier runs whose process is gone (killed before it
+    could remove them)."""
+    for folder in tmp.glob(f"{prefix}*-*"):
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
         if pid.isdecimal() and (int(pid) == os.getpid() or not process_alive(int(pid))):
             shutil.rmtree(folder, ignore_errors=True)
 

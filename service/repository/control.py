@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import NotFound, ServiceError, Unavailable
+from service.observability.multiprocess import process_alive, remove_abandoned_folders
 from service.repository.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def share_control_across_workers(workers: int) -> Path | None:
         return path
     if workers <= 1:
         return None
+    remove_abandoned_folders(Path(tempfile.gettempdir()), TEMP_PREFIX)
     path = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
     atexit.register(shutil.rmtree, path, True)
     os.environ[ENV] = str(path)  # inherited by the worker processes uvicorn spawns
@@ -163,16 +165,6 @@ def _locked(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def announce(folder: Path, ident: str | None = None) -> None:
@@ -343,7 +335,7 @@ class ModelControl:
                 }
             except (OSError, ValueError, KeyError, TypeError, IndexError):
                 continue
-            if not _alive(pid):
+            if not process_alive(pid):  # (a zombie not reaped yet is dead too)
                 path.unlink(missing_ok=True)
                 continue
             found.append(Peer(path.stem, pid, generation, failed))

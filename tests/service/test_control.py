@@ -358,3 +358,18 @@ def test_workers_of_one_service_load_and_unload_as_one(digits_repo: Path, tmp_pa
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_a_fresh_folder_per_run_and_those_of_killed_runs_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    abandoned = tmp_path / f"rocketserve-control-{gone.pid}-x"
+    abandoned.mkdir()
+    assert share_control_across_workers(1) is None  # one worker: no folder
+    folder = share_control_across_workers(2)
+    assert folder is not None and folder.parent == tmp_path and os.environ[ENV] == str(folder)
+    assert not abandoned.exists()
