@@ -158,13 +158,15 @@ async def test_reloading_a_version_under_load_keeps_its_gauges_true(
                     statuses.append((await c.post("/predict", json=body)).status_code)
 
             clients = [asyncio.create_task(client()) for _ in range(16)]
-            await asyncio.sleep(0.3)
-            for _ in range(3):
-                r = await c.post("/v2/repository/models/digits-logreg/load", headers=AUTH)
-                assert r.status_code == 200, r.text
-                await asyncio.sleep(0.2)
-            stop.set()
-            await asyncio.gather(*clients)
+            try:
+                await asyncio.sleep(0.3)
+                for _ in range(3):
+                    r = await c.post("/v2/repository/models/digits-logreg/load", headers=AUTH)
+                    assert r.status_code == 200, r.text
+                    await asyncio.sleep(0.2)
+            finally:  # the clients stop whatever happens, so a failure cannot hang the test
+                stop.set()
+                await asyncio.gather(*clients)
             exposition = (await c.get("/metrics")).text
     assert statuses and set(statuses) == {200}
     in_flight = {
