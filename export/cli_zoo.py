@@ -28,6 +28,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads,
         report=not args.no_report,
         adopt_from=args.adopt_from,
+        train_only=args.train_only,
     )
     result = run_zoo(args.dataset, args.out, opts, config_file=args.config)
     print(f"{len(result.cards)} model versions in {args.out} ({result.wall_time_s:.1f}s)")
@@ -160,6 +161,13 @@ def register(sub: Any) -> None:
         help="with --resume: a model repository (e.g. models/) whose networks trained to this "
         "zoo's recipes are rebuilt from their ONNX files instead of trained again, when the work "
         "dir lacks them (a lost work folder retrains only what the repository does not hold)",
+    )
+    p.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train every entry (second seeds unconditionally) and stop: no export, measurement "
+        "or publishing. For an accelerator machine: copy the work dir back and resume the zoo on "
+        "the serving machine, which exports, measures and publishes the finished runs",
     )
     p.set_defaults(func=guard(cmd_zoo))
 

@@ -137,7 +137,9 @@ def plot_curves(cards: Sequence[ModelCard], path: Path, title: str) -> Path | No
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
-    devices = "; ".join(sorted({c.training.device or "n/a" for c in nets}))
+    devices = "; ".join(
+        sorted({d for c in nets for d, _ in device_spans(c.training.device or "n/a")})
+    )
     fig.suptitle(f"{title}: learning curves (PyTorch)\ntrained on {devices}", fontsize=9)
     fig.legend(
         *test_ax.get_legend_handles_labels(),
@@ -152,3 +154,19 @@ def plot_curves(cards: Sequence[ModelCard], path: Path, title: str) -> Path | No
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def device_spans(text: str) -> list[tuple[str, str]]:
+    """A card's training device as (device, epochs) pairs: ``[("cpu (...)", "")]`` for a run on
+    one device, ``[("cuda (NVIDIA H200)", "1-4"), ("cpu (...)", "5-30")]`` for one that moved
+    (export/training/logs.py ``devices_text``)."""
+    if not text:
+        return []
+    pairs = []
+    for part in text.split("; "):
+        device, sep, epochs = part.rpartition(": epoch")
+        if sep and epochs.lstrip("s ").replace("-", "").isdigit():
+            pairs.append((device, epochs.lstrip("s ")))
+        else:
+            pairs.append((part, ""))
+    return pairs

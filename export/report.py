@@ -13,7 +13,13 @@ from export.comparisons import (
     render_methods,
     render_mobilenet,
 )
-from export.convergence import CURVES_FILENAME, plot_curves, render_convergence, span_union_s
+from export.convergence import (
+    CURVES_FILENAME,
+    device_spans,
+    plot_curves,
+    render_convergence,
+    span_union_s,
+)
 from export.pareto import latency_ms, pareto_front
 from export.pareto_plot import plot_pareto
 from export.targets import render_targets
@@ -120,21 +126,33 @@ def render_training(cards: Sequence[ModelCard]) -> list[str]:
     trained = sorted((c for c in cards if c.derived_from is None), key=lambda c: c.name)
     if not trained:
         return []
-    devices = sorted({c.training.device for c in trained if c.training.device})
+    spans = {c.name: device_spans(c.training.device or "") for c in trained}
+    devices = sorted({device for runs in spans.values() for device, _ in runs})
+    mixed = len(devices) > 1
+    if mixed:  # a zoo trained partly on an accelerator machine: each device gets a letter
+        letter = {device: chr(ord("a") + i) for i, device in enumerate(devices)}
+        trained_on = "; ".join(f"({letter[d]}) {d}" for d in devices)
+    else:
+        trained_on = devices[0] if devices else "n/a"
     lines = [
         "## Training",
         "",
-        f"Trained on: {'; '.join(devices) or 'n/a'}. Variants (int8, fp16) are converted from "
+        f"Trained on: {trained_on}. Variants (int8, fp16) are converted from "
         "these networks after training, not trained.",
         "",
-        "| model | method | architecture | epochs | wall time | recipe |",
-        "|---|---|---|--:|--:|---|",
+        "| model | method | architecture | epochs | wall time | recipe |" + " device |" * mixed,
+        "|---|---|---|--:|--:|---|" + "---|" * mixed,
     ]
     for c in trained:
         t = c.training
+        where = (
+            ", ".join(f"{letter[d]}{f' {epochs}' if epochs else ''}" for d, epochs in spans[c.name])
+            if mixed
+            else ""
+        )
         lines.append(
             f"| {c.name} | {t.method} | {t.architecture} | {t.epochs:g} "
-            f"| {t.wall_time_s / 60:.1f} min | {t.recipe or '-'} |"
+            f"| {t.wall_time_s / 60:.1f} min | {t.recipe or '-'} |" + f" {where} |" * mixed
         )
     minutes = round(sum(c.training.wall_time_s for c in trained) / 60)
     these = "this network" if len(trained) == 1 else f"these {len(trained)} networks"

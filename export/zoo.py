@@ -69,6 +69,11 @@ class ZooOptions:
     # A model repository (such as the committed models/) whose networks trained to this zoo's
     # recipes are adopted instead of trained again, when the work folder lacks them (resume only).
     adopt_from: Path | None = None
+    # Train every entry and stop there: no export, measurement or publishing (an accelerator
+    # machine trains; the serving machine resumes the zoo, finds each run finished, and exports,
+    # measures and publishes there). A conditional second seed trains unconditionally, since
+    # whether it is due is read from its first seed's card, which only the serving machine makes.
+    train_only: bool = False
 
 
 @dataclass
@@ -124,6 +129,8 @@ def check_options(opts: ZooOptions) -> None:
         raise ZooError(f"max_epochs must be a finite number >= 1, not {opts.max_epochs}")
     if opts.adopt_from is not None and not opts.resume:
         raise ZooError("--adopt-from continues a zoo: use it with --resume")
+    if opts.adopt_from is not None and opts.train_only:
+        raise ZooError("--adopt-from publishes what it adopts: it cannot go with --train-only")
 
 
 def check_entries(config: dict[str, Any], opts: ZooOptions | None = None) -> None:
@@ -299,7 +306,7 @@ class Zoo:
         """Train, export with parity, publish, then publish each variant (a conditional second
         seed only when its first seed's gap is within noise)."""
         name = self.model_name(entry)
-        if entry.get("second_seed_of"):
+        if entry.get("second_seed_of") and not self.opts.train_only:
             needed, why = second_seed_reason(
                 entry, load_cards(self.repo), lambda n: self.model_name({"name": n})
             )
@@ -322,6 +329,8 @@ class Zoo:
         if entry is self.config["teacher"]:
             self.teacher_name, self.teacher_artifact = name, artifact
             self.teacher_onnx = self.work / str(entry["name"]) / "model.onnx"
+        if self.opts.train_only:
+            return []
         have = {c.name for c in load_cards(self.repo)} if self.opts.resume else set()
         wanted = [name] + [f"{name}-{p}" for p in entry.get("variants", []) or []]
         if all(n in have for n in wanted):
@@ -362,6 +371,8 @@ class Zoo:
         argv = [sys.executable, "-m", "export", "zoo", "--dataset", self.dataset]
         argv += ["--out", str(self.repo), "--work-dir", str(self.work), "--resume"]
         argv += ["--lanes", "1", "--no-report", "--torch-threads", str(threads)]
+        if o.train_only:
+            argv.append("--train-only")
         options: list[tuple[str, object]] = [
             ("--config", o.config_file),
             ("--adopt-from", o.adopt_from),
@@ -417,7 +428,10 @@ class Zoo:
         chosen = [teacher] * with_teacher + students
         if self.opts.lanes > 1 and len(chosen) > 1:
             names = [str(e["name"]) for e in chosen]
-            after = {str(e["name"]): prerequisites(e, self.config) for e in chosen}
+            after = {
+                str(e["name"]): prerequisites(e, self.config, train_only=self.opts.train_only)
+                for e in chosen
+            }
             failed = run_lanes(
                 self._lane_argv, names, self.opts.lanes, self.work, self.log, after=after
             )
@@ -426,7 +440,7 @@ class Zoo:
         else:
             for entry in chosen:
                 result.cards.extend(self.run_entry(entry))
-        if not self.opts.report:
+        if not self.opts.report or self.opts.train_only:
             result.wall_time_s = time.perf_counter() - start
             return result
         cards = load_cards(self.repo)

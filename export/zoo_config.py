@@ -114,14 +114,16 @@ def needs_teacher(entry: dict[str, Any]) -> bool:
     return entry.get("teacher") == ZOO_TEACHER
 
 
-def prerequisites(entry: dict[str, Any], config: dict[str, Any]) -> list[str]:
+def prerequisites(
+    entry: dict[str, Any], config: dict[str, Any], *, train_only: bool = False
+) -> list[str]:
     """The entries that must be done before ``entry`` starts: the zoo's teacher for a distilled
     student (for every student with ``teacher_first: true``), the compared entries for a
-    conditional second seed."""
+    conditional second seed (not when only training: it then trains whatever they score)."""
     teacher = str(config["teacher"]["name"])
     if entry.get("name") == teacher:
         return []
     named = [teacher] * (needs_teacher(entry) or bool(config.get("teacher_first")))
-    if entry.get("second_seed_of"):
+    if entry.get("second_seed_of") and not train_only:
         named += [str(entry["second_seed_of"]), *map(str, entry.get("when_within_noise_of") or [])]
     return list(dict.fromkeys(named))

@@ -24,7 +24,7 @@ from export.training.config import (
     fingerprint,
     resolve_config,
 )
-from export.training.logs import RunLog
+from export.training.logs import RunLog, devices_text, read_log
 from export.training.loop import CHECKPOINT_FILENAME, BatchSource, Trainer, evaluate
 from export.training.result import (
     HINT_STAGE_DIR,
@@ -341,7 +341,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
             seed=cfg["seed"],
             config=jsonable(cfg),
             wall_time_s=wall_time_s,
-            device=device_text,
+            device=devices_text(read_log(out_dir), trainer.state.epoch, device_text),
             recipe=_recipe(cfg, augment),
             test_top1=acc,
             history=history if name == "student" else [],  # the records follow the student

@@ -244,3 +244,26 @@ def test_the_serving_roles_are_the_teacher_its_int8_and_the_smallest_int8_studen
     fp32 = smallest_student(cards, "fp32")  # four WRN-16-1 of 1M MACs: the most accurate
     assert fp32 is not None and fp32.name == "c-rocket-kd"
     assert serving_roles(zoo) == {"LARGEST": "c-teacher"}  # no int8: no such roles
+
+
+def test_a_zoo_trained_partly_on_an_accelerator_says_which_epochs_ran_where(
+    digits_repo: Path,
+) -> None:
+    """Cards whose runs began on a GPU machine (``zoo --train-only``) and finished on the CPU:
+    the Training section lists each device once, with a letter, and each network's epochs there."""
+    base = read_manifest(digits_repo / "digits-logreg")
+    gpu, cpu = "cuda (NVIDIA H200)", "cpu (AMD EPYC, 2 cores, 1 thread)"
+    cards = [
+        _trained(base, "t", 0.93, 10.0, "baseline", device=cpu),
+        _trained(base, "s", 0.88, 1.0, "kd", device=f"{gpu}: epochs 1-4; {cpu}: epochs 5-30"),
+        _trained(base, "g", 0.87, 1.0, "baseline", device=gpu),
+    ]
+    text = render_report(cards, "zoo")
+    assert f"Trained on: (a) {cpu}; (b) {gpu}. Variants" in text
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["| s"].endswith("| b 1-4, a 5-30 |")
+    assert rows["| t"].endswith("| a |") and rows["| g"].endswith("| b |")
+    # one device: no letters, no column
+    plain = render_report([c.model_copy(update={"training": c.training.model_copy(
+        update={"device": cpu})}) for c in cards], "zoo")  # fmt: skip
+    assert f"Trained on: {cpu}. Variants" in plain and "| a |" not in plain

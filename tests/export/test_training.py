@@ -416,6 +416,47 @@ def test_a_run_resumes_under_another_precision(tmp_path: Path) -> None:
     assert second.completed and second.epochs_run == FAST["epochs"] - 1
 
 
+def test_a_run_begun_on_an_accelerator_and_finished_here_names_both_devices(
+    tmp_path: Path,
+) -> None:
+    """A zoo trained with --train-only on a GPU machine and resumed on the CPU: the card's
+    training device says which epochs ran where (the log's start record stands for the GPU's)."""
+    first = run_training({**FAST, "out_dir": str(tmp_path), "stop_after": 1})
+    assert not first.completed
+    lines = (tmp_path / "log.jsonl").read_text(encoding="utf-8").splitlines()
+    start = json.loads(lines[0])
+    assert start["event"] == "start"
+    here = start["device"]
+    start["device"] = "cuda (NVIDIA H200)"
+    lines[0] = json.dumps(start)
+    (tmp_path / "log.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    second = run_training({**FAST, "out_dir": str(tmp_path), "resume": True})
+    _, meta = load_trained(second.artifact_path)
+    n = FAST["epochs"]
+    assert meta.device == f"cuda (NVIDIA H200): epoch 1; {here}: epochs 2-{n}"
+
+
+def test_devices_text_merges_a_device_and_drops_what_a_fresh_start_retrains() -> None:
+    from export.training.logs import devices_text
+
+    gpu, cpu = "cuda (NVIDIA H200)", "cpu (x, 2 cores)"
+    one = [{"event": "start", "epoch": 0, "device": cpu}, {"event": "resume", "epoch": 3,
+           "device": cpu}]  # fmt: skip
+    assert devices_text(one, 30, cpu) == cpu
+    mixed = [
+        {"event": "start", "epoch": 0, "device": gpu},
+        {"event": "resume", "epoch": 4, "device": gpu},
+        {"event": "resume", "epoch": 4, "device": cpu},  # stopped before training an epoch
+        {"event": "resume", "epoch": 4, "device": cpu},
+        {"event": "resume", "epoch": 9, "device": gpu},
+    ]
+    expected = f"{gpu}: epochs 1-4; {cpu}: epochs 5-9; {gpu}: epochs 10-30"
+    assert devices_text(mixed, 30, gpu) == expected
+    fresh = [{"event": "start", "epoch": 0, "device": gpu}, {"event": "start", "epoch": 0,
+             "device": cpu}]  # fmt: skip
+    assert devices_text(fresh, 30, cpu) == cpu  # the GPU's epochs were trained again
+
+
 def test_a_new_option_left_unset_does_not_block_resuming() -> None:
     from export.training.config import fingerprint_changes
 

@@ -308,3 +308,51 @@ def _share(lanes: int) -> int:
     import os
 
     return max(1, (os.cpu_count() or 1) // lanes)
+
+
+def test_train_only_trains_every_entry_and_a_resumed_zoo_publishes_them_untrained(
+    tmp_path: Path,
+) -> None:
+    """``--train-only`` (an accelerator machine) leaves finished runs and publishes nothing;
+    the zoo resumed over the same work folder (the serving machine) exports, measures and
+    publishes them, training nothing. A second seed trains without waiting for its first seed's
+    card, which only the serving machine makes."""
+    config = load_zoo_config(config_path("digits"))
+    config["students"].append(
+        {**next(e for e in config["students"] if e["name"] == "baseline-resnet8"),
+         "name": "baseline-resnet8-seed1", "seed": 1, "second_seed_of": "baseline-resnet8",
+         "when_within_noise_of": ["kd-resnet8"]}
+    )  # fmt: skip
+    config_file = tmp_path / "zoo.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    out = tmp_path / "repo"
+    common = [
+        "zoo", "--dataset", "digits", "--out", str(out), "--config", str(config_file),
+        "--max-epochs", "1", "--max-train-images", "200", "--profile-runs", "3",
+        "--only", "kd-resnet8", "baseline-resnet8", "baseline-resnet8-seed1",
+    ]  # fmt: skip
+    proc = _export(*common, "--train-only", "--lanes", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert model_dirs(out) == [] and not (out / "REPORT.md").exists()
+    lines = proc.stdout.splitlines()
+    seed_start = next(i for i, line in enumerate(lines) if ": baseline-resnet8-seed1 (" in line)
+    kd_done = lines.index(next(line for line in lines if line.endswith(": kd-resnet8 done")))
+    assert seed_start < kd_done  # it did not wait for the entries it is compared with
+    work = out / ".work"
+    for name in ("teacher-resnet20", "kd-resnet8", "baseline-resnet8", "baseline-resnet8-seed1"):
+        assert (work / name / "result.json").is_file(), name
+        assert not (work / name / "model.onnx").exists(), name  # not exported there
+
+    trained = {p: p.read_bytes() for p in work.glob("*/trained.pt")}
+    assert len(trained) == 4
+    proc = _export(*common[:-3], "kd-resnet8", "baseline-resnet8", "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("parity ok") == 3
+    assert proc.stdout.count(" (h:mm) of training in all (") == 3
+    assert {p: p.read_bytes() for p in work.glob("*/trained.pt")} == trained  # nothing trained
+    assert {d.name for d in model_dirs(out)} == {
+        "digits-teacher-resnet20", "digits-teacher-resnet20-int8", "digits-kd-resnet8",
+        "digits-kd-resnet8-int8", "digits-baseline-resnet8",
+    }  # fmt: skip
+    with pytest.raises(ZooError, match="cannot go with --train-only"):
+        run_zoo("digits", tmp_path / "o", ZooOptions(resume=True, adopt_from=out, train_only=True))
