@@ -36,6 +36,9 @@ class EntryStatus:
     waits_for: tuple[str, ...] = ()
     lane: int | None = None  # the lane training it now
     due: str = ""  # a second seed not started: whether it will train, and the gap that says so
+    # Epochs it trained on another kind of device (an accelerator machine lent for a while, zoo
+    # --train-only): done, but left out of its rate and of the zoo's pace here.
+    epochs_elsewhere: int = 0
 
 
 def _records(log: Path) -> list[dict[str, Any]]:
@@ -48,6 +51,40 @@ def _records(log: Path) -> list[dict[str, Any]]:
     return records
 
 
+def device_kind(device: object) -> str | None:
+    """'cpu' or 'cuda' from a log's device text such as 'cuda (NVIDIA H200)'; None if absent."""
+    if not device:
+        return None
+    return str(device).split(" ", 1)[0].split(":", 1)[0]
+
+
+def _tag_epochs(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str | None]]:
+    """Each epoch record with the kind of device of the process that trained it (the start or
+    resume record before it)."""
+    kind, tagged = None, []
+    for r in records:
+        if r.get("event") in ("start", "resume"):
+            kind = device_kind(r.get("device"))
+        elif r.get("event") == "epoch":
+            tagged.append((r, kind))
+    return tagged
+
+
+def here_kind(work: Path) -> str | None:
+    """The kind of device the zoo trains on here: the saved plan's machine, else the device of
+    the latest start or resume record of any entry's log; None when neither says."""
+    plan = read_plan_record(work)
+    if plan is not None:
+        return device_kind(plan.machine)
+    latest: tuple[float, str | None] = (-1.0, None)
+    for log in work.rglob("log.jsonl"):
+        for r in _records(log):
+            if r.get("event") in ("start", "resume") and r.get("device"):
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    latest = max(latest, (float(r["time"]), device_kind(r["device"])))
+    return latest[1]
+
+
 def entry_status(
     entry: dict[str, Any],
     config: dict[str, Any],
@@ -56,11 +93,13 @@ def entry_status(
     skipped: set[str],
     lanes: dict[str, int] | None = None,
     paused: set[str] | None = None,
+    here: str | None = None,
 ) -> EntryStatus:
     """The state of ``entry`` of zoo ``config`` in its work folder ``work``; ``done`` names the
     entries that finished, ``skipped`` the conditional ones the zoo decided not to train,
     ``lanes`` the entries lanes train now (export/lanes.py ``running_entries``), ``paused``
-    those of them stopped now."""
+    those of them stopped now; ``here`` the kind of device that trains here (:func:`here_kind`):
+    the rate comes from epochs trained on it alone."""
     name = str(entry["name"])
     lane = (lanes or {}).get(name)
     in_lane = "paused" if name in (paused or set()) else "training"
@@ -70,7 +109,7 @@ def entry_status(
     log = folder / "log.jsonl"
     records = _records(log) if log.is_file() else []
     starts = [r for r in records if r.get("event") in ("start", "resume")]
-    epochs_logged = [r for r in records if r.get("event") == "epoch"]
+    tagged = _tag_epochs(records)
     adopted = [r for r in records if r.get("event") == ADOPTED_EVENT]
     if adopted and name in done and (not starts or starts[-1]["time"] < adopted[-1]["time"]):
         # Rebuilt from a served model (export/adopt.py), not trained in this folder.
@@ -86,13 +125,13 @@ def entry_status(
     # the run's own log, begun when stage 2 starts, counts stage 2's epochs from 1.
     hint_log = folder / HINT_STAGE_DIR / "log.jsonl"
     hint_records = _records(hint_log) if hint_log.is_file() else []
-    hint_epochs = [r for r in hint_records if r.get("event") == "epoch"]
-    hint_done = int(hint_epochs[-1].get("epoch", 0)) if hint_epochs else 0
+    hint_tagged = _tag_epochs(hint_records)
+    hint_done = int(hint_tagged[-1][0].get("epoch", 0)) if hint_tagged else 0
     if starts:
         total = (starts[-1].get("config") or {}).get("epochs")
         images = starts[-1].get("train_images")
     elif hint_records:  # in stage 1: priced at stage 1's pace
-        epochs_logged = hint_epochs
+        tagged = hint_tagged
         total = entry.get("epochs", (config.get("defaults") or {}).get("epochs"))
         images = next((r.get("train_images") for r in hint_records if r.get("train_images")), None)
     else:
@@ -100,9 +139,17 @@ def entry_status(
             return EntryStatus(name, in_lane, lane=lane)
         waiting = tuple(n for n in prerequisites(entry, config) if n not in done)
         return EntryStatus(name, "not started", waits_for=waiting)
-    last = epochs_logged[-1] if epochs_logged else {}
+    last = tagged[-1][0] if tagged else {}
     finished = name in done
-    rates = [float(r["img_per_s"]) for r in epochs_logged[-RECENT_EPOCHS:] if r.get("img_per_s")]
+
+    def is_here(kind: str | None) -> bool:
+        return here is None or kind in (here, None)
+
+    mine = [r for r, kind in tagged if is_here(kind)]
+    elsewhere = len({r.get("epoch") for r, kind in tagged if not is_here(kind)})
+    if starts:  # in stage 2: stage 1's epochs count too
+        elsewhere += len({r.get("epoch") for r, kind in hint_tagged if not is_here(kind)})
+    rates = [float(r["img_per_s"]) for r in mine[-RECENT_EPOCHS:] if r.get("img_per_s")]
     rate = statistics.fmean(rates) if rates else None
     epochs_done = int(last.get("epoch", 0)) + (hint_done if starts else 0)
     left = None
@@ -117,6 +164,7 @@ def entry_status(
         rate,
         left,
         lane=lane,
+        epochs_elsewhere=elsewhere,
     )
 
 
@@ -133,7 +181,8 @@ def zoo_status(config: dict[str, Any], work: Path) -> list[EntryStatus]:
             if f"[{model_name(config['dataset'], e['name'])}] skipped:" in text
         }
     lanes, paused = running_entries(work), paused_entries(work)
-    statuses = [entry_status(e, config, work, done, skipped, lanes, paused) for e in entries]
+    here = here_kind(work)
+    statuses = [entry_status(e, config, work, done, skipped, lanes, paused, here) for e in entries]
     seeds = [e for e in entries if e.get("second_seed_of")]
     if seeds:
         cards = [c for c in load_cards(work.parent) if c.derived_from is None]
@@ -158,15 +207,16 @@ def _completed(folder: Path) -> bool:
         return False
 
 
-def elapsed_training_hours(work: Path) -> float:
+def elapsed_training_hours(work: Path, here: str | None = None) -> float:
     """Hours during which any entry trained so far: the union of every epoch its logs record
     (each the span of its training time that ends when it was logged), hint stages and
-    pretrained boosters included; entries side by side in lanes count once."""
+    pretrained boosters included; entries side by side in lanes count once. With ``here``, only
+    the epochs trained on that kind of device."""
     spans = []
     for log in sorted(work.rglob("log.jsonl")):
-        for r in _records(log):
+        for r, kind in _tag_epochs(_records(log)):
             with contextlib.suppress(KeyError, TypeError, ValueError):
-                if r.get("event") == "epoch":
+                if here is None or kind in (here, None):
                     end = float(r["time"])
                     spans.append((end - float(r["epoch_time_s"]), end))
     return span_union_s(spans) / 3600
@@ -209,7 +259,8 @@ def zoo_time_left(
         epochs = s.epochs if s.epochs is not None else cost.epochs
         total = cost.per_epoch * epochs
         fraction = 1.0 if s.state == "done" else min(1.0, s.epochs_done / epochs) if epochs else 0
-        done += total * fraction
+        elsewhere = min(1.0, s.epochs_elsewhere / epochs) if epochs else 0.0
+        done += total * max(0.0, fraction - elsewhere)  # the pace: epochs trained here alone
         if cost.conditional and s.state == "not started" and not s.due:
             if_due += total * (1 - fraction)  # not readable yet: its comparison is not done
         else:
@@ -293,7 +344,14 @@ def format_status(statuses: list[EntryStatus], work: Path) -> str:
               ("done", "adopted", "training", "paused", "started", "not started",
                "skipped")}  # fmt: skip
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n))
-    elapsed = elapsed_training_hours(work)
+    here = here_kind(work)
+    elapsed = elapsed_training_hours(work, here)
+    moved = sum(s.epochs_elsewhere for s in statuses)
+    if moved:
+        lines.append(
+            f"epochs trained on another kind of device than here ({here}): {moved}, done but left "
+            "out of the img/s, the time left and the pace"
+        )
     if elapsed:
         lines.append(
             f"elapsed training time so far: {hm(elapsed)} (the union of the epochs the entries' "

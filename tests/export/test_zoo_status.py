@@ -280,3 +280,41 @@ def test_the_command_prices_the_zoo_once_a_plan_is_saved(
     out = capsys.readouterr().out
     assert "whole zoo, by the plan of" in out and "of one-core CPU left" in out
     assert "not in the plan" not in out
+
+
+def test_epochs_trained_on_an_accelerator_count_as_done_but_not_in_the_rate_or_the_pace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A zoo trained part way with --train-only on a GPU machine and resumed on the CPU: the
+    GPU's epochs are done, but the rate, the time left and the pace come from the CPU's alone
+    (its img/s would promise the rest in minutes)."""
+    work = tmp_path / "zoo" / ".work"
+    t0 = 1_800_000_000.0
+
+    def epoch(n: int, rate: float, end: float, seconds: float) -> dict[str, object]:
+        return {"event": "epoch", "epoch": n, "test_top1": n / 100, "img_per_s": rate,
+                "time": t0 + end, "epoch_time_s": seconds}  # fmt: skip
+
+    gpu = {**_start(30), "device": "cuda (NVIDIA H200)", "time": t0}
+    cpu = {**_start(30, "resume"), "device": "cpu (AMD EPYC, 2 cores, 1 thread)", "time": t0 + 900}
+    _log(work / "rocket-wrn-16-1", gpu, *[epoch(n, 500.0, 60.0 * n, 60.0) for n in (1, 2, 3, 4)],
+         cpu, epoch(5, 200.0, 1150.0, 250.0), epoch(6, 100.0, 1650.0, 500.0))  # fmt: skip
+    _log(work / "mimic-wrn-16-1", gpu, epoch(1, 2000.0, 30.0, 30.0))  # not resumed yet
+    config = load_zoo_config(config_path("cifar10"))
+    status = {s.name: s for s in zoo_status(config, work)}
+    rocket, mimic = status["rocket-wrn-16-1"], status["mimic-wrn-16-1"]
+    assert (rocket.epochs_done, rocket.epochs_elsewhere) == (6, 4)
+    assert rocket.img_per_s == pytest.approx(150.0)  # the CPU's two epochs
+    assert rocket.hours_left == pytest.approx(24 * 50_000 / 150.0 / 3600)
+    assert (mimic.epochs_done, mimic.epochs_elsewhere, mimic.img_per_s) == (1, 1, None)
+    assert elapsed_training_hours(work) == pytest.approx(750 / 3600 + 240 / 3600)
+    assert elapsed_training_hours(work, "cpu") == pytest.approx(750 / 3600)
+    plan = PlanRecord(t0, "cpu (test)", 2, {"rocket-wrn-16-1": PlannedCost(30, 3.0),
+                                            "mimic-wrn-16-1": PlannedCost(30, 3.0)})  # fmt: skip
+    est = zoo_time_left([rocket, mimic], plan, elapsed_training_hours(work, "cpu"))
+    assert est.cpu_done == pytest.approx(3.0 * 2 / 30)  # the CPU's epochs alone
+    assert est.cpu_left == pytest.approx(3.0 * 24 / 30 + 3.0 * 29 / 30)
+    write_plan_record(work, plan)
+    assert main(["zoo-status", "--dataset", "cifar10", "--out", str(work.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "epochs trained on another kind of device than here (cpu): 5, done but left out" in out
