@@ -209,6 +209,21 @@ def run_training(config: dict[str, Any]) -> TrainResult:
             finish_distributed()
 
 
+def _device_records(out_dir: Path, before: TrainResult, two_stage: bool) -> list[dict[str, Any]]:
+    """The run's log records that say where it trained; a two-stage run's stage-1 records first,
+    stage 2's start and resume epochs counted after stage 1's, as its learning curve counts them."""
+    records = read_log(out_dir)
+    if not two_stage:
+        return records
+    shifted = [
+        {**r, "epoch": int(r.get("epoch") or 0) + before.epochs_done}
+        if r.get("event") in ("start", "resume")
+        else r
+        for r in records
+    ]
+    return read_log(out_dir / HINT_STAGE_DIR) + shifted
+
+
 def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: Any) -> TrainResult:
     fp = fingerprint(cfg)
     result_file = out_dir / RESULT_FILENAME
@@ -341,7 +356,9 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
             seed=cfg["seed"],
             config=jsonable(cfg),
             wall_time_s=wall_time_s,
-            device=devices_text(read_log(out_dir), trainer.state.epoch, device_text),
+            device=devices_text(
+                _device_records(out_dir, before, stage_cfg is not cfg), epochs_done, device_text
+            ),
             recipe=_recipe(cfg, augment),
             test_top1=acc,
             history=history if name == "student" else [],  # the records follow the student

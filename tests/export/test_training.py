@@ -187,6 +187,27 @@ def test_fitnet_resumes_within_stage_one_and_across_the_stage_boundary(
     ends = [r["finished_at"] for r in third.history]
     assert None not in ends and ends == sorted(ends)  # stage 1's from its own log
     assert [r["test_top1"] for r in third.history] == [r["test_top1"] for r in whole.history]
+    devices = {load_trained(r.artifact_path)[1].device for r in (whole, third)}
+    assert len(devices) == 1 and ":" not in devices.pop()  # one device: named alone
+
+
+def test_a_fitnet_begun_elsewhere_names_each_device_with_the_whole_runs_epochs(
+    teacher: TrainResult, tmp_path: Path
+) -> None:
+    """Stage 1's first epoch on an accelerator machine (its log's start record stands for it),
+    the rest here: the epochs are the learning curve's, stage 1 first."""
+    options = {"epochs": 4, "hint_epochs": 2}
+    first = _fitnet(teacher, tmp_path, **options, stop_after=1)
+    assert not first.completed
+    hints = tmp_path / "fitnet-hints" / "log.jsonl"
+    lines = hints.read_text(encoding="utf-8").splitlines()
+    start = json.loads(lines[0])
+    here, start["device"] = start["device"], "cuda (NVIDIA H200)"
+    hints.write_text("\n".join([json.dumps(start), *lines[1:]]) + "\n", encoding="utf-8")
+    done = _fitnet(teacher, tmp_path, **options, resume=True)
+    assert done.completed
+    meta = load_trained(done.artifact_path)[1]
+    assert meta.device == f"cuda (NVIDIA H200): epoch 1; {here}: epochs 2-4"
 
 
 def test_a_run_stopped_inside_an_epoch_resumes_at_its_last_saved_step(
