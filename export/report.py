@@ -165,10 +165,15 @@ def render_training(cards: Sequence[ModelCard]) -> list[str]:
     elapsed_s, untimed = elapsed_training_s(trained)
     if untimed < len(trained):
         left_out = f"; {untimed} network(s) without epoch times are left out" if untimed else ""
+        per_device = ""
+        if mixed:
+            each = [f"{_hours(round(elapsed_training_s(trained, d)[0] / 60))} on ({letter[d]})"
+                    for d in devices]  # fmt: skip
+            per_device = f" ({', '.join(each)})"
         lines += [
             "",
-            f"Elapsed training time: {_hours(round(elapsed_s / 60))}, the union of every "
-            "network's epochs (each epoch the span of its training time that ends when it "
+            f"Elapsed training time: {_hours(round(elapsed_s / 60))}{per_device}, the union of "
+            "every network's epochs (each epoch the span of its training time that ends when it "
             "finished, from the cards' learning curves), so networks trained side by side count "
             f"once{left_out}.",
         ]
@@ -179,14 +184,34 @@ def _hours(minutes: int) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def elapsed_training_s(trained: Sequence[ModelCard]) -> tuple[float, int]:
+def epoch_device(card: ModelCard, epoch: int) -> str:
+    """The device that trained ``epoch`` of ``card`` (its training device names epoch ranges
+    when the run moved between devices)."""
+    runs = device_spans(card.training.device or "")
+    for device, epochs in runs:
+        first, _, last = epochs.partition("-")
+        if not epochs or int(first) <= epoch <= int(last or first):
+            return device
+    return runs[-1][0] if runs else ""
+
+
+def elapsed_training_s(
+    trained: Sequence[ModelCard], device: str | None = None
+) -> tuple[float, int]:
     """Seconds during which any of ``trained`` was training, each epoch taken as the span of its
-    training time ending when it finished; and how many networks lack epoch times (left out)."""
+    training time ending when it finished; and how many networks lack epoch times (left out).
+    With ``device``, only the epochs trained there."""
     spans: list[tuple[float, float]] = []
     untimed = 0
     for card in trained:
         records = card.training.history
-        timed = [(r.finished_at - r.epoch_time_s, r.finished_at) for r in records if r.finished_at]
+        timed = [
+            (r.finished_at - r.epoch_time_s, r.finished_at)
+            for r in records
+            if r.finished_at and (device is None or epoch_device(card, r.epoch) == device)
+        ]
+        if device is not None:
+            records = tuple(r for r in records if epoch_device(card, r.epoch) == device)
         if not records or len(timed) < len(records):
             untimed += 1
             continue

@@ -253,15 +253,25 @@ def test_a_zoo_trained_partly_on_an_accelerator_says_which_epochs_ran_where(
     the Training section lists each device once, with a letter, and each network's epochs there."""
     base = read_manifest(digits_repo / "digits-logreg")
     gpu, cpu = "cuda (NVIDIA H200)", "cpu (AMD EPYC, 2 cores, 1 thread)"
+    t0 = 1_800_000_000.0
+    # s: 2 epochs of 10 min on the GPU, then 2 of an hour here; g: 1 of 5 min on the GPU beside
+    # s's first; t: 1 hour here beside s's last.
+    s_history = _timed([(t0, t0 + 600), (t0 + 600, t0 + 1200), (t0 + 3600, t0 + 7200),
+                        (t0 + 7200, t0 + 10_800)])  # fmt: skip
     cards = [
-        _trained(base, "t", 0.93, 10.0, "baseline", device=cpu),
-        _trained(base, "s", 0.88, 1.0, "kd", device=f"{gpu}: epochs 1-4; {cpu}: epochs 5-30"),
-        _trained(base, "g", 0.87, 1.0, "baseline", device=gpu),
-    ]
+        _trained(base, "t", 0.93, 10.0, "baseline", device=cpu,
+                 history=_timed([(t0 + 9000, t0 + 12_600)])),
+        _trained(base, "s", 0.88, 1.0, "kd", device=f"{gpu}: epochs 1-2; {cpu}: epochs 3-4",
+                 history=s_history),
+        _trained(base, "g", 0.87, 1.0, "baseline", device=gpu,
+                 history=_timed([(t0 + 300, t0 + 600)])),
+    ]  # fmt: skip
     text = render_report(cards, "zoo")
     assert f"Trained on: (a) {cpu}; (b) {gpu}. Variants" in text
-    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
-    assert rows["| s"].endswith("| b 1-4, a 5-30 |")
+    assert "Elapsed training time: 2 h 50 min (2 h 30 min on (a), 0 h 20 min on (b))," in text
+    training = text.split("## Training")[1].split("\n## ")[0]
+    rows = {line.split(" | ")[0]: line for line in training.splitlines() if line.startswith("| ")}
+    assert rows["| s"].endswith("| b 1-2, a 3-4 |")
     assert rows["| t"].endswith("| a |") and rows["| g"].endswith("| b |")
     # one device: no letters, no column
     plain = render_report([c.model_copy(update={"training": c.training.model_copy(
