@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from export.comparisons import METHOD_TEXT, ablation_of, trained_networks
+from export.devices import device_spans
 from export.noise import gap, group_runs
 from service.contract.model_card import EpochRecord, ModelCard
 
@@ -154,19 +155,3 @@ def plot_curves(cards: Sequence[ModelCard], path: Path, title: str) -> Path | No
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def device_spans(text: str) -> list[tuple[str, str]]:
-    """A card's training device as (device, epochs) pairs: ``[("cpu (...)", "")]`` for a run on
-    one device, ``[("cuda (NVIDIA H200)", "1-4"), ("cpu (...)", "5-30")]`` for one that moved
-    (export/training/logs.py ``devices_text``)."""
-    if not text:
-        return []
-    pairs = []
-    for part in text.split("; "):
-        device, sep, epochs = part.rpartition(": epoch")
-        if sep and epochs.lstrip("s ").replace("-", "").isdigit():
-            pairs.append((device, epochs.lstrip("s ")))
-        else:
-            pairs.append((part, ""))
-    return pairs

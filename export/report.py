@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from export.comparisons import (
@@ -15,11 +16,11 @@ from export.comparisons import (
 )
 from export.convergence import (
     CURVES_FILENAME,
-    device_spans,
     plot_curves,
     render_convergence,
     span_union_s,
 )
+from export.devices import device_spans
 from export.pareto import latency_ms, pareto_front
 from export.pareto_plot import plot_pareto
 from export.targets import render_targets
@@ -121,23 +122,71 @@ def render_report(
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class TrainingFigures:
+    """How long a repository's trained networks took, and on what (the report's Training)."""
+
+    networks: int
+    devices: tuple[str, ...]  # each device once, sorted; a letter each when there are several
+    summed_minutes: int  # every network's wall time, added up
+    elapsed_minutes: int | None  # the union of their epochs; None when no epoch has times
+    elapsed_by_device: tuple[int, ...]  # minutes, one per device, when there are several; else ()
+    untimed: int  # networks without epoch times, left out of the elapsed time
+
+    def letter(self, device: str) -> str:
+        """The device's letter (a, b, ...) in the report."""
+        return chr(ord("a") + self.devices.index(device))
+
+    def elapsed_text(self) -> str:
+        """e.g. '6 h 49 min' or '9 h 10 min (8 h 50 min on (a), 0 h 20 min on (b))'."""
+        if self.elapsed_minutes is None:
+            return ""
+        each = ", ".join(
+            f"{_hours(m)} on ({self.letter(d)})"
+            for d, m in zip(self.devices, self.elapsed_by_device, strict=False)
+        )
+        return _hours(self.elapsed_minutes) + (f" ({each})" if each else "")
+
+    def summed_text(self) -> str:
+        """Every network's wall time added up, e.g. '9 h 49 min'."""
+        return _hours(self.summed_minutes)
+
+    def devices_text(self) -> str:
+        """The devices, lettered when there are several."""
+        if len(self.devices) > 1:
+            return "; ".join(f"({self.letter(d)}) {d}" for d in self.devices)
+        return self.devices[0] if self.devices else "n/a"
+
+
+def training_figures(cards: Sequence[ModelCard]) -> TrainingFigures:
+    """The figures of :func:`render_training` for the trained networks among ``cards``."""
+    trained = [c for c in cards if c.derived_from is None]
+    devices = sorted({d for c in trained for d, _ in device_spans(c.training.device or "")})
+    elapsed_s, untimed = elapsed_training_s(trained)
+    mixed = len(devices) > 1
+    return TrainingFigures(
+        networks=len(trained),
+        devices=tuple(devices),
+        summed_minutes=round(sum(c.training.wall_time_s for c in trained) / 60),
+        elapsed_minutes=round(elapsed_s / 60) if untimed < len(trained) else None,
+        elapsed_by_device=tuple(
+            round(elapsed_training_s(trained, d)[0] / 60) for d in devices if mixed
+        ),
+        untimed=untimed,
+    )
+
+
 def render_training(cards: Sequence[ModelCard]) -> list[str]:
     """How each trained network was made: method, epochs, wall time, device and recipe."""
     trained = sorted((c for c in cards if c.derived_from is None), key=lambda c: c.name)
     if not trained:
         return []
-    spans = {c.name: device_spans(c.training.device or "") for c in trained}
-    devices = sorted({device for runs in spans.values() for device, _ in runs})
-    mixed = len(devices) > 1
-    if mixed:  # a zoo trained partly on an accelerator machine: each device gets a letter
-        letter = {device: chr(ord("a") + i) for i, device in enumerate(devices)}
-        trained_on = "; ".join(f"({letter[d]}) {d}" for d in devices)
-    else:
-        trained_on = devices[0] if devices else "n/a"
+    figures = training_figures(trained)
+    mixed = len(figures.devices) > 1
     lines = [
         "## Training",
         "",
-        f"Trained on: {trained_on}. Variants (int8, fp16) are converted from "
+        f"Trained on: {figures.devices_text()}. Variants (int8, fp16) are converted from "
         "these networks after training, not trained.",
         "",
         "| model | method | architecture | epochs | wall time | recipe |" + " device |" * mixed,
@@ -145,34 +194,25 @@ def render_training(cards: Sequence[ModelCard]) -> list[str]:
     ]
     for c in trained:
         t = c.training
-        where = (
-            ", ".join(f"{letter[d]}{f' {epochs}' if epochs else ''}" for d, epochs in spans[c.name])
-            if mixed
-            else ""
-        )
+        spans = device_spans(t.device or "")
+        where = ", ".join(f"{figures.letter(d)}{f' {e}' if e else ''}" for d, e in spans)
         lines.append(
             f"| {c.name} | {t.method} | {t.architecture} | {t.epochs:g} "
             f"| {t.wall_time_s / 60:.1f} min | {t.recipe or '-'} |" + f" {where} |" * mixed
         )
-    minutes = round(sum(c.training.wall_time_s for c in trained) / 60)
     these = "this network" if len(trained) == 1 else f"these {len(trained)} networks"
     lines += [
         "",
-        f"Training time of {these}, summed: {_hours(minutes)} of wall "
+        f"Training time of {these}, summed: {figures.summed_text()} of wall "
         "time (networks that a zoo trains in parallel lanes overlap, so a zoo takes less than "
         "this sum).",
     ]
-    elapsed_s, untimed = elapsed_training_s(trained)
-    if untimed < len(trained):
+    if figures.elapsed_minutes is not None:
+        untimed = figures.untimed
         left_out = f"; {untimed} network(s) without epoch times are left out" if untimed else ""
-        per_device = ""
-        if mixed:
-            each = [f"{_hours(round(elapsed_training_s(trained, d)[0] / 60))} on ({letter[d]})"
-                    for d in devices]  # fmt: skip
-            per_device = f" ({', '.join(each)})"
         lines += [
             "",
-            f"Elapsed training time: {_hours(round(elapsed_s / 60))}{per_device}, the union of "
+            f"Elapsed training time: {figures.elapsed_text()}, the union of "
             "every network's epochs (each epoch the span of its training time that ends when it "
             "finished, from the cards' learning curves), so networks trained side by side count "
             f"once{left_out}.",

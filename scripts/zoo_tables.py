@@ -6,6 +6,8 @@
 Blocks between markers are generated, everything around them is hand-written and left alone:
 
 - ``zoo-models``: every model models/ serves, fastest at batch 1 first, from its card;
+- ``zoo-training``: how many of the config's networks are trained, on what, and how long they
+  took (the report's *Training* figures);
 - ``zoo-targets``, ``zoo-int8``, ``zoo-methods``, ``zoo-ablation``, ``zoo-depth``,
   ``zoo-mobilenet``: the report's sections (*Targets*, *int8 against fp32*, *Every method on
   one student*, *Rocket ablation*, *Deep vs shallow*, *Hard compression*), their tables and
@@ -37,9 +39,10 @@ from export.comparisons import (  # noqa: E402
 )
 from export.pareto import latency_ms  # noqa: E402
 from export.pick import report_cards  # noqa: E402
-from export.report import find_teacher  # noqa: E402
+from export.report import find_teacher, training_figures  # noqa: E402
 from export.repository import load_cards  # noqa: E402
 from export.targets import render_targets  # noqa: E402
+from export.zoo_config import ZooError, load_zoo_config  # noqa: E402
 from service.contract.model_card import ModelCard  # noqa: E402
 
 DOC = ROOT / "docs" / "offline.md"
@@ -85,6 +88,30 @@ NOT_YET = (
 )
 
 
+def training_block(trained: list[ModelCard], repo: Path) -> list[str]:
+    """One paragraph: the networks trained (of the config's), the machines and the times."""
+    figures = training_figures(trained)
+    of_config = ""
+    try:
+        config = load_zoo_config(repo / "zoo-config.yaml")
+    except (OSError, ZooError):
+        config = None
+    if config is not None:
+        entries = [config["teacher"], *config["students"]]
+        seeds = sum(bool(e.get("second_seed_of")) for e in entries)
+        of_config = f" of the config's {len(entries)}" + (
+            f" ({seeds} of them second seeds, each trained only when due)" if seeds else ""
+        )
+    elapsed = figures.elapsed_text()
+    took = (
+        f": {elapsed} of elapsed training (networks side by side in lanes count once; "
+        f"{figures.summed_text()} summed over the networks)"
+        if elapsed
+        else f": {figures.summed_text()} of training, summed over the networks"
+    )
+    return [f"{figures.networks} networks trained{of_config}, on {figures.devices_text()}{took}."]
+
+
 def study(section: list[str]) -> list[str]:
     """A report section as the docs show it: its tables and readings, without its ``##``
     heading and the paragraph under it (the docs introduce it in their own words); a section
@@ -113,6 +140,7 @@ def render(doc: str, repo: Path) -> str:
     trained = report_cards(repo)[0]  # every network REPORT.md covers, served or not
     blocks = {
         "zoo-models": models_table(load_cards(repo)),
+        "zoo-training": training_block(trained, repo),
         "zoo-targets": study(render_targets(trained, find_teacher(trained))),
         "zoo-int8": study(render_int8(trained)),
         "zoo-methods": study(render_methods(trained, find_teacher(trained))),

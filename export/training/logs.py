@@ -56,38 +56,6 @@ def epoch_end_times(out_dir: Path) -> dict[int, float]:
     return times
 
 
-def devices_text(records: list[dict[str, Any]], epochs: int, current: str) -> str:
-    """What a run trained on, from its log's start and resume records: ``current`` when every
-    process ran there, else each device with its epochs, e.g. ``cuda (NVIDIA H200): epochs 1-4;
-    cpu (AMD EPYC, 2 cores, 1 thread): epochs 5-30`` (a run trained on an accelerator machine and
-    finished on the CPU). A record that trained no epoch before the next one counts for nothing."""
-    starts: list[tuple[int, str]] = []
-    for record in records:
-        if record.get("event") in ("start", "resume") and record.get("device"):
-            try:
-                first = int(record.get("epoch", 0))
-            except (TypeError, ValueError):
-                continue
-            if record.get("event") == "start":
-                starts = [s for s in starts if s[0] < first]  # a fresh run trains those again
-            starts.append((first, str(record["device"])))
-    spans: list[tuple[int, int, str]] = []  # (first epoch, last epoch, device), 1-based
-    for i, (first, device) in enumerate(starts):
-        last = starts[i + 1][0] if i + 1 < len(starts) else epochs
-        if last <= first:
-            continue
-        if spans and spans[-1][2] == device and spans[-1][1] == first:
-            spans[-1] = (spans[-1][0], last, device)
-        else:
-            spans.append((first + 1, last, device))
-    if len({device for _, _, device in spans}) <= 1:
-        return current
-    return "; ".join(
-        f"{device}: epoch{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''}"
-        for a, b, device in spans
-    )
-
-
 class Progress:
     """A tqdm bar over one epoch's steps showing running loss, accuracy and img/s.
 

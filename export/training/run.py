@@ -12,6 +12,7 @@ import torch
 
 from export.checkpoint import ArtifactError, TrainedMeta, load_trained, save_trained
 from export.data import DatasetSplits, load_dataset
+from export.devices import devices_text
 from export.distill import DistillMethod, MethodContext, get_method
 from export.models import build_model, is_architecture
 from export.models.base import StagedNet
@@ -24,7 +25,7 @@ from export.training.config import (
     fingerprint,
     resolve_config,
 )
-from export.training.logs import RunLog, devices_text, read_log
+from export.training.logs import RunLog, read_log
 from export.training.loop import CHECKPOINT_FILENAME, BatchSource, Trainer, evaluate
 from export.training.result import (
     HINT_STAGE_DIR,

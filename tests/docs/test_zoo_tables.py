@@ -79,3 +79,26 @@ def test_a_study_is_its_tables_and_readings_or_says_it_is_not_trained_yet() -> N
         "| b |",
         "- a reading",
     ]
+
+
+def test_the_training_paragraph_counts_the_networks_and_their_time(tmp_path: Path) -> None:
+    """The networks REPORT.md covers, of the config's entries, on what, and how long: the report's
+    Training figures (a network's minutes from its card), not copied by hand."""
+    from export.report import training_figures
+    from export.zoo_config import load_zoo_config
+
+    trained = [c for c in report_cards(ROOT / "models")[0] if c.derived_from is None]
+    figures = training_figures(trained)
+    config = load_zoo_config(ROOT / "models" / "zoo-config.yaml")
+    block = DOC.split("<!-- zoo-training:start -->")[1].split("<!-- zoo-training:end -->")[0]
+    entries = 1 + len(config["students"])
+    assert f"{len(trained)} networks trained of the config's {entries} " in block
+    assert f": {figures.elapsed_text()} of elapsed training" in block
+    assert f"; {figures.summed_text()} summed over the networks)." in block
+    assert figures.summed_minutes == round(sum(c.training.wall_time_s for c in trained) / 60)
+    # without the zoo's config beside the models, the paragraph does not guess the count
+    for card in trained[:2]:
+        shutil.copytree(ROOT / "models" / card.name, tmp_path / card.name)
+    rendered = zoo_tables.render(DOC, tmp_path)
+    block = rendered.split("<!-- zoo-training:start -->")[1].split("<!-- zoo-training:end -->")[0]
+    assert "2 networks trained, on " in block and "config's" not in block

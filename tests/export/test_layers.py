@@ -39,4 +39,5 @@ def test_every_export_module_sits_in_one_layer() -> None:
 def test_the_commands_are_on_top_and_the_nets_and_data_at_the_bottom() -> None:
     layers = _export_layers()
     assert layers[0] == ["export.__main__"]
-    assert set(layers[-1]) == {"export.models", "export.data"}
+    # with the device texts, which training writes and the report reads
+    assert set(layers[-1]) == {"export.models", "export.data", "export.devices"}

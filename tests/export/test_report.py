@@ -252,7 +252,7 @@ def test_a_zoo_trained_partly_on_an_accelerator_says_which_epochs_ran_where(
     """Cards whose runs began on a GPU machine (``zoo --train-only``) and finished on the CPU:
     the Training section lists each device once, with a letter, and each network's epochs there."""
     base = read_manifest(digits_repo / "digits-logreg")
-    gpu, cpu = "cuda (NVIDIA H200)", "cpu (AMD EPYC, 2 cores, 1 thread)"
+    gpu, cpu = "cuda (NVIDIA H200)", "cpu (AMD EPYC, 2 cores)"
     t0 = 1_800_000_000.0
     # s: 2 epochs of 10 min on the GPU, then 2 of an hour here; g: 1 of 5 min on the GPU beside
     # s's first; t: 1 hour here beside s's last.
@@ -277,3 +277,9 @@ def test_a_zoo_trained_partly_on_an_accelerator_says_which_epochs_ran_where(
     plain = render_report([c.model_copy(update={"training": c.training.model_copy(
         update={"device": cpu})}) for c in cards], "zoo")  # fmt: skip
     assert f"Trained on: {cpu}. Variants" in plain and "| a |" not in plain
+    # lanes of one and two threads on one machine: one machine
+    lanes = [c.model_copy(update={"training": c.training.model_copy(
+        update={"device": f"cpu (AMD EPYC, 2 cores, {n})"})}) for c, n in zip(
+        cards, ("1 thread", "2 threads", "1 thread"), strict=True)]  # fmt: skip
+    text = render_report(lanes, "zoo")
+    assert f"Trained on: {cpu}. Variants" in text and "on (a)" not in text

@@ -13,6 +13,7 @@ import torch
 
 from export.checkpoint import load_trained
 from export.data import load_dataset
+from export.devices import machine_of
 from export.models import build_model
 from export.training import ConfigError, TrainResult, pause, run_training
 from export.training.logs import Progress, RunLog, epoch_end_times, read_log
@@ -207,7 +208,7 @@ def test_a_fitnet_begun_elsewhere_names_each_device_with_the_whole_runs_epochs(
     done = _fitnet(teacher, tmp_path, **options, resume=True)
     assert done.completed
     meta = load_trained(done.artifact_path)[1]
-    assert meta.device == f"cuda (NVIDIA H200): epoch 1; {here}: epochs 2-4"
+    assert meta.device == f"cuda (NVIDIA H200): epoch 1; {machine_of(here)}: epochs 2-4"
 
 
 def test_a_run_stopped_inside_an_epoch_resumes_at_its_last_saved_step(
@@ -454,28 +455,7 @@ def test_a_run_begun_on_an_accelerator_and_finished_here_names_both_devices(
     second = run_training({**FAST, "out_dir": str(tmp_path), "resume": True})
     _, meta = load_trained(second.artifact_path)
     n = FAST["epochs"]
-    assert meta.device == f"cuda (NVIDIA H200): epoch 1; {here}: epochs 2-{n}"
-
-
-def test_devices_text_merges_a_device_and_drops_what_a_fresh_start_retrains() -> None:
-    from export.training.logs import devices_text
-
-    gpu, cpu = "cuda (NVIDIA H200)", "cpu (x, 2 cores)"
-    one = [{"event": "start", "epoch": 0, "device": cpu}, {"event": "resume", "epoch": 3,
-           "device": cpu}]  # fmt: skip
-    assert devices_text(one, 30, cpu) == cpu
-    mixed = [
-        {"event": "start", "epoch": 0, "device": gpu},
-        {"event": "resume", "epoch": 4, "device": gpu},
-        {"event": "resume", "epoch": 4, "device": cpu},  # stopped before training an epoch
-        {"event": "resume", "epoch": 4, "device": cpu},
-        {"event": "resume", "epoch": 9, "device": gpu},
-    ]
-    expected = f"{gpu}: epochs 1-4; {cpu}: epochs 5-9; {gpu}: epochs 10-30"
-    assert devices_text(mixed, 30, gpu) == expected
-    fresh = [{"event": "start", "epoch": 0, "device": gpu}, {"event": "start", "epoch": 0,
-             "device": cpu}]  # fmt: skip
-    assert devices_text(fresh, 30, cpu) == cpu  # the GPU's epochs were trained again
+    assert meta.device == f"cuda (NVIDIA H200): epoch 1; {machine_of(here)}: epochs 2-{n}"
 
 
 def test_a_new_option_left_unset_does_not_block_resuming() -> None:
