@@ -14,12 +14,7 @@ from export.comparisons import (
     render_methods,
     render_mobilenet,
 )
-from export.convergence import (
-    CURVES_FILENAME,
-    plot_curves,
-    render_convergence,
-    span_union_s,
-)
+from export.convergence import CURVES_FILENAME, plot_curves, render_convergence, span_union_s
 from export.devices import device_spans
 from export.pareto import latency_ms, pareto_front
 from export.pareto_plot import plot_pareto
@@ -224,10 +219,10 @@ def _hours(minutes: int) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def epoch_device(card: ModelCard, epoch: int) -> str:
+def epoch_device(card: ModelCard, epoch: int, runs: list[tuple[str, str]] | None = None) -> str:
     """The device that trained ``epoch`` of ``card`` (its training device names epoch ranges
-    when the run moved between devices)."""
-    runs = device_spans(card.training.device or "")
+    when the run moved between devices); ``runs``: its :func:`device_spans`, if already read."""
+    runs = device_spans(card.training.device or "") if runs is None else runs
     for device, epochs in runs:
         first, _, last = epochs.partition("-")
         if not epochs or int(first) <= epoch <= int(last or first):
@@ -245,13 +240,10 @@ def elapsed_training_s(
     untimed = 0
     for card in trained:
         records = card.training.history
-        timed = [
-            (r.finished_at - r.epoch_time_s, r.finished_at)
-            for r in records
-            if r.finished_at and (device is None or epoch_device(card, r.epoch) == device)
-        ]
-        if device is not None:
-            records = tuple(r for r in records if epoch_device(card, r.epoch) == device)
+        if device is not None:  # the card's device text read once, not once an epoch
+            runs = device_spans(card.training.device or "")
+            records = tuple(r for r in records if epoch_device(card, r.epoch, runs) == device)
+        timed = [(r.finished_at - r.epoch_time_s, r.finished_at) for r in records if r.finished_at]
         if not records or len(timed) < len(records):
             untimed += 1
             continue
