@@ -12,6 +12,7 @@ from typing import Any
 
 from export.adopt import adopt, recipe_changes, source_card
 from export.evaluate import default_threads, machine_description, pick_provider
+from export.gpu_sharing import gpu_sharing_note, mps_running
 from export.lanes import follow_lane_threads, run_lanes
 from export.onnx_export import ExportError, export_with_parity
 from export.quantize import make_variant
@@ -388,6 +389,18 @@ class Zoo:
                 argv += [flag, str(value)]
         return [*argv, "--only", name]
 
+    def _training_gpus(self, entries: list[dict[str, Any]]) -> int:
+        """How many CUDA GPUs the lanes of ``entries`` train on (0: they train on the CPU)."""
+        import torch
+
+        devices = {
+            str(_training_config(e, self.config, self.opts, self.work).get("device", "auto"))
+            for e in entries
+        }
+        if devices <= {"cpu"} or not torch.cuda.is_available():
+            return 0
+        return torch.cuda.device_count()
+
     def _publish(self, info: ArtifactInfo, onnx_path: Path) -> ModelCard:
         card = publish(self.repo, info, onnx_path, self.data, self.settings)
         b1 = card.profile.rows[0]
@@ -427,6 +440,9 @@ class Zoo:
         )
         chosen = [teacher] * with_teacher + students
         if self.opts.lanes > 1 and len(chosen) > 1:
+            note = gpu_sharing_note(self.opts.lanes, self._training_gpus(chosen), mps_running())
+            if note:
+                self.log(note)
             names = [str(e["name"]) for e in chosen]
             after = {
                 str(e["name"]): prerequisites(e, self.config, train_only=self.opts.train_only)
