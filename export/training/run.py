@@ -71,6 +71,10 @@ def _stage_split(cfg: dict[str, Any]) -> str:
     return f" ({hint} of stage 1, hints; {cfg['epochs'] - hint:g} of stage 2, KD)"
 
 
+# A Rocket run without joint training trains its booster alone first, in this sub-run folder.
+BOOSTER_PRETRAIN_DIR = "booster-pretrain"
+
+
 def _train_subset(data: DatasetSplits, limit: int | None, seed: int) -> np.ndarray:
     """Indices of the training images used: all, or a seeded random subset of ``limit``."""
     n = len(data.train_images)
@@ -91,6 +95,20 @@ def _sub_run(cfg: dict[str, Any], out_dir: Path, arch: str, name: str) -> TrainR
         stop_after=None,
     )
     return run_training(sub)
+
+
+def _check_first_stage(out_dir: Path, stage: str, what: str) -> None:
+    """A resumed run past its first stage (a FitNets hint stage, a Rocket booster trained alone)
+    needs that stage's finished sub-run: one missing (a run folder copied back from another
+    machine without its subfolders) would train again, wasted, and its record would not be the
+    weights the checkpoint's stage went on from."""
+    finished = (out_dir / stage / RESULT_FILENAME).is_file()
+    if (out_dir / CHECKPOINT_FILENAME).is_file() and not finished:
+        raise ConfigError(
+            f"{out_dir} has a checkpoint past its {what} but {out_dir / stage} holds no finished "
+            "run: copy the run's folder whole, subfolders included, or delete its "
+            f"{CHECKPOINT_FILENAME} to train it again from the start"
+        )
 
 
 def _hint_stage(cfg: dict[str, Any], out_dir: Path, teacher: Path) -> TrainResult:
@@ -251,12 +269,16 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
     if cfg["method"] in ROCKET_METHODS:
         options["booster"] = _booster_arch(cfg)
         if not cfg["joint"]:
-            booster = _sub_run(cfg, out_dir, options["booster"], "booster-pretrain")
+            if cfg["resume"]:
+                _check_first_stage(out_dir, BOOSTER_PRETRAIN_DIR, "booster's own training")
+            booster = _sub_run(cfg, out_dir, options["booster"], BOOSTER_PRETRAIN_DIR)
             ctx_extras["pretrained_booster"], _ = _load_net(booster.artifact_path, data, "booster")
             pretrain_s = booster.wall_time_s
     # fitnet: stage 1 first; this run's Trainer is then stage 2, with its own schedule.
     stage_cfg, before = cfg, TrainResult(out_dir / ARTIFACT_FILENAME, out_dir=out_dir)
     if cfg["method"] == "fitnet":
+        if cfg["resume"]:
+            _check_first_stage(out_dir, HINT_STAGE_DIR, "hint stage")
         before = _hint_stage(cfg, out_dir, extra["teacher"])
         if not before.completed:
             return replace(before, artifact_path=out_dir / ARTIFACT_FILENAME, out_dir=out_dir,

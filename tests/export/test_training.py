@@ -192,6 +192,36 @@ def test_fitnet_resumes_within_stage_one_and_across_the_stage_boundary(
     assert len(devices) == 1 and ":" not in devices.pop()  # one device: named alone
 
 
+def test_a_run_past_its_first_stage_without_that_stage_is_refused_not_retrained(
+    teacher: TrainResult, tmp_path: Path
+) -> None:
+    """A run folder copied back without its subfolders: resuming would train the first stage
+    again for nothing and record it as the one the checkpoint went on from."""
+    import shutil
+
+    fitnet = tmp_path / "fitnet"
+    _fitnet(teacher, fitnet, epochs=4, hint_epochs=2, stop_after=3)  # stopped inside stage 2
+    shutil.rmtree(fitnet / "fitnet-hints")
+    with pytest.raises(ConfigError, match=r"past its hint stage .*fitnet-hints holds no finished"):
+        _fitnet(teacher, fitnet, epochs=4, hint_epochs=2, resume=True)
+    assert not (fitnet / "fitnet-hints").exists()  # nothing trained
+    (fitnet / "checkpoint.pt").unlink()  # the way out the error names: from the start
+    again = _fitnet(teacher, fitnet, epochs=4, hint_epochs=2, resume=True)
+    assert again.completed and again.epochs_run == 4
+
+    rocket = tmp_path / "rocket"
+    cfg = {**FAST, "method": "rocket", "booster": "wrn-16-1", "joint": False, "epochs": 2}
+    run_training({**cfg, "out_dir": str(rocket), "stop_after": 1})
+    assert (rocket / "booster-pretrain" / RESULT_FILENAME).is_file()
+    shutil.rmtree(rocket / "booster-pretrain")
+    with pytest.raises(ConfigError, match="past its booster's own training"):
+        run_training({**cfg, "out_dir": str(rocket), "resume": True})
+    # a run stopped inside its first stage has no checkpoint of its own yet: it simply resumes
+    part = tmp_path / "part"
+    _fitnet(teacher, part, epochs=4, hint_epochs=2, stop_after=1)
+    assert _fitnet(teacher, part, epochs=4, hint_epochs=2, resume=True).completed
+
+
 def test_a_fitnet_begun_elsewhere_names_each_device_with_the_whole_runs_epochs(
     teacher: TrainResult, tmp_path: Path
 ) -> None:
