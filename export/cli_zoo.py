@@ -31,7 +31,15 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         train_only=args.train_only,
     )
     result = run_zoo(args.dataset, args.out, opts, config_file=args.config)
-    print(f"{len(result.cards)} model versions in {args.out} ({result.wall_time_s:.1f}s)")
+    took = f"{result.wall_time_s:.1f}s"
+    if opts.train_only:
+        print(f"trained in {took}; nothing exported or published (--train-only)")
+        return 0
+    from export.repository import load_cards
+
+    # What the repository holds: lanes publish from their own processes, and a resumed zoo
+    # keeps what it published before, so this process's own cards are not the count.
+    print(f"{len(load_cards(args.out))} model versions in {args.out} ({took})")
     return 0
 
 

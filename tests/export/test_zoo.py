@@ -277,6 +277,8 @@ def test_lanes_train_the_students_in_parallel_processes(
     assert every.count("[digits-teacher-resnet20] trained: ") == 2
     assert {d.name for d in model_dirs(out)} == {d.name for d in model_dirs(zoo_repo)}
     assert (out / "REPORT.md").is_file() and main(["verify", str(out)]) == 0
+    # the lanes published from their own processes: the count is the repository's
+    assert lines[-1].startswith(f"{len(model_dirs(out))} model versions in {out} (")
 
 
 def test_with_teacher_first_a_student_run_alone_loads_the_teacher(
@@ -335,6 +337,7 @@ def test_train_only_trains_every_entry_and_a_resumed_zoo_publishes_them_untraine
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert model_dirs(out) == [] and not (out / "REPORT.md").exists()
     lines = proc.stdout.splitlines()
+    assert lines[-1].startswith("trained in ") and lines[-1].endswith("(--train-only)")
     seed_start = next(i for i, line in enumerate(lines) if ": baseline-resnet8-seed1 (" in line)
     kd_done = lines.index(next(line for line in lines if line.endswith(": kd-resnet8 done")))
     assert seed_start < kd_done  # it did not wait for the entries it is compared with
