@@ -11,6 +11,8 @@ from types import ModuleType
 import pytest
 
 from export.pick import ZOO_CARDS_FILENAME, report_cards
+from export.report import find_teacher
+from service.contract.model_card import model_dirs
 from tests.support.cli import ROOT
 from tests.support.zoo import teacher, zoo_cards
 
@@ -96,9 +98,16 @@ def test_the_training_paragraph_counts_the_networks_and_their_time(tmp_path: Pat
     assert f": {figures.elapsed_text()} of elapsed training" in block
     assert f"; {figures.summed_text()} summed over the networks)." in block
     assert figures.summed_minutes == round(sum(c.training.wall_time_s for c in trained) / 60)
-    # without the zoo's config beside the models, the paragraph does not guess the count
-    for card in trained[:2]:
+    # without the zoo's config beside the models, the paragraph does not guess the count (three
+    # served networks: the teacher and two methods on WRN-16-1, as the method table needs)
+    served = {d.name for d in model_dirs(ROOT / "models")}
+    head = find_teacher(trained)
+    assert head is not None
+    wrn = [c for c in trained if c.name in served and c.training.architecture == "wrn-16-1"]
+    baseline = next(c for c in wrn if c.training.method == "baseline")
+    other = next(c for c in wrn if c.training.method != "baseline")
+    for card in (head, baseline, other):
         shutil.copytree(ROOT / "models" / card.name, tmp_path / card.name)
     rendered = zoo_tables.render(DOC, tmp_path)
     block = rendered.split("<!-- zoo-training:start -->")[1].split("<!-- zoo-training:end -->")[0]
-    assert "2 networks trained, on " in block and "config's" not in block
+    assert "3 networks trained, on " in block and "config's" not in block
