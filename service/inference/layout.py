@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from service.contract.model_card import ModelCard
-from service.inference.session import CUDA, OnnxModel
+from service.inference.session import CUDA, OnnxModel, warm_up_batch_sizes
 from service.settings import AUTO, Settings, usable_cores
 
 SPEEDUP = 1.1  # batch 1 on every core must be this much faster than on 1 thread
@@ -161,7 +161,8 @@ def open_with_layout(
     def session(threads: int) -> OnnxModel:
         if threads not in sessions:
             model = OnnxModel(path, card, provider, threads, spinning=settings.intra_op_spinning)
-            model.warm_up(settings.warmup_runs)
+            largest = max(settings.max_batch_size, settings.max_inputs_per_request)
+            model.warm_up(settings.warmup_runs, warm_up_batch_sizes(provider, largest))
             sessions[threads] = model
         return sessions[threads]
 

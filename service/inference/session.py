@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,38 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+# ORT's default cuDNN search ("EXHAUSTIVE") times every convolution algorithm again whenever a
+# session's input shape changes; the heuristic choice is cheap (measured below).
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+# On CUDA, ONNX Runtime (onnxruntime-gpu 1.31, cuDNN 9) sets each convolution up again whenever
+# the input shape differs from the session's previous call: on an H200 the WRN-40-2 teacher took
+# 1.8 ms a call at a constant batch of 6 (2.2 ms at 32) and 120 ms a call with batches of 5 and 6
+# in turn (240-580 ms with the exhaustive search). A dynamic batcher changes the shape at nearly
+# every call, so on CUDA a batch is padded to a size bucket and each bucket has a session of its
+# own, which then always sees one shape. Buckets are powers of BUCKET_GROWTH: at most that many
+# times the rows computed, which a GPU runs in about the time of the real rows at these sizes.
+BUCKET_GROWTH = 4
+
+
+def shape_bucket(rows: int) -> int:
+    """The padded batch size for ``rows`` inputs: the smallest power of BUCKET_GROWTH at least
+    that large (1, 4, 16, 64, ...)."""
+    bucket = 1
+    while bucket < rows:
+        bucket *= BUCKET_GROWTH
+    return bucket
+
+
+def warm_up_batch_sizes(provider: str, largest: int) -> tuple[int, ...]:
+    """The batch sizes a new model version runs before it is ready: on CUDA one of each shape
+    bucket up to ``largest`` rows (each bucket's session is opened and set up for its shape), on
+    CPU 1 and 8."""
+    if provider != CUDA:
+        return (1, 8)
+    sizes = [1]
+    while sizes[-1] < shape_bucket(max(1, largest)):
+        sizes.append(sizes[-1] * BUCKET_GROWTH)
+    return tuple(sizes)
 
 
 def choose_provider(requested: str) -> str:
@@ -33,7 +66,12 @@ def choose_provider(requested: str) -> str:
 
 
 class OnnxModel:
-    """One ONNX Runtime session of one model version; ``__call__`` runs a batch (thread-safe)."""
+    """One model version in ONNX Runtime; ``__call__`` runs a batch (thread-safe).
+
+    On CPU one session takes every batch size. With ``bucketed`` (the default on CUDA) a batch is
+    padded to its shape bucket and run on that bucket's own session, opened at its first call
+    (``warm_up`` opens them before the version is ready); ``session`` is the batch-1 one.
+    """
 
     def __init__(
         self,
@@ -43,6 +81,7 @@ class OnnxModel:
         intra_op_threads: int = 1,
         io_binding: bool | None = None,
         spinning: bool = False,
+        bucketed: bool | None = None,
     ) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
@@ -56,10 +95,13 @@ class OnnxModel:
         opts.log_severity_level = 3
         try:
             # CPU stays listed after CUDA so that operators CUDA lacks still run.
-            providers = [provider, CPU] if provider == CUDA else [provider]
+            providers: list[str | tuple[str, dict[str, str]]] = (
+                [(CUDA, CUDA_OPTIONS), CPU] if provider == CUDA else [provider]
+            )
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:  # ORT raises several private exception types
             raise ModelRepositoryError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
+        self._opts, self._providers = opts, providers
         self.path = path
         self.provider = self.session.get_providers()[0]
         if provider == CUDA and self.provider != CUDA:
@@ -75,6 +117,26 @@ class OnnxModel:
         # IO binding by default on CUDA only; it is device-generic, so tests exercise it on CPU.
         self._use_io_binding = self.provider == CUDA if io_binding is None else io_binding
         self._device = "cuda" if self.provider == CUDA else "cpu"
+        self.bucketed = self.provider == CUDA if bucketed is None else bucketed
+        self._buckets: dict[int, ort.InferenceSession] = {1: self.session}
+        self._opening = threading.Lock()
+
+    def _bucket_session(self, bucket: int) -> ort.InferenceSession:
+        """The session of one shape bucket, opened on its first call (two callers: one open)."""
+        found = self._buckets.get(bucket)
+        if found is not None:
+            return found
+        with self._opening:
+            if bucket not in self._buckets:
+                self._buckets[bucket] = ort.InferenceSession(
+                    str(self.path), self._opts, providers=self._providers
+                )
+            return self._buckets[bucket]
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """The shape buckets that have a session now (bucketed; else just 1)."""
+        return tuple(sorted(self._buckets))
 
     def _check_signature(self, card: ModelCard) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -107,15 +169,26 @@ class OnnxModel:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Logits [N, classes] for a batch [N, C, H, W]."""
+        if not self.bucketed:
+            return self._run(self.session, batch)
+        rows = len(batch)
+        bucket = shape_bucket(rows)
+        if bucket > rows:  # zero rows up to the bucket: one shape per session
+            padded = np.zeros((bucket, *batch.shape[1:]), dtype=batch.dtype)
+            padded[:rows] = batch
+            batch = padded
+        return self._run(self._bucket_session(bucket), batch)[:rows]
+
+    def _run(self, session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
         if self._use_io_binding:
             # Inputs go to the device once, outputs come back once: no extra staging copies.
-            binding = self.session.io_binding()
+            binding = session.io_binding()
             binding.bind_cpu_input(self.input_name, batch)
             binding.bind_output(self.output_name, self._device)
-            self.session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding)
             out: np.ndarray = binding.copy_outputs_to_cpu()[0]
             return out
-        result: np.ndarray = self.session.run([self.output_name], {self.input_name: batch})[0]
+        result: np.ndarray = session.run([self.output_name], {self.input_name: batch})[0]
         return result
 
     def batch1_seconds(self, runs: int = 10, pause_s: float = 0.0) -> float:

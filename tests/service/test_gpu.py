@@ -86,6 +86,8 @@ def test_auto_chooses_cuda_and_the_session_runs_there(cuda: None, digits_repo: P
     # ORT falls back to CPU, with only a warning, when CUDA or cuDNN libraries are missing.
     assert served.provider == CUDA
     assert served.session.get_providers()[0] == CUDA
+    # cuDNN picks each convolution's algorithm by heuristic, not by timing them all per shape
+    assert served.session.get_provider_options()[CUDA]["cudnn_conv_algo_search"] == "HEURISTIC"
 
 
 @pytest.mark.gpu
@@ -170,10 +172,11 @@ async def test_the_service_batches_concurrent_requests_on_cuda(
     assert max(a["batch_size"] for a in answers) > 1  # concurrent requests shared batches
     served = np.stack([scores(a) for a in answers])
     # Each caller got its own answer: ONNX Runtime on CUDA running that input alone. A batch of
-    # another size may take other kernels (TF32 or not): equal to about three digits.
+    # another size may take other kernels (TF32 or not): equal to two or three digits (on an
+    # H200 with onnxruntime-gpu 1.31, up to 2.6e-3 apart on 7 of 960 probabilities).
     alone = OnnxModel(path, card, CUDA)
     expected = np.concatenate([softmax(alone(t[None])) for t in tensors])
-    np.testing.assert_allclose(served, expected, rtol=0, atol=2e-3)
+    np.testing.assert_allclose(served, expected, rtol=0, atol=5e-3)
     assert np.mean(served.argmax(1) == expected.argmax(1)) >= 0.99
     close_to_cpu(served, softmax(OnnxModel(path, card, CPU)(tensors)))
 

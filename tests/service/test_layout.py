@@ -17,7 +17,7 @@ from service.inference.layout import (
     choose_layout,
     open_with_layout,
 )
-from service.inference.session import OnnxModel
+from service.inference.session import CPU, CUDA, OnnxModel, warm_up_batch_sizes
 from service.observability.metrics import ServiceMetrics
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
@@ -145,6 +145,15 @@ def test_explicit_settings_win() -> None:
 def test_cuda_runs_one_batch_at_a_time_on_one_cpu_thread() -> None:
     layout = choose_layout(8, AUTO, AUTO, never, gpu=True)
     assert (layout.intra_op_threads, layout.inference_workers) == (1, 1)
+
+
+def test_a_cuda_model_warms_every_shape_bucket_a_batch_can_fall_in_and_a_cpu_one_two() -> None:
+    # On CUDA each shape bucket has a session of its own, opened and set up for its shape by its
+    # first call: every bucket up to the largest batch runs before the version is ready.
+    assert warm_up_batch_sizes(CUDA, 32) == (1, 4, 16, 64)
+    assert warm_up_batch_sizes(CUDA, 16) == (1, 4, 16)
+    assert warm_up_batch_sizes(CUDA, 0) == (1,)
+    assert warm_up_batch_sizes(CPU, 32) == (1, 8)
 
 
 def test_the_served_session_has_the_chosen_threads(make_settings: Callable[..., Settings]) -> None:

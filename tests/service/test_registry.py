@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 from service.contract.model_card import ModelRepositoryError, model_file, read_manifest
 from service.errors import NotFound
 from service.http.app import create_app
-from service.inference.session import CPU, OnnxModel, choose_provider
+from service.inference.session import CPU, OnnxModel, choose_provider, shape_bucket
 from service.observability.metrics import ServiceMetrics
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
@@ -135,6 +136,39 @@ def test_io_binding_path_gives_the_plain_run_results(digits_repo: Path) -> None:
     x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(bound(x), plain(x))
     assert bound(x).shape == (5, 10)
+
+
+def test_a_bucketed_model_pads_each_batch_to_its_bucket_and_keeps_a_session_per_bucket(
+    digits_repo: Path,
+) -> None:
+    """The CUDA path (shape buckets), run on CPU: every batch size answers as the plain session
+    does, and each bucket's session only ever sees its own shape."""
+    card = read_manifest(digits_repo / "digits-slow")
+    path = model_file(digits_repo / "digits-slow", 1)
+    plain = OnnxModel(path, card, CPU, 1)
+    bucketed = OnnxModel(path, card, CPU, 1, bucketed=True)
+    assert not plain.bucketed and bucketed.bucketed and bucketed.buckets == (1,)
+    x = np.random.default_rng(0).standard_normal((40, 1, 8, 8)).astype(np.float32)
+    for rows in (1, 2, 3, 4, 5, 16, 17, 40):
+        got = bucketed(x[:rows])
+        assert got.shape == (rows, 10)
+        # a padded row changes no other row's logits: the net treats each image alone
+        np.testing.assert_allclose(got, plain(x[:rows]), rtol=1e-5, atol=1e-6)
+    assert bucketed.buckets == (1, 4, 16, 64)
+    assert [shape_bucket(n) for n in (1, 2, 4, 5, 16, 17, 64, 65)] == [1, 4, 4, 16, 16, 64, 64, 256]
+
+
+def test_concurrent_first_calls_of_a_bucket_open_one_session(digits_repo: Path) -> None:
+    card = read_manifest(digits_repo / "digits-slow")
+    path = model_file(digits_repo / "digits-slow", 1)
+    bucketed = OnnxModel(path, card, CPU, 1, bucketed=True)
+    x = np.zeros((3, 1, 8, 8), np.float32)
+    opened: list[object] = []
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(lambda _: opened.append(bucketed._bucket_session(4)) or bucketed(x), range(8))
+        )
+    assert bucketed.buckets == (1, 4) and len({id(s) for s in opened}) == 1
 
 
 def test_tiny_models_get_one_thread_that_does_not_spin_by_default(
