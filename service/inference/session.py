@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 # ORT's default cuDNN search ("EXHAUSTIVE") times every convolution algorithm again whenever a
-# session's input shape changes; the heuristic choice is cheap (measured below).
+# session's input shape changes; the heuristic choice is cheap (both measured just below).
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 # On CUDA, ONNX Runtime (onnxruntime-gpu 1.31, cuDNN 9) sets each convolution up again whenever
 # the input shape differs from the session's previous call: on an H200 the WRN-40-2 teacher took
