@@ -171,7 +171,9 @@ def render_targets(cards: Sequence[ModelCard], teacher: ModelCard | None) -> lis
         "The CIFAR-10 zoo's goals, checked against the cards above (export/targets.py). Noise: a "
         "gap counts when it exceeds twice the standard error of the difference (paired, from the "
         "per-image hits the cards record; binomial where a card lacks them) and, with two seeds "
-        "a side, the seed-to-seed range.",
+        "a side, the seed-to-seed range. The speed target is a ratio of throughputs measured on "
+        "the report's machine: on another CPU fp32 and int8 do not speed up alike, and the ratio "
+        "moves.",
         "",
         "| target | measured | verdict |",
         "|---|---|---|",
