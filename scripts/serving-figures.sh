@@ -237,7 +237,8 @@ done
 for model in "$SMALLEST" "$HEAVY_INT8"; do
     for workers in 1 2; do
         echo "-- $model against raw, --workers $workers" >> "$out"
-        "$PY" -m loadtest.served_vs_raw --model-repository "$(only "$model")" --model "$model" \
+        # served_vs_raw serves the one model; the whole repository gives it its targets' role
+        "$PY" -m loadtest.served_vs_raw --model-repository "$REPO" --model "$model" \
             --workers "$workers" "${vs_raw_workers[@]}" | tee -a "$out"
     done
 done

@@ -103,6 +103,9 @@ def test_the_script_measures_every_figure_and_gives_a_paused_zoo_its_cores_back(
     assert "INLINE_INFERENCE_MAX_MS=2" in inline and "c=2 " in inline
     workers = (results / "workers-digits.txt").read_text(encoding="utf-8")
     assert "--workers 1" in workers and "--workers auto" in workers and "raw best:" in workers
+    # against raw, each model keeps its role in the repository: the smallest a student's targets
+    smallest = workers.split("-- digits-logreg against raw, --workers 1")[1].split("\n-- ")[0]
+    assert "target for a student" in smallest and "largest model" not in smallest
     threads = (results / "ort-threads-digits.txt").read_text(encoding="utf-8")
     assert "INTRA_OP_SPINNING=true" in threads and "c=64 " in threads
     locust = (results / "locust-digits.txt").read_text(encoding="utf-8")
