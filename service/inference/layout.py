@@ -99,12 +99,14 @@ def choose_layout(
     workers: int | str,
     lone_ms: Callable[[tuple[int, ...]], list[float]],
     gpu: bool = False,
+    buckets: tuple[int, ...] = (),
 ) -> Layout:
     """The layout of one version (see the module's docstring for the rule).
 
     ``threads`` and ``workers`` are the settings ('auto' or a count; 0 threads is ORT's default,
     one per core); ``lone_ms(counts)`` times a lone batch-1 call on a session of each thread
-    count, interleaved, and is called only when the choice needs it.
+    count, interleaved, and is called only when the choice needs it. ``buckets``: on CUDA, the
+    shape buckets the batches are padded to (the layout's reason names them).
     """
     source = "settings" if threads != AUTO and workers != AUTO else AUTO
     set_workers = None if workers == AUTO else int(workers)
@@ -123,7 +125,11 @@ def choose_layout(
             why = f"intra_op_threads={n} and inference_workers={set_workers} from the settings"
         return Layout(n, workers_for(n), source, why)
     if gpu:
-        return Layout(1, set_workers or 1, source, f"CUDA runs the batches{given}")
+        padded = ""
+        if buckets:
+            sizes = ", ".join(map(str, buckets))
+            padded = f", each padded to a shape bucket ({sizes}) with a session per bucket"
+        return Layout(1, set_workers or 1, source, f"CUDA runs the batches{padded}{given}")
     small = "1 thread"
     if set_workers is None:
         small += f" per call, {_batches(workers_for(1))}"
@@ -158,11 +164,13 @@ def open_with_layout(
     for batches side by side (a big model under load; else None), and the layout."""
     sessions: dict[int, OnnxModel] = {}
 
+    largest = max(settings.max_batch_size, settings.max_inputs_per_request)
+    warm_sizes = warm_up_batch_sizes(provider, largest)
+
     def session(threads: int) -> OnnxModel:
         if threads not in sessions:
             model = OnnxModel(path, card, provider, threads, spinning=settings.intra_op_spinning)
-            largest = max(settings.max_batch_size, settings.max_inputs_per_request)
-            model.warm_up(settings.warmup_runs, warm_up_batch_sizes(provider, largest))
+            model.warm_up(settings.warmup_runs, warm_sizes)
             sessions[threads] = model
         return sessions[threads]
 
@@ -181,6 +189,7 @@ def open_with_layout(
         settings.inference_workers,
         lone_ms,
         gpu=provider == CUDA,
+        buckets=warm_sizes if provider == CUDA else (),
     )
     runtime = session(layout.intra_op_threads)
     narrow = session(1) if layout.side_by_side else None

@@ -145,6 +145,9 @@ def test_explicit_settings_win() -> None:
 def test_cuda_runs_one_batch_at_a_time_on_one_cpu_thread() -> None:
     layout = choose_layout(8, AUTO, AUTO, never, gpu=True)
     assert (layout.intra_op_threads, layout.inference_workers) == (1, 1)
+    # /models says which shape buckets the batches are padded to
+    padded = choose_layout(8, AUTO, AUTO, never, gpu=True, buckets=(1, 4, 16, 64))
+    assert "padded to a shape bucket (1, 4, 16, 64)" in padded.reason
 
 
 def test_a_cuda_model_warms_every_shape_bucket_a_batch_can_fall_in_and_a_cpu_one_two() -> None:
