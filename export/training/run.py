@@ -97,11 +97,13 @@ def _sub_run(cfg: dict[str, Any], out_dir: Path, arch: str, name: str) -> TrainR
     return run_training(sub)
 
 
-def _check_first_stage(out_dir: Path, stage: str, what: str) -> None:
+def _check_first_stage(cfg: dict[str, Any], out_dir: Path, stage: str, what: str) -> None:
     """A resumed run past its first stage (a FitNets hint stage, a Rocket booster trained alone)
     needs that stage's finished sub-run: one missing (a run folder copied back from another
     machine without its subfolders) would train again, wasted, and its record would not be the
-    weights the checkpoint's stage went on from."""
+    weights the checkpoint's stage went on from. A run that does not resume starts afresh."""
+    if not cfg["resume"]:
+        return
     finished = (out_dir / stage / RESULT_FILENAME).is_file()
     if (out_dir / CHECKPOINT_FILENAME).is_file() and not finished:
         raise ConfigError(
@@ -269,16 +271,14 @@ def _run(cfg: dict[str, Any], out_dir: Path, device: torch.device, dist_info: An
     if cfg["method"] in ROCKET_METHODS:
         options["booster"] = _booster_arch(cfg)
         if not cfg["joint"]:
-            if cfg["resume"]:
-                _check_first_stage(out_dir, BOOSTER_PRETRAIN_DIR, "booster's own training")
+            _check_first_stage(cfg, out_dir, BOOSTER_PRETRAIN_DIR, "booster's own training")
             booster = _sub_run(cfg, out_dir, options["booster"], BOOSTER_PRETRAIN_DIR)
             ctx_extras["pretrained_booster"], _ = _load_net(booster.artifact_path, data, "booster")
             pretrain_s = booster.wall_time_s
     # fitnet: stage 1 first; this run's Trainer is then stage 2, with its own schedule.
     stage_cfg, before = cfg, TrainResult(out_dir / ARTIFACT_FILENAME, out_dir=out_dir)
     if cfg["method"] == "fitnet":
-        if cfg["resume"]:
-            _check_first_stage(out_dir, HINT_STAGE_DIR, "hint stage")
+        _check_first_stage(cfg, out_dir, HINT_STAGE_DIR, "hint stage")
         before = _hint_stage(cfg, out_dir, extra["teacher"])
         if not before.completed:
             return replace(before, artifact_path=out_dir / ARTIFACT_FILENAME, out_dir=out_dir,

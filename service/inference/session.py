@@ -44,8 +44,8 @@ def warm_up_batch_sizes(provider: str, largest: int) -> tuple[int, ...]:
     CPU 1 and 8."""
     if provider != CUDA:
         return (1, 8)
-    sizes = [1]
-    while sizes[-1] < shape_bucket(max(1, largest)):
+    sizes, top = [1], shape_bucket(largest)
+    while sizes[-1] < top:
         sizes.append(sizes[-1] * BUCKET_GROWTH)
     return tuple(sizes)
 
